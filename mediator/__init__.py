@@ -1,0 +1,97 @@
+"""mediator-toolkit: a CQRS mediator for asyncio.
+
+```python
+from mediator import Mediator, RequestMap, EventMap, EventEmitter
+```
+"""
+
+from mediator._broker import BatchMessageBroker as BatchMessageBroker
+from mediator._broker import MessageBroker as MessageBroker
+from mediator._container import Container as Container
+from mediator._container import Resolver as Resolver
+from mediator._emitter import EventEmitter as EventEmitter
+from mediator._event_map import EventBinding as EventBinding
+from mediator._event_map import EventMap as EventMap
+from mediator._events import DomainEvent as DomainEvent
+from mediator._events import ECSTEvent as ECSTEvent
+from mediator._events import Event as Event
+from mediator._events import EventHandler as EventHandler
+from mediator._events import NotificationEvent as NotificationEvent
+from mediator._events import RaisesEvents as RaisesEvents
+from mediator._events import event_name as event_name
+from mediator._exceptions import DecodeFailure as DecodeFailure
+from mediator._exceptions import EventBindingError as EventBindingError
+from mediator._exceptions import EventCycleError as EventCycleError
+from mediator._exceptions import MediatorError as MediatorError
+from mediator._exceptions import MessageDecodeError as MessageDecodeError
+from mediator._exceptions import MessageTooLargeError as MessageTooLargeError
+from mediator._exceptions import NoMessageBrokerError as NoMessageBrokerError
+from mediator._exceptions import PublishError as PublishError
+from mediator._exceptions import RequestBindingError as RequestBindingError
+from mediator._mediator import Mediator as Mediator
+from mediator._message import Message as Message
+from mediator._message import MessageCodec as MessageCodec
+from mediator._message import channel_for as channel_for
+from mediator._message import encode_message as encode_message
+from mediator._middlewares import LoggingMiddleware as LoggingMiddleware
+from mediator._middlewares import Middleware as Middleware
+from mediator._middlewares import MiddlewareChain as MiddlewareChain
+from mediator._patterns import glob_match as glob_match
+from mediator._policies import Backoff as Backoff
+from mediator._policies import ErrorPolicy as ErrorPolicy
+from mediator._policies import FailFast as FailFast
+from mediator._policies import Ignore as Ignore
+from mediator._policies import LogAndContinue as LogAndContinue
+from mediator._policies import Retry as Retry
+from mediator._requests import Request as Request
+from mediator._requests import RequestHandler as RequestHandler
+from mediator._requests import RequestMap as RequestMap
+from mediator._requests import Response as Response
+from mediator._requests import StreamingRequestHandler as StreamingRequestHandler
+from mediator._requests import StreamRequest as StreamRequest
+
+__all__ = [
+    "Backoff",
+    "BatchMessageBroker",
+    "Container",
+    "DecodeFailure",
+    "DomainEvent",
+    "ECSTEvent",
+    "ErrorPolicy",
+    "Event",
+    "EventBinding",
+    "EventBindingError",
+    "EventCycleError",
+    "EventEmitter",
+    "EventHandler",
+    "EventMap",
+    "FailFast",
+    "Ignore",
+    "LogAndContinue",
+    "LoggingMiddleware",
+    "Mediator",
+    "MediatorError",
+    "Message",
+    "MessageBroker",
+    "MessageCodec",
+    "MessageDecodeError",
+    "MessageTooLargeError",
+    "Middleware",
+    "MiddlewareChain",
+    "NoMessageBrokerError",
+    "PublishError",
+    "RaisesEvents",
+    "Request",
+    "RequestBindingError",
+    "RequestHandler",
+    "RequestMap",
+    "Resolver",
+    "Response",
+    "Retry",
+    "StreamRequest",
+    "StreamingRequestHandler",
+    "channel_for",
+    "encode_message",
+    "event_name",
+    "glob_match",
+]

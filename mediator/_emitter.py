@@ -1,0 +1,209 @@
+"""The EventEmitter: local handlers for domain events, the broker for the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from mediator._broker import MessageBroker
+from mediator._container import Container, Resolver
+from mediator._event_map import EventBinding, EventMap
+from mediator._events import Event, message_type_of
+from mediator._exceptions import EventCycleError, NoMessageBrokerError
+from mediator._message import Message, MessageCodec
+from mediator._policies import FailFast, LogAndContinue, Retry
+
+__all__ = ["EventEmitter"]
+
+logger = logging.getLogger("mediator.events")
+
+
+class EventEmitter:
+    """Dispatches events: DomainEvents (and any event that is not broker-bound)
+    to the handlers bound in the `EventMap`, NotificationEvents and ECSTEvents
+    to the message broker as envelopes.
+
+    Local handlers run first, breadth-first: the follow-up events a handler
+    raises are queued behind the events already waiting. The broker-bound
+    events of one `emit_all` are published after every local handler has
+    succeeded, in the order they were raised, as one batch where the broker
+    supports it.
+
+    `max_concurrency` above 1 runs the handlers bound to one event
+    concurrently, at most that many at a time across the emitter.
+    """
+
+    def __init__(
+        self,
+        event_map: EventMap | None = None,
+        container: Container | None = None,
+        message_broker: MessageBroker | None = None,
+        *,
+        max_concurrency: int = 1,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        self.event_map = event_map if event_map is not None else EventMap()
+        self.message_broker = message_broker
+        self._container = container
+        self._max_concurrency = max_concurrency
+        self._semaphore: asyncio.Semaphore | None = None
+        self._send_messages = getattr(message_broker, "send_messages", None)
+
+    async def emit(self, event: Event) -> None:
+        """Dispatch one event (diator's signature)."""
+        await self.emit_all((event,))
+
+    async def emit_all(
+        self,
+        events: Sequence[Event],
+        resolver: Resolver | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Dispatch `events` in order, with their follow-ups, then publish.
+
+        `resolver` is the open container scope to build handlers in (the
+        mediator passes the scope of the send that raised the events);
+        without one the emitter opens a scope of its own container, if any.
+        `headers` go into the envelope of every published message.
+        """
+        if self.message_broker is None:
+            for event in events:
+                self._require_broker(type(event))
+        if resolver is None and self._container is not None:
+            async with self._container.scope() as scope:
+                await self._emit(events, scope, headers)
+        else:
+            await self._emit(events, resolver, headers)
+
+    async def _emit(
+        self,
+        events: Iterable[Event],
+        resolver: Resolver | None,
+        headers: Mapping[str, str] | None,
+    ) -> None:
+        outbox: list[Event] = []
+        queue: deque[tuple[Event, tuple[type[Event], ...]]] = deque((e, ()) for e in events)
+        handlers_for = self.event_map.handlers_for
+        while queue:
+            event, ancestry = queue.popleft()
+            event_type = type(event)
+            if message_type_of(event_type) is not None:
+                outbox.append(event)
+                continue
+            bindings = handlers_for(event_type)
+            if not bindings:
+                continue
+            follow_ups = await self._dispatch(event, bindings, resolver)
+            if follow_ups:
+                chain = (*ancestry, event_type)
+                for follow_up in follow_ups:
+                    self._check_cycle(type(follow_up), chain)
+                    queue.append((follow_up, chain))
+        if outbox:
+            await self._publish(outbox, headers)
+
+    def _require_broker(self, event_type: type[Event]) -> None:
+        if self.message_broker is None and message_type_of(event_type) is not None:
+            raise NoMessageBrokerError(
+                f"{event_type.__qualname__} is a {message_type_of(event_type)} but the "
+                "EventEmitter has no message broker; pass "
+                "EventEmitter(message_broker=InMemoryMessageBroker()) or another broker"
+            )
+
+    def _check_cycle(self, event_type: type[Event], chain: tuple[type[Event], ...]) -> None:
+        if message_type_of(event_type) is not None:
+            self._require_broker(event_type)
+        elif event_type in chain:
+            path = " -> ".join(t.__qualname__ for t in (*chain, event_type))
+            raise EventCycleError(
+                f"Event cycle: {path}. A handler raised {event_type.__qualname__} while "
+                f"{event_type.__qualname__} was already being handled in the same chain; "
+                "make one of the handlers stop raising the follow-up"
+            )
+
+    async def _dispatch(
+        self, event: Event, bindings: tuple[EventBinding, ...], resolver: Resolver | None
+    ) -> list[Event]:
+        if self._max_concurrency == 1 or len(bindings) == 1:
+            if len(bindings) == 1:
+                return await self._run(bindings[0], event, resolver)
+            follow_ups: list[Event] = []
+            for binding in bindings:
+                follow_ups.extend(await self._run(binding, event, resolver))
+            return follow_ups
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self._max_concurrency)
+        semaphore = self._semaphore
+
+        async def limited(binding: EventBinding) -> list[Event]:
+            async with semaphore:
+                return await self._run(binding, event, resolver)
+
+        results = await asyncio.gather(*(limited(b) for b in bindings), return_exceptions=True)
+        follow_ups = []
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            follow_ups.extend(result)
+        return follow_ups
+
+    @staticmethod
+    async def _run(binding: EventBinding, event: Event, resolver: Resolver | None) -> list[Event]:
+        policy = binding.policy
+        attempt = 1
+        while True:
+            try:
+                return await binding.call(event, resolver)
+            except Exception as exc:
+                if isinstance(policy, Retry) and attempt < policy.attempts:
+                    delay = policy.backoff.delay(attempt)
+                    logger.warning(
+                        "%s failed on %s (attempt %d of %d), retrying in %.3fs: %r",
+                        binding.handler_name,
+                        type(event).__qualname__,
+                        attempt,
+                        policy.attempts,
+                        delay,
+                        exc,
+                    )
+                    attempt += 1
+                    await asyncio.sleep(delay)
+                    continue
+                final = policy.then if isinstance(policy, Retry) else policy
+                if isinstance(final, FailFast):
+                    raise
+                log = logger.exception if isinstance(final, LogAndContinue) else logger.debug
+                log(
+                    "%s failed on %s (event_id=%s); continuing",
+                    binding.handler_name,
+                    type(event).__qualname__,
+                    event.event_id,
+                    exc_info=exc,
+                )
+                return []
+
+    async def _publish(self, events: list[Event], headers: Mapping[str, str] | None) -> None:
+        broker = self.message_broker
+        if broker is None:  # pragma: no cover - checked before dispatch
+            self._require_broker(type(events[0]))
+            return
+        messages = [MessageCodec.to_message(event, headers) for event in events]
+        await self.publish(messages)
+
+    async def publish(self, messages: Sequence[Message]) -> None:
+        """Hand ready envelopes to the broker: one batch when it can take one."""
+        broker = self.message_broker
+        if broker is None:
+            raise NoMessageBrokerError(
+                "EventEmitter.publish needs a message broker; pass EventEmitter(message_broker=...)"
+            )
+        send_messages: Any = self._send_messages
+        if send_messages is not None and len(messages) > 1:
+            await send_messages(messages)
+        else:
+            for message in messages:
+                await broker.send_message(message)

@@ -1,0 +1,232 @@
+"""The EventMap: which handlers receive which events."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar, overload
+
+import attrs
+
+from mediator._container import Resolver
+from mediator._events import Event, event_name, message_type_of
+from mediator._exceptions import EventBindingError
+from mediator._patterns import GlobPattern
+from mediator._policies import ErrorPolicy, FailFast
+
+__all__ = ["EventBinding", "EventMap"]
+
+H = TypeVar("H")
+
+HandlerCall = Callable[[Event, Resolver | None], Awaitable[list[Event]]]
+
+
+def _take_events(handler: object) -> list[Event]:
+    events = getattr(handler, "events", None)
+    if not events:
+        return []
+    taken = list(events)
+    if isinstance(events, list):
+        events.clear()
+    return taken
+
+
+def _class_call(handler_type: type[Any]) -> HandlerCall:
+    async def call(event: Event, resolver: Resolver | None) -> list[Event]:
+        handler = handler_type() if resolver is None else await resolver.resolve(handler_type)
+        await handler.handle(event)
+        return _take_events(handler)
+
+    return call
+
+
+def _function_call(function: Callable[[Any], Awaitable[Iterable[Event] | None]]) -> HandlerCall:
+    async def call(event: Event, resolver: Resolver | None) -> list[Event]:
+        follow_ups = await function(event)
+        return list(follow_ups) if follow_ups else []
+
+    return call
+
+
+@attrs.frozen(eq=False)
+class EventBinding:
+    """One `EventMap.bind` call: what it matches, who handles it, and its policy."""
+
+    target: type[Event] | GlobPattern
+    handler: type[Any] | Callable[..., Any]
+    policy: ErrorPolicy
+    call: HandlerCall = attrs.field(repr=False)
+
+    @property
+    def handler_name(self) -> str:
+        """The handler's qualified name, for logs."""
+        return getattr(self.handler, "__qualname__", repr(self.handler))
+
+    def matches(self, event_type: type[Event]) -> bool:
+        """Whether this binding receives events of `event_type`."""
+        if isinstance(self.target, GlobPattern):
+            return self.target.matches(event_name(event_type))
+        return issubclass(event_type, self.target)
+
+
+class EventMap:
+    """Binds event types (or glob patterns over event names) to handlers.
+
+    ```python
+    events = EventMap()
+    events.bind(UserJoined, SendWelcomeMail)          # a handler class
+    events.bind(Event, AuditTrail)                    # every event: subclasses match
+    events.bind("Order*", audit_orders, policy=LogAndContinue())
+
+    @events.bind(UserJoined)                          # a plain async function
+    async def count_joins(event: UserJoined) -> None: ...
+    ```
+
+    Several handlers can be bound to one event; they run in the order they
+    were bound. Binding a NotificationEvent or ECSTEvent class also registers
+    it for decoding, so consumers can build it from a message.
+    """
+
+    def __init__(self, *, default_policy: ErrorPolicy | None = None) -> None:
+        self.default_policy: ErrorPolicy = default_policy or FailFast()
+        self._bindings: list[EventBinding] = []
+        self._by_type: dict[type[Event], tuple[EventBinding, ...]] = {}
+        self._by_name: dict[str, type[Event]] = {}
+
+    @overload
+    def bind(
+        self,
+        target: type[Event] | str,
+        handler: None = None,
+        *,
+        policy: ErrorPolicy | None = None,
+    ) -> Callable[[H], H]: ...
+
+    @overload
+    def bind(
+        self,
+        target: type[Event] | str,
+        handler: type[Any] | Callable[..., Awaitable[Any]],
+        *,
+        policy: ErrorPolicy | None = None,
+    ) -> None: ...
+
+    def bind(
+        self,
+        target: type[Event] | str,
+        handler: type[Any] | Callable[..., Awaitable[Any]] | None = None,
+        *,
+        policy: ErrorPolicy | None = None,
+    ) -> Callable[[H], H] | None:
+        """Bind `handler` to events of `target` (a class, matching subclasses
+        too, or a glob over event names). Without `handler`, returns a decorator.
+
+        `handler` is a class with ``async def handle(event)`` (built per event,
+        through the container if there is one) or an async function taking the
+        event, which may return follow-up events.
+        """
+        if handler is None:
+
+            def decorator(handler: H) -> H:
+                self.bind(target, handler, policy=policy)  # type: ignore[call-overload]
+                return handler
+
+            return decorator
+
+        resolved_target = self._target(target)
+        binding = EventBinding(
+            target=resolved_target,
+            handler=handler,
+            policy=policy or self.default_policy,
+            call=self._call(target, handler),
+        )
+        if isinstance(resolved_target, type):
+            self.register(resolved_target)
+        self._bindings.append(binding)
+        self._by_type.clear()
+        return None
+
+    def register(self, *event_types: type[Event]) -> None:
+        """Make broker-bound event classes decodable without binding a handler."""
+        for event_type in event_types:
+            if message_type_of(event_type) is None:
+                continue
+            name = event_name(event_type)
+            existing = self._by_name.get(name)
+            if existing is not None and existing is not event_type:
+                raise EventBindingError(
+                    f"Two event classes are named {name!r}: {existing.__qualname__} and "
+                    f"{event_type.__qualname__}; give one another name with "
+                    f"`class {event_type.__name__}(..., name='...')`"
+                )
+            self._by_name[name] = event_type
+
+    def handlers_for(self, event_type: type[Event]) -> tuple[EventBinding, ...]:
+        """The bindings that receive `event_type`, in bind order."""
+        bindings = self._by_type.get(event_type)
+        if bindings is None:
+            bindings = tuple(b for b in self._bindings if b.matches(event_type))
+            self._by_type[event_type] = bindings
+        return bindings
+
+    def event_class(self, name: str) -> type[Event] | None:
+        """The registered broker-bound event class named `name`, or None.
+
+        Subclasses of a bound class are found too, so a handler bound to a base
+        class receives every subclass the application defines.
+        """
+        found = self._by_name.get(name)
+        if found is None:
+            found = self._find_subclass(name)
+        return found
+
+    def event_classes(self) -> dict[str, type[Event]]:
+        """Every registered broker-bound event class, by name."""
+        return dict(self._by_name)
+
+    @property
+    def bindings(self) -> tuple[EventBinding, ...]:
+        """All bindings in the order they were made."""
+        return tuple(self._bindings)
+
+    def _find_subclass(self, name: str) -> type[Event] | None:
+        roots = [b.target for b in self._bindings if isinstance(b.target, type)]
+        seen: set[type[Any]] = set()
+        while roots:
+            cls = roots.pop()
+            if cls in seen:
+                continue
+            seen.add(cls)
+            if message_type_of(cls) is not None and event_name(cls) == name:
+                self.register(cls)
+                return cls
+            roots.extend(cls.__subclasses__())
+        return None
+
+    @staticmethod
+    def _target(target: type[Event] | str) -> type[Event] | GlobPattern:
+        if isinstance(target, str):
+            return GlobPattern(target)
+        if isinstance(target, type) and issubclass(target, Event):
+            return target
+        raise EventBindingError(
+            f"EventMap.bind expects an Event subclass or a glob over event names, got {target!r}"
+        )
+
+    @staticmethod
+    def _call(target: object, handler: object) -> HandlerCall:
+        if isinstance(handler, type):
+            if not callable(getattr(handler, "handle", None)):
+                raise EventBindingError(
+                    f"EventMap.bind({target!r}, {handler.__qualname__}): a handler class needs "
+                    "an `async def handle(self, event)` method"
+                )
+            return _class_call(handler)
+        if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+            getattr(handler, "__call__", None)  # noqa: B004 - async callable objects
+        ):
+            return _function_call(handler)  # type: ignore[arg-type]
+        raise EventBindingError(
+            f"EventMap.bind({target!r}, {handler!r}): a handler is a class with an async `handle` "
+            "method or an `async def` function taking the event"
+        )

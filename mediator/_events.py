@@ -1,0 +1,128 @@
+"""Events: facts that handlers raise, and the handlers that react to them."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, ClassVar, Generic, TypeVar
+
+import attrs
+
+__all__ = [
+    "DomainEvent",
+    "ECSTEvent",
+    "Event",
+    "EventFunction",
+    "EventHandler",
+    "NotificationEvent",
+    "RaisesEvents",
+    "event_name",
+    "message_type_of",
+]
+
+_UTC = _dt.UTC
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_UTC)
+
+
+def _require_aware(instance: Event, attribute: attrs.Attribute[Any], value: _dt.datetime) -> None:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(
+            f"{type(instance).__name__}.event_timestamp must be timezone-aware; "
+            f"got naive {value.isoformat()}. Use datetime.now(UTC) or attach a tzinfo."
+        )
+
+
+@attrs.frozen(kw_only=True)
+class Event:
+    """Base of every event.
+
+    `event_id` is a fresh UUID and `event_timestamp` the current UTC time
+    unless given. The event's name on the wire is its class name, or the
+    `name=` class keyword:
+
+    ```python
+    @attrs.frozen(kw_only=True)
+    class UserJoined(NotificationEvent, name="user.joined"):
+        user_id: int
+    ```
+    """
+
+    __event_name__: ClassVar[str] = "Event"
+
+    event_id: uuid.UUID = attrs.field(factory=uuid.uuid4)
+    event_timestamp: _dt.datetime = attrs.field(factory=_now, validator=_require_aware)
+
+    def __init_subclass__(cls, *, name: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            cls.__event_name__ = name
+        elif "__event_name__" not in cls.__dict__:
+            # attrs rebuilds slotted classes; the rebuilt class keeps the name
+            # set on the first pass because it copies the class dict.
+            cls.__event_name__ = cls.__name__
+
+
+@attrs.frozen(kw_only=True)
+class DomainEvent(Event):
+    """An event handled inside the process by the handlers bound in an EventMap."""
+
+
+@attrs.frozen(kw_only=True)
+class NotificationEvent(Event):
+    """An event published to the message broker for other services to react to."""
+
+
+@attrs.frozen(kw_only=True)
+class ECSTEvent(Event):
+    """Event-carried state transfer: published to the broker with the new state."""
+
+
+def event_name(event_type: type[Event]) -> str:
+    """The name an event class has on the wire and in name patterns."""
+    return event_type.__event_name__
+
+
+def message_type_of(event_type: type[Event]) -> str | None:
+    """``"notification_event"``, ``"ecst_event"``, or ``None`` for local-only events."""
+    if issubclass(event_type, NotificationEvent):
+        return "notification_event"
+    if issubclass(event_type, ECSTEvent):
+        return "ecst_event"
+    return None
+
+
+E_contra = TypeVar("E_contra", bound=Event, contravariant=True)
+
+
+class RaisesEvents:
+    """Gives a handler the diator-style `events` list the mediator collects."""
+
+    @property
+    def events(self) -> list[Event]:
+        """Events raised while handling; taken and cleared after `handle` returns."""
+        try:
+            return self.__dict__["_events"]  # type: ignore[no-any-return]
+        except KeyError:
+            events: list[Event] = []
+            self.__dict__["_events"] = events
+            return events
+
+
+class EventHandler(RaisesEvents, Generic[E_contra]):
+    """Base class for event handlers.
+
+    Subclasses implement `handle`; events appended to `self.events` inside it
+    are processed after it returns (breadth-first follow-ups). Handlers built
+    by hand may instead define their own `events` property, as in diator.
+    """
+
+    async def handle(self, event: E_contra) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement `async def handle(event)`")
+
+
+EventFunction = Callable[[Any], Awaitable[Iterable[Event] | None]]
+"""A plain async function handler: takes the event, may return follow-up events."""

@@ -1,0 +1,88 @@
+"""Every error the toolkit raises, in one place.
+
+```
+MediatorError
+├── RequestBindingError         a request type has no handler, or two
+├── EventBindingError           an EventMap binding is malformed
+├── EventCycleError             follow-up events that raise each other for ever
+├── NoMessageBrokerError        a broker-bound event with no broker configured
+├── PublishError                the broker refused or could not be reached
+├── MessageDecodeError          a received message cannot become an event
+│                               (carries .reason and .message_id)
+└── MessageTooLargeError        an outgoing message exceeds a transport's limit
+```
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "DecodeFailure",
+    "EventBindingError",
+    "EventCycleError",
+    "MediatorError",
+    "MessageDecodeError",
+    "MessageTooLargeError",
+    "NoMessageBrokerError",
+    "PublishError",
+    "RequestBindingError",
+]
+
+
+class MediatorError(Exception):
+    """Base class of every error raised by mediator-toolkit."""
+
+
+class RequestBindingError(MediatorError, LookupError):
+    """A request type has no handler bound, or was bound twice."""
+
+
+class EventBindingError(MediatorError, TypeError):
+    """An `EventMap.bind` call was given something it cannot bind."""
+
+
+class EventCycleError(MediatorError, RuntimeError):
+    """Event handlers raised follow-up events that lead back to an event type
+    already being processed in the same chain."""
+
+
+class NoMessageBrokerError(MediatorError, RuntimeError):
+    """A NotificationEvent or ECSTEvent was raised but the EventEmitter has no
+    message broker to publish it to."""
+
+
+class PublishError(MediatorError, ConnectionError):
+    """A message could not be handed to the broker."""
+
+
+class MessageTooLargeError(MediatorError, ValueError):
+    """A single outgoing message is larger than the transport accepts."""
+
+
+class DecodeFailure(enum.Enum):
+    """Why a received message could not be decoded into an event."""
+
+    NOT_JSON = "not_json"
+    NOT_OBJECT = "not_object"
+    MISSING_KEY = "missing_key"
+    BAD_ENVELOPE = "bad_envelope"
+    UNKNOWN_NAME = "unknown_name"
+    INVALID_PAYLOAD = "invalid_payload"
+    ID_MISMATCH = "id_mismatch"
+    TOO_LARGE = "too_large"
+
+
+class MessageDecodeError(MediatorError, ValueError):
+    """A received message cannot be turned into a registered event.
+
+    `reason` says which check failed and `message_id` is the envelope's id when
+    it could be read (``None`` otherwise), so a consumer can log, count and
+    dead-letter the message.
+    """
+
+    def __init__(self, reason: DecodeFailure, detail: str, message_id: str | None = None) -> None:
+        self.reason = reason
+        self.detail = detail
+        self.message_id = message_id
+        super().__init__(f"{reason.value}: {detail} (message_id={message_id})")

@@ -1,0 +1,228 @@
+"""The wire envelope and its codec: the one place events become bytes and back.
+
+```json
+{"message_type": "notification_event", "message_name": "UserJoined",
+ "message_id": "9f62e977-…", "payload": {"event_id": "9f62e977-…", ...},
+ "headers": {"correlation_id": "…"}}
+```
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import msgspec
+import orjson
+
+from mediator._events import Event, event_name, message_type_of
+from mediator._exceptions import DecodeFailure, MessageDecodeError
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "MESSAGE_TYPES",
+    "Message",
+    "MessageCodec",
+    "channel_for",
+    "encode_message",
+]
+
+MESSAGE_TYPES = frozenset({"notification_event", "ecst_event"})
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+"""Messages larger than this (bytes) are refused by decoders: 1 MiB."""
+
+_REQUIRED = ("message_type", "message_name", "message_id", "payload")
+
+
+@attrs.frozen(kw_only=True)
+class Message:
+    """One envelope as it travels through a broker.
+
+    On the producing side `payload` holds the event's field values (UUIDs and
+    datetimes as Python objects); on the consuming side it holds the decoded
+    JSON. Either way `encode_message` writes the same bytes.
+    """
+
+    message_type: str
+    message_name: str
+    message_id: uuid.UUID
+    payload: Mapping[str, Any]
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+
+
+def channel_for(prefix: str, message: Message) -> str:
+    """The logical channel of `message`: ``{prefix}:{message_type}:{message_name}``."""
+    return f"{prefix}:{message.message_type}:{message.message_name}"
+
+
+_FIELDS: dict[type[Any], tuple[str, ...]] = {}
+
+
+def _field_names(cls: type[Any]) -> tuple[str, ...]:
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = tuple(a.name for a in attrs.fields(cls))
+        _FIELDS[cls] = names
+    return names
+
+
+def _fields_of(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in _field_names(type(obj))}
+
+
+def _default(obj: Any) -> Any:
+    # orjson calls this for what it cannot write itself: nested attrs classes.
+    if attrs.has(type(obj)):
+        return _fields_of(obj)
+    if isinstance(obj, frozenset | set):
+        return list(obj)
+    raise TypeError(f"cannot serialize {type(obj).__qualname__} in an event payload")
+
+
+def encode_message(message: Message) -> bytes:
+    """The envelope as UTF-8 JSON bytes, written with orjson."""
+    return orjson.dumps(
+        {
+            "message_type": message.message_type,
+            "message_name": message.message_name,
+            "message_id": message.message_id,
+            "payload": message.payload,
+            "headers": message.headers,
+        },
+        default=_default,
+    )
+
+
+class MessageCodec:
+    """Turns events into envelopes and received bytes back into events.
+
+    Decoding builds only classes that `event_class` (usually
+    `EventMap.event_class`) returns for a name; a message never names code to
+    import. It is strict about what it builds (a missing field or a value of
+    the wrong JSON type is refused; no coercion) and tolerant about extra
+    fields, which it ignores. Every failure is a `MessageDecodeError`.
+    """
+
+    __slots__ = ("_event_class", "max_size")
+
+    def __init__(
+        self,
+        event_class: Callable[[str], type[Event] | None],
+        *,
+        max_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        self._event_class = event_class
+        self.max_size = max_size
+
+    @staticmethod
+    def to_message(event: Event, headers: Mapping[str, str] | None = None) -> Message:
+        """The envelope of a NotificationEvent or ECSTEvent."""
+        message_type = message_type_of(type(event))
+        if message_type is None:
+            raise TypeError(
+                f"{type(event).__qualname__} is not a NotificationEvent or ECSTEvent; "
+                "only those travel through a broker"
+            )
+        return Message(
+            message_type=message_type,
+            message_name=event_name(type(event)),
+            message_id=event.event_id,
+            payload=_fields_of(event),
+            headers=dict(headers) if headers else {},
+        )
+
+    def decode(self, data: bytes | str) -> tuple[Message, Event]:
+        """Parse and validate `data`, returning the envelope and its event."""
+        message = self.decode_message(data)
+        return message, self.to_event(message)
+
+    def decode_message(self, data: bytes | str) -> Message:
+        """Parse and validate the envelope only."""
+        if len(data) > self.max_size:
+            raise MessageDecodeError(
+                DecodeFailure.TOO_LARGE,
+                f"{len(data)} bytes exceeds the limit of {self.max_size} bytes",
+            )
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise MessageDecodeError(DecodeFailure.NOT_JSON, str(exc)) from None
+        if not isinstance(obj, dict):
+            raise MessageDecodeError(
+                DecodeFailure.NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}"
+            )
+        raw_id = obj.get("message_id")
+        message_id = raw_id if isinstance(raw_id, str) else None
+        missing = [key for key in _REQUIRED if key not in obj]
+        if missing:
+            raise MessageDecodeError(
+                DecodeFailure.MISSING_KEY, f"missing {', '.join(missing)}", message_id
+            )
+        message_type, name, payload = obj["message_type"], obj["message_name"], obj["payload"]
+        headers = obj.get("headers") or {}
+        problem = None
+        if message_type not in MESSAGE_TYPES:
+            problem = f"message_type {message_type!r} is not one of {sorted(MESSAGE_TYPES)}"
+        elif not isinstance(name, str):
+            problem = "message_name must be a string"
+        elif not isinstance(payload, dict):
+            problem = "payload must be a JSON object"
+        elif not isinstance(headers, dict) or not all(
+            isinstance(v, str) for v in headers.values()
+        ):
+            problem = "headers must be an object of strings"
+        if problem is None:
+            try:
+                parsed_id = uuid.UUID(message_id) if message_id is not None else None
+            except ValueError:
+                parsed_id = None
+            if parsed_id is None:
+                problem = f"message_id {raw_id!r} is not a UUID"
+        if problem is not None:
+            raise MessageDecodeError(DecodeFailure.BAD_ENVELOPE, problem, message_id)
+        return Message(
+            message_type=message_type,
+            message_name=name,
+            message_id=parsed_id,  # type: ignore[arg-type] # checked above
+            payload=payload,
+            headers=headers,
+        )
+
+    def to_event(self, message: Message) -> Event:
+        """Build the registered event class that `message` names."""
+        message_id = str(message.message_id)
+        event_type = self._event_class(message.message_name)
+        if event_type is None:
+            raise MessageDecodeError(
+                DecodeFailure.UNKNOWN_NAME,
+                f"no event class registered under {message.message_name!r}; bind a handler for it "
+                "or call EventMap.register(...)",
+                message_id,
+            )
+        expected_type = message_type_of(event_type)
+        if expected_type != message.message_type:
+            raise MessageDecodeError(
+                DecodeFailure.BAD_ENVELOPE,
+                f"{message.message_name} is a {expected_type}, the message says "
+                f"{message.message_type}",
+                message_id,
+            )
+        try:
+            event = msgspec.convert(message.payload, event_type)
+        except msgspec.ValidationError as exc:
+            raise MessageDecodeError(DecodeFailure.INVALID_PAYLOAD, str(exc), message_id) from None
+        if event.event_timestamp.tzinfo is None:
+            raise MessageDecodeError(
+                DecodeFailure.INVALID_PAYLOAD,
+                "event_timestamp has no UTC offset; timestamps must be timezone-aware",
+                message_id,
+            )
+        if event.event_id != message.message_id:
+            raise MessageDecodeError(
+                DecodeFailure.ID_MISMATCH,
+                f"payload.event_id {event.event_id} differs from message_id",
+                message_id,
+            )
+        return event

@@ -1,0 +1,66 @@
+"""Error policies: what happens when an event handler raises."""
+
+from __future__ import annotations
+
+import random
+
+import attrs
+
+__all__ = ["Backoff", "ErrorPolicy", "FailFast", "Ignore", "LogAndContinue", "Retry"]
+
+
+@attrs.frozen
+class FailFast:
+    """Re-raise the handler's exception to whoever emitted the event.
+
+    The default for local handlers: a failing in-process handler is a bug the
+    caller of `Mediator.send` must see, and it keeps the guarantee that
+    nothing is published to the broker when a local handler failed.
+    """
+
+
+@attrs.frozen
+class LogAndContinue:
+    """Log the exception with the event and handler, then go on with the next handler."""
+
+
+@attrs.frozen
+class Ignore:
+    """Swallow the exception silently (it is still logged at DEBUG level)."""
+
+
+@attrs.frozen(kw_only=True)
+class Backoff:
+    """Exponential backoff with jitter: ``initial * multiplier**(n-1)``, capped
+    at `maximum`, then spread by ±`jitter` (a fraction)."""
+
+    initial: float = attrs.field(default=0.05, validator=attrs.validators.ge(0))
+    multiplier: float = attrs.field(default=2.0, validator=attrs.validators.ge(1))
+    maximum: float = attrs.field(default=5.0, validator=attrs.validators.ge(0))
+    jitter: float = attrs.field(
+        default=0.1, validator=[attrs.validators.ge(0), attrs.validators.le(1)]
+    )
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based)."""
+        base = min(self.maximum, self.initial * self.multiplier ** (attempt - 1))
+        if self.jitter:
+            base *= 1 + random.uniform(-self.jitter, self.jitter)
+        return max(0.0, base)
+
+
+FinalPolicy = FailFast | LogAndContinue | Ignore
+
+
+@attrs.frozen(kw_only=True)
+class Retry:
+    """Call the handler again, up to `attempts` calls in all, waiting `backoff`
+    between calls; when the last one fails, apply `then`."""
+
+    attempts: int = attrs.field(default=3, validator=attrs.validators.ge(1))
+    backoff: Backoff = attrs.field(factory=Backoff)
+    then: FinalPolicy = attrs.field(factory=FailFast)
+
+
+ErrorPolicy = FailFast | LogAndContinue | Ignore | Retry
+"""One of the policy objects above."""
