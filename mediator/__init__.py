@@ -33,6 +33,7 @@ from mediator._message import Message as Message
 from mediator._message import MessageCodec as MessageCodec
 from mediator._message import channel_for as channel_for
 from mediator._message import encode_message as encode_message
+from mediator._middlewares import Handle as Handle
 from mediator._middlewares import LoggingMiddleware as LoggingMiddleware
 from mediator._middlewares import Middleware as Middleware
 from mediator._middlewares import MiddlewareChain as MiddlewareChain
@@ -66,6 +67,7 @@ __all__ = [
     "EventHandler",
     "EventMap",
     "FailFast",
+    "Handle",
     "Ignore",
     "LogAndContinue",
     "LoggingMiddleware",
@@ -79,6 +81,7 @@ __all__ = [
     "Middleware",
     "MiddlewareChain",
     "NoMessageBrokerError",
+    "NotificationEvent",
     "PublishError",
     "RaisesEvents",
     "Request",

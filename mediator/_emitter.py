@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mediator._broker import MessageBroker
@@ -70,26 +69,23 @@ class EventEmitter:
         without one the emitter opens a scope of its own container, if any.
         `headers` go into the envelope of every published message.
         """
+        if resolver is None and self._container is not None:
+            async with self._container.scope() as scope:
+                await self.emit_all(events, scope, headers)
+                return
         if self.message_broker is None:
             for event in events:
                 self._require_broker(type(event))
-        if resolver is None and self._container is not None:
-            async with self._container.scope() as scope:
-                await self._emit(events, scope, headers)
-        else:
-            await self._emit(events, resolver, headers)
-
-    async def _emit(
-        self,
-        events: Iterable[Event],
-        resolver: Resolver | None,
-        headers: Mapping[str, str] | None,
-    ) -> None:
+        # Breadth-first: follow-ups are appended behind the events waiting.
+        pending = list(events)
+        ancestry: dict[int, tuple[type[Event], ...]] | None = None
         outbox: list[Event] = []
-        queue: deque[tuple[Event, tuple[type[Event], ...]]] = deque((e, ()) for e in events)
         handlers_for = self.event_map.handlers_for
-        while queue:
-            event, ancestry = queue.popleft()
+        sequential = self._max_concurrency == 1
+        index = 0
+        while index < len(pending):
+            event = pending[index]
+            index += 1
             event_type = type(event)
             if message_type_of(event_type) is not None:
                 outbox.append(event)
@@ -97,14 +93,33 @@ class EventEmitter:
             bindings = handlers_for(event_type)
             if not bindings:
                 continue
-            follow_ups = await self._dispatch(event, bindings, resolver)
+            if len(bindings) == 1:
+                binding = bindings[0]
+                try:
+                    follow_ups = await binding.call(event, resolver)
+                except Exception as exc:
+                    follow_ups = await self._failed(binding, event, resolver, exc)
+            elif sequential:
+                follow_ups = []
+                for binding in bindings:
+                    try:
+                        more = await binding.call(event, resolver)
+                    except Exception as exc:
+                        more = await self._failed(binding, event, resolver, exc)
+                    if more:
+                        follow_ups.extend(more)
+            else:
+                follow_ups = await self._concurrently(event, bindings, resolver)
             if follow_ups:
-                chain = (*ancestry, event_type)
+                if ancestry is None:
+                    ancestry = {}
+                chain = (*ancestry.get(index - 1, ()), event_type)
                 for follow_up in follow_ups:
                     self._check_cycle(type(follow_up), chain)
-                    queue.append((follow_up, chain))
+                    ancestry[len(pending)] = chain
+                    pending.append(follow_up)
         if outbox:
-            await self._publish(outbox, headers)
+            await self.publish([MessageCodec.to_message(event, headers) for event in outbox])
 
     def _require_broker(self, event_type: type[Event]) -> None:
         if self.message_broker is None and message_type_of(event_type) is not None:
@@ -125,74 +140,65 @@ class EventEmitter:
                 "make one of the handlers stop raising the follow-up"
             )
 
-    async def _dispatch(
+    async def _concurrently(
         self, event: Event, bindings: tuple[EventBinding, ...], resolver: Resolver | None
     ) -> list[Event]:
-        if self._max_concurrency == 1 or len(bindings) == 1:
-            if len(bindings) == 1:
-                return await self._run(bindings[0], event, resolver)
-            follow_ups: list[Event] = []
-            for binding in bindings:
-                follow_ups.extend(await self._run(binding, event, resolver))
-            return follow_ups
         if self._semaphore is None:
             self._semaphore = asyncio.Semaphore(self._max_concurrency)
         semaphore = self._semaphore
 
-        async def limited(binding: EventBinding) -> list[Event]:
+        async def limited(binding: EventBinding) -> list[Event] | None:
             async with semaphore:
-                return await self._run(binding, event, resolver)
+                try:
+                    return await binding.call(event, resolver)
+                except Exception as exc:
+                    return await self._failed(binding, event, resolver, exc)
 
         results = await asyncio.gather(*(limited(b) for b in bindings), return_exceptions=True)
-        follow_ups = []
+        follow_ups: list[Event] = []
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-            follow_ups.extend(result)
+            if result:
+                follow_ups.extend(result)
         return follow_ups
 
     @staticmethod
-    async def _run(binding: EventBinding, event: Event, resolver: Resolver | None) -> list[Event]:
+    async def _failed(
+        binding: EventBinding, event: Event, resolver: Resolver | None, exc: Exception
+    ) -> list[Event] | None:
+        """Apply the binding's error policy to a failed call (re-raising under fail-fast)."""
         policy = binding.policy
         attempt = 1
-        while True:
+        while isinstance(policy, Retry) and attempt < policy.attempts:
+            delay = policy.backoff.delay(attempt)
+            logger.warning(
+                "%s failed on %s (attempt %d of %d), retrying in %.3fs: %r",
+                binding.handler_name,
+                type(event).__qualname__,
+                attempt,
+                policy.attempts,
+                delay,
+                exc,
+            )
+            attempt += 1
+            await asyncio.sleep(delay)
             try:
                 return await binding.call(event, resolver)
-            except Exception as exc:
-                if isinstance(policy, Retry) and attempt < policy.attempts:
-                    delay = policy.backoff.delay(attempt)
-                    logger.warning(
-                        "%s failed on %s (attempt %d of %d), retrying in %.3fs: %r",
-                        binding.handler_name,
-                        type(event).__qualname__,
-                        attempt,
-                        policy.attempts,
-                        delay,
-                        exc,
-                    )
-                    attempt += 1
-                    await asyncio.sleep(delay)
-                    continue
-                final = policy.then if isinstance(policy, Retry) else policy
-                if isinstance(final, FailFast):
-                    raise
-                log = logger.exception if isinstance(final, LogAndContinue) else logger.debug
-                log(
-                    "%s failed on %s (event_id=%s); continuing",
-                    binding.handler_name,
-                    type(event).__qualname__,
-                    event.event_id,
-                    exc_info=exc,
-                )
-                return []
-
-    async def _publish(self, events: list[Event], headers: Mapping[str, str] | None) -> None:
-        broker = self.message_broker
-        if broker is None:  # pragma: no cover - checked before dispatch
-            self._require_broker(type(events[0]))
-            return
-        messages = [MessageCodec.to_message(event, headers) for event in events]
-        await self.publish(messages)
+            except Exception as again:
+                exc = again
+        final = policy.then if isinstance(policy, Retry) else policy
+        if isinstance(final, FailFast):
+            raise exc
+        log = logger.exception if isinstance(final, LogAndContinue) else logger.debug
+        log(
+            "%s failed on %s (event_id=%s); continuing",
+            binding.handler_name,
+            type(event).__qualname__,
+            event.event_id,
+            exc_info=exc,
+        )
+        return None
 
     async def publish(self, messages: Sequence[Message]) -> None:
         """Hand ready envelopes to the broker: one batch when it can take one."""

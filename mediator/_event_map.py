@@ -9,7 +9,7 @@ from typing import Any, TypeVar, overload
 import attrs
 
 from mediator._container import Resolver
-from mediator._events import Event, event_name, message_type_of
+from mediator._events import Event, event_name, message_type_of, take_events, uses_native_events
 from mediator._exceptions import EventBindingError
 from mediator._patterns import GlobPattern
 from mediator._policies import ErrorPolicy, FailFast
@@ -18,32 +18,27 @@ __all__ = ["EventBinding", "EventMap"]
 
 H = TypeVar("H")
 
-HandlerCall = Callable[[Event, Resolver | None], Awaitable[list[Event]]]
-
-
-def _take_events(handler: object) -> list[Event]:
-    events = getattr(handler, "events", None)
-    if not events:
-        return []
-    taken = list(events)
-    if isinstance(events, list):
-        events.clear()
-    return taken
+HandlerCall = Callable[[Event, Resolver | None], Awaitable[list[Event] | None]]
+"""Runs one handler on one event; returns its follow-up events, if any."""
 
 
 def _class_call(handler_type: type[Any]) -> HandlerCall:
-    async def call(event: Event, resolver: Resolver | None) -> list[Event]:
+    native = uses_native_events(handler_type)
+
+    async def call(event: Event, resolver: Resolver | None) -> list[Event] | None:
         handler = handler_type() if resolver is None else await resolver.resolve(handler_type)
         await handler.handle(event)
-        return _take_events(handler)
+        if native and not handler._events:
+            return None
+        return take_events(handler, native)
 
     return call
 
 
 def _function_call(function: Callable[[Any], Awaitable[Iterable[Event] | None]]) -> HandlerCall:
-    async def call(event: Event, resolver: Resolver | None) -> list[Event]:
+    async def call(event: Event, resolver: Resolver | None) -> list[Event] | None:
         follow_ups = await function(event)
-        return list(follow_ups) if follow_ups else []
+        return list(follow_ups) if follow_ups else None
 
     return call
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, MutableSequence, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
 import attrs
@@ -19,6 +19,8 @@ __all__ = [
     "RaisesEvents",
     "event_name",
     "message_type_of",
+    "take_events",
+    "uses_native_events",
 ]
 
 _UTC = _dt.UTC
@@ -86,13 +88,22 @@ def event_name(event_type: type[Event]) -> str:
     return event_type.__event_name__
 
 
+_MESSAGE_TYPES: dict[type[Any], str | None] = {}
+
+
 def message_type_of(event_type: type[Event]) -> str | None:
     """``"notification_event"``, ``"ecst_event"``, or ``None`` for local-only events."""
+    try:
+        return _MESSAGE_TYPES[event_type]
+    except KeyError:
+        pass
+    kind: str | None = None
     if issubclass(event_type, NotificationEvent):
-        return "notification_event"
-    if issubclass(event_type, ECSTEvent):
-        return "ecst_event"
-    return None
+        kind = "notification_event"
+    elif issubclass(event_type, ECSTEvent):
+        kind = "ecst_event"
+    _MESSAGE_TYPES[event_type] = kind
+    return kind
 
 
 E_contra = TypeVar("E_contra", bound=Event, contravariant=True)
@@ -101,15 +112,42 @@ E_contra = TypeVar("E_contra", bound=Event, contravariant=True)
 class RaisesEvents:
     """Gives a handler the diator-style `events` list the mediator collects."""
 
+    # A class-level empty tuple until the first event: the mediator's check for
+    # "did this handler raise anything" is one attribute read, no allocation.
+    _events: Sequence[Event] = ()
+
     @property
     def events(self) -> list[Event]:
         """Events raised while handling; taken and cleared after `handle` returns."""
-        try:
-            return self.__dict__["_events"]  # type: ignore[no-any-return]
-        except KeyError:
-            events: list[Event] = []
-            self.__dict__["_events"] = events
-            return events
+        events = self._events
+        if not isinstance(events, list):
+            events = self._events = []
+        return events
+
+
+_NATIVE_EVENTS = RaisesEvents.__dict__["events"]
+
+
+def uses_native_events(handler_type: type[Any]) -> bool:
+    """Whether `handler_type` keeps the built-in `events` list (so `take_events`
+    may read it without the property call)."""
+    return getattr(handler_type, "events", None) is _NATIVE_EVENTS
+
+
+def take_events(handler: Any, native: bool) -> list[Event] | None:
+    """Take and clear the events `handler` raised; None when there are none.
+
+    `native` is `uses_native_events(type(handler))`, computed once per class.
+    """
+    events: Sequence[Event] | None = handler._events if native else getattr(handler, "events", None)
+    if not events:
+        return None
+    taken = list(events)
+    if isinstance(events, list):
+        events.clear()
+    elif isinstance(events, MutableSequence):
+        del events[:]
+    return taken
 
 
 class EventHandler(RaisesEvents, Generic[E_contra]):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, MutableSequence, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, TypeVar, overload
 
 from mediator._container import Container, Resolver
 from mediator._emitter import EventEmitter
-from mediator._events import Event, RaisesEvents
+from mediator._events import Event, take_events, uses_native_events
 from mediator._exceptions import MediatorError, RequestBindingError
 from mediator._middlewares import MiddlewareChain
 from mediator._requests import Request, RequestMap, StreamRequest
@@ -17,31 +17,11 @@ __all__ = ["Mediator"]
 
 R = TypeVar("R")
 
-_NATIVE_EVENTS = RaisesEvents.__dict__["events"]
+Run = Callable[[Any], Coroutine[Any, Any, Any]]
 
 
-class _Route:
-    """What the mediator learned once about a request type's handler."""
-
-    __slots__ = ("handler_type", "native_events", "streaming")
-
-    def __init__(self, handler_type: type[Any]) -> None:
-        self.handler_type = handler_type
-        # Handlers using the built-in `events` list skip the property call.
-        self.native_events = getattr(handler_type, "events", None) is _NATIVE_EVENTS
-        self.streaming = inspect.isasyncgenfunction(handler_type.handle)
-
-
-def _take_events(handler: Any, native: bool) -> list[Event] | None:
-    events: Sequence[Event] | None = (
-        handler.__dict__.get("_events") if native else getattr(handler, "events", None)
-    )
-    if not events:
-        return None
-    taken = list(events)
-    if isinstance(events, MutableSequence):
-        events.clear()
-    return taken
+async def _raise(exc: BaseException) -> Any:
+    raise exc
 
 
 class Mediator:
@@ -70,65 +50,92 @@ class Mediator:
         self._request_map = request_map
         self._emitter = event_emitter
         self._container = container
-        self._chain = middleware_chain if middleware_chain else None
-        self._routes: dict[type[Any], _Route] = {}
+        self._chain = middleware_chain if middleware_chain is not None else MiddlewareChain()
+        self._routes: dict[type[Any], Run] = {}
 
     @property
     def event_emitter(self) -> EventEmitter | None:
         """The emitter the handlers' events go to."""
         return self._emitter
 
-    def _route(self, request_type: type[Any]) -> _Route:
-        route = _Route(self._request_map.get(request_type))
-        self._routes[request_type] = route
-        return route
+    @overload
+    def send(self, request: Request[R]) -> Coroutine[Any, Any, R]: ...
 
     @overload
-    async def send(self, request: Request[R]) -> R: ...
+    def send(self, request: object) -> Coroutine[Any, Any, object]: ...
 
-    @overload
-    async def send(self, request: object) -> Any: ...
+    def send(self, request: object) -> Coroutine[Any, Any, Any]:
+        """Handle `request` and return (a coroutine of) its handler's response.
 
-    async def send(self, request: object) -> Any:
-        """Handle `request` and return its handler's response.
+        For a `Request[T]` the response is typed `T`; any other object can be
+        sent too (dispatch is by type) and its response is typed `object`.
 
-        Raises RequestBindingError when no handler is bound for its type;
-        whatever the handler, a middleware, a local event handler (under
-        fail-fast) or the broker raises reaches the caller.
+        Awaiting it raises RequestBindingError when no handler is bound for
+        the request's type; whatever the handler, a middleware, a local event
+        handler (under fail-fast) or the broker raises reaches the caller.
         """
-        route = self._routes.get(type(request)) or self._route(type(request))
-        if route.streaming:
-            raise RequestBindingError(
-                f"{route.handler_type.__qualname__} yields results; consume "
-                f"{type(request).__qualname__} with `async for item in mediator.stream(request)`"
-            )
+        run = self._routes.get(type(request))
+        if run is None:
+            try:
+                run = self._route(type(request))
+            except RequestBindingError as exc:
+                return _raise(exc)
+        return run(request)
+
+    def _route(self, request_type: type[Any]) -> Run:
+        """Compile the send path of one request type, once."""
+        handler_type = self._request_map.get(request_type)
+        native = uses_native_events(handler_type)
+        middlewares = self._chain.middlewares
+        wrap = self._chain.wrap
+        emit = self._emitter.emit_all if self._emitter is not None else self._no_emitter
         container = self._container
-        if container is None:
-            handler = route.handler_type()
-            if self._chain is None:
-                response = await handler.handle(request)
-            else:
-                response = await self._chain.wrap(handler.handle)(request)
-            events = _take_events(handler, route.native_events)
-            if events:
-                await self._emit(events, None, handler)
-            return response
-        async with container.scope() as resolver:
-            handler = await resolver.resolve(route.handler_type)
-            if self._chain is None:
-                response = await handler.handle(request)
-            else:
-                response = await self._chain.wrap(handler.handle)(request)
-            events = _take_events(handler, route.native_events)
-            if events:
-                await self._emit(events, resolver, handler)
-            return response
+        run: Run
+        if inspect.isasyncgenfunction(handler_type.handle):
+
+            async def run(request: Any) -> Any:
+                raise RequestBindingError(
+                    f"{handler_type.__qualname__} yields results; consume "
+                    f"{request_type.__qualname__} with `async for item in mediator.stream(request)`"
+                )
+
+        elif container is None:
+
+            async def run(request: Any) -> Any:
+                handler = handler_type()
+                if middlewares:
+                    response = await wrap(handler.handle)(request)
+                else:
+                    response = await handler.handle(request)
+                if not native or handler._events:
+                    events = take_events(handler, native)
+                    if events:
+                        await emit(events, None)
+                return response
+
+        else:
+
+            async def run(request: Any) -> Any:
+                async with container.scope() as resolver:
+                    handler = await resolver.resolve(handler_type)
+                    if middlewares:
+                        response = await wrap(handler.handle)(request)
+                    else:
+                        response = await handler.handle(request)
+                    if not native or handler._events:
+                        events = take_events(handler, native)
+                        if events:
+                            await emit(events, resolver)
+                    return response
+
+        self._routes[request_type] = run
+        return run
 
     @overload
     def stream(self, request: StreamRequest[R]) -> AsyncIterator[R]: ...
 
     @overload
-    def stream(self, request: object) -> AsyncIterator[Any]: ...
+    def stream(self, request: object) -> AsyncIterator[object]: ...
 
     async def stream(self, request: object) -> AsyncIterator[Any]:
         """Iterate the items a streaming handler yields for `request`.
@@ -136,42 +143,48 @@ class Mediator:
         Events the handler raised before each item are emitted before the
         item is handed to the caller. Middlewares wrap `send` only.
         """
-        route = self._routes.get(type(request)) or self._route(type(request))
-        if not route.streaming:
+        handler_type = self._request_map.get(type(request))
+        if not inspect.isasyncgenfunction(handler_type.handle):
             raise RequestBindingError(
-                f"{route.handler_type.__qualname__}.handle returns a single response; use "
+                f"{handler_type.__qualname__}.handle returns a single response; use "
                 f"`await mediator.send(request)` for {type(request).__qualname__}"
             )
         if self._container is None:
-            async for item in self._stream(route, route.handler_type(), request, None):
+            async for item in self._stream(handler_type(), request, None):
                 yield item
             return
         async with self._container.scope() as resolver:
-            handler = await resolver.resolve(route.handler_type)
-            async for item in self._stream(route, handler, request, resolver):
+            handler = await resolver.resolve(handler_type)
+            async for item in self._stream(handler, request, resolver):
                 yield item
 
     async def _stream(
-        self, route: _Route, handler: Any, request: object, resolver: Resolver | None
+        self, handler: Any, request: object, resolver: Resolver | None
     ) -> AsyncIterator[Any]:
+        native = uses_native_events(type(handler))
         items = handler.handle(request)
         try:
             async for item in items:
-                events = _take_events(handler, route.native_events)
+                events = take_events(handler, native)
                 if events:
-                    await self._emit(events, resolver, handler)
+                    await self._emit(events, resolver)
                 yield item
-            events = _take_events(handler, route.native_events)
+            events = take_events(handler, native)
             if events:
-                await self._emit(events, resolver, handler)
+                await self._emit(events, resolver)
         finally:
             await items.aclose()
 
-    async def _emit(self, events: list[Event], resolver: Resolver | None, handler: object) -> None:
+    async def _emit(self, events: list[Event], resolver: Resolver | None) -> None:
         if self._emitter is None:
-            raise MediatorError(
-                f"{type(handler).__qualname__} raised {len(events)} event(s) "
-                f"({', '.join(type(e).__qualname__ for e in events)}) but the Mediator has no "
-                "event emitter; pass Mediator(event_emitter=EventEmitter(event_map=...))"
-            )
-        await self._emitter.emit_all(events, resolver)
+            await self._no_emitter(events, resolver)
+        else:
+            await self._emitter.emit_all(events, resolver)
+
+    @staticmethod
+    async def _no_emitter(events: Sequence[Event], resolver: Resolver | None) -> None:
+        raise MediatorError(
+            f"A handler raised {len(events)} event(s) "
+            f"({', '.join(type(e).__qualname__ for e in events)}) but the Mediator has no "
+            "event emitter; pass Mediator(event_emitter=EventEmitter(event_map=...))"
+        )

@@ -169,9 +169,7 @@ class MessageCodec:
             problem = "message_name must be a string"
         elif not isinstance(payload, dict):
             problem = "payload must be a JSON object"
-        elif not isinstance(headers, dict) or not all(
-            isinstance(v, str) for v in headers.values()
-        ):
+        elif not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
             problem = "headers must be an object of strings"
         if problem is None:
             try:

@@ -71,7 +71,12 @@ class MiddlewareChain:
 
     def set(self, middlewares: Iterable[Middleware]) -> None:
         """Replace the whole chain."""
-        self._middlewares = list(middlewares)
+        self._middlewares[:] = list(middlewares)
+
+    @property
+    def middlewares(self) -> list[Middleware]:
+        """The live list, outermost first (mutated in place by add and set)."""
+        return self._middlewares
 
     def wrap(self, handle: Handle) -> Handle:
         """`handle` wrapped in every middleware, outermost first."""

@@ -26,8 +26,7 @@ try:
     from di.executors import AsyncExecutor
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "mediator.container.DIContainer needs the `di` library: "
-        "pip install 'mediator-toolkit[di]'"
+        "mediator.container.DIContainer needs the `di` library: pip install 'mediator-toolkit[di]'"
     ) from exc
 
 __all__ = ["APP_SCOPE", "REQUEST_SCOPE", "DIContainer"]

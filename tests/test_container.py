@@ -1,0 +1,146 @@
+"""DIContainer: cached solves, one request scope per send, app scope across sends."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, ClassVar
+
+import attrs
+import di
+from di import bind_by_type
+from di.dependent import Dependent, Marker
+
+from mediator import (
+    DomainEvent,
+    EventEmitter,
+    EventHandler,
+    EventMap,
+    Mediator,
+    Request,
+    RequestHandler,
+    RequestMap,
+)
+from mediator.container import DIContainer
+
+
+class Session:
+    """A request-scoped resource: opened per send, closed after it."""
+
+    opened: ClassVar[list[Session]] = []
+    closed: ClassVar[list[Session]] = []
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+
+async def open_session() -> AsyncIterator[Session]:
+    session = Session()
+    Session.opened.append(session)
+    yield session
+    Session.closed.append(session)
+
+
+class Settings:
+    """An app-scoped dependency: one for the container's life."""
+
+
+SessionDep = Annotated[Session, Marker(open_session, scope="request")]
+SettingsDep = Annotated[Settings, Marker(Settings, scope="app")]
+
+
+@attrs.frozen(kw_only=True)
+class Register(Request[tuple[int, int]]):
+    name: str
+
+
+@attrs.frozen(kw_only=True)
+class Registered(DomainEvent):
+    name: str
+
+
+class RegisterHandler(RequestHandler[Register, tuple[int, int]]):
+    def __init__(self, session: SessionDep, settings: SettingsDep) -> None:
+        self.session = session
+        self.settings = settings
+
+    async def handle(self, request: Register) -> tuple[int, int]:
+        self.session.writes.append(f"register {request.name}")
+        self.events.append(Registered(name=request.name))
+        return id(self.session), id(self.settings)
+
+
+class AuditRegistered(EventHandler[Registered]):
+    def __init__(self, session: SessionDep) -> None:
+        self.session = session
+
+    async def handle(self, event: Registered) -> None:
+        self.session.writes.append(f"audit {event.name}")
+
+
+def build(container: DIContainer) -> Mediator:
+    requests = RequestMap()
+    requests.bind(Register, RegisterHandler)
+    events = EventMap()
+    events.bind(Registered, AuditRegistered)
+    return Mediator(
+        request_map=requests,
+        event_emitter=EventEmitter(event_map=events, container=container),
+        container=container,
+    )
+
+
+async def test_one_send_shares_its_request_scope_and_closes_it_after() -> None:
+    Session.opened.clear()
+    Session.closed.clear()
+    async with DIContainer(di.Container()) as container:
+        mediator = build(container)
+        first_session, first_settings = await mediator.send(Register(name="ada"))
+        second_session, second_settings = await mediator.send(Register(name="bob"))
+
+    # The handler and the event handler it triggered wrote to the same session.
+    assert [s.writes for s in Session.opened] == [
+        ["register ada", "audit ada"],
+        ["register bob", "audit bob"],
+    ]
+    assert Session.closed == Session.opened  # each closed once its send was done
+    assert first_session != second_session
+    assert first_settings == second_settings  # app scope spans sends
+
+
+async def test_solved_graphs_are_cached_per_type() -> None:
+    container = DIContainer()
+    assert container.solved(AuditRegistered) is container.solved(AuditRegistered)
+    await container.aclose()
+
+
+class Clock:
+    def now(self) -> str:
+        return "real"
+
+
+class FrozenClock(Clock):
+    def now(self) -> str:
+        return "frozen"
+
+
+@attrs.frozen
+class WhatTime(Request[str]):
+    pass
+
+
+class WhatTimeHandler(RequestHandler[WhatTime, str]):
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    async def handle(self, request: WhatTime) -> str:
+        return self.clock.now()
+
+
+async def test_binds_on_the_wrapped_container_are_honoured() -> None:
+    wrapped = di.Container()
+    wrapped.bind(bind_by_type(Dependent(FrozenClock, scope="request"), Clock))
+    requests = RequestMap()
+    requests.bind(WhatTime, WhatTimeHandler)
+    async with DIContainer(wrapped) as container:
+        mediator = Mediator(request_map=requests, container=container)
+        assert await mediator.send(WhatTime()) == "frozen"
