@@ -60,6 +60,30 @@ class PingWithDependency(RequestHandler[Ping, int]):
         return request.value + 1
 
 
+class DiatorStyleHandler:
+    """A handler as diator's docs write one: its own events list and a dependency."""
+
+    def __init__(self, repository: Repository | None = None) -> None:
+        self.repository = repository
+        self._events: list[DomainEvent] = []
+
+    @property
+    def events(self) -> list[DomainEvent]:
+        return self._events
+
+    async def handle(self, request: Ping) -> int:
+        return request.value + 1
+
+
+ROUTES = {Ping: PingHandler}
+
+
+async def bare_wrapper(request: Ping) -> int:
+    """The least any dispatcher that runs code after handle() can do: look the
+    handler up by type and await it inside one coroutine of its own."""
+    return await ROUTES[type(request)]().handle(request)
+
+
 @attrs.frozen(kw_only=True)
 class Pinged(DomainEvent):
     value: int
@@ -101,6 +125,36 @@ async def main(n: int, repeats: int) -> None:
             await send(ping)
 
     await compare("send, no events, no container", direct, via_send, 1.5, n, repeats)
+
+    async def floor(n: int) -> None:
+        for _ in range(n):
+            await bare_wrapper(ping)
+
+    await compare(
+        "  (floor: dict dispatch + one wrapper coroutine)", direct, floor, 1.5, n, repeats
+    )
+
+    diator_requests = RequestMap()
+    diator_requests.bind(Ping, DiatorStyleHandler)
+    diator_mediator = Mediator(request_map=diator_requests)
+
+    async def direct_diator(n: int) -> None:
+        for _ in range(n):
+            await DiatorStyleHandler().handle(ping)
+
+    async def via_send_diator(n: int) -> None:
+        send = diator_mediator.send
+        for _ in range(n):
+            await send(ping)
+
+    await compare(
+        "send, no events, no container, diator-style handler",
+        direct_diator,
+        via_send_diator,
+        1.5,
+        n,
+        repeats,
+    )
 
     di_requests = RequestMap()
     di_requests.bind(Ping, PingWithDependency)

@@ -107,7 +107,7 @@ class Mediator:
                     response = await wrap(handler.handle)(request)
                 else:
                     response = await handler.handle(request)
-                if not native or handler._events:
+                if handler._events if native else getattr(handler, "events", None):
                     events = take_events(handler, native)
                     if events:
                         await emit(events, None)
@@ -122,7 +122,7 @@ class Mediator:
                         response = await wrap(handler.handle)(request)
                     else:
                         response = await handler.handle(request)
-                    if not native or handler._events:
+                    if handler._events if native else getattr(handler, "events", None):
                         events = take_events(handler, native)
                         if events:
                             await emit(events, resolver)
