@@ -1,13 +1,36 @@
-"""What the EventEmitter needs from a message broker."""
+"""The broker contract: what the emitter and the consumer need from a transport.
+
+Every module in `brokers/` implements the same verbs, in this order:
+publish (`send_message`, `send_messages`), `subscribe`, `start` / `stop`
+(and ``async with``), settle each `Delivery` (`ack`, `retry`,
+`dead_letter`), and say its `delivery_guarantee`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import enum
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol, runtime_checkable
 
 from mediator._message import Message
 
-__all__ = ["BatchMessageBroker", "MessageBroker"]
+__all__ = [
+    "BatchMessageBroker",
+    "Delivery",
+    "DeliveryGuarantee",
+    "MessageBroker",
+    "SubscribingBroker",
+    "Subscription",
+]
+
+
+class DeliveryGuarantee(enum.Enum):
+    """What a transport promises about each published message."""
+
+    AT_MOST_ONCE = "at-most-once"
+    """Delivered once or lost (a consumer that is down misses it)."""
+    AT_LEAST_ONCE = "at-least-once"
+    """Kept until a consumer settles it; may be delivered again after a crash."""
 
 
 @runtime_checkable
@@ -29,4 +52,88 @@ class BatchMessageBroker(MessageBroker, Protocol):
 
     async def send_messages(self, messages: Sequence[Message]) -> None:
         """Publish `messages` in order, as one batch where the transport allows."""
+        ...
+
+
+class Delivery(Protocol):
+    """One received message, to be settled exactly once."""
+
+    @property
+    def channel(self) -> str:
+        """The logical channel it was published on."""
+        ...
+
+    @property
+    def data(self) -> bytes:
+        """The raw envelope bytes."""
+        ...
+
+    @property
+    def delivery_count(self) -> int:
+        """1 on the first delivery, more on redeliveries (where the transport counts)."""
+        ...
+
+    async def ack(self) -> None:
+        """Done: the message will not be delivered again."""
+        ...
+
+    async def retry(self) -> None:
+        """Give the message back for a later delivery (where the transport can)."""
+        ...
+
+    async def dead_letter(self, reason: str, description: str) -> None:
+        """Move the message to the transport's dead-letter place."""
+        ...
+
+
+class Subscription(Protocol):
+    """A live subscription: iterate it for deliveries, close it to stop."""
+
+    @property
+    def pattern(self) -> str:
+        """The glob over logical channels."""
+        ...
+
+    @property
+    def group(self) -> str | None:
+        """The consumer group, or None for a subscription of its own."""
+        ...
+
+    def __aiter__(self) -> AsyncIterator[Delivery]: ...
+
+    async def close(self) -> None:
+        """Stop receiving; iteration ends once buffered deliveries are taken."""
+        ...
+
+
+@runtime_checkable
+class SubscribingBroker(BatchMessageBroker, Protocol):
+    """A broker consumers can subscribe to. Every transport implements it."""
+
+    @property
+    def delivery_guarantee(self) -> DeliveryGuarantee:
+        """What the transport promises; see `DeliveryGuarantee`."""
+        ...
+
+    @property
+    def channel_prefix(self) -> str:
+        """The first part of every logical channel this broker publishes to."""
+        ...
+
+    async def start(self) -> None:
+        """Open connections; publishing and subscribing also start it on demand."""
+        ...
+
+    async def stop(self) -> None:
+        """Close every subscription and connection the broker opened."""
+        ...
+
+    async def subscribe(self, pattern: str, *, group: str | None = None) -> Subscription:
+        """Subscribe to channels matching `pattern` (Redis glob semantics).
+
+        Returns once the subscription is live: a message published after the
+        call returns is delivered. With `group`, the group's subscriptions
+        share the messages (each goes to one of them); every group and every
+        ungrouped subscription gets every matching message.
+        """
         ...

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mediator._broker import MessageBroker
 from mediator._container import Container, Resolver
+from mediator._context import outgoing_headers
 from mediator._event_map import EventBinding, EventMap
 from mediator._events import Event, message_type_of
 from mediator._exceptions import EventCycleError, NoMessageBrokerError
 from mediator._message import Message, MessageCodec
-from mediator._policies import FailFast, LogAndContinue, Retry
+from mediator._policies import ErrorPolicy, FailFast, Ignore
+from mediator._recovery import recover
 
 __all__ = ["EventEmitter"]
 
@@ -32,7 +34,13 @@ class EventEmitter:
     supports it.
 
     `max_concurrency` above 1 runs the handlers bound to one event
-    concurrently, at most that many at a time across the emitter.
+    concurrently, at most that many at a time.
+
+    Every published envelope carries a `correlation_id` header (the one in
+    force, see `correlation_scope`, else a new one per batch) and, when the
+    events were raised while handling a consumed message, a `causation_id`
+    naming that message. Each function in `outgoing` then sees the envelope
+    and returns it, changed or not (``attrs.evolve(message, headers=...)``).
     """
 
     def __init__(
@@ -42,6 +50,7 @@ class EventEmitter:
         message_broker: MessageBroker | None = None,
         *,
         max_concurrency: int = 1,
+        outgoing: Sequence[Callable[[Message], Message]] = (),
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
@@ -49,8 +58,9 @@ class EventEmitter:
         self.message_broker = message_broker
         self._container = container
         self._max_concurrency = max_concurrency
-        self._semaphore: asyncio.Semaphore | None = None
         self._send_messages = getattr(message_broker, "send_messages", None)
+        self._outgoing = tuple(outgoing)
+        self._policy: ErrorPolicy = self.event_map.default_policy or FailFast()
 
     async def emit(self, event: Event) -> None:
         """Dispatch one event (diator's signature)."""
@@ -119,7 +129,16 @@ class EventEmitter:
                     ancestry[len(pending)] = chain
                     pending.append(follow_up)
         if outbox:
-            await self.publish([MessageCodec.to_message(event, headers) for event in outbox])
+            await self.publish(self._envelopes(outbox, headers))
+
+    def _envelopes(self, events: list[Event], headers: Mapping[str, str] | None) -> list[Message]:
+        batch_headers = outgoing_headers()
+        if headers:
+            batch_headers.update(headers)
+        messages = [MessageCodec.to_message(event, batch_headers) for event in events]
+        for hook in self._outgoing:
+            messages = [hook(message) for message in messages]
+        return messages
 
     def _require_broker(self, event_type: type[Event]) -> None:
         if self.message_broker is None and message_type_of(event_type) is not None:
@@ -143,9 +162,9 @@ class EventEmitter:
     async def _concurrently(
         self, event: Event, bindings: tuple[EventBinding, ...], resolver: Resolver | None
     ) -> list[Event]:
-        if self._semaphore is None:
-            self._semaphore = asyncio.Semaphore(self._max_concurrency)
-        semaphore = self._semaphore
+        # Per event, not per emitter: a handler that sends a request through
+        # the same emitter must not wait for a slot its own caller holds.
+        semaphore = asyncio.Semaphore(self._max_concurrency)
 
         async def limited(binding: EventBinding) -> list[Event] | None:
             async with semaphore:
@@ -163,40 +182,22 @@ class EventEmitter:
                 follow_ups.extend(result)
         return follow_ups
 
-    @staticmethod
     async def _failed(
-        binding: EventBinding, event: Event, resolver: Resolver | None, exc: Exception
+        self, binding: EventBinding, event: Event, resolver: Resolver | None, exc: Exception
     ) -> list[Event] | None:
         """Apply the binding's error policy to a failed call (re-raising under fail-fast)."""
-        policy = binding.policy
-        attempt = 1
-        while isinstance(policy, Retry) and attempt < policy.attempts:
-            delay = policy.backoff.delay(attempt)
-            logger.warning(
-                "%s failed on %s (attempt %d of %d), retrying in %.3fs: %r",
-                binding.handler_name,
-                type(event).__qualname__,
-                attempt,
-                policy.attempts,
-                delay,
-                exc,
-            )
-            attempt += 1
-            await asyncio.sleep(delay)
-            try:
-                return await binding.call(event, resolver)
-            except Exception as again:
-                exc = again
-        final = policy.then if isinstance(policy, Retry) else policy
-        if isinstance(final, FailFast):
-            raise exc
-        log = logger.exception if isinstance(final, LogAndContinue) else logger.debug
+        outcome = await recover(binding, event, resolver, binding.policy or self._policy, exc)
+        if outcome.final is None:
+            return outcome.follow_ups
+        if isinstance(outcome.final, FailFast):
+            raise outcome.error
+        log = logger.debug if isinstance(outcome.final, Ignore) else logger.exception
         log(
             "%s failed on %s (event_id=%s); continuing",
             binding.handler_name,
             type(event).__qualname__,
             event.event_id,
-            exc_info=exc,
+            exc_info=outcome.error,
         )
         return None
 

@@ -9,10 +9,17 @@ from typing import Any, TypeVar, overload
 import attrs
 
 from mediator._container import Resolver
-from mediator._events import Event, event_name, message_type_of, take_events, uses_native_events
+from mediator._events import (
+    Event,
+    discard_events,
+    event_name,
+    message_type_of,
+    take_events,
+    uses_native_events,
+)
 from mediator._exceptions import EventBindingError
 from mediator._patterns import GlobPattern
-from mediator._policies import ErrorPolicy, FailFast
+from mediator._policies import ErrorPolicy
 
 __all__ = ["EventBinding", "EventMap"]
 
@@ -27,7 +34,11 @@ def _class_call(handler_type: type[Any]) -> HandlerCall:
 
     async def call(event: Event, resolver: Resolver | None) -> list[Event] | None:
         handler = handler_type() if resolver is None else await resolver.resolve(handler_type)
-        await handler.handle(event)
+        try:
+            await handler.handle(event)
+        except BaseException:
+            discard_events(handler, native)
+            raise
         if native and not handler._events:
             return None
         return take_events(handler, native)
@@ -49,7 +60,9 @@ class EventBinding:
 
     target: type[Event] | GlobPattern
     handler: type[Any] | Callable[..., Any]
-    policy: ErrorPolicy
+    policy: ErrorPolicy | None
+    """None: the dispatcher's default (the map's, else fail-fast locally and
+    retry-then-dead-letter in a consumer)."""
     call: HandlerCall = attrs.field(repr=False)
 
     @property
@@ -78,12 +91,15 @@ class EventMap:
     ```
 
     Several handlers can be bound to one event; they run in the order they
-    were bound. Binding a NotificationEvent or ECSTEvent class also registers
-    it for decoding, so consumers can build it from a message.
+    were bound. A binding without `policy` gets `default_policy` if the map
+    has one, else the dispatcher's own default: `FailFast` in the emitter,
+    `Retry(then=DeadLetter())` in an `EventConsumer`. Binding a
+    NotificationEvent or ECSTEvent class also registers it for decoding, so
+    consumers can build it from a message.
     """
 
     def __init__(self, *, default_policy: ErrorPolicy | None = None) -> None:
-        self.default_policy: ErrorPolicy = default_policy or FailFast()
+        self.default_policy = default_policy
         self._bindings: list[EventBinding] = []
         self._by_type: dict[type[Event], tuple[EventBinding, ...]] = {}
         self._by_name: dict[str, type[Event]] = {}
@@ -132,7 +148,7 @@ class EventMap:
         binding = EventBinding(
             target=resolved_target,
             handler=handler,
-            policy=policy or self.default_policy,
+            policy=policy,
             call=self._call(target, handler),
         )
         if isinstance(resolved_target, type):

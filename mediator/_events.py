@@ -17,6 +17,7 @@ __all__ = [
     "EventHandler",
     "NotificationEvent",
     "RaisesEvents",
+    "discard_events",
     "event_name",
     "message_type_of",
     "take_events",
@@ -24,18 +25,22 @@ __all__ = [
 ]
 
 _UTC = _dt.UTC
+_ZERO = _dt.timedelta(0)
 
 
 def _now() -> _dt.datetime:
     return _dt.datetime.now(_UTC)
 
 
-def _require_aware(instance: Event, attribute: attrs.Attribute[Any], value: _dt.datetime) -> None:
-    if value.tzinfo is None or value.utcoffset() is None:
+def as_utc(value: _dt.datetime) -> _dt.datetime:
+    """`value` in UTC; a naive datetime is refused rather than guessed at."""
+    offset = value.utcoffset()
+    if offset is None:
         raise ValueError(
-            f"{type(instance).__name__}.event_timestamp must be timezone-aware; "
-            f"got naive {value.isoformat()}. Use datetime.now(UTC) or attach a tzinfo."
+            f"event_timestamp must be timezone-aware; got naive {value.isoformat()}. "
+            "Use datetime.now(UTC) or attach a tzinfo."
         )
+    return value if offset == _ZERO and value.tzinfo is _UTC else value.astimezone(_UTC)
 
 
 @attrs.frozen(kw_only=True)
@@ -56,7 +61,7 @@ class Event:
     __event_name__: ClassVar[str] = "Event"
 
     event_id: uuid.UUID = attrs.field(factory=uuid.uuid4)
-    event_timestamp: _dt.datetime = attrs.field(factory=_now, validator=_require_aware)
+    event_timestamp: _dt.datetime = attrs.field(factory=_now, converter=as_utc)
 
     def __init_subclass__(cls, *, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -132,6 +137,11 @@ def uses_native_events(handler_type: type[Any]) -> bool:
     """Whether `handler_type` keeps the built-in `events` list (so `take_events`
     may read it without the property call)."""
     return getattr(handler_type, "events", None) is _NATIVE_EVENTS
+
+
+def discard_events(handler: Any, native: bool) -> None:
+    """Drop what a failed `handle` raised, so a reused handler never emits it later."""
+    take_events(handler, native)
 
 
 def take_events(handler: Any, native: bool) -> list[Event] | None:

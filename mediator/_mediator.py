@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, TypeVar, overload
 
 from mediator._container import Container, Resolver
 from mediator._emitter import EventEmitter
-from mediator._events import Event, take_events, uses_native_events
+from mediator._events import Event, discard_events, take_events, uses_native_events
 from mediator._exceptions import MediatorError, RequestBindingError
 from mediator._middlewares import MiddlewareChain
 from mediator._requests import Request, RequestMap, StreamRequest
@@ -103,10 +103,14 @@ class Mediator:
 
             async def run(request: Any) -> Any:
                 handler = handler_type()
-                if middlewares:
-                    response = await wrap(handler.handle)(request)
-                else:
-                    response = await handler.handle(request)
+                try:
+                    if middlewares:
+                        response = await wrap(handler.handle)(request)
+                    else:
+                        response = await handler.handle(request)
+                except BaseException:
+                    discard_events(handler, native)
+                    raise
                 if handler._events if native else getattr(handler, "events", None):
                     events = take_events(handler, native)
                     if events:
@@ -118,10 +122,14 @@ class Mediator:
             async def run(request: Any) -> Any:
                 async with container.scope() as resolver:
                     handler = await resolver.resolve(handler_type)
-                    if middlewares:
-                        response = await wrap(handler.handle)(request)
-                    else:
-                        response = await handler.handle(request)
+                    try:
+                        if middlewares:
+                            response = await wrap(handler.handle)(request)
+                        else:
+                            response = await handler.handle(request)
+                    except BaseException:
+                        discard_events(handler, native)
+                        raise
                     if handler._events if native else getattr(handler, "events", None):
                         events = take_events(handler, native)
                         if events:
@@ -132,12 +140,12 @@ class Mediator:
         return run
 
     @overload
-    def stream(self, request: StreamRequest[R]) -> AsyncIterator[R]: ...
+    def stream(self, request: StreamRequest[R]) -> AsyncGenerator[R, None]: ...
 
     @overload
-    def stream(self, request: object) -> AsyncIterator[object]: ...
+    def stream(self, request: object) -> AsyncGenerator[object, None]: ...
 
-    async def stream(self, request: object) -> AsyncIterator[Any]:
+    async def stream(self, request: object) -> AsyncGenerator[Any, None]:
         """Iterate the items a streaming handler yields for `request`.
 
         Events the handler raised before each item are emitted before the
@@ -164,11 +172,15 @@ class Mediator:
         native = uses_native_events(type(handler))
         items = handler.handle(request)
         try:
-            async for item in items:
-                events = take_events(handler, native)
-                if events:
-                    await self._emit(events, resolver)
-                yield item
+            try:
+                async for item in items:
+                    events = take_events(handler, native)
+                    if events:
+                        await self._emit(events, resolver)
+                    yield item
+            except BaseException:
+                discard_events(handler, native)
+                raise
             events = take_events(handler, native)
             if events:
                 await self._emit(events, resolver)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping
+from datetime import UTC
 from typing import Any
 
 import attrs
 import msgspec
 import orjson
 
-from mediator._events import Event, event_name, message_type_of
+from mediator._events import Event, as_utc, event_name, message_type_of
 from mediator._exceptions import DecodeFailure, MessageDecodeError
 
 __all__ = [
@@ -34,6 +35,7 @@ DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 """Messages larger than this (bytes) are refused by decoders: 1 MiB."""
 
 _REQUIRED = ("message_type", "message_name", "message_id", "payload")
+_EVENT_KEYS = ("event_id", "event_timestamp")
 
 
 @attrs.frozen(kw_only=True)
@@ -140,10 +142,11 @@ class MessageCodec:
 
     def decode_message(self, data: bytes | str) -> Message:
         """Parse and validate the envelope only."""
-        if len(data) > self.max_size:
+        size = len(data) if isinstance(data, bytes) else len(data.encode())
+        if size > self.max_size:
             raise MessageDecodeError(
                 DecodeFailure.TOO_LARGE,
-                f"{len(data)} bytes exceeds the limit of {self.max_size} bytes",
+                f"{size} bytes exceeds the limit of {self.max_size} bytes",
             )
         try:
             obj = orjson.loads(data)
@@ -207,16 +210,28 @@ class MessageCodec:
                 f"{message.message_type}",
                 message_id,
             )
+        missing = [key for key in _EVENT_KEYS if key not in message.payload]
+        if missing:
+            raise MessageDecodeError(
+                DecodeFailure.INVALID_PAYLOAD,
+                f"payload is missing {', '.join(missing)}",
+                message_id,
+            )
         try:
             event = msgspec.convert(message.payload, event_type)
         except msgspec.ValidationError as exc:
             raise MessageDecodeError(DecodeFailure.INVALID_PAYLOAD, str(exc), message_id) from None
-        if event.event_timestamp.tzinfo is None:
-            raise MessageDecodeError(
-                DecodeFailure.INVALID_PAYLOAD,
-                "event_timestamp has no UTC offset; timestamps must be timezone-aware",
-                message_id,
-            )
+        stamp = event.event_timestamp
+        if stamp.tzinfo is not UTC:
+            # msgspec builds attrs classes without running converters.
+            try:
+                event = attrs.evolve(event, event_timestamp=as_utc(stamp))
+            except ValueError:
+                raise MessageDecodeError(
+                    DecodeFailure.INVALID_PAYLOAD,
+                    "event_timestamp has no UTC offset; timestamps must be timezone-aware",
+                    message_id,
+                ) from None
         if event.event_id != message.message_id:
             raise MessageDecodeError(
                 DecodeFailure.ID_MISMATCH,

@@ -89,8 +89,9 @@ def glob_match(pattern: str, text: str) -> bool:
     ``*`` any run of bytes, ``?`` one byte, ``[abc]`` / ``[^a]`` / ``[a-z]``
     a set, ``\\x`` the byte x literally.
 
-    >>> glob_match("app:*:Order*", "app:notification_event:OrderPlaced")
-    True
+    ```python
+    assert glob_match("app:*:Order*", "app:notification_event:OrderPlaced")
+    ```
     """
     return _match(pattern.encode(), 0, text.encode(), 0)
 

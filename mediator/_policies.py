@@ -6,16 +6,27 @@ import random
 
 import attrs
 
-__all__ = ["Backoff", "ErrorPolicy", "FailFast", "Ignore", "LogAndContinue", "Retry"]
+__all__ = [
+    "Backoff",
+    "DeadLetter",
+    "ErrorPolicy",
+    "FailFast",
+    "FinalPolicy",
+    "Ignore",
+    "LogAndContinue",
+    "Retry",
+]
 
 
 @attrs.frozen
 class FailFast:
     """Re-raise the handler's exception to whoever emitted the event.
 
-    The default for local handlers: a failing in-process handler is a bug the
+    The default for local dispatch: a failing in-process handler is a bug the
     caller of `Mediator.send` must see, and it keeps the guarantee that
-    nothing is published to the broker when a local handler failed.
+    nothing is published to the broker when a local handler failed. In a
+    consumer it releases the message for redelivery and stops the consumer,
+    whose `run()` raises the exception.
     """
 
 
@@ -27,6 +38,13 @@ class LogAndContinue:
 @attrs.frozen
 class Ignore:
     """Swallow the exception silently (it is still logged at DEBUG level)."""
+
+
+@attrs.frozen
+class DeadLetter:
+    """Consumers: settle the message to the transport's dead-letter place,
+    with the exception text as the description. Local (emitter) dispatch has
+    no message to dead-letter, so there it logs like `LogAndContinue`."""
 
 
 @attrs.frozen(kw_only=True)
@@ -49,7 +67,7 @@ class Backoff:
         return max(0.0, base)
 
 
-FinalPolicy = FailFast | LogAndContinue | Ignore
+FinalPolicy = FailFast | LogAndContinue | Ignore | DeadLetter
 
 
 @attrs.frozen(kw_only=True)
@@ -62,5 +80,5 @@ class Retry:
     then: FinalPolicy = attrs.field(factory=FailFast)
 
 
-ErrorPolicy = FailFast | LogAndContinue | Ignore | Retry
+ErrorPolicy = FailFast | LogAndContinue | Ignore | DeadLetter | Retry
 """One of the policy objects above."""

@@ -10,8 +10,10 @@ mediator = Mediator(request_map=requests, container=container)
 
 Each handler class is solved once and the solved graph is cached. Every
 `scope()` (one per `Mediator.send`) enters a di ``"request"`` scope inside a
-long-lived ``"app"`` scope: dependencies are request-scoped unless marked
-``Marker(scope="app")``, so one send shares them and closes them after it.
+long-lived ``"app"`` scope. Dependencies that di wires from type hints are
+request-scoped, so one send shares them and closes them after it; an
+explicit ``Marker`` must name its scope: ``Marker(open_db, scope="request")``
+or ``Marker(Settings, scope="app")``.
 """
 
 from __future__ import annotations

@@ -184,6 +184,23 @@ def test_payloads_that_do_not_fit_the_class_are_refused(
     assert caught.value.message_id == str(EVENT_ID)
 
 
+@pytest.mark.parametrize("key", ["event_id", "event_timestamp"])
+def test_event_id_and_timestamp_are_required_on_the_wire(key: str) -> None:
+    body = envelope()
+    del body["payload"][key]  # type: ignore[attr-defined]
+    with pytest.raises(MessageDecodeError, match=f"payload is missing {key}") as caught:
+        codec().decode(orjson.dumps(body))
+    assert caught.value.reason is DecodeFailure.INVALID_PAYLOAD
+
+
+def test_timestamps_with_another_offset_decode_to_utc() -> None:
+    body = envelope()
+    body["payload"]["event_timestamp"] = "2026-11-24T22:01:02.123456+02:00"  # type: ignore[index]
+    _, event = codec().decode(orjson.dumps(body))
+    assert event.event_timestamp == STAMP
+    assert event.event_timestamp.tzinfo is UTC
+
+
 def test_a_missing_required_field_is_refused() -> None:
     body = envelope()
     del body["payload"]["user_id"]  # type: ignore[attr-defined]

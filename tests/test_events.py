@@ -375,3 +375,52 @@ async def test_memory_broker_keeps_a_bounded_history() -> None:
     for n in range(5):
         await broker.send_message(MessageCodec.to_message(OrderShipped(order_id=n)))
     assert [m.payload["order_id"] for m in broker.messages] == [2, 3, 4]
+
+
+async def test_a_handler_may_send_through_the_same_concurrent_emitter() -> None:
+    from mediator import Mediator, Request, RequestHandler, RequestMap
+
+    @attrs.frozen
+    class Ship(Request[None]):
+        order_id: int
+
+    done: list[str] = []
+    events = EventMap()
+    emitter = EventEmitter(event_map=events, max_concurrency=1 + 1)
+    requests = RequestMap()
+    mediator = Mediator(request_map=requests, event_emitter=emitter)
+
+    class ShipHandler(RequestHandler[Ship, None]):
+        async def handle(self, request: Ship) -> None:
+            self.events.append(InvoiceSent(order_id=request.order_id))
+
+    requests.bind(Ship, ShipHandler)
+
+    async def ship(event: OrderPlaced) -> None:
+        await mediator.send(Ship(order_id=event.order_id))
+
+    for label in ("x", "y", "z"):
+        events.bind(InvoiceSent, Log().handler(label))  # type: ignore[arg-type]
+    async def ship_again(event: OrderPlaced) -> None:
+        await mediator.send(Ship(order_id=event.order_id))
+
+    # Both slots are held by handlers that wait on nested sends of their own.
+    events.bind(OrderPlaced, ship)
+    events.bind(OrderPlaced, ship_again)
+
+    @events.bind(InvoiceSent)
+    async def finished(event: InvoiceSent) -> None:
+        done.append("invoice")
+
+    await asyncio.wait_for(emitter.emit(OrderPlaced(order_id=1)), timeout=5)
+    assert done == ["invoice", "invoice"]
+
+
+def test_timestamps_in_other_zones_are_stored_in_utc() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    local = datetime(2026, 1, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))
+    event = OrderPlaced(order_id=1, event_timestamp=local)
+    assert event.event_timestamp == local
+    assert event.event_timestamp.utcoffset() == timedelta(0)
+    assert event.event_timestamp.hour == 10

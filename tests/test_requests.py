@@ -227,3 +227,35 @@ async def test_send_and_stream_refuse_the_wrong_kind_of_handler() -> None:
     with pytest.raises(RequestBindingError, match=r"mediator\.send"):
         async for _ in mediator.stream(Add(a=1, b=2)):
             pass
+
+
+async def test_events_of_a_failed_handle_are_dropped_not_emitted_by_the_next_send() -> None:
+    shared = RaiseThreeHandler()
+
+    class SameInstance:
+        def scope(self) -> SameInstance:
+            return self
+
+        async def __aenter__(self) -> SameInstance:
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+        async def resolve(self, type_: type[object]) -> object:
+            return shared
+
+    seen: list[Event] = []
+    requests = RequestMap()
+    requests.bind(RaiseThree, RaiseThreeHandler)
+    requests.bind(Add, AddHandler)
+    mediator = Mediator(
+        request_map=requests,
+        event_emitter=EventEmitter(
+            event_map=recording_map(seen), message_broker=InMemoryMessageBroker()
+        ),
+        container=SameInstance(),
+    )
+    with pytest.raises(RuntimeError):
+        await mediator.send(RaiseThree(fail=True))
+    assert shared.events == []

@@ -1,0 +1,56 @@
+"""What is being handled right now: the consumed message and the correlation id."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+from mediator._message import Message
+
+__all__ = ["correlation_scope", "current_correlation_id", "current_message"]
+
+_message: ContextVar[Message | None] = ContextVar("mediator_current_message", default=None)
+_correlation: ContextVar[str | None] = ContextVar("mediator_correlation_id", default=None)
+
+
+def current_message() -> Message | None:
+    """The envelope whose event is being handled in this task, or None.
+
+    Consumer-side handlers read headers through it:
+    ``tenant = current_message().headers["tenant"]``.
+    """
+    return _message.get()
+
+
+def current_correlation_id() -> str | None:
+    """The correlation id in force: set by `correlation_scope`, or carried by
+    the consumed message being handled; None outside both."""
+    explicit = _correlation.get()
+    if explicit is not None:
+        return explicit
+    message = _message.get()
+    return message.headers.get("correlation_id") if message is not None else None
+
+
+@contextmanager
+def correlation_scope(correlation_id: str | None = None) -> Iterator[str]:
+    """Give every message published inside the block this correlation id
+    (a new one when None), e.g. the id of the HTTP request being served."""
+    value = correlation_id or str(uuid.uuid4())
+    token = _correlation.set(value)
+    try:
+        yield value
+    finally:
+        _correlation.reset(token)
+
+
+def outgoing_headers() -> dict[str, str]:
+    """Headers for a batch published now: the correlation id in force (or a
+    new one) and, inside a consumer, the causation id of the parent message."""
+    parent = _message.get()
+    correlation = current_correlation_id() or str(uuid.uuid4())
+    if parent is None:
+        return {"correlation_id": correlation}
+    return {"correlation_id": correlation, "causation_id": str(parent.message_id)}
