@@ -6,9 +6,18 @@ from mediator import Mediator, RequestMap, EventMap, EventEmitter
 """
 
 from mediator._broker import BatchMessageBroker as BatchMessageBroker
+from mediator._broker import Delivery as Delivery
+from mediator._broker import DeliveryGuarantee as DeliveryGuarantee
 from mediator._broker import MessageBroker as MessageBroker
+from mediator._broker import SubscribingBroker as SubscribingBroker
+from mediator._broker import Subscription as Subscription
+from mediator._consumer import ConsumerStats as ConsumerStats
+from mediator._consumer import EventConsumer as EventConsumer
 from mediator._container import Container as Container
 from mediator._container import Resolver as Resolver
+from mediator._context import correlation_scope as correlation_scope
+from mediator._context import current_correlation_id as current_correlation_id
+from mediator._context import current_message as current_message
 from mediator._emitter import EventEmitter as EventEmitter
 from mediator._event_map import EventBinding as EventBinding
 from mediator._event_map import EventMap as EventMap
@@ -29,6 +38,7 @@ from mediator._exceptions import NoMessageBrokerError as NoMessageBrokerError
 from mediator._exceptions import PublishError as PublishError
 from mediator._exceptions import RequestBindingError as RequestBindingError
 from mediator._mediator import Mediator as Mediator
+from mediator._message import DEFAULT_MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE
 from mediator._message import Message as Message
 from mediator._message import MessageCodec as MessageCodec
 from mediator._message import channel_for as channel_for
@@ -39,6 +49,7 @@ from mediator._middlewares import Middleware as Middleware
 from mediator._middlewares import MiddlewareChain as MiddlewareChain
 from mediator._patterns import glob_match as glob_match
 from mediator._policies import Backoff as Backoff
+from mediator._policies import DeadLetter as DeadLetter
 from mediator._policies import ErrorPolicy as ErrorPolicy
 from mediator._policies import FailFast as FailFast
 from mediator._policies import Ignore as Ignore
@@ -52,16 +63,22 @@ from mediator._requests import StreamingRequestHandler as StreamingRequestHandle
 from mediator._requests import StreamRequest as StreamRequest
 
 __all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
     "Backoff",
     "BatchMessageBroker",
+    "ConsumerStats",
     "Container",
+    "DeadLetter",
     "DecodeFailure",
+    "Delivery",
+    "DeliveryGuarantee",
     "DomainEvent",
     "ECSTEvent",
     "ErrorPolicy",
     "Event",
     "EventBinding",
     "EventBindingError",
+    "EventConsumer",
     "EventCycleError",
     "EventEmitter",
     "EventHandler",
@@ -93,7 +110,12 @@ __all__ = [
     "Retry",
     "StreamRequest",
     "StreamingRequestHandler",
+    "SubscribingBroker",
+    "Subscription",
     "channel_for",
+    "correlation_scope",
+    "current_correlation_id",
+    "current_message",
     "encode_message",
     "event_name",
     "glob_match",

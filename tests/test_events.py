@@ -401,6 +401,7 @@ async def test_a_handler_may_send_through_the_same_concurrent_emitter() -> None:
 
     for label in ("x", "y", "z"):
         events.bind(InvoiceSent, Log().handler(label))  # type: ignore[arg-type]
+
     async def ship_again(event: OrderPlaced) -> None:
         await mediator.send(Ship(order_id=event.order_id))
 

@@ -1,0 +1,401 @@
+"""The EventConsumer: subscribe to broker channels by pattern, get typed events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from types import TracebackType
+
+import attrs
+
+from mediator._broker import Delivery, SubscribingBroker, Subscription
+from mediator._container import Container, Resolver
+from mediator._context import _message
+from mediator._emitter import EventEmitter
+from mediator._event_map import EventMap
+from mediator._events import Event
+from mediator._exceptions import MessageDecodeError
+from mediator._message import DEFAULT_MAX_MESSAGE_SIZE, Message, MessageCodec
+from mediator._policies import DeadLetter, ErrorPolicy, FailFast, Ignore, Retry
+from mediator._recovery import recover
+
+__all__ = ["ConsumerStats", "EventConsumer"]
+
+logger = logging.getLogger("mediator.consumer")
+
+HANDLER_FAILED = "handler_failed"
+"""Dead-letter reason of a message whose handler failed past its policy."""
+REJECTED = "rejected"
+"""Dead-letter reason of a message an `incoming` hook refused."""
+
+
+@attrs.define
+class ConsumerStats:
+    """Counters for health checks; read them from `EventConsumer.stats`."""
+
+    received: int = 0
+    """Deliveries taken from the broker."""
+    handled: int = 0
+    """Deliveries whose handlers all finished (acknowledged)."""
+    retried: int = 0
+    """Handler calls repeated under a Retry policy."""
+    released: int = 0
+    """Deliveries given back to the broker for redelivery (fail-fast, stop, publish errors)."""
+    dead_lettered: int = 0
+    """Deliveries moved to the dead-letter place, all reasons."""
+    dead_lettered_by_reason: Counter[str] = attrs.field(factory=Counter)
+    """Dead letters per reason: a `DecodeFailure` value, "handler_failed" or "rejected"."""
+    in_flight: int = 0
+    """Deliveries being handled right now."""
+
+    @property
+    def settled(self) -> int:
+        """Deliveries settled one way or another."""
+        return self.handled + self.released + self.dead_lettered
+
+
+@attrs.frozen
+class _Outcome:
+    dead_letter: str | None = None
+    release: str | None = None
+    fail: BaseException | None = None
+
+
+class EventConsumer:
+    """Receives events from a broker and runs the handlers bound in an EventMap.
+
+    ```python
+    consumer = EventConsumer(broker=broker, event_map=events)
+    await consumer.subscribe("app:notification_event:*")
+    async with consumer:          # every subscription is live here
+        ...                       # handlers run as messages arrive
+    ```
+
+    Each delivery is decoded with the envelope codec into its registered
+    class and handed to the handlers bound to it, in bind order, each under
+    its error policy (`Retry(then=DeadLetter())` unless the binding or the
+    map says otherwise). All succeeded: the delivery is acknowledged. One
+    ended in `DeadLetter`: the message is dead-lettered with the exception
+    text. `FailFast`: the delivery is released for redelivery and the
+    consumer stops; `run()` (or leaving ``async with``) raises the error.
+    Messages that cannot be decoded are logged, counted and dead-lettered.
+
+    At most `max_concurrency` deliveries are handled at once; the consumer
+    takes no more from the broker until a slot frees (backpressure). On stop
+    it takes no new deliveries, gives in-flight ones `drain_timeout` seconds
+    to finish, then cancels them and releases their deliveries.
+
+    Events that handlers raise are emitted through `event_emitter` (by
+    default one over the same map, container and broker), carrying the
+    consumed message's correlation id and its id as causation id.
+    """
+
+    def __init__(
+        self,
+        broker: SubscribingBroker,
+        event_map: EventMap,
+        container: Container | None = None,
+        *,
+        event_emitter: EventEmitter | None = None,
+        max_concurrency: int = 16,
+        drain_timeout: float = 10.0,
+        default_policy: ErrorPolicy | None = None,
+        incoming: Sequence[Callable[[Message], None]] = (),
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        self.broker = broker
+        self.event_map = event_map
+        self.stats = ConsumerStats()
+        self._container = container
+        self._emitter = event_emitter or EventEmitter(
+            event_map=event_map, container=container, message_broker=broker
+        )
+        self._codec = MessageCodec(event_map.event_class, max_size=max_message_size)
+        self._policy: ErrorPolicy = (
+            default_policy or event_map.default_policy or Retry(then=DeadLetter())
+        )
+        self._incoming = tuple(incoming)
+        self._max_concurrency = max_concurrency
+        self._drain_timeout = drain_timeout
+        self._wanted: list[tuple[str, str | None]] = []
+        self._subscriptions: list[Subscription] = []
+        self._readers: set[asyncio.Task[None]] = set()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._slots: asyncio.Semaphore | None = None
+        self._running = False
+        self._stop_requested: asyncio.Event | None = None
+        self._failure: BaseException | None = None
+        self._progress: asyncio.Event | None = None
+        self._closing: asyncio.Task[None] | None = None
+
+    # -- subscriptions -----------------------------------------------------
+
+    async def subscribe(self, pattern: str, group: str | None = None) -> None:
+        """Receive messages whose logical channel matches `pattern` (a Redis
+        glob), optionally as a member of consumer `group`.
+
+        Before start it is recorded; while running it is live when this returns.
+        Overlapping patterns each get their own copy of a message.
+        """
+        self._wanted.append((pattern, group))
+        if self._running:
+            await self._open(pattern, group)
+
+    async def _open(self, pattern: str, group: str | None) -> None:
+        subscription = await self.broker.subscribe(pattern, group=group)
+        self._subscriptions.append(subscription)
+        reader = asyncio.create_task(self._read(subscription), name=f"consumer:{pattern}")
+        self._readers.add(reader)
+        reader.add_done_callback(self._readers.discard)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open every subscription; returns once all are live at the broker."""
+        if self._running:
+            return
+        self._slots = asyncio.Semaphore(self._max_concurrency)
+        self._stop_requested = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._failure = None
+        await self.broker.start()
+        self._running = True
+        try:
+            for pattern, group in self._wanted:
+                await self._open(pattern, group)
+        except BaseException:
+            await self._shutdown()
+            raise
+
+    async def run(self) -> None:
+        """Start, then handle messages until `stop()` is called (or a
+        fail-fast handler fails, whose exception this raises)."""
+        await self.start()
+        assert self._stop_requested is not None
+        await self._stop_requested.wait()
+        await self._shutdown()
+        self._raise_failure()
+
+    async def stop(self) -> None:
+        """Stop taking deliveries, drain the ones in flight, close subscriptions."""
+        if self._stop_requested is not None:
+            self._stop_requested.set()
+        await self._shutdown()
+
+    async def __aenter__(self) -> EventConsumer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+        if exc is None:
+            self._raise_failure()
+
+    @property
+    def running(self) -> bool:
+        """Whether the consumer is taking deliveries."""
+        return self._running
+
+    def _raise_failure(self) -> None:
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+
+    async def _close_subscriptions(self) -> None:
+        readers = list(self._readers)
+        for reader in readers:
+            reader.cancel()
+        subscriptions, self._subscriptions = self._subscriptions, []
+        for subscription in subscriptions:
+            with contextlib.suppress(Exception):
+                await subscription.close()
+        await asyncio.gather(*readers, return_exceptions=True)
+
+    async def _shutdown(self) -> None:
+        if not self._running:
+            return
+        self._running = False
+        await self._close_subscriptions()
+        closing, self._closing = self._closing, None
+        if closing is not None:
+            await closing
+        if self._in_flight:
+            _, late = await asyncio.wait(self._in_flight, timeout=self._drain_timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                logger.warning("cancelled %d deliveries still running after drain", len(late))
+                await asyncio.gather(*late, return_exceptions=True)
+
+    # -- receiving ---------------------------------------------------------
+
+    async def _read(self, subscription: Subscription) -> None:
+        slots = self._slots
+        assert slots is not None
+        deliveries = aiter(subscription)
+        while True:
+            # A slot first, then a delivery: nothing is taken from the broker
+            # that cannot be handled right away.
+            await slots.acquire()
+            try:
+                delivery = await anext(deliveries)
+            except StopAsyncIteration:
+                slots.release()
+                return
+            except BaseException:
+                slots.release()
+                raise
+            task = asyncio.create_task(self._process(delivery))
+            self._in_flight.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if self._slots is not None:
+            self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("delivery task failed", exc_info=task.exception())
+
+    async def _process(self, delivery: Delivery) -> None:
+        stats = self.stats
+        stats.received += 1
+        stats.in_flight += 1
+        try:
+            await self._handle_delivery(delivery)
+        except asyncio.CancelledError:
+            await self._release(delivery, "stopped before the handlers finished")
+            raise
+        finally:
+            stats.in_flight -= 1
+            if self._progress is not None:
+                self._progress.set()
+                self._progress = asyncio.Event()
+
+    async def _handle_delivery(self, delivery: Delivery) -> None:
+        try:
+            message, event = self._codec.decode(delivery.data)
+        except MessageDecodeError as exc:
+            logger.warning(
+                "dead-lettering message %s from %s: %s",
+                exc.message_id,
+                delivery.channel,
+                exc,
+            )
+            await self._dead_letter(delivery, exc.reason.value, exc.detail)
+            return
+        token = _message.set(message)
+        try:
+            for hook in self._incoming:
+                try:
+                    hook(message)
+                except Exception as exc:
+                    logger.warning("message %s rejected by %r: %r", message.message_id, hook, exc)
+                    await self._dead_letter(delivery, REJECTED, repr(exc))
+                    return
+            if self._container is None:
+                outcome = await self._dispatch(event, None)
+            else:
+                async with self._container.scope() as resolver:
+                    outcome = await self._dispatch(event, resolver)
+        finally:
+            _message.reset(token)
+        if outcome.fail is not None:
+            await self._release(delivery, f"fail-fast handler raised {outcome.fail!r}")
+            self._fail(outcome.fail)
+        elif outcome.release is not None:
+            await self._release(delivery, outcome.release)
+        elif outcome.dead_letter is not None:
+            await self._dead_letter(delivery, HANDLER_FAILED, outcome.dead_letter)
+        else:
+            await delivery.ack()
+            self.stats.handled += 1
+
+    async def _dispatch(self, event: Event, resolver: Resolver | None) -> _Outcome:
+        follow_ups: list[Event] = []
+        dead_letter: str | None = None
+        for binding in self.event_map.handlers_for(type(event)):
+            try:
+                more = await binding.call(event, resolver)
+            except Exception as exc:
+                recovery = await recover(
+                    binding, event, resolver, binding.policy or self._policy, exc
+                )
+                self.stats.retried += recovery.retries
+                more = recovery.follow_ups
+                final, error = recovery.final, recovery.error
+                if isinstance(final, FailFast):
+                    return _Outcome(fail=error)
+                if isinstance(final, DeadLetter):
+                    dead_letter = dead_letter or f"{binding.handler_name}: {error!r}"
+                if final is not None:
+                    (logger.debug if isinstance(final, Ignore) else logger.error)(
+                        "%s failed on %s (event_id=%s)",
+                        binding.handler_name,
+                        type(event).__qualname__,
+                        event.event_id,
+                        exc_info=error,
+                    )
+            if more:
+                follow_ups.extend(more)
+        if follow_ups:
+            try:
+                await self._emitter.emit_all(follow_ups, resolver)
+            except Exception as exc:
+                # Handled, but what it raised did not get out: try it all again.
+                logger.exception("emitting the follow-ups of %s failed", event.event_id)
+                return _Outcome(release=f"publishing its follow-up events failed: {exc!r}")
+        return _Outcome(dead_letter=dead_letter)
+
+    # -- settling ----------------------------------------------------------
+
+    async def _dead_letter(self, delivery: Delivery, reason: str, description: str) -> None:
+        await delivery.dead_letter(reason, description)
+        self.stats.dead_lettered += 1
+        self.stats.dead_lettered_by_reason[reason] += 1
+
+    async def _release(self, delivery: Delivery, why: str) -> None:
+        logger.info("releasing a delivery from %s for redelivery: %s", delivery.channel, why)
+        try:
+            await delivery.retry()
+        except Exception:
+            logger.exception("could not release a delivery from %s", delivery.channel)
+        self.stats.released += 1
+
+    def _fail(self, error: BaseException) -> None:
+        logger.error("a fail-fast handler failed; stopping the consumer", exc_info=error)
+        if self._failure is None:
+            self._failure = error
+        if self._stop_requested is not None:
+            self._stop_requested.set()
+        # Stop taking deliveries now; in-flight ones finish in stop()/run().
+        if self._closing is None:
+            self._closing = asyncio.create_task(self._close_subscriptions())
+
+    # -- testing -----------------------------------------------------------
+
+    async def wait_until(
+        self, predicate: Callable[[ConsumerStats], bool], timeout: float = 5.0
+    ) -> ConsumerStats:
+        """Wait until `predicate(stats)` holds, re-checked after every settled
+        delivery; raises TimeoutError after `timeout` seconds.
+
+        ```python
+        await consumer.wait_until(lambda stats: stats.handled >= 3)
+        ```
+        """
+        async with asyncio.timeout(timeout):
+            while not predicate(self.stats):
+                if self._progress is None:
+                    self._progress = asyncio.Event()
+                await self._progress.wait()
+        return self.stats
