@@ -132,6 +132,7 @@ class EventConsumer:
         self._failure: BaseException | None = None
         self._progress: asyncio.Event | None = None
         self._closing: asyncio.Task[None] | None = None
+        self._waiters = 0
 
     # -- subscriptions -----------------------------------------------------
 
@@ -161,7 +162,6 @@ class EventConsumer:
             return
         self._slots = asyncio.Semaphore(self._max_concurrency)
         self._stop_requested = asyncio.Event()
-        self._progress = asyncio.Event()
         self._failure = None
         await self.broker.start()
         self._running = True
@@ -277,9 +277,8 @@ class EventConsumer:
             raise
         finally:
             stats.in_flight -= 1
-            if self._progress is not None:
-                self._progress.set()
-                self._progress = asyncio.Event()
+            if self._waiters:
+                self._notify()
 
     async def _handle_delivery(self, delivery: Delivery) -> None:
         try:
@@ -383,6 +382,11 @@ class EventConsumer:
 
     # -- testing -----------------------------------------------------------
 
+    def _notify(self) -> None:
+        progress, self._progress = self._progress, asyncio.Event()
+        if progress is not None:
+            progress.set()
+
     async def wait_until(
         self, predicate: Callable[[ConsumerStats], bool], timeout: float = 5.0
     ) -> ConsumerStats:
@@ -393,9 +397,13 @@ class EventConsumer:
         await consumer.wait_until(lambda stats: stats.handled >= 3)
         ```
         """
-        async with asyncio.timeout(timeout):
-            while not predicate(self.stats):
-                if self._progress is None:
-                    self._progress = asyncio.Event()
-                await self._progress.wait()
+        self._waiters += 1
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate(self.stats):
+                    if self._progress is None:
+                        self._progress = asyncio.Event()
+                    await self._progress.wait()
+        finally:
+            self._waiters -= 1
         return self.stats

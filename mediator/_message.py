@@ -176,31 +176,29 @@ class MessageCodec:
             problem = "headers must be an object of strings"
         if problem is None:
             try:
-                parsed_id = uuid.UUID(message_id) if message_id is not None else None
-            except ValueError:
-                parsed_id = None
-            if parsed_id is None:
+                parsed_id = msgspec.convert(message_id, uuid.UUID)
+            except msgspec.ValidationError:
                 problem = f"message_id {raw_id!r} is not a UUID"
         if problem is not None:
             raise MessageDecodeError(DecodeFailure.BAD_ENVELOPE, problem, message_id)
         return Message(
             message_type=message_type,
             message_name=name,
-            message_id=parsed_id,  # type: ignore[arg-type] # checked above
+            message_id=parsed_id,
             payload=payload,
             headers=headers,
         )
 
     def to_event(self, message: Message) -> Event:
         """Build the registered event class that `message` names."""
-        message_id = str(message.message_id)
+        message_id = message.message_id
         event_type = self._event_class(message.message_name)
         if event_type is None:
             raise MessageDecodeError(
                 DecodeFailure.UNKNOWN_NAME,
                 f"no event class registered under {message.message_name!r}; bind a handler for it "
                 "or call EventMap.register(...)",
-                message_id,
+                str(message_id),
             )
         expected_type = message_type_of(event_type)
         if expected_type != message.message_type:
@@ -208,19 +206,21 @@ class MessageCodec:
                 DecodeFailure.BAD_ENVELOPE,
                 f"{message.message_name} is a {expected_type}, the message says "
                 f"{message.message_type}",
-                message_id,
+                str(message_id),
             )
         missing = [key for key in _EVENT_KEYS if key not in message.payload]
         if missing:
             raise MessageDecodeError(
                 DecodeFailure.INVALID_PAYLOAD,
                 f"payload is missing {', '.join(missing)}",
-                message_id,
+                str(message_id),
             )
         try:
             event = msgspec.convert(message.payload, event_type)
         except msgspec.ValidationError as exc:
-            raise MessageDecodeError(DecodeFailure.INVALID_PAYLOAD, str(exc), message_id) from None
+            raise MessageDecodeError(
+                DecodeFailure.INVALID_PAYLOAD, str(exc), str(message_id)
+            ) from None
         stamp = event.event_timestamp
         if stamp.tzinfo is not UTC:
             # msgspec builds attrs classes without running converters.
@@ -230,12 +230,12 @@ class MessageCodec:
                 raise MessageDecodeError(
                     DecodeFailure.INVALID_PAYLOAD,
                     "event_timestamp has no UTC offset; timestamps must be timezone-aware",
-                    message_id,
+                    str(message_id),
                 ) from None
         if event.event_id != message.message_id:
             raise MessageDecodeError(
                 DecodeFailure.ID_MISMATCH,
                 f"payload.event_id {event.event_id} differs from message_id",
-                message_id,
+                str(message_id),
             )
         return event

@@ -36,3 +36,12 @@ def test_quickstart_shows_the_local_handler_and_the_published_envelope() -> None
     assert envelope["message_id"] == envelope["payload"]["event_id"]
     assert envelope["payload"]["user_id"] == 7
     assert envelope["payload"]["event_timestamp"].endswith("+00:00")
+
+
+def test_memory_pubsub_consumer_receives_only_its_pattern() -> None:
+    lines = run_example("memory_pubsub.py")
+    assert lines == [
+        "billing order 101: 4200 cents (checkout-1)",
+        "refunding order 101",
+        "received 2, handled 2",
+    ]
