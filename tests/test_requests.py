@@ -133,36 +133,55 @@ async def test_nothing_is_emitted_when_handle_raises() -> None:
     assert list(broker.messages) == []
 
 
-async def test_a_reused_handler_never_re_emits_old_events() -> None:
-    shared = RaiseThreeHandler()
+class SameInstance:
+    """A container that hands out one handler instance to every send."""
 
-    class SameInstance:
-        def scope(self) -> SameInstance:
-            return self
+    def __init__(self, instance: object) -> None:
+        self.instance = instance
 
-        async def __aenter__(self) -> SameInstance:
-            return self
+    def scope(self) -> SameInstance:
+        return self
 
-        async def __aexit__(self, *exc: object) -> None:
-            return None
+    async def __aenter__(self) -> SameInstance:
+        return self
 
-        async def resolve(self, type_: type[object]) -> object:
-            return shared
+    async def __aexit__(self, *exc: object) -> None:
+        return None
 
-    seen: list[Event] = []
+    async def resolve(self, type_: type[object]) -> object:
+        return self.instance
+
+
+def mediator_reusing(shared: RaiseThreeHandler, seen: list[Event]) -> Mediator:
     requests = RequestMap()
     requests.bind(RaiseThree, RaiseThreeHandler)
-    mediator = Mediator(
+    return Mediator(
         request_map=requests,
         event_emitter=EventEmitter(
             event_map=recording_map(seen), message_broker=InMemoryMessageBroker()
         ),
-        container=SameInstance(),
+        container=SameInstance(shared),
     )
+
+
+async def test_a_reused_handler_never_re_emits_old_events() -> None:
+    shared = RaiseThreeHandler()
+    seen: list[Event] = []
+    mediator = mediator_reusing(shared, seen)
     await mediator.send(RaiseThree())
     await mediator.send(RaiseThree())
     assert [e.step for e in seen if isinstance(e, Happened)] == [1, 3, 1, 3]
     assert shared.events == []
+
+
+async def test_events_of_a_failed_handle_are_dropped_not_emitted_by_the_next_send() -> None:
+    shared = RaiseThreeHandler()
+    seen: list[Event] = []
+    mediator = mediator_reusing(shared, seen)
+    with pytest.raises(RuntimeError, match="handler failed"):
+        await mediator.send(RaiseThree(fail=True))
+    await mediator.send(RaiseThree())
+    assert [e.step for e in seen if isinstance(e, Happened)] == [1, 3]
 
 
 async def test_diator_style_events_property_is_collected_and_cleared() -> None:
@@ -227,35 +246,3 @@ async def test_send_and_stream_refuse_the_wrong_kind_of_handler() -> None:
     with pytest.raises(RequestBindingError, match=r"mediator\.send"):
         async for _ in mediator.stream(Add(a=1, b=2)):
             pass
-
-
-async def test_events_of_a_failed_handle_are_dropped_not_emitted_by_the_next_send() -> None:
-    shared = RaiseThreeHandler()
-
-    class SameInstance:
-        def scope(self) -> SameInstance:
-            return self
-
-        async def __aenter__(self) -> SameInstance:
-            return self
-
-        async def __aexit__(self, *exc: object) -> None:
-            return None
-
-        async def resolve(self, type_: type[object]) -> object:
-            return shared
-
-    seen: list[Event] = []
-    requests = RequestMap()
-    requests.bind(RaiseThree, RaiseThreeHandler)
-    requests.bind(Add, AddHandler)
-    mediator = Mediator(
-        request_map=requests,
-        event_emitter=EventEmitter(
-            event_map=recording_map(seen), message_broker=InMemoryMessageBroker()
-        ),
-        container=SameInstance(),
-    )
-    with pytest.raises(RuntimeError):
-        await mediator.send(RaiseThree(fail=True))
-    assert shared.events == []
