@@ -1,5 +1,10 @@
 """Redis-style glob patterns, matched exactly as Redis's `stringmatchlen` does.
 
+Matching is bytewise on UTF-8. One platform-dependent corner is not
+reproduced: Redis compares range bounds as C `char`, signed on x86-64, so a
+range with a non-ASCII bound (``[a-é]``) differs there; here bytes are
+unsigned, as Redis on aarch64 does.
+
 The same matcher serves event-name bindings in the `EventMap` and channel
 subscriptions on every broker, so a pattern means the same thing everywhere.
 """
@@ -20,34 +25,38 @@ def is_glob(pattern: str) -> bool:
     return any(c in _SPECIAL for c in pattern.encode())
 
 
-def _match(p: bytes, pi: int, s: bytes, si: int) -> bool:
-    plen, slen = len(p), len(s)
-    while pi < plen and si < slen:
+# A compiled pattern is a tuple of steps; each step but STAR matches one byte.
+STAR = None
+Step = frozenset[int] | tuple[bool, frozenset[int]] | None
+"""None: ``*``; a frozenset: the bytes one position accepts; (True, set): any byte but those."""
+
+_ANY: frozenset[int] = frozenset(range(256))
+MAX_STARS = 1000
+"""Redis gives up (no match) past 1000 nested ``*``; patterns with more never match here."""
+
+
+def _compile(p: bytes) -> tuple[Step, ...]:
+    """Parse `p` exactly as Redis's `stringmatchlen` walks it."""
+    steps: list[Step] = []
+    plen = len(p)
+    pi = 0
+    while pi < plen:
         c = p[pi]
         if c == _STAR:
-            while pi + 1 < plen and p[pi + 1] == _STAR:
-                pi += 1
-            if pi + 1 == plen:
-                return True
-            while si < slen:
-                if _match(p, pi + 1, s, si):
-                    return True
-                si += 1
-            return False
-        if c == _QMARK:
-            si += 1
+            if not steps or steps[-1] is not STAR:
+                steps.append(STAR)
+        elif c == _QMARK:
+            steps.append(_ANY)
         elif c == _LBRACKET:
             pi += 1
             negate = pi < plen and p[pi] == _CARET
             if negate:
                 pi += 1
-            matched = False
-            ch = s[si]
+            members: set[int] = set()
             while True:
                 if pi < plen and p[pi] == _BACKSLASH and plen - pi >= 2:
                     pi += 1
-                    if p[pi] == ch:
-                        matched = True
+                    members.add(p[pi])
                 elif pi < plen and p[pi] == _RBRACKET:
                     break
                 elif pi >= plen:
@@ -55,32 +64,57 @@ def _match(p: bytes, pi: int, s: bytes, si: int) -> bool:
                     pi -= 1
                     break
                 elif plen - pi >= 3 and p[pi + 1] == _DASH:
-                    lo, hi = p[pi], p[pi + 2]
-                    if lo > hi:
-                        lo, hi = hi, lo
+                    lo, hi = sorted((p[pi], p[pi + 2]))
+                    members.update(range(lo, hi + 1))
                     pi += 2
-                    if lo <= ch <= hi:
-                        matched = True
-                elif p[pi] == ch:
-                    matched = True
+                else:
+                    members.add(p[pi])
                 pi += 1
-            if negate:
-                matched = not matched
-            if not matched:
-                return False
-            si += 1
+            steps.append((True, frozenset(members)) if negate else frozenset(members))
         else:
             if c == _BACKSLASH and plen - pi >= 2:
                 pi += 1
-            if p[pi] != s[si]:
-                return False
-            si += 1
+            steps.append(frozenset((p[pi],)))
         pi += 1
-        if si == slen:
-            while pi < plen and p[pi] == _STAR:
-                pi += 1
-            break
-    return pi >= plen and si == slen
+    return tuple(steps)
+
+
+def _accepts(step: Step, byte: int) -> bool:
+    if isinstance(step, tuple):
+        return byte not in step[1]
+    assert step is not None
+    return byte in step
+
+
+def _match_steps(steps: tuple[Step, ...], s: bytes) -> bool:
+    """Glob matching with backtracking to the last ``*`` only: the same answers
+    as Redis's recursion with its skip-longer-matches cut, in linear space."""
+    if not s:
+        return not steps  # Redis: an empty string matches only an empty pattern
+    if sum(step is STAR for step in steps) > MAX_STARS:
+        return False
+    nsteps, slen = len(steps), len(s)
+    ti = si = 0
+    star_ti, star_si = -1, 0
+    while si < slen:
+        if ti < nsteps:
+            step = steps[ti]
+            if step is STAR:
+                star_ti, star_si = ti, si
+                ti += 1
+                continue
+            if _accepts(step, s[si]):
+                ti += 1
+                si += 1
+                continue
+        if star_ti < 0:
+            return False
+        ti = star_ti + 1
+        star_si += 1
+        si = star_si
+    while ti < nsteps and steps[ti] is STAR:
+        ti += 1
+    return ti == nsteps
 
 
 def glob_match(pattern: str, text: str) -> bool:
@@ -93,7 +127,7 @@ def glob_match(pattern: str, text: str) -> bool:
     assert glob_match("app:*:Order*", "app:notification_event:OrderPlaced")
     ```
     """
-    return _match(pattern.encode(), 0, text.encode(), 0)
+    return _match_steps(_compile(pattern.encode()), text.encode())
 
 
 class GlobPattern:
@@ -108,13 +142,13 @@ class GlobPattern:
 
     def __init__(self, pattern: str, cache_size: int = 4096) -> None:
         self.pattern = pattern
-        encoded = pattern.encode()
         if not is_glob(pattern):
             self._matches = pattern.__eq__
         else:
+            steps = _compile(pattern.encode())
 
             def matches(text: str) -> bool:
-                return _match(encoded, 0, text.encode(), 0)
+                return _match_steps(steps, text.encode())
 
             self._matches = lru_cache(maxsize=cache_size)(matches)
 
