@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
+
+import pytest
 
 from brokers.memory import InMemoryMessageBroker
 from mediator import SubscribingBroker
@@ -15,26 +17,28 @@ class Transport(Protocol):
 
     name: str
     broker: SubscribingBroker
+    has_groups: bool
+    """Whether subscriptions can share messages in consumer groups."""
 
     def new_broker(self) -> SubscribingBroker:
-        """Another broker on the same transport (a second service)."""
+        """Another broker on the same transport and prefix (a second service)."""
         ...
 
     async def publish_raw(self, channel: str, data: bytes) -> None:
         """Put bytes on a channel as they are, bypassing the envelope codec."""
         ...
 
-    async def dead_letter_reasons(self) -> list[str]:
-        """The reasons of what was dead-lettered, oldest first."""
+    async def dead_letters(self) -> list[tuple[str, str]]:
+        """(reason, description) of what was dead-lettered, oldest first."""
         ...
 
 
 class MemoryTransport:
     name = "memory"
+    has_groups = True
 
-    def __init__(self, prefix: str, buffer_size: int = 1000) -> None:
-        self.prefix = prefix
-        self.broker = InMemoryMessageBroker(channel_prefix=prefix, buffer_size=buffer_size)
+    def __init__(self, prefix: str) -> None:
+        self.broker = InMemoryMessageBroker(channel_prefix=prefix)
 
     def new_broker(self) -> InMemoryMessageBroker:
         return self.broker
@@ -42,15 +46,12 @@ class MemoryTransport:
     async def publish_raw(self, channel: str, data: bytes) -> None:
         await self.broker.publish_raw(channel, data)
 
-    async def dead_letter_reasons(self) -> list[str]:
-        return [d.reason for d in self.broker.dead_letters]
-
-
-TransportFactory = Callable[[str], AsyncIterator[Transport]]
+    async def dead_letters(self) -> list[tuple[str, str]]:
+        return [(d.reason, d.description) for d in self.broker.dead_letters]
 
 
 @asynccontextmanager
-async def memory_transport(prefix: str) -> AsyncIterator[Transport]:
+async def memory_transport(prefix: str, request: pytest.FixtureRequest) -> AsyncIterator[Transport]:
     transport = MemoryTransport(prefix)
     try:
         yield transport
@@ -58,4 +59,55 @@ async def memory_transport(prefix: str) -> AsyncIterator[Transport]:
         await transport.broker.stop()
 
 
-FACTORIES = {"memory": memory_transport}
+class RedisPubSubTransport:
+    name = "redis-pubsub"
+    has_groups = False
+
+    def __init__(self, prefix: str, url: str) -> None:
+        from redis.asyncio import Redis
+
+        from brokers.redis import RedisMessageBroker
+
+        self.prefix = prefix
+        self.client = Redis.from_url(url)
+        self.broker = RedisMessageBroker(client=self.client, channel_prefix=prefix)
+        self._others: list[RedisMessageBroker] = []
+
+    def new_broker(self) -> SubscribingBroker:
+        from brokers.redis import RedisMessageBroker
+
+        other = RedisMessageBroker(client=self.client, channel_prefix=self.prefix)
+        self._others.append(other)
+        return other
+
+    async def publish_raw(self, channel: str, data: bytes) -> None:
+        await self.client.publish(channel, data)
+
+    async def dead_letters(self) -> list[tuple[str, str]]:
+        records = await self.broker.dead_letters()
+        return [(r["reason"], r["description"]) for r in reversed(records)]
+
+    async def close(self) -> None:
+        for broker in (self.broker, *self._others):
+            await broker.stop()
+        await self.client.delete(self.broker.dead_letter_key)
+        await self.client.aclose()
+
+
+@asynccontextmanager
+async def redis_pubsub_transport(
+    prefix: str, request: pytest.FixtureRequest
+) -> AsyncIterator[Transport]:
+    transport = RedisPubSubTransport(prefix, request.getfixturevalue("redis_url"))
+    try:
+        yield transport
+    finally:
+        await transport.close()
+
+
+TransportFactory = Callable[[str, pytest.FixtureRequest], AbstractAsyncContextManager[Transport]]
+
+FACTORIES: dict[str, TransportFactory] = {
+    "memory": memory_transport,
+    "redis-pubsub": redis_pubsub_transport,
+}
