@@ -30,6 +30,8 @@ HANDLER_FAILED = "handler_failed"
 """Dead-letter reason of a message whose handler failed past its policy."""
 REJECTED = "rejected"
 """Dead-letter reason of a message an `incoming` hook refused."""
+TOO_MANY_DELIVERIES = "too_many_deliveries"
+"""Dead-letter reason of a message released `max_deliveries` times already."""
 
 
 @attrs.define
@@ -83,6 +85,9 @@ class EventConsumer:
     consumer stops; `run()` (or leaving ``async with``) raises the error.
     Messages that cannot be decoded are logged, counted and dead-lettered.
 
+    A delivery released `max_deliveries` times (counted by the transport) is
+    dead-lettered as "too_many_deliveries" instead of going round again.
+
     At most `max_concurrency` deliveries are handled at once; the consumer
     takes no more from the broker until a slot frees (backpressure). On stop
     it takes no new deliveries, gives in-flight ones `drain_timeout` seconds
@@ -105,6 +110,7 @@ class EventConsumer:
         default_policy: ErrorPolicy | None = None,
         incoming: Sequence[Callable[[Message], None]] = (),
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_deliveries: int = 10,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
@@ -121,6 +127,7 @@ class EventConsumer:
         )
         self._incoming = tuple(incoming)
         self._max_concurrency = max_concurrency
+        self._max_deliveries = max_deliveries
         self._drain_timeout = drain_timeout
         self._wanted: list[tuple[str, str | None]] = []
         self._subscriptions: list[Subscription] = []
@@ -133,6 +140,7 @@ class EventConsumer:
         self._progress: asyncio.Event | None = None
         self._closing: asyncio.Task[None] | None = None
         self._waiters = 0
+        self._draining: asyncio.Future[None] | None = None
 
     # -- subscriptions -----------------------------------------------------
 
@@ -204,7 +212,7 @@ class EventConsumer:
     @property
     def running(self) -> bool:
         """Whether the consumer is taking deliveries."""
-        return self._running
+        return self._running and self._failure is None
 
     def _raise_failure(self) -> None:
         failure, self._failure = self._failure, None
@@ -222,8 +230,19 @@ class EventConsumer:
         await asyncio.gather(*readers, return_exceptions=True)
 
     async def _shutdown(self) -> None:
-        if not self._running:
-            return
+        # Every caller (run(), each stop()) waits for the same drain.
+        if self._draining is None:
+            if not self._running:
+                return
+            self._draining = asyncio.ensure_future(self._drain())
+        draining = self._draining
+        try:
+            await asyncio.shield(draining)
+        finally:
+            if self._draining is draining and draining.done():
+                self._draining = None
+
+    async def _drain(self) -> None:
         self._running = False
         await self._close_subscriptions()
         closing, self._closing = self._closing, None
@@ -275,6 +294,9 @@ class EventConsumer:
         except asyncio.CancelledError:
             await self._release(delivery, "stopped before the handlers finished")
             raise
+        except Exception as exc:
+            logger.exception("handling a delivery from %s failed unexpectedly", delivery.channel)
+            await self._release(delivery, f"unexpected error: {exc!r}")
         finally:
             stats.in_flight -= 1
             if self._waiters:
@@ -309,8 +331,8 @@ class EventConsumer:
         finally:
             _message.reset(token)
         if outcome.fail is not None:
-            await self._release(delivery, f"fail-fast handler raised {outcome.fail!r}")
             self._fail(outcome.fail)
+            await self._release(delivery, f"fail-fast handler raised {outcome.fail!r}")
         elif outcome.release is not None:
             await self._release(delivery, outcome.release)
         elif outcome.dead_letter is not None:
@@ -363,6 +385,15 @@ class EventConsumer:
         self.stats.dead_lettered_by_reason[reason] += 1
 
     async def _release(self, delivery: Delivery, why: str) -> None:
+        if delivery.delivery_count >= self._max_deliveries:
+            logger.error(
+                "dead-lettering a message from %s after %d deliveries: %s",
+                delivery.channel,
+                delivery.delivery_count,
+                why,
+            )
+            await self._dead_letter(delivery, TOO_MANY_DELIVERIES, why)
+            return
         logger.info("releasing a delivery from %s for redelivery: %s", delivery.channel, why)
         try:
             await delivery.retry()
@@ -377,6 +408,8 @@ class EventConsumer:
         if self._stop_requested is not None:
             self._stop_requested.set()
         # Stop taking deliveries now; in-flight ones finish in stop()/run().
+        for reader in self._readers:
+            reader.cancel()
         if self._closing is None:
             self._closing = asyncio.create_task(self._close_subscriptions())
 

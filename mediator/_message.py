@@ -166,7 +166,7 @@ class MessageCodec:
         message_type, name, payload = obj["message_type"], obj["message_name"], obj["payload"]
         headers = obj.get("headers") or {}
         problem = None
-        if message_type not in MESSAGE_TYPES:
+        if not isinstance(message_type, str) or message_type not in MESSAGE_TYPES:
             problem = f"message_type {message_type!r} is not one of {sorted(MESSAGE_TYPES)}"
         elif not isinstance(name, str):
             problem = "message_name must be a string"

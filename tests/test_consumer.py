@@ -270,7 +270,10 @@ async def test_log_and_continue_and_ignore_acknowledge(
 async def test_fail_fast_releases_the_message_and_stops_the_consumer(
     transport: Transport,
 ) -> None:
+    calls: list[int] = []
+
     async def broken(event: OrderPlaced) -> None:
+        calls.append(event.order_id)
         raise RuntimeError("database is gone")
 
     events = EventMap()
@@ -282,7 +285,8 @@ async def test_fail_fast_releases_the_message_and_stops_the_consumer(
     await publish(transport, OrderPlaced(order_id=1))
     with pytest.raises(RuntimeError, match="database is gone"):
         await asyncio.wait_for(runner, timeout=10)
-    assert consumer.stats.released >= 1
+    assert consumer.stats.released == 1
+    assert calls == [1]  # the released message is not taken again by this consumer
     assert not consumer.running
 
 
@@ -451,3 +455,58 @@ async def test_a_full_buffer_makes_the_publisher_wait_instead_of_growing() -> No
         await asyncio.wait_for(blocked, timeout=5)
         await consumer.wait_until(lambda s: s.handled >= 4)
     assert handled == [1, 2, 3, 4]
+
+
+async def test_run_returns_only_after_a_stop_from_elsewhere_has_drained(
+    transport: Transport,
+) -> None:
+    entered = asyncio.Event()
+    gate = asyncio.Event()
+
+    async def slow(event: OrderPlaced) -> None:
+        entered.set()
+        await gate.wait()
+
+    events = EventMap()
+    events.bind(OrderPlaced, slow)
+    consumer = EventConsumer(broker=transport.broker, event_map=events)
+    await consumer.subscribe(f"{prefix_of(transport)}:notification_event:*")
+    await consumer.start()
+    runner = asyncio.create_task(consumer.run())
+    await publish(transport, OrderPlaced(order_id=1))
+    await asyncio.wait_for(entered.wait(), timeout=5)
+    stopper = asyncio.create_task(consumer.stop())  # e.g. a SIGTERM handler
+    done, _ = await asyncio.wait({runner, stopper}, timeout=0.1)
+    assert not done, "neither run() nor stop() may return while a handler runs"
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(runner, stopper), timeout=5)
+    assert consumer.stats.handled == 1
+
+
+async def test_a_message_released_too_often_is_dead_lettered() -> None:
+    from brokers.memory import InMemoryMessageBroker
+    from mediator import DomainEvent
+
+    @attrs.frozen(kw_only=True)
+    class Audited(DomainEvent):
+        order_id: int
+
+    broker = InMemoryMessageBroker(channel_prefix="loop")
+
+    async def handle(event: OrderPlaced) -> list[Audited]:
+        return [Audited(order_id=event.order_id)]
+
+    async def audit(event: Audited) -> None:
+        raise RuntimeError("audit log is read-only")  # fail-fast locally: release
+
+    events = EventMap()
+    events.bind(OrderPlaced, handle)
+    events.bind(Audited, audit, policy=FailFast())
+    consumer = EventConsumer(broker=broker, event_map=events, max_deliveries=3)
+    await consumer.subscribe("loop:notification_event:*")
+    async with consumer:
+        await EventEmitter(message_broker=broker).emit(OrderPlaced(order_id=1))
+        await consumer.wait_until(lambda s: s.dead_lettered >= 1)
+    assert consumer.stats.released == 2
+    assert consumer.stats.dead_lettered_by_reason == {"too_many_deliveries": 1}
+    assert broker.dead_letters[0].delivery_count == 3
