@@ -1,5 +1,6 @@
-"""Redis Pub/Sub: fire-and-forget publishing and pattern subscriptions.
+"""Redis transports: Pub/Sub (`RedisMessageBroker`) and Streams (`RedisStreamBroker`).
 
+Pub/Sub: fire-and-forget publishing and pattern subscriptions.
 Delivery guarantee: at-most-once. A message reaches the subscriptions live
 when it is published; a consumer that is down or reconnecting misses it.
 
@@ -17,6 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any, Literal
@@ -35,9 +39,17 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from mediator._broker import DeliveryGuarantee
 from mediator._exceptions import PublishError
 from mediator._message import Message, encode_message
+from mediator._patterns import GlobPattern
 from mediator._policies import Backoff
 
-__all__ = ["RedisDelivery", "RedisMessageBroker", "RedisSubscription"]
+__all__ = [
+    "RedisDelivery",
+    "RedisMessageBroker",
+    "RedisStreamBroker",
+    "RedisStreamDelivery",
+    "RedisStreamSubscription",
+    "RedisSubscription",
+]
 
 logger = logging.getLogger("mediator.brokers.redis")
 
@@ -259,6 +271,369 @@ class RedisMessageBroker:
             await subscription.close()
 
     async def __aenter__(self) -> RedisMessageBroker:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+# -- Streams -------------------------------------------------------------------
+
+StartFrom = Literal["new", "beginning"]
+
+
+def _consumer_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class RedisStreamDelivery:
+    """One stream entry read in a consumer group; settle it exactly once."""
+
+    __slots__ = ("_subscription", "channel", "data", "delivery_count", "entry_id")
+
+    def __init__(
+        self,
+        subscription: RedisStreamSubscription,
+        channel: str,
+        entry_id: bytes,
+        data: bytes,
+        delivery_count: int,
+    ) -> None:
+        self._subscription = subscription
+        self.channel = channel
+        self.entry_id = entry_id
+        self.data = data
+        self.delivery_count = delivery_count
+
+    async def ack(self) -> None:
+        """``XACK``: the entry leaves the group's pending list."""
+        await self._subscription._ack(self)
+
+    async def retry(self) -> None:
+        """Leave it pending: it is claimed again (``XAUTOCLAIM``) once it has been
+        idle for the broker's `claim_idle`, by this or another group member."""
+
+    async def dead_letter(self, reason: str, description: str) -> None:
+        """``XADD`` it to the dead-letter stream with the reason, then ``XACK``."""
+        await self._subscription._dead_letter(self, reason, description)
+
+
+class RedisStreamSubscription:
+    """Reads every stream whose key matches a glob, in one consumer group.
+
+    Streams are found in the broker's registry set, re-read every
+    `discovery_interval`; entries idle in the group's pending list longer
+    than `claim_idle` (a crashed or stopped member's) are claimed every
+    `claim_interval`.
+    """
+
+    def __init__(self, broker: RedisStreamBroker, pattern: str, group: str | None) -> None:
+        self._broker = broker
+        self.pattern = pattern
+        self.group = group
+        # An ungrouped subscription is a group of its own, removed on close.
+        self._group = group if group is not None else f"solo:{uuid.uuid4().hex}"
+        self._consumer = _consumer_name()
+        self._matcher = GlobPattern(pattern)
+        self._streams: dict[str, bytes] = {}
+        self._closed = False
+
+    async def _prepare(self) -> None:
+        start = "$" if self._broker.start_from == "new" else "0"
+        await self._discover(start)
+
+    async def _discover(self, start: str) -> None:
+        for key in await self._broker._registered():
+            if key not in self._streams and self._matcher.matches(key):
+                await self._create_group(key, start)
+                self._streams[key] = b">"
+
+    async def _create_group(self, key: str, start: str) -> None:
+        try:
+            await self._broker.client.xgroup_create(key, self._group, id=start, mkstream=True)
+        except redis_errors.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _is_closed(self) -> bool:
+        return self._closed
+
+    def __aiter__(self) -> AsyncIterator[RedisStreamDelivery]:
+        return self._deliveries()
+
+    async def _deliveries(self) -> AsyncIterator[RedisStreamDelivery]:
+        broker = self._broker
+        loop = asyncio.get_running_loop()
+        next_discovery = next_claim = loop.time()
+        attempt = 0
+        while not self._is_closed():
+            try:
+                now = loop.time()
+                if now >= next_discovery:
+                    # A stream that appears later is read from its beginning.
+                    await self._discover("0")
+                    next_discovery = now + broker.discovery_interval
+                if now >= next_claim:
+                    for delivery in await self._claim():
+                        yield delivery
+                    next_claim = now + broker.claim_interval
+                if not self._streams:
+                    await asyncio.sleep(broker.discovery_interval)
+                    continue
+                # redis-py's reply types are loose; the shapes are documented.
+                replies: Any = await broker.client.xreadgroup(
+                    self._group,
+                    self._consumer,
+                    dict[Any, Any](self._streams),
+                    count=broker.batch_size,
+                    block=broker.block_ms,
+                )
+                attempt = 0
+            except redis_errors.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # The stream or the group was deleted: find them again.
+                logger.warning("stream group %s vanished (%s); recreating", self._group, exc)
+                self._streams.clear()
+                next_discovery = loop.time()
+                continue
+            except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+                if self._is_closed():
+                    return
+                attempt += 1
+                delay = _RECONNECT.delay(attempt)
+                logger.warning(
+                    "lost Redis while reading streams for %r (%r); retrying in %.2fs",
+                    self.pattern,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            for stream, entries in replies or ():
+                channel = stream.decode() if isinstance(stream, bytes) else stream
+                for entry_id, fields in entries:
+                    yield RedisStreamDelivery(self, channel, entry_id, fields[b"data"], 1)
+
+    async def _claim(self) -> list[RedisStreamDelivery]:
+        broker = self._broker
+        client = broker.client
+        claimed: list[RedisStreamDelivery] = []
+        idle_ms = int(broker.claim_idle * 1000)
+        for key in list(self._streams):
+            reply = await client.xautoclaim(
+                key, self._group, self._consumer, idle_ms, start_id="0-0", count=broker.batch_size
+            )
+            entries = [(entry_id, fields) for entry_id, fields in reply[1] if fields]
+            if not entries:
+                continue
+            pending: Any = await client.xpending_range(
+                key,
+                self._group,
+                min=entries[0][0],
+                max=entries[-1][0],
+                count=len(entries) * 2,
+                consumername=self._consumer,
+            )
+            counts: dict[bytes, int] = {p["message_id"]: p["times_delivered"] for p in pending}
+            for entry_id, fields in entries:
+                delivery = RedisStreamDelivery(
+                    self, key, entry_id, fields[b"data"], counts.get(entry_id, 2)
+                )
+                if delivery.delivery_count > broker.max_deliveries:
+                    await self._dead_letter(
+                        delivery,
+                        "too_many_deliveries",
+                        f"delivered {delivery.delivery_count} times without being settled",
+                    )
+                    continue
+                claimed.append(delivery)
+        return claimed
+
+    async def _ack(self, delivery: RedisStreamDelivery) -> None:
+        await self._broker.client.xack(delivery.channel, self._group, delivery.entry_id)
+
+    async def _dead_letter(
+        self, delivery: RedisStreamDelivery, reason: str, description: str
+    ) -> None:
+        broker = self._broker
+        async with broker.client.pipeline(transaction=True) as pipe:
+            pipe.xadd(
+                broker.dead_letter_key,
+                {
+                    "stream": delivery.channel,
+                    "entry_id": delivery.entry_id,
+                    "group": self._group,
+                    "reason": reason,
+                    "description": description,
+                    "delivery_count": delivery.delivery_count,
+                    "data": delivery.data,
+                },
+                maxlen=broker.dead_letter_maxlen,
+                approximate=True,
+            )
+            pipe.xack(delivery.channel, self._group, delivery.entry_id)
+            await pipe.execute()
+
+    async def close(self) -> None:
+        """Stop reading; an ungrouped subscription also removes its own group."""
+        if self._closed:
+            return
+        self._closed = True
+        self._broker._subscriptions.discard(self)
+        if self.group is None:
+            for key in list(self._streams):
+                try:
+                    await self._broker.client.xgroup_destroy(key, self._group)
+                except redis_errors.RedisError:
+                    logger.debug("could not remove group %s of %s", self._group, key)
+
+
+class RedisStreamBroker:
+    """Redis Streams: every logical channel is a stream, read in consumer groups.
+
+    Delivery guarantee: at-least-once. An entry stays in its group's pending
+    list until a consumer acknowledges it (``XACK``) after its handlers
+    succeeded; entries of a member that crashed or stopped are claimed by
+    another (``XAUTOCLAIM``) once idle for `claim_idle` seconds. An entry
+    delivered more than `max_deliveries` times goes to the dead-letter
+    stream ``{prefix}:dead-letter`` with the reason.
+
+    ```python
+    broker = RedisStreamBroker(client=Redis(), channel_prefix="shop", maxlen=100_000)
+    ```
+
+    - Layout: one stream per logical channel, key
+      ``{prefix}:{message_type}:{message_name}``, entry field ``data`` holding
+      the envelope; producers register each stream key in the set
+      ``{prefix}:streams`` (one ``SADD`` per key and process).
+    - Patterns: a subscription reads the registered streams whose key matches
+      its glob, the same match as Pub/Sub's ``PSUBSCRIBE``. Streams that
+      appear later are picked up within `discovery_interval` and read from
+      their first entry, so nothing published to them is missed.
+    - Groups: `subscribe(pattern, group="billing")` joins (or creates) the
+      named group on every matching stream; without a group the subscription
+      gets a private group of its own, removed when it closes. A new group
+      starts at the streams' end (`start_from="new"`) or their first entry
+      (`start_from="beginning"`).
+    - `maxlen` caps each stream approximately (``XADD MAXLEN ~``).
+    """
+
+    delivery_guarantee = DeliveryGuarantee.AT_LEAST_ONCE
+
+    def __init__(
+        self,
+        client: Redis,
+        channel_prefix: str = "mediator",
+        *,
+        maxlen: int | None = None,
+        start_from: StartFrom = "new",
+        claim_idle: float = 30.0,
+        claim_interval: float = 5.0,
+        discovery_interval: float = 1.0,
+        block_ms: int = 1000,
+        batch_size: int = 64,
+        max_deliveries: int = 10,
+        dead_letter_maxlen: int = 10_000,
+    ) -> None:
+        if start_from not in ("new", "beginning"):
+            raise ValueError(f"start_from must be 'new' or 'beginning', got {start_from!r}")
+        self.client = client
+        self.channel_prefix = channel_prefix
+        self.maxlen = maxlen
+        self.start_from = start_from
+        self.claim_idle = claim_idle
+        self.claim_interval = claim_interval
+        self.discovery_interval = discovery_interval
+        self.block_ms = block_ms
+        self.batch_size = batch_size
+        self.max_deliveries = max_deliveries
+        self.dead_letter_maxlen = dead_letter_maxlen
+        self.registry_key = f"{channel_prefix}:streams"
+        self.dead_letter_key = f"{channel_prefix}:dead-letter"
+        self._registered_here: set[str] = set()
+        self._subscriptions: set[RedisStreamSubscription] = set()
+
+    @classmethod
+    def from_url(
+        cls, url: str, channel_prefix: str = "mediator", **options: Any
+    ) -> RedisStreamBroker:
+        """A broker with its own client for `url` (``redis://``, ``rediss://``, ``unix://``)."""
+        return cls(Redis.from_url(url), channel_prefix, **options)
+
+    def channel(self, message: Message) -> str:
+        """The stream key `message` is appended to (its logical channel)."""
+        return f"{self.channel_prefix}:{message.message_type}:{message.message_name}"
+
+    # -- publish -----------------------------------------------------------
+
+    async def send_message(self, message: Message) -> None:
+        """``XADD`` one envelope; raises PublishError when Redis cannot be reached."""
+        await self.send_messages((message,))
+
+    async def send_messages(self, messages: Sequence[Message]) -> None:
+        """``XADD`` a batch in one pipelined round trip, in order."""
+        new_keys: set[str] = set()
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for message in messages:
+                    key = self.channel(message)
+                    pipe.xadd(
+                        key,
+                        {"data": encode_message(message)},
+                        maxlen=self.maxlen,
+                        approximate=True,
+                    )
+                    if key not in self._registered_here and key not in new_keys:
+                        new_keys.add(key)
+                        pipe.sadd(self.registry_key, key)
+                await pipe.execute()
+        except redis_errors.RedisError as exc:
+            names = ", ".join(m.message_name for m in messages)
+            raise PublishError(f"could not append {names} to Redis streams: {exc}") from exc
+        self._registered_here |= new_keys
+
+    async def _registered(self) -> list[str]:
+        keys = await self.client.smembers(self.registry_key)
+        return sorted(k.decode() if isinstance(k, bytes) else k for k in keys)
+
+    # -- subscribe ---------------------------------------------------------
+
+    async def subscribe(self, pattern: str, *, group: str | None = None) -> RedisStreamSubscription:
+        """Read the streams matching `pattern` in consumer `group` (a private
+        group when None); returns once the group exists on every stream that
+        matches now."""
+        subscription = RedisStreamSubscription(self, pattern, group)
+        await subscription._prepare()
+        self._subscriptions.add(subscription)
+        return subscription
+
+    async def dead_letters(self) -> list[dict[str, str]]:
+        """What was dead-lettered, oldest first (decoded to text)."""
+        entries: Any = await self.client.xrange(self.dead_letter_key)
+        return [
+            {k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()}
+            for _, fields in entries
+        ]
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check that Redis answers; publishing and subscribing connect on demand."""
+        await self.client.ping()
+
+    async def stop(self) -> None:
+        """Close every subscription this broker opened (not the client)."""
+        for subscription in list(self._subscriptions):
+            await subscription.close()
+
+    async def __aenter__(self) -> RedisStreamBroker:
         await self.start()
         return self
 

@@ -166,8 +166,9 @@ async def test_consumer_groups_share_and_every_group_gets_everything(
             await consumer.stop()
     billing = [e.order_id for inbox in inboxes[:2] for e in inbox.events]  # type: ignore[attr-defined]
     assert sorted(billing) == list(range(6))  # each message once within the group
-    assert inboxes[0].events, "both members of the group share the messages"
-    assert inboxes[1].events
+    if transport.round_robin:
+        assert inboxes[0].events, "both members of the group share the messages"
+        assert inboxes[1].events
     assert sorted(e.order_id for e in inboxes[2].events) == list(range(6))  # type: ignore[attr-defined]
 
 
