@@ -96,12 +96,17 @@ class RedisSubscription:
 
     async def _connect(self) -> None:
         pubsub = self._broker.client.pubsub()
-        await pubsub.psubscribe(self.pattern)
-        # Live only once Redis confirmed the subscription.
-        while True:
-            reply = await pubsub.get_message(timeout=None)
-            if reply is not None and reply["type"] == "psubscribe":
-                break
+        try:
+            await pubsub.psubscribe(self.pattern)
+            # Live only once Redis confirmed the subscription.
+            while True:
+                reply = await pubsub.get_message(timeout=None)
+                if reply is not None and reply["type"] == "psubscribe":
+                    break
+        except BaseException:
+            # Cancelled or failed half-way: never leave a subscribed connection behind.
+            await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
+            raise
         self._pubsub = pubsub
 
     def __aiter__(self) -> AsyncIterator[RedisDelivery]:
@@ -182,6 +187,11 @@ class RedisMessageBroker:
     ) -> None:
         if channel_layout not in ("name", "diator"):
             raise ValueError(f"channel_layout must be 'name' or 'diator', got {channel_layout!r}")
+        if dead_letter_limit < 1:
+            raise ValueError(
+                f"dead_letter_limit must be at least 1, got {dead_letter_limit}; it caps the "
+                "dead-letter list"
+            )
         self.client = client
         self.channel_prefix = channel_prefix
         self.channel_layout = channel_layout
