@@ -66,6 +66,9 @@ class _Outcome:
     fail: BaseException | None = None
 
 
+_HANDLED = _Outcome()
+
+
 class EventConsumer:
     """Receives events from a broker and runs the handlers bound in an EventMap.
 
@@ -375,7 +378,7 @@ class EventConsumer:
                 # Handled, but what it raised did not get out: try it all again.
                 logger.exception("emitting the follow-ups of %s failed", event.event_id)
                 return _Outcome(release=f"publishing its follow-up events failed: {exc!r}")
-        return _Outcome(dead_letter=dead_letter)
+        return _HANDLED if dead_letter is None else _Outcome(dead_letter=dead_letter)
 
     # -- settling ----------------------------------------------------------
 
