@@ -196,6 +196,7 @@ class RedisMessageBroker:
     ) -> None:
         if channel_layout not in ("name", "diator"):
             raise ValueError(f"channel_layout must be 'name' or 'diator', got {channel_layout!r}")
+        _require_bytes_replies(client)
         if dead_letter_limit < 1:
             raise ValueError(
                 f"dead_letter_limit must be at least 1, got {dead_letter_limit}; it caps the "
@@ -207,13 +208,17 @@ class RedisMessageBroker:
         self.dead_letter_key = f"{channel_prefix}:dead-letters"
         self.dead_letter_limit = dead_letter_limit
         self._subscriptions: set[RedisSubscription] = set()
+        self._owns_client = False
 
     @classmethod
     def from_url(
         cls, url: str, channel_prefix: str = "mediator", **options: Any
     ) -> RedisMessageBroker:
-        """A broker with its own client for `url` (``redis://``, ``rediss://``, ``unix://``)."""
-        return cls(Redis.from_url(url), channel_prefix, **options)
+        """A broker with its own client for `url` (``redis://``, ``rediss://``,
+        ``unix://``); `stop()` closes that client."""
+        broker = cls(Redis.from_url(url), channel_prefix, **options)
+        broker._owns_client = True
+        return broker
 
     def channel(self, message: Message) -> str:
         """The channel `message` is published on."""
@@ -285,9 +290,12 @@ class RedisMessageBroker:
         await self.client.ping()
 
     async def stop(self) -> None:
-        """Close every subscription this broker opened (not the client)."""
+        """Close every subscription this broker opened, and the client if
+        `from_url` made it (a client you passed in stays yours)."""
         for subscription in list(self._subscriptions):
             await subscription.close()
+        if self._owns_client:
+            await self.client.aclose()
 
     async def __aenter__(self) -> RedisMessageBroker:
         await self.start()
@@ -305,6 +313,20 @@ class RedisMessageBroker:
 # -- Streams -------------------------------------------------------------------
 
 StartFrom = Literal["new", "beginning"]
+
+
+def _entry_data(fields: dict[bytes, bytes]) -> bytes:
+    # An entry some other producer wrote without our field decodes as bad
+    # input (not JSON) and is dead-lettered, rather than stopping the reader.
+    return fields.get(b"data", b"")
+
+
+def _require_bytes_replies(client: Redis) -> None:
+    if client.connection_pool.connection_kwargs.get("decode_responses"):
+        raise ValueError(
+            "the Redis client decodes responses to str; envelopes are bytes. Build the "
+            "client with decode_responses=False (the default)"
+        )
 
 
 def _consumer_name() -> str:
@@ -422,7 +444,9 @@ class RedisStreamSubscription:
                 self._streams.clear()
                 next_discovery = loop.time()
                 continue
-            except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+            except (redis_errors.RedisError, OSError) as exc:
+                # Lost connections, but also READONLY after a failover, OOM or
+                # a key of the wrong type: log, back off, try again.
                 if self._is_closed():
                     return
                 attempt += 1
@@ -438,7 +462,7 @@ class RedisStreamSubscription:
             for stream, entries in replies or ():
                 channel = stream.decode() if isinstance(stream, bytes) else stream
                 for entry_id, fields in entries:
-                    yield RedisStreamDelivery(self, channel, entry_id, fields[b"data"], 1)
+                    yield RedisStreamDelivery(self, channel, entry_id, _entry_data(fields), 1)
 
     async def _claim(self) -> list[RedisStreamDelivery]:
         broker = self._broker
@@ -463,7 +487,7 @@ class RedisStreamSubscription:
             counts: dict[bytes, int] = {p["message_id"]: p["times_delivered"] for p in pending}
             for entry_id, fields in entries:
                 delivery = RedisStreamDelivery(
-                    self, key, entry_id, fields[b"data"], counts.get(entry_id, 2)
+                    self, key, entry_id, _entry_data(fields), counts.get(entry_id, 2)
                 )
                 if delivery.delivery_count > broker.max_deliveries:
                     await self._dead_letter(
@@ -557,12 +581,13 @@ class RedisStreamBroker:
         claim_interval: float = 5.0,
         discovery_interval: float = 1.0,
         block_ms: int = 1000,
-        batch_size: int = 64,
+        batch_size: int = 16,
         max_deliveries: int = 10,
         dead_letter_maxlen: int = 10_000,
     ) -> None:
         if start_from not in ("new", "beginning"):
             raise ValueError(f"start_from must be 'new' or 'beginning', got {start_from!r}")
+        _require_bytes_replies(client)
         self.client = client
         self.channel_prefix = channel_prefix
         self.maxlen = maxlen
@@ -576,15 +601,18 @@ class RedisStreamBroker:
         self.dead_letter_maxlen = dead_letter_maxlen
         self.registry_key = f"{channel_prefix}:streams"
         self.dead_letter_key = f"{channel_prefix}:dead-letter"
-        self._registered_here: set[str] = set()
         self._subscriptions: set[RedisStreamSubscription] = set()
+        self._owns_client = False
 
     @classmethod
     def from_url(
         cls, url: str, channel_prefix: str = "mediator", **options: Any
     ) -> RedisStreamBroker:
-        """A broker with its own client for `url` (``redis://``, ``rediss://``, ``unix://``)."""
-        return cls(Redis.from_url(url), channel_prefix, **options)
+        """A broker with its own client for `url` (``redis://``, ``rediss://``,
+        ``unix://``); `stop()` closes that client."""
+        broker = cls(Redis.from_url(url), channel_prefix, **options)
+        broker._owns_client = True
+        return broker
 
     def channel(self, message: Message) -> str:
         """The stream key `message` is appended to (its logical channel)."""
@@ -598,25 +626,25 @@ class RedisStreamBroker:
 
     async def send_messages(self, messages: Sequence[Message]) -> None:
         """``XADD`` a batch in one pipelined round trip, in order."""
-        new_keys: set[str] = set()
+        keys: set[str] = set()
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for message in messages:
                     key = self.channel(message)
+                    keys.add(key)
                     pipe.xadd(
                         key,
                         {"data": encode_message(message)},
                         maxlen=self.maxlen,
                         approximate=True,
                     )
-                    if key not in self._registered_here and key not in new_keys:
-                        new_keys.add(key)
-                        pipe.sadd(self.registry_key, key)
+                # Registered on every batch (same round trip), so a registry
+                # lost with a restart or a flush comes back by itself.
+                pipe.sadd(self.registry_key, *keys)
                 await pipe.execute()
         except redis_errors.RedisError as exc:
             names = ", ".join(m.message_name for m in messages)
             raise PublishError(f"could not append {names} to Redis streams: {exc}") from exc
-        self._registered_here |= new_keys
 
     async def _registered(self) -> list[str]:
         keys = await self.client.smembers(self.registry_key)
@@ -648,9 +676,12 @@ class RedisStreamBroker:
         await self.client.ping()
 
     async def stop(self) -> None:
-        """Close every subscription this broker opened (not the client)."""
+        """Close every subscription this broker opened, and the client if
+        `from_url` made it (a client you passed in stays yours)."""
         for subscription in list(self._subscriptions):
             await subscription.close()
+        if self._owns_client:
+            await self.client.aclose()
 
     async def __aenter__(self) -> RedisStreamBroker:
         await self.start()

@@ -274,9 +274,16 @@ class EventConsumer:
             except StopAsyncIteration:
                 slots.release()
                 return
-            except BaseException:
+            except asyncio.CancelledError:
                 slots.release()
                 raise
+            except Exception as exc:
+                # A transport error its broker did not absorb: stop loudly
+                # rather than keep running with a subscription that is dead.
+                slots.release()
+                logger.exception("subscription %r failed", subscription.pattern)
+                self._fail(exc)
+                return
             task = asyncio.create_task(self._process(delivery))
             self._in_flight.add(task)
             task.add_done_callback(self._finished)

@@ -206,3 +206,69 @@ async def test_publishing_without_redis_raises_a_publish_error() -> None:
     with pytest.raises(PublishError, match="could not append OrderPlaced"):
         await publish(broker, 1)
     await dead.aclose()
+
+
+async def test_an_entry_without_our_field_is_dead_lettered_and_reading_goes_on(
+    client: Redis, key_prefix: str
+) -> None:
+    handled: list[int] = []
+    events = EventMap()
+
+    @events.bind(OrderPlaced)
+    async def record(event: OrderPlaced) -> None:
+        handled.append(event.order_id)
+
+    broker = stream_broker(client, key_prefix)
+    stream = f"{key_prefix}:notification_event:OrderPlaced"
+    consumer = EventConsumer(broker=broker, event_map=events)
+    await consumer.subscribe(f"{key_prefix}:notification_event:*")
+    async with consumer:
+        await client.xadd(stream, {"something": "else"})  # another producer's entry
+        await client.sadd(broker.registry_key, stream)
+        await publish(broker, 7)
+        await consumer.wait_until(lambda s: s.handled >= 1 and s.dead_lettered >= 1)
+    assert handled == [7]
+    assert consumer.stats.dead_lettered_by_reason == {"not_json": 1}
+
+
+async def test_a_lost_registry_is_rebuilt_by_the_next_publish(
+    client: Redis, key_prefix: str
+) -> None:
+    broker = stream_broker(client, key_prefix)
+    await publish(broker, 1)
+    await client.delete(broker.registry_key)  # e.g. a restart without persistence
+    await publish(broker, 2)
+    assert await client.smembers(broker.registry_key) == {
+        f"{key_prefix}:notification_event:OrderPlaced".encode()
+    }
+
+
+def test_a_client_that_decodes_to_str_is_refused(redis_url: str) -> None:
+    from brokers.redis import RedisMessageBroker
+
+    text_client = Redis.from_url(redis_url, decode_responses=True)
+    with pytest.raises(ValueError, match="decode_responses=False"):
+        RedisStreamBroker(text_client)
+    with pytest.raises(ValueError, match="decode_responses=False"):
+        RedisMessageBroker(text_client)
+
+
+async def test_a_broker_from_url_closes_its_own_client(
+    redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = RedisStreamBroker.from_url(redis_url, key_prefix)
+    closed: list[bool] = []
+    close = broker.client.aclose
+
+    async def recording_close() -> None:
+        closed.append(True)
+        await close()
+
+    monkeypatch.setattr(broker.client, "aclose", recording_close)
+    async with broker:
+        await publish(broker, 1)
+        assert await broker.client.xlen(f"{key_prefix}:notification_event:OrderPlaced") == 1
+        await broker.client.delete(
+            f"{key_prefix}:notification_event:OrderPlaced", broker.registry_key
+        )
+    assert closed == [True]
