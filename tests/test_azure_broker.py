@@ -1,0 +1,340 @@
+"""The Azure Service Bus adapter through the real SDK and the loopback AMQP peer:
+what an operator sees on the wire, batching, size limits, settlement, lock
+handling and failures. Token validation cannot be emulated by the peer; the
+credential errors are tested at the SDK's object boundary instead."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import attrs
+import orjson
+import pytest
+
+try:
+    from azure.servicebus.aio import ServiceBusClient
+    from azure.servicebus.exceptions import ServiceBusAuthenticationError
+
+    from brokers.azure import AzureMessageBroker, CredentialError, sql_filter
+    from tests.azure_peer import AmqpPeer
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    if os.environ.get("CI"):
+        raise
+    pytest.skip(f"azure-servicebus or python-qpid-proton missing: {exc}", allow_module_level=True)
+
+from mediator import (
+    Backoff,
+    DeadLetter,
+    EventConsumer,
+    EventEmitter,
+    EventMap,
+    MessageCodec,
+    MessageTooLargeError,
+    NotificationEvent,
+    PublishError,
+    Retry,
+    correlation_scope,
+    encode_message,
+)
+
+TOPIC = "orders"
+
+
+@attrs.frozen(kw_only=True)
+class OrderPlaced(NotificationEvent):
+    order_id: int
+    note: str = ""
+
+
+@pytest.fixture
+def peer() -> Iterator[AmqpPeer]:
+    with AmqpPeer() as amqp_peer:
+        amqp_peer.add_subscription(TOPIC, "billing")
+        yield amqp_peer
+
+
+@pytest.fixture
+async def client(peer: AmqpPeer) -> AsyncIterator[ServiceBusClient]:
+    async with ServiceBusClient.from_connection_string(
+        peer.connection_string, retry_total=0, retry_backoff_factor=0.01
+    ) as sb_client:
+        yield sb_client
+
+
+@pytest.fixture
+async def broker(client: ServiceBusClient) -> AsyncIterator[AzureMessageBroker]:
+    broker = AzureMessageBroker(client, TOPIC, timeout=15, max_wait_time=1.0)
+    yield broker
+    await broker.stop()
+
+
+async def test_an_operator_sees_the_envelope_and_filterable_properties(
+    peer: AmqpPeer, broker: AzureMessageBroker
+) -> None:
+    event = OrderPlaced(order_id=7)
+    with correlation_scope("checkout-7"):
+        await EventEmitter(message_broker=broker).emit(event)
+    [sent] = peer.received(TOPIC)
+    assert sent.message_id == str(event.event_id)
+    assert sent.subject == "OrderPlaced"
+    assert sent.content_type == "application/json"
+    assert sent.correlation_id == "checkout-7"
+    properties = {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in sent.application_properties.items()
+    }
+    assert properties == {
+        "message_type": "notification_event",
+        "message_name": "OrderPlaced",
+        "channel": "orders:notification_event:OrderPlaced",
+    }
+    envelope = orjson.loads(sent.body)
+    assert envelope == orjson.loads(
+        encode_message(MessageCodec.to_message(event, {"correlation_id": "checkout-7"}))
+    )
+
+
+async def test_one_long_lived_sender_serves_every_publish(
+    client: ServiceBusClient, broker: AzureMessageBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[str] = []
+    get_sender = client.get_topic_sender
+
+    def counting(topic_name: str, **kwargs: Any) -> Any:
+        opened.append(topic_name)
+        return get_sender(topic_name, **kwargs)
+
+    monkeypatch.setattr(client, "get_topic_sender", counting)
+    emitter = EventEmitter(message_broker=broker)
+    for n in range(3):
+        await emitter.emit(OrderPlaced(order_id=n))
+    assert opened == [TOPIC]
+
+
+async def test_a_batch_too_big_for_one_transfer_is_split_in_order(
+    peer: AmqpPeer, broker: AzureMessageBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    big = "x" * 100_000  # three of these exceed the peer's 256 KiB batch limit
+    events = [OrderPlaced(order_id=n, note=big) for n in range(5)]
+    sender = await broker._get_sender()
+    transfers: list[int] = []
+    send = sender.send_messages
+
+    async def counting(message: Any, **kwargs: Any) -> None:
+        transfers.append(len(message) if hasattr(message, "__len__") else 1)
+        await send(message, **kwargs)
+
+    monkeypatch.setattr(sender, "send_messages", counting)
+    await EventEmitter(message_broker=broker).emit_all(events)
+    assert len(transfers) > 1
+    assert sum(transfers) == 5
+    assert [orjson.loads(m.body)["payload"]["order_id"] for m in peer.received(TOPIC)] == [
+        0,
+        1,
+        2,
+        3,
+        4,
+    ]
+
+
+async def test_a_single_message_over_the_limit_is_a_clear_error(
+    peer: AmqpPeer, broker: AzureMessageBroker
+) -> None:
+    huge = OrderPlaced(order_id=1, note="x" * 300_000)
+    with pytest.raises(MessageTooLargeError, match="does not fit in one Service Bus message"):
+        await EventEmitter(message_broker=broker).emit(huge)
+    with pytest.raises(MessageTooLargeError):
+        await EventEmitter(message_broker=broker).emit_all([OrderPlaced(order_id=2), huge])
+    assert peer.received(TOPIC) == []
+
+
+async def test_transient_send_failures_are_retried(
+    peer: AmqpPeer, client: ServiceBusClient
+) -> None:
+    broker = AzureMessageBroker(client, TOPIC, publish_attempts=3)
+    peer.fail_next_sends(2)
+    await EventEmitter(message_broker=broker).emit(OrderPlaced(order_id=1))
+    assert len(peer.received(TOPIC)) == 1
+    peer.fail_next_sends(5)
+    with pytest.raises(PublishError, match="after 3 attempts"):
+        await EventEmitter(message_broker=broker).emit(OrderPlaced(order_id=2))
+    await broker.stop()
+
+
+async def consume(
+    broker: AzureMessageBroker, events: EventMap, until: Any, **options: Any
+) -> EventConsumer:
+    consumer = EventConsumer(broker=broker, event_map=events, **options)
+    await consumer.subscribe(f"{TOPIC}:notification_event:*", group="billing")
+    async with consumer:
+        await EventEmitter(message_broker=broker).emit(OrderPlaced(order_id=1))
+        await consumer.wait_until(until, timeout=15)
+    return consumer
+
+
+async def test_success_completes_the_message(peer: AmqpPeer, broker: AzureMessageBroker) -> None:
+    events = EventMap()
+
+    @events.bind(OrderPlaced)
+    async def ok(event: OrderPlaced) -> None:
+        return None
+
+    await consume(broker, events, lambda s: s.handled >= 1)
+    assert [s.outcome for s in peer.settlements()] == ["completed"]
+    assert peer.message_count(TOPIC, "billing") == 0
+
+
+async def test_a_failing_handler_is_dead_lettered_with_reason_and_description(
+    peer: AmqpPeer, broker: AzureMessageBroker
+) -> None:
+    events = EventMap()
+
+    @events.bind(
+        OrderPlaced, policy=Retry(attempts=2, backoff=Backoff(initial=0), then=DeadLetter())
+    )
+    async def broken(event: OrderPlaced) -> None:
+        raise ValueError("tax service refused")
+
+    await consume(broker, events, lambda s: s.dead_lettered >= 1)
+    [settlement] = peer.settlements()
+    assert settlement.outcome == "dead-lettered"
+    assert settlement.dead_letter_reason == "handler_failed"
+    assert "tax service refused" in (settlement.dead_letter_description or "")
+    assert peer.message_count(TOPIC, "billing", dead_letter=True) == 1
+
+
+async def test_a_released_message_is_abandoned_and_comes_back_counted(
+    peer: AmqpPeer, broker: AzureMessageBroker
+) -> None:
+    counts: list[int] = []
+    events = EventMap()
+    emitter_broken = True
+
+    @events.bind(OrderPlaced)
+    async def flaky_follow_up(event: OrderPlaced) -> list[OrderPlaced]:
+        # The handler succeeds; publishing its follow-up fails once, so the
+        # consumer releases (abandons) the message and it is delivered again.
+        from mediator import current_message
+
+        message = current_message()
+        assert message is not None
+        counts.append(len(counts) + 1)
+        return [] if not emitter_broken or len(counts) > 1 else [OrderPlaced(order_id=-1)]
+
+    original = broker.send_messages
+
+    async def failing_once(messages: Any) -> None:
+        nonlocal emitter_broken
+        if emitter_broken:
+            emitter_broken = False
+            raise PublishError("broker down for a moment")
+        await original(messages)
+
+    broker.send_messages = failing_once  # type: ignore[method-assign]
+    consumer = EventConsumer(broker=broker, event_map=events)
+    await consumer.subscribe(f"{TOPIC}:notification_event:*", group="billing")
+    async with consumer:
+        await original([MessageCodec.to_message(OrderPlaced(order_id=1))])
+        await consumer.wait_until(lambda s: s.handled >= 1, timeout=15)
+    assert [s.outcome for s in peer.settlements()] == ["abandoned", "completed"]
+    assert consumer.stats.released == 1
+
+
+async def test_a_lost_lock_is_logged_and_left_to_redelivery(
+    peer: AmqpPeer, broker: AzureMessageBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    entered = asyncio.Event()
+    gate = asyncio.Event()
+    seen: list[int] = []
+    events = EventMap()
+
+    @events.bind(OrderPlaced)
+    async def slow(event: OrderPlaced) -> None:
+        seen.append(event.order_id)
+        if len(seen) == 1:
+            entered.set()
+            await gate.wait()
+
+    consumer = EventConsumer(broker=broker, event_map=events)
+    await consumer.subscribe(f"{TOPIC}:notification_event:*", group="billing")
+    async with consumer:
+        await EventEmitter(message_broker=broker).emit(OrderPlaced(order_id=3))
+        await asyncio.wait_for(entered.wait(), timeout=15)
+        peer.expire_locks()  # the lock runs out while the handler works
+        gate.set()
+        await consumer.wait_until(lambda s: s.handled >= 2, timeout=15)
+    assert seen == [3, 3]  # delivered again after the lost lock
+    assert any("lost the lock" in r.getMessage() for r in caplog.records)
+
+
+async def test_each_received_message_is_registered_for_lock_renewal(
+    broker: AzureMessageBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from azure.servicebus.aio import AutoLockRenewer
+
+    registered: list[str] = []
+
+    def record(self: AutoLockRenewer, receiver: Any, renewable: Any, **kwargs: Any) -> None:
+        registered.append(str(renewable.message_id))
+
+    monkeypatch.setattr(AutoLockRenewer, "register", record)
+    events = EventMap()
+
+    @events.bind(OrderPlaced)
+    async def ok(event: OrderPlaced) -> None:
+        return None
+
+    await consume(broker, events, lambda s: s.handled >= 1)
+    assert len(registered) == 1
+
+
+async def test_subscribing_needs_a_subscription_and_one_pattern_each(
+    broker: AzureMessageBroker,
+) -> None:
+    with pytest.raises(ValueError, match="delivers from topic subscriptions"):
+        await broker.subscribe("orders:*")
+    first = await broker.subscribe("orders:notification_event:*", group="billing")
+    with pytest.raises(ValueError, match="compete for its messages"):
+        await broker.subscribe("orders:ecst_event:*", group="billing")
+    await first.close()
+
+
+async def test_a_refused_credential_says_so() -> None:
+    class RefusingSender:
+        # Opening the link is where Service Bus checks the token.
+        async def create_message_batch(self) -> None:
+            raise ServiceBusAuthenticationError(message="Unauthorized: token expired")
+
+        async def close(self) -> None:
+            return None
+
+    class RefusingClient:
+        def get_topic_sender(self, topic_name: str, **kwargs: Any) -> RefusingSender:
+            return RefusingSender()
+
+    broker = AzureMessageBroker(RefusingClient(), TOPIC)  # type: ignore[arg-type]
+    with pytest.raises(CredentialError, match="refused the credential") as caught:
+        await EventEmitter(message_broker=broker).emit(OrderPlaced(order_id=1))
+    assert "expired" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [
+        (
+            "shop:notification_event:Order*",
+            "channel LIKE 'shop:notification!_event:Order%' ESCAPE '!'",
+        ),
+        ("shop:*:User?", "channel LIKE 'shop:%:User_' ESCAPE '!'"),
+        ("shop:100\\%:*", "channel LIKE 'shop:100!%:%' ESCAPE '!'"),
+        ("it's:*", "channel LIKE 'it''s:%' ESCAPE '!'"),
+        ("shop:[ab]*", None),
+    ],
+)
+def test_sql_filter_translates_what_sql_like_can_express(
+    pattern: str, expected: str | None
+) -> None:
+    assert sql_filter(pattern) == expected
