@@ -18,11 +18,10 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from types import TracebackType
 
 import attrs
 
-from mediator._broker import DeliveryGuarantee
+from mediator._broker import BrokerLifecycle, DeliveryGuarantee
 from mediator._message import Message, channel_for, encode_message
 from mediator._patterns import GlobPattern
 
@@ -160,7 +159,7 @@ class _Group:
         return member
 
 
-class InMemoryMessageBroker:
+class InMemoryMessageBroker(BrokerLifecycle):
     """Publishes to subscribers in the same process and keeps what it saw.
 
     ```python
@@ -256,18 +255,6 @@ class InMemoryMessageBroker:
         subscriptions.extend(m for _, g in self._groups.values() for m in g.members)
         for subscription in subscriptions:
             await subscription.close()
-
-    async def __aenter__(self) -> InMemoryMessageBroker:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     def clear(self) -> None:
         """Forget every kept message and dead letter."""

@@ -22,8 +22,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, Self
 
 import orjson
 
@@ -36,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "brokers.redis needs redis-py: pip install 'mediator-toolkit[redis]'"
     ) from exc
 
-from mediator._broker import DeliveryGuarantee
+from mediator._broker import BrokerLifecycle, DeliveryGuarantee
 from mediator._exceptions import PublishError
 from mediator._message import Message, encode_message
 from mediator._patterns import GlobPattern
@@ -171,7 +170,47 @@ class RedisSubscription:
         await self._drop()
 
 
-class RedisMessageBroker:
+class _Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+class _RedisBroker(BrokerLifecycle):
+    """What both Redis brokers share: the client, `from_url`, start and stop."""
+
+    client: Redis
+    _subscriptions: set[Any]
+
+    def __init__(self, client: Redis) -> None:
+        if client.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ValueError(
+                "the Redis client decodes responses to str; envelopes are bytes. Build the "
+                "client with decode_responses=False (the default)"
+            )
+        self._owns_client = False
+
+    @classmethod
+    def from_url(cls, url: str, channel_prefix: str = "mediator", **options: Any) -> Self:
+        """A broker with its own client for `url` (``redis://``, ``rediss://``,
+        ``unix://``); `stop()` closes that client."""
+        broker = cls(Redis.from_url(url), channel_prefix, **options)  # type: ignore[call-arg]
+        broker._owns_client = True
+        return broker
+
+    async def start(self) -> None:
+        """Check that Redis answers; publishing and subscribing connect on demand."""
+        await self.client.ping()
+
+    async def stop(self) -> None:
+        """Close every subscription this broker opened, and the client if
+        `from_url` made it (a client you passed in stays yours)."""
+        subscriptions: list[_Closable] = list(self._subscriptions)
+        for subscription in subscriptions:
+            await subscription.close()
+        if self._owns_client:
+            await self.client.aclose()
+
+
+class RedisMessageBroker(_RedisBroker):
     """Publishes envelopes with ``PUBLISH`` and subscribes with ``PSUBSCRIBE``.
 
     ```python
@@ -196,7 +235,7 @@ class RedisMessageBroker:
     ) -> None:
         if channel_layout not in ("name", "diator"):
             raise ValueError(f"channel_layout must be 'name' or 'diator', got {channel_layout!r}")
-        _require_bytes_replies(client)
+        _RedisBroker.__init__(self, client)
         if dead_letter_limit < 1:
             raise ValueError(
                 f"dead_letter_limit must be at least 1, got {dead_letter_limit}; it caps the "
@@ -208,17 +247,6 @@ class RedisMessageBroker:
         self.dead_letter_key = f"{channel_prefix}:dead-letters"
         self.dead_letter_limit = dead_letter_limit
         self._subscriptions: set[RedisSubscription] = set()
-        self._owns_client = False
-
-    @classmethod
-    def from_url(
-        cls, url: str, channel_prefix: str = "mediator", **options: Any
-    ) -> RedisMessageBroker:
-        """A broker with its own client for `url` (``redis://``, ``rediss://``,
-        ``unix://``); `stop()` closes that client."""
-        broker = cls(Redis.from_url(url), channel_prefix, **options)
-        broker._owns_client = True
-        return broker
 
     def channel(self, message: Message) -> str:
         """The channel `message` is published on."""
@@ -285,30 +313,6 @@ class RedisMessageBroker:
 
     # -- lifecycle ---------------------------------------------------------
 
-    async def start(self) -> None:
-        """Check that Redis answers; publishing and subscribing connect on demand."""
-        await self.client.ping()
-
-    async def stop(self) -> None:
-        """Close every subscription this broker opened, and the client if
-        `from_url` made it (a client you passed in stays yours)."""
-        for subscription in list(self._subscriptions):
-            await subscription.close()
-        if self._owns_client:
-            await self.client.aclose()
-
-    async def __aenter__(self) -> RedisMessageBroker:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
 
 # -- Streams -------------------------------------------------------------------
 
@@ -319,14 +323,6 @@ def _entry_data(fields: dict[bytes, bytes]) -> bytes:
     # An entry some other producer wrote without our field decodes as bad
     # input (not JSON) and is dead-lettered, rather than stopping the reader.
     return fields.get(b"data", b"")
-
-
-def _require_bytes_replies(client: Redis) -> None:
-    if client.connection_pool.connection_kwargs.get("decode_responses"):
-        raise ValueError(
-            "the Redis client decodes responses to str; envelopes are bytes. Build the "
-            "client with decode_responses=False (the default)"
-        )
 
 
 def _consumer_name() -> str:
@@ -538,7 +534,7 @@ class RedisStreamSubscription:
                     logger.debug("could not remove group %s of %s", self._group, key)
 
 
-class RedisStreamBroker:
+class RedisStreamBroker(_RedisBroker):
     """Redis Streams: every logical channel is a stream, read in consumer groups.
 
     Delivery guarantee: at-least-once. An entry stays in its group's pending
@@ -587,7 +583,7 @@ class RedisStreamBroker:
     ) -> None:
         if start_from not in ("new", "beginning"):
             raise ValueError(f"start_from must be 'new' or 'beginning', got {start_from!r}")
-        _require_bytes_replies(client)
+        _RedisBroker.__init__(self, client)
         self.client = client
         self.channel_prefix = channel_prefix
         self.maxlen = maxlen
@@ -602,17 +598,6 @@ class RedisStreamBroker:
         self.registry_key = f"{channel_prefix}:streams"
         self.dead_letter_key = f"{channel_prefix}:dead-letter"
         self._subscriptions: set[RedisStreamSubscription] = set()
-        self._owns_client = False
-
-    @classmethod
-    def from_url(
-        cls, url: str, channel_prefix: str = "mediator", **options: Any
-    ) -> RedisStreamBroker:
-        """A broker with its own client for `url` (``redis://``, ``rediss://``,
-        ``unix://``); `stop()` closes that client."""
-        broker = cls(Redis.from_url(url), channel_prefix, **options)
-        broker._owns_client = True
-        return broker
 
     def channel(self, message: Message) -> str:
         """The stream key `message` is appended to (its logical channel)."""
@@ -670,27 +655,3 @@ class RedisStreamBroker:
         ]
 
     # -- lifecycle ---------------------------------------------------------
-
-    async def start(self) -> None:
-        """Check that Redis answers; publishing and subscribing connect on demand."""
-        await self.client.ping()
-
-    async def stop(self) -> None:
-        """Close every subscription this broker opened, and the client if
-        `from_url` made it (a client you passed in stays yours)."""
-        for subscription in list(self._subscriptions):
-            await subscription.close()
-        if self._owns_client:
-            await self.client.aclose()
-
-    async def __aenter__(self) -> RedisStreamBroker:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()

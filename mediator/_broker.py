@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import enum
 from collections.abc import AsyncIterator, Sequence
-from typing import Protocol, runtime_checkable
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
 
 from mediator._message import Message
 
 __all__ = [
     "BatchMessageBroker",
+    "BrokerLifecycle",
     "Delivery",
     "DeliveryGuarantee",
     "MessageBroker",
@@ -137,3 +139,26 @@ class SubscribingBroker(BatchMessageBroker, Protocol):
         ungrouped subscription gets every matching message.
         """
         ...
+
+
+class BrokerLifecycle:
+    """``async with broker:`` for every transport: `start()` on entry,
+    `stop()` on exit. A transport defines the two methods."""
+
+    async def start(self) -> None:
+        """Open what the transport needs before use."""
+
+    async def stop(self) -> None:
+        """Close what the transport opened."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
