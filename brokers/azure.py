@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -179,6 +179,7 @@ class AzureSubscription:
             self.group or "",
             receive_mode=ServiceBusReceiveMode.PEEK_LOCK,
             prefetch_count=broker.prefetch,
+            **broker.receiver_options,
         )
         try:
             await receiver.__aenter__()
@@ -336,6 +337,8 @@ class AzureMessageBroker:
         max_wait_time: float | None = 5.0,
         lock_renewal: float = 300.0,
         publish_attempts: int = 3,
+        sender_options: Mapping[str, Any] | None = None,
+        receiver_options: Mapping[str, Any] | None = None,
     ) -> None:
         if publish_attempts < 1:
             raise ValueError(f"publish_attempts must be at least 1, got {publish_attempts}")
@@ -349,6 +352,10 @@ class AzureMessageBroker:
         self.max_wait_time = max_wait_time
         self.lock_renewal = lock_renewal
         self.publish_attempts = publish_attempts
+        # Passed as they are to get_topic_sender / get_subscription_receiver
+        # (e.g. socket_timeout, keep_alive): the SDK reads them only there.
+        self.sender_options: dict[str, Any] = dict(sender_options or {})
+        self.receiver_options: dict[str, Any] = dict(receiver_options or {})
         self._sender: ServiceBusSender | None = None
         self._sender_lock = asyncio.Lock()
         self._subscriptions: set[AzureSubscription] = set()
@@ -460,7 +467,9 @@ class AzureMessageBroker:
         if self._sender is None:
             async with self._sender_lock:
                 if self._sender is None:
-                    self._sender = self.client.get_topic_sender(self.topic_name)
+                    self._sender = self.client.get_topic_sender(
+                        self.topic_name, **self.sender_options
+                    )
         return self._sender
 
     async def _close_sender(self) -> None:

@@ -538,7 +538,7 @@ class AmqpPeer:
             return
         if delivery.link.is_receiver:
             self._on_transfer(delivery)
-        elif delivery.updated and not delivery.settled:
+        elif delivery.updated:
             self._on_settlement(delivery)
 
     # A transfer from the client: a message to a topic, or a request to $cbs / $management.
@@ -615,10 +615,20 @@ class AmqpPeer:
             link.drained()
 
     def _on_settlement(self, delivery: Delivery) -> None:
-        """Apply the receiver's outcome, then echo it settled (rcv-settle-mode second)."""
+        """Apply the receiver's outcome, then echo it settled (rcv-settle-mode second).
+
+        A disposition can also arrive settled already, and then there is nothing to echo: the
+        SDK releases that way every message it reads while no receive call is running (one
+        sent on credit left over from an earlier ``receive_messages``, read while the SDK
+        listens for a settlement's echo), and the messages it buffered when it closes. Such a
+        released message must come back at once, or it stays locked with no receiver holding it.
+        """
         token: uuid.UUID = delivery.peer_lock_token
         state = delivery.remote_state
         held = self._locks.pop(token, None)
+        if held is None and delivery.settled:
+            delivery.settle()  # the client gave up a lock it no longer had: nothing to answer
+            return
         if held is None:
             # Settling a lock that expired (or was settled already) fails like Service Bus.
             delivery.local.condition = Condition("com.microsoft:message-lock-lost", "lock lost")
@@ -657,7 +667,8 @@ class AmqpPeer:
             delivery.local.failed = delivery.remote.failed
             delivery.local.undeliverable = delivery.remote.undeliverable
         # The echoed outcome must carry no error, or the SDK raises on a dead-letter.
-        delivery.update(state)
+        if not delivery.settled:
+            delivery.update(state)
         delivery.settle()
         self._pump_all()
 

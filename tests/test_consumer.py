@@ -91,8 +91,8 @@ async def test_several_patterns_on_one_consumer(transport: Transport) -> None:
         events.bind(event_type, inbox)
     consumer = EventConsumer(broker=transport.broker, event_map=events)
     p = prefix_of(transport)
-    await consumer.subscribe(f"{p}:notification_event:Order*")
-    await consumer.subscribe(f"{p}:ecst_event:*")
+    await consumer.subscribe(f"{p}:notification_event:Order*", transport.own_group("first"))
+    await consumer.subscribe(f"{p}:ecst_event:*", transport.own_group("second"))
     async with consumer:
         await publish(
             transport,
@@ -116,8 +116,8 @@ async def test_overlapping_patterns_deliver_once_per_subscription(transport: Tra
     events.bind(OrderPlaced, inbox)
     consumer = EventConsumer(broker=transport.broker, event_map=events)
     p = prefix_of(transport)
-    await consumer.subscribe(f"{p}:*")
-    await consumer.subscribe(f"{p}:notification_event:*")
+    await consumer.subscribe(f"{p}:*", transport.own_group("first"))
+    await consumer.subscribe(f"{p}:notification_event:*", transport.own_group("second"))
     async with consumer:
         await publish(transport, OrderPlaced(order_id=7))
         await consumer.wait_until(lambda s: s.handled >= 2)
@@ -380,11 +380,11 @@ async def test_headers_interceptors_and_correlation_flow(transport: Transport) -
         incoming=[check_tenant],
         event_emitter=EventEmitter(message_broker=transport.broker, outgoing=[add_tenant]),
     )
-    await consumer.subscribe(f"{p}:notification_event:OrderPlaced")
+    await consumer.subscribe(f"{p}:notification_event:OrderPlaced", transport.own_group("first"))
     watch_events = EventMap()
     watch_events.bind(OrderPaid, paid)
     watcher = EventConsumer(broker=transport.new_broker(), event_map=watch_events)
-    await watcher.subscribe(f"{p}:notification_event:OrderPaid")
+    await watcher.subscribe(f"{p}:notification_event:OrderPaid", transport.own_group("second"))
 
     async with consumer, watcher:
         with correlation_scope("request-42"):

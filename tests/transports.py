@@ -22,6 +22,12 @@ class Transport(Protocol):
     round_robin: bool
     """Whether a group hands messages to its members in turn (else: to whoever reads first)."""
 
+    def own_group(self, name: str) -> str | None:
+        """The group for a subscription that must get its own copy of every
+        message: None where ungrouped subscriptions are independent already,
+        a group of its own (`name`) where the transport needs one (Azure)."""
+        ...
+
     def new_broker(self) -> SubscribingBroker:
         """Another broker on the same transport and prefix (a second service)."""
         ...
@@ -45,6 +51,9 @@ class MemoryTransport:
 
     def new_broker(self) -> InMemoryMessageBroker:
         return self.broker
+
+    def own_group(self, name: str) -> str | None:
+        return None
 
     async def publish_raw(self, channel: str, data: bytes) -> None:
         await self.broker.publish_raw(channel, data)
@@ -83,6 +92,9 @@ class RedisPubSubTransport:
         other = RedisMessageBroker(client=self.client, channel_prefix=self.prefix)
         self._others.append(other)
         return other
+
+    def own_group(self, name: str) -> str | None:
+        return None
 
     async def publish_raw(self, channel: str, data: bytes) -> None:
         await self.client.publish(channel, data)
@@ -134,6 +146,9 @@ class RedisStreamsTransport:
             block_ms=50,
         )
 
+    def own_group(self, name: str) -> str | None:
+        return None
+
     async def publish_raw(self, channel: str, data: bytes) -> None:
         await self.client.xadd(channel, {"data": data})
         await self.client.sadd(f"{self.prefix}:streams", channel)
@@ -163,10 +178,89 @@ async def redis_streams_transport(
         await transport.close()
 
 
+AZURE_SUBSCRIPTIONS = ("default", "billing", "audit", "first", "second")
+"""Topic subscriptions the loopback peer declares for every Azure test."""
+
+
+class AzureTransport:
+    """The real azure-servicebus SDK against the loopback AMQP peer."""
+
+    name = "azure"
+    has_groups = True
+    round_robin = False
+
+    def __init__(self, prefix: str) -> None:
+        from azure.servicebus.aio import ServiceBusClient
+
+        from brokers.azure import AzureMessageBroker
+        from tests.azure_peer import AmqpPeer
+
+        self.peer = AmqpPeer()
+        self.peer.__enter__()
+        self.topic = prefix
+        for subscription in AZURE_SUBSCRIPTIONS:
+            self.peer.add_subscription(prefix, subscription)
+        self.client = ServiceBusClient.from_connection_string(
+            self.peer.connection_string, retry_total=3, retry_backoff_factor=0.01
+        )
+        self._brokers: list[AzureMessageBroker] = []
+        self.broker = self.new_broker()
+
+    def new_broker(self) -> SubscribingBroker:
+        from brokers.azure import AzureMessageBroker
+
+        broker = AzureMessageBroker(
+            self.client,
+            self.topic,
+            subscription="default",
+            max_wait_time=1.0,
+            # The SDK polls its socket at this interval; a loopback peer answers at once.
+            sender_options={"socket_timeout": 0.05, "keep_alive": 0},
+            receiver_options={"socket_timeout": 0.05},
+        )
+        self._brokers.append(broker)
+        return broker
+
+    def own_group(self, name: str) -> str | None:
+        assert name in AZURE_SUBSCRIPTIONS, f"declare {name!r} in AZURE_SUBSCRIPTIONS"
+        return name
+
+    async def publish_raw(self, channel: str, data: bytes) -> None:
+        from azure.servicebus import ServiceBusMessage
+
+        async with self.client.get_topic_sender(self.topic) as sender:
+            await sender.send_messages(
+                ServiceBusMessage(data, application_properties={"channel": channel})
+            )
+
+    async def dead_letters(self) -> list[tuple[str, str]]:
+        return [
+            (s.dead_letter_reason or "", s.dead_letter_description or "")
+            for s in self.peer.settlements()
+            if s.outcome == "dead-lettered"
+        ]
+
+    async def close(self) -> None:
+        for broker in self._brokers:
+            await broker.stop()
+        await self.client.close()
+        self.peer.stop()
+
+
+@asynccontextmanager
+async def azure_transport(prefix: str, request: pytest.FixtureRequest) -> AsyncIterator[Transport]:
+    transport = AzureTransport(prefix)
+    try:
+        yield transport
+    finally:
+        await transport.close()
+
+
 TransportFactory = Callable[[str, pytest.FixtureRequest], AbstractAsyncContextManager[Transport]]
 
 FACTORIES: dict[str, TransportFactory] = {
     "memory": memory_transport,
     "redis-pubsub": redis_pubsub_transport,
     "redis-streams": redis_streams_transport,
+    "azure": azure_transport,
 }
