@@ -50,6 +50,7 @@ try:
         MessageAlreadySettled,
         MessageLockLostError,
         MessageSizeExceededError,
+        MessagingEntityNotFoundError,
         ServiceBusAuthenticationError,
         ServiceBusAuthorizationError,
         ServiceBusError,
@@ -59,8 +60,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "brokers.azure needs azure-servicebus: pip install 'mediator-toolkit[azure]'"
     ) from exc
 
-from mediator._broker import DeliveryGuarantee
-from mediator._exceptions import MessageTooLargeError, PublishError
+from mediator._broker import DeliveryGuarantee, being_cancelled
+from mediator._exceptions import MediatorError, MessageTooLargeError, PublishError
 from mediator._message import Message, encode_message
 from mediator._patterns import GlobPattern
 from mediator._policies import Backoff
@@ -70,6 +71,7 @@ __all__ = [
     "AzureMessageBroker",
     "AzureSubscription",
     "CredentialError",
+    "EntityNotFoundError",
     "sql_filter",
 ]
 
@@ -83,6 +85,17 @@ class CredentialError(PublishError, PermissionError):
     """Service Bus refused the credential: wrong, expired, or without the right."""
 
 
+class EntityNotFoundError(MediatorError, LookupError):
+    """The topic or topic subscription does not exist in the namespace."""
+
+
+def _not_found(what: str, exc: BaseException) -> EntityNotFoundError:
+    return EntityNotFoundError(
+        f"{what} does not exist in the Service Bus namespace ({exc}); create it (portal, "
+        "az servicebus topic subscription create, or ServiceBusAdministrationClient)"
+    )
+
+
 def _credential_error(what: str, exc: BaseException) -> CredentialError:
     return CredentialError(
         f"Azure Service Bus refused the credential while {what}: {exc}. Check the "
@@ -94,7 +107,8 @@ def _credential_error(what: str, exc: BaseException) -> CredentialError:
 def sql_filter(pattern: str, property_name: str = "channel") -> str | None:
     """A Service Bus SQL rule matching what `pattern` matches, or None when
     the glob has a ``[...]`` set, which SQL ``LIKE`` cannot express (the
-    client-side match still applies).
+    client-side match still applies). ``?`` becomes ``_``, one character,
+    where the glob's ``?`` is one byte: the two agree on ASCII channels.
 
     ```python
     assert sql_filter("shop:notification_event:Order*") == (
@@ -170,16 +184,18 @@ class AzureSubscription:
         self._matcher = GlobPattern(pattern)
         self._receiver: ServiceBusReceiver | None = None
         self._renewer = AutoLockRenewer(max_lock_renewal_duration=broker.lock_renewal)
+        self._waiting: list[ServiceBusReceivedMessage] = []
         self._closed = False
 
     async def _open(self) -> None:
         broker = self._broker
-        receiver = broker.client.get_subscription_receiver(
-            broker.topic_name,
-            self.group or "",
-            receive_mode=ServiceBusReceiveMode.PEEK_LOCK,
-            prefetch_count=broker.prefetch,
+        options: dict[str, Any] = {
+            "receive_mode": ServiceBusReceiveMode.PEEK_LOCK,
+            "prefetch_count": broker.prefetch,
             **broker.receiver_options,
+        }
+        receiver = broker.client.get_subscription_receiver(
+            broker.topic_name, self.group or "", **options
         )
         try:
             await receiver.__aenter__()
@@ -211,7 +227,11 @@ class AzureSubscription:
                 raise _credential_error(
                     f"receiving from {broker.topic_name}/{self.group}", exc
                 ) from exc
+            except MessagingEntityNotFoundError as exc:
+                raise _not_found(f"subscription {broker.topic_name}/{self.group}", exc) from exc
             except ServiceBusError as exc:
+                if being_cancelled():
+                    raise asyncio.CancelledError from exc
                 if self._is_closed():
                     return
                 attempt += 1
@@ -226,7 +246,15 @@ class AzureSubscription:
                 await self._drop()
                 await asyncio.sleep(delay)
                 continue
+            # Locks of the whole batch are renewed from receipt, not from when
+            # the consumer gets to each message; what it never gets to is
+            # abandoned on close.
+            self._waiting = list(messages)
             for message in messages:
+                if broker.lock_renewal > 0:
+                    self._renewer.register(receiver, message)
+            while self._waiting:
+                message = self._waiting.pop(0)
                 delivery = await self._delivery(receiver, message)
                 if delivery is not None:
                     yield delivery
@@ -247,10 +275,8 @@ class AzureSubscription:
             except ServiceBusError as exc:
                 logger.warning("could not complete an unmatched message: %r", exc)
             return None
-        if self._broker.lock_renewal > 0:
-            self._renewer.register(receiver, message)
         # Without the property the codec decides: bad input is dead-lettered.
-        return AzureDelivery(self, message, channel or f"{self._broker.topic_name}:?")
+        return AzureDelivery(self, message, channel or f"{self._broker.channel_prefix}:?")
 
     async def _settle(
         self, delivery: AzureDelivery, outcome: str, reason: str = "", description: str = ""
@@ -304,6 +330,14 @@ class AzureSubscription:
             return
         self._closed = True
         self._broker._subscriptions.discard(self)
+        waiting, self._waiting = self._waiting, []
+        receiver = self._receiver
+        if receiver is not None:
+            for message in waiting:
+                try:
+                    await receiver.abandon_message(message)
+                except ServiceBusError as exc:
+                    logger.debug("could not abandon %s on close: %r", message.message_id, exc)
         await self._renewer.close()
         await self._drop()
 
@@ -427,9 +461,11 @@ class AzureMessageBroker:
                 await self._send_batches(await self._get_sender(), outgoing)
                 return
             except MessageSizeExceededError as exc:
+                # Raised by _send_batches for one message: the name is on it.
                 raise MessageTooLargeError(
-                    f"{names} does not fit in one Service Bus message ({exc}); send less "
-                    "data per event or raise the namespace's message size limit"
+                    f"{exc.args[0] if exc.args else names} does not fit in one Service Bus "
+                    "message; send less data per event or raise the namespace's message size "
+                    "limit"
                 ) from exc
             except _CREDENTIAL_ERRORS as exc:
                 raise _credential_error(f"sending {names} to {self.topic_name}", exc) from exc
@@ -456,10 +492,16 @@ class AzureMessageBroker:
             try:
                 batches[-1].add_message(message)
             except MessageSizeExceededError:
-                if len(batches[-1]) == 0:
-                    raise
-                batches.append(await sender.create_message_batch())
-                batches[-1].add_message(message)
+                if len(batches[-1]):
+                    batches.append(await sender.create_message_batch())
+                    try:
+                        batches[-1].add_message(message)
+                        continue
+                    except MessageSizeExceededError:
+                        pass
+                raise MessageSizeExceededError(
+                    message=f"{message.subject} ({message.message_id})"
+                ) from None
         for batch in batches:
             await sender.send_messages(batch, timeout=self.timeout)
 
@@ -506,18 +548,17 @@ class AzureMessageBroker:
             await subscription._open()
         except _CREDENTIAL_ERRORS as exc:
             raise _credential_error(f"opening {self.topic_name}/{name}", exc) from exc
+        except MessagingEntityNotFoundError as exc:
+            raise _not_found(f"subscription {self.topic_name}/{name}", exc) from exc
         self._subscriptions.add(subscription)
         return subscription
 
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the topic sender (a wrong credential fails here)."""
-        sender = await self._get_sender()
-        try:
-            await sender.__aenter__()
-        except _CREDENTIAL_ERRORS as exc:
-            raise _credential_error(f"opening a sender on {self.topic_name}", exc) from exc
+        """Nothing to open yet: the sender opens on the first send (so a
+        consumer with only the Listen right never needs Send), a receiver on
+        each subscribe; credential errors surface there."""
 
     async def stop(self) -> None:
         """Close the subscriptions and the sender this broker opened (the

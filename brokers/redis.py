@@ -35,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "brokers.redis needs redis-py: pip install 'mediator-toolkit[redis]'"
     ) from exc
 
-from mediator._broker import BrokerLifecycle, DeliveryGuarantee
+from mediator._broker import BrokerLifecycle, DeliveryGuarantee, being_cancelled
 from mediator._exceptions import PublishError
 from mediator._message import Message, encode_message
 from mediator._patterns import GlobPattern
@@ -125,6 +125,8 @@ class RedisSubscription:
                 # redis-py's per-message hooks, a fifth of the consume cost.
                 reply = await self._pubsub.parse_response(block=True)
             except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+                if being_cancelled():
+                    raise asyncio.CancelledError from exc
                 if self._is_closed():  # close() broke the connection on purpose
                     return
                 attempt += 1
@@ -443,6 +445,8 @@ class RedisStreamSubscription:
             except (redis_errors.RedisError, OSError) as exc:
                 # Lost connections, but also READONLY after a failover, OOM or
                 # a key of the wrong type: log, back off, try again.
+                if being_cancelled():
+                    raise asyncio.CancelledError from exc
                 if self._is_closed():
                     return
                 attempt += 1

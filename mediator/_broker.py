@@ -8,6 +8,7 @@ publish (`send_message`, `send_messages`), `subscribe`, `start` / `stop`
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
@@ -23,7 +24,19 @@ __all__ = [
     "MessageBroker",
     "SubscribingBroker",
     "Subscription",
+    "being_cancelled",
 ]
+
+
+def being_cancelled() -> bool:
+    """Whether the running task has a cancellation pending.
+
+    A client library may turn a cancellation that lands mid-command into a
+    connection error; a subscription's reconnect loop checks this first, so
+    that stopping a consumer is never mistaken for a lost connection.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class DeliveryGuarantee(enum.Enum):

@@ -141,7 +141,6 @@ class EventConsumer:
         self._stop_requested: asyncio.Event | None = None
         self._failure: BaseException | None = None
         self._progress: asyncio.Event | None = None
-        self._closing: asyncio.Task[None] | None = None
         self._waiters = 0
         self._draining: asyncio.Future[None] | None = None
 
@@ -222,15 +221,17 @@ class EventConsumer:
         if failure is not None:
             raise failure
 
-    async def _close_subscriptions(self) -> None:
+    def _stop_taking(self) -> list[asyncio.Task[None]]:
         readers = list(self._readers)
         for reader in readers:
             reader.cancel()
+        return readers
+
+    async def _close_subscriptions(self) -> None:
         subscriptions, self._subscriptions = self._subscriptions, []
         for subscription in subscriptions:
             with contextlib.suppress(Exception):
                 await subscription.close()
-        await asyncio.gather(*readers, return_exceptions=True)
 
     async def _shutdown(self) -> None:
         # Every caller (run(), each stop()) waits for the same drain.
@@ -247,10 +248,12 @@ class EventConsumer:
 
     async def _drain(self) -> None:
         self._running = False
-        await self._close_subscriptions()
-        closing, self._closing = self._closing, None
-        if closing is not None:
-            await closing
+        # Stop taking deliveries, let the ones in flight settle, and only then
+        # close the subscriptions: on some transports (Service Bus) settling
+        # needs the subscription's receiver.
+        readers = self._stop_taking()
+        if readers:
+            await asyncio.wait(readers, timeout=self._drain_timeout)
         if self._in_flight:
             _, late = await asyncio.wait(self._in_flight, timeout=self._drain_timeout)
             for task in late:
@@ -258,6 +261,9 @@ class EventConsumer:
             if late:
                 logger.warning("cancelled %d deliveries still running after drain", len(late))
                 await asyncio.gather(*late, return_exceptions=True)
+        await self._close_subscriptions()
+        # A reader its transport kept alive past cancellation ends with the close.
+        await asyncio.gather(*readers, return_exceptions=True)
 
     # -- receiving ---------------------------------------------------------
 
@@ -418,10 +424,7 @@ class EventConsumer:
         if self._stop_requested is not None:
             self._stop_requested.set()
         # Stop taking deliveries now; in-flight ones finish in stop()/run().
-        for reader in self._readers:
-            reader.cancel()
-        if self._closing is None:
-            self._closing = asyncio.create_task(self._close_subscriptions())
+        self._stop_taking()
 
     # -- testing -----------------------------------------------------------
 
