@@ -338,3 +338,57 @@ def test_sql_filter_translates_what_sql_like_can_express(
     pattern: str, expected: str | None
 ) -> None:
     assert sql_filter(pattern) == expected
+
+
+async def test_stop_settles_in_flight_work_and_gives_back_what_was_never_started(
+    peer: AmqpPeer, broker: AzureMessageBroker
+) -> None:
+    entered = asyncio.Event()
+    gate = asyncio.Event()
+    handled: list[int] = []
+    events = EventMap()
+
+    @events.bind(OrderPlaced)
+    async def slow(event: OrderPlaced) -> None:
+        entered.set()
+        await gate.wait()
+        handled.append(event.order_id)
+
+    consumer = EventConsumer(broker=broker, event_map=events, max_concurrency=1)
+    await consumer.subscribe(f"{TOPIC}:notification_event:*", group="billing")
+    await consumer.start()
+    await EventEmitter(message_broker=broker).emit_all([OrderPlaced(order_id=n) for n in range(3)])
+    await asyncio.wait_for(entered.wait(), timeout=15)
+    stopping = asyncio.create_task(consumer.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=0.1)
+    assert not done, "stop() waits for the handler in flight"
+    gate.set()
+    await asyncio.wait_for(stopping, timeout=15)
+    outcomes = [s.outcome for s in peer.settlements()]
+    assert handled == [0]
+    assert outcomes.count("completed") == 1  # settled through the still-open receiver
+    # The two received but never started are back in the subscription, unlocked.
+    assert peer.message_count(TOPIC, "billing") == 2
+    assert outcomes.count("abandoned") == 2  # the SDK may also release what it buffered
+
+
+async def test_a_missing_subscription_is_reported_not_retried() -> None:
+    from azure.servicebus.exceptions import MessagingEntityNotFoundError
+
+    from brokers.azure import EntityNotFoundError
+
+    class MissingReceiver:
+        # Attaching to an entity that does not exist is where Service Bus says so.
+        async def __aenter__(self) -> None:
+            raise MessagingEntityNotFoundError(message="The messaging entity could not be found")
+
+        async def close(self) -> None:
+            return None
+
+    class Client:
+        def get_subscription_receiver(self, *args: Any, **kwargs: Any) -> MissingReceiver:
+            return MissingReceiver()
+
+    broker = AzureMessageBroker(Client(), TOPIC)  # type: ignore[arg-type]
+    with pytest.raises(EntityNotFoundError, match="orders/nobody does not exist"):
+        await broker.subscribe("orders:*", group="nobody")
