@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC
 from typing import Any
 
@@ -47,6 +47,46 @@ class _Envelope(msgspec.Struct):
 
 _ENVELOPE = msgspec.json.Decoder(_Envelope)
 _EVENT_KEYS = ("event_id", "event_timestamp")
+
+
+class _RawEnvelope(msgspec.Struct):
+    message_type: str
+    message_name: str
+    message_id: uuid.UUID
+    payload: msgspec.Raw
+    headers: dict[str, str] | None = None
+
+
+_RAW_ENVELOPE = msgspec.json.Decoder(_RawEnvelope)
+
+
+class RawPayload(Mapping[str, Any]):
+    """A received payload kept as its JSON bytes, parsed on first access:
+    the consumer builds the event straight from the bytes, so most messages
+    never need the dict."""
+
+    __slots__ = ("_data", "raw")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self._data: dict[str, Any] | None = None
+
+    def _parsed(self) -> dict[str, Any]:
+        if self._data is None:
+            self._data = orjson.loads(self.raw)
+        return self._data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._parsed()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parsed())
+
+    def __len__(self) -> int:
+        return len(self._parsed())
+
+    def __repr__(self) -> str:
+        return repr(self._parsed())
 
 
 @attrs.frozen(kw_only=True)
@@ -89,6 +129,8 @@ def _default(obj: Any) -> Any:
     # orjson calls this for what it cannot write itself: nested attrs classes.
     if attrs.has(type(obj)):
         return _fields_of(obj)
+    if isinstance(obj, RawPayload):
+        return orjson.Fragment(obj.raw)
     if isinstance(obj, frozenset | set):
         return list(obj)
     raise TypeError(f"cannot serialize {type(obj).__qualname__} in an event payload")
@@ -118,7 +160,7 @@ class MessageCodec:
     fields, which it ignores. Every failure is a `MessageDecodeError`.
     """
 
-    __slots__ = ("_event_class", "max_size")
+    __slots__ = ("_decoders", "_event_class", "max_size")
 
     def __init__(
         self,
@@ -128,6 +170,7 @@ class MessageCodec:
     ) -> None:
         self._event_class = event_class
         self.max_size = max_size
+        self._decoders: dict[type[Event], msgspec.json.Decoder[Any]] = {}
 
     @staticmethod
     def to_message(event: Event, headers: Mapping[str, str] | None = None) -> Message:
@@ -148,8 +191,46 @@ class MessageCodec:
 
     def decode(self, data: bytes | str) -> tuple[Message, Event]:
         """Parse and validate `data`, returning the envelope and its event."""
+        fast = self._decode_fast(data)
+        if fast is not None:
+            return fast
         message = self.decode_message(data)
         return message, self.to_event(message)
+
+    def _decode_fast(self, data: bytes | str) -> tuple[Message, Event] | None:
+        """The common case in two typed parses straight from the bytes; None
+        sends anything unusual through the checks that name the reason."""
+        if len(data) > self.max_size:
+            return None
+        try:
+            envelope = _RAW_ENVELOPE.decode(data)
+        except msgspec.DecodeError:
+            return None
+        raw = bytes(envelope.payload)
+        # A typed decode fills defaults, so presence of the required keys is
+        # checked on the bytes (a miss goes to the slow path for its reason).
+        if b'"event_timestamp"' not in raw or envelope.message_type not in MESSAGE_TYPES:
+            return None
+        event_type = self._event_class(envelope.message_name)
+        if event_type is None or message_type_of(event_type) != envelope.message_type:
+            return None
+        decoder = self._decoders.get(event_type)
+        if decoder is None:
+            decoder = self._decoders[event_type] = msgspec.json.Decoder(event_type)
+        try:
+            event: Event = decoder.decode(raw)
+        except msgspec.DecodeError:
+            return None
+        if event.event_id != envelope.message_id or event.event_timestamp.tzinfo is not UTC:
+            return None
+        message = Message(
+            message_type=envelope.message_type,
+            message_name=envelope.message_name,
+            message_id=envelope.message_id,
+            payload=RawPayload(raw),
+            headers=envelope.headers or {},
+        )
+        return message, event
 
     def decode_message(self, data: bytes | str) -> Message:
         """Parse and validate the envelope only."""

@@ -209,3 +209,13 @@ def test_a_missing_required_field_is_refused() -> None:
     with pytest.raises(MessageDecodeError, match="user_id") as caught:
         codec().decode(orjson.dumps(body))
     assert caught.value.reason is DecodeFailure.INVALID_PAYLOAD
+
+
+def test_a_decoded_message_reads_like_a_dict_and_encodes_back_unchanged() -> None:
+    body = envelope(headers={"correlation_id": "c-1"})
+    message, event = codec().decode(orjson.dumps(body))
+    assert message.payload["user_id"] == 123
+    assert dict(message.payload) == body["payload"]
+    assert message.payload == body["payload"]
+    assert orjson.loads(encode_message(message)) == body
+    assert event == UserJoined(event_id=EVENT_ID, event_timestamp=STAMP, user_id=123)
