@@ -94,8 +94,9 @@ class Message:
     """One envelope as it travels through a broker.
 
     On the producing side `payload` holds the event's field values (UUIDs and
-    datetimes as Python objects); on the consuming side it holds the decoded
-    JSON. Either way `encode_message` writes the same bytes.
+    datetimes as Python objects); on the consuming side it is a `RawPayload`,
+    a read-only mapping of the JSON parsed on first access. Either way
+    `encode_message` writes the same bytes.
     """
 
     message_type: str
