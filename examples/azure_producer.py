@@ -16,56 +16,9 @@ import asyncio
 import os
 import sys
 
-import attrs
-
 from brokers.azure import AzureMessageBroker
-from mediator import (
-    EventEmitter,
-    Mediator,
-    NotificationEvent,
-    Request,
-    RequestHandler,
-    RequestMap,
-    correlation_scope,
-)
-
-
-@attrs.frozen(kw_only=True)
-class OrderPlaced(NotificationEvent):
-    order_id: int
-    total_cents: int
-
-
-@attrs.frozen(kw_only=True)
-class OrderCancelled(NotificationEvent):
-    order_id: int
-
-
-@attrs.frozen(kw_only=True)
-class NewsletterSigned(NotificationEvent):
-    email: str
-
-
-@attrs.frozen(kw_only=True)
-class PlaceOrder(Request[None]):
-    order_id: int
-    total_cents: int
-
-
-@attrs.frozen(kw_only=True)
-class CancelOrder(Request[None]):
-    order_id: int
-
-
-class PlaceOrderHandler(RequestHandler[PlaceOrder, None]):
-    async def handle(self, request: PlaceOrder) -> None:
-        self.events.append(OrderPlaced(order_id=request.order_id, total_cents=request.total_cents))
-        self.events.append(NewsletterSigned(email="ada@example.com"))  # not an Order* channel
-
-
-class CancelOrderHandler(RequestHandler[CancelOrder, None]):
-    async def handle(self, request: CancelOrder) -> None:
-        self.events.append(OrderCancelled(order_id=request.order_id))
+from mediator import EventEmitter, Mediator
+from shop import place_orders, shop_requests
 
 
 async def main() -> None:
@@ -73,17 +26,12 @@ async def main() -> None:
     if not connection_string:
         sys.exit("SERVICEBUS_CONNECTION_STRING is not set: give it a namespace's connection string")
     topic = os.environ.get("SERVICEBUS_TOPIC", "orders")
-    requests = RequestMap()
-    requests.bind(PlaceOrder, PlaceOrderHandler)
-    requests.bind(CancelOrder, CancelOrderHandler)
-
     # The broker made from a connection string owns its client: leaving the block closes it.
     async with AzureMessageBroker.from_connection_string(connection_string, topic) as broker:
-        mediator = Mediator(request_map=requests, event_emitter=EventEmitter(message_broker=broker))
-        with correlation_scope("checkout-1"):
-            await mediator.send(PlaceOrder(order_id=101, total_cents=4200))
-        await mediator.send(PlaceOrder(order_id=102, total_cents=990))
-        await mediator.send(CancelOrder(order_id=101))
+        mediator = Mediator(
+            request_map=shop_requests(), event_emitter=EventEmitter(message_broker=broker)
+        )
+        await place_orders(mediator)
     print(f"sent 3 commands; their events are on topic {topic}")
 
 

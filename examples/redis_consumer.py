@@ -17,39 +17,11 @@ import asyncio
 import os
 import sys
 
-import attrs
 from redis.asyncio import Redis
 
 from brokers.redis import RedisStreamBroker
-from mediator import EventConsumer, EventMap, NotificationEvent, current_message
-
-
-# The consumer's own classes: what must match the producer's is the event
-# name and the payload fields, not the Python class.
-@attrs.frozen(kw_only=True)
-class OrderPlaced(NotificationEvent):
-    order_id: int
-    total_cents: int
-
-
-@attrs.frozen(kw_only=True)
-class OrderCancelled(NotificationEvent):
-    order_id: int
-
-
-events = EventMap()
-
-
-@events.bind(OrderPlaced)
-async def bill(event: OrderPlaced) -> None:
-    message = current_message()
-    correlation = message.headers["correlation_id"] if message else "?"
-    print(f"billing order {event.order_id}: {event.total_cents} cents ({correlation})", flush=True)
-
-
-@events.bind(OrderCancelled)
-async def refund(event: OrderCancelled) -> None:
-    print(f"refunding order {event.order_id}", flush=True)
+from mediator import EventConsumer
+from shop import billing_events
 
 
 async def main() -> None:
@@ -59,7 +31,7 @@ async def main() -> None:
 
     async with Redis.from_url(url) as client:
         broker = RedisStreamBroker(client=client, channel_prefix=prefix, start_from="beginning")
-        consumer = EventConsumer(broker=broker, event_map=events)
+        consumer = EventConsumer(broker=broker, event_map=billing_events())
         await consumer.subscribe(f"{prefix}:notification_event:Order*", group="billing")
         async with consumer:  # the group exists on every matching stream from here
             try:
