@@ -44,7 +44,13 @@ def test_all_lists_exactly_the_public_exports() -> None:
 
 @pytest.mark.parametrize(
     ("module", "name"),
-    [("mediator.container", "DIContainer"), ("brokers.memory", "InMemoryMessageBroker")],
+    [
+        ("mediator.container", "DIContainer"),
+        ("brokers.memory", "InMemoryMessageBroker"),
+        ("brokers.redis", "RedisMessageBroker"),
+        ("brokers.redis", "RedisStreamBroker"),
+        ("brokers.azure", "AzureMessageBroker"),
+    ],
 )
 def test_module_level_names(module: str, name: str) -> None:
     imported = importlib.import_module(module)
