@@ -392,3 +392,40 @@ async def test_a_missing_subscription_is_reported_not_retried() -> None:
     broker = AzureMessageBroker(Client(), TOPIC)  # type: ignore[arg-type]
     with pytest.raises(EntityNotFoundError, match="orders/nobody does not exist"):
         await broker.subscribe("orders:*", group="nobody")
+
+
+async def test_a_failed_receive_reopens_the_receiver_and_nothing_is_lost(
+    peer: AmqpPeer,
+    broker: AzureMessageBroker,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from azure.servicebus.aio import ServiceBusReceiver
+    from azure.servicebus.exceptions import ServiceBusConnectionError
+
+    receive = ServiceBusReceiver.receive_messages
+    failures = [ServiceBusConnectionError(message="connection reset by the test")]
+
+    async def failing_once(self: ServiceBusReceiver, *args: Any, **kwargs: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return await receive(self, *args, **kwargs)
+
+    monkeypatch.setattr(ServiceBusReceiver, "receive_messages", failing_once)
+    handled: list[int] = []
+    events = EventMap()
+
+    @events.bind(OrderPlaced)
+    async def record(event: OrderPlaced) -> None:
+        handled.append(event.order_id)
+
+    consumer = EventConsumer(broker=broker, event_map=events)
+    await consumer.subscribe(f"{TOPIC}:notification_event:*", group="billing")
+    async with consumer:
+        await EventEmitter(message_broker=broker).emit_all(
+            [OrderPlaced(order_id=n) for n in (1, 2)]
+        )
+        await consumer.wait_until(lambda s: s.handled >= 2, timeout=15)
+    assert sorted(handled) == [1, 2]
+    assert failures == []
+    assert any("reopening" in r.getMessage() for r in caplog.records)
