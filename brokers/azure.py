@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
-from types import TracebackType
 from typing import Any
 
 try:
@@ -60,7 +59,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "brokers.azure needs azure-servicebus: pip install 'mediator-toolkit[azure]'"
     ) from exc
 
-from mediator._broker import DeliveryGuarantee, being_cancelled
+from mediator._broker import BrokerLifecycle, DeliveryGuarantee, being_cancelled
 from mediator._exceptions import MediatorError, MessageTooLargeError, PublishError
 from mediator._message import Message, encode_message
 from mediator._patterns import GlobPattern
@@ -342,7 +341,7 @@ class AzureSubscription:
         await self._drop()
 
 
-class AzureMessageBroker:
+class AzureMessageBroker(BrokerLifecycle):
     """Publishes envelopes to a Service Bus topic; receives from its subscriptions.
 
     ```python
@@ -568,15 +567,3 @@ class AzureMessageBroker:
         await self._close_sender()
         if self._owns_client:
             await self.client.close()
-
-    async def __aenter__(self) -> AzureMessageBroker:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
