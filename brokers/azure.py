@@ -59,7 +59,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "brokers.azure needs azure-servicebus: pip install 'mediator-toolkit[azure]'"
     ) from exc
 
-from mediator._broker import BrokerLifecycle, DeliveryGuarantee, being_cancelled
+from mediator._broker import BrokerLifecycle, DeliveryGuarantee, Reconnection
 from mediator._exceptions import MediatorError, MessageTooLargeError, PublishError
 from mediator._message import Message, encode_message
 from mediator._patterns import GlobPattern
@@ -211,7 +211,7 @@ class AzureSubscription:
 
     async def _deliveries(self) -> AsyncIterator[AzureDelivery]:
         broker = self._broker
-        attempt = 0
+        retry = Reconnection(logger, _RETRY)
         while not self._is_closed():
             try:
                 if self._receiver is None:
@@ -221,7 +221,7 @@ class AzureSubscription:
                 messages = await receiver.receive_messages(
                     max_message_count=broker.batch_size, max_wait_time=broker.max_wait_time
                 )
-                attempt = 0
+                retry.succeeded()
             except _CREDENTIAL_ERRORS as exc:
                 raise _credential_error(
                     f"receiving from {broker.topic_name}/{self.group}", exc
@@ -229,22 +229,15 @@ class AzureSubscription:
             except MessagingEntityNotFoundError as exc:
                 raise _not_found(f"subscription {broker.topic_name}/{self.group}", exc) from exc
             except ServiceBusError as exc:
-                if being_cancelled():
-                    raise asyncio.CancelledError from exc
-                if self._is_closed():
-                    return
-                attempt += 1
-                delay = _RETRY.delay(attempt)
-                logger.warning(
-                    "receiving from %s/%s failed (%r); reopening in %.2fs",
-                    broker.topic_name,
-                    self.group,
+                if await retry.pause(
+                    f"receiving from {broker.topic_name}/{self.group} failed",
                     exc,
-                    delay,
-                )
-                await self._drop()
-                await asyncio.sleep(delay)
-                continue
+                    closed=self._is_closed(),
+                    then="reopening",
+                    before_wait=self._drop,
+                ):
+                    continue
+                return
             # Locks of the whole batch are renewed from receipt, not from when
             # the consumer gets to each message; what it never gets to is
             # abandoned on close.

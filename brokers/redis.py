@@ -35,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "brokers.redis needs redis-py: pip install 'mediator-toolkit[redis]'"
     ) from exc
 
-from mediator._broker import BrokerLifecycle, DeliveryGuarantee, being_cancelled
+from mediator._broker import BrokerLifecycle, DeliveryGuarantee, Reconnection
 from mediator._exceptions import PublishError
 from mediator._message import Message, encode_message
 from mediator._patterns import GlobPattern
@@ -113,33 +113,28 @@ class RedisSubscription:
         return self._deliveries()
 
     async def _deliveries(self) -> AsyncIterator[RedisDelivery]:
-        attempt = 0
+        retry = Reconnection(logger, _RECONNECT)
         channels: dict[bytes | str, str] = {}
         while not self._is_closed():
             try:
                 if self._pubsub is None:
                     await self._connect()
-                    attempt = 0
+                    retry.succeeded()
                 assert self._pubsub is not None
                 # The raw reply, not get_message(): that builds a dict and runs
                 # redis-py's per-message hooks, a fifth of the consume cost.
                 reply = await self._pubsub.parse_response(block=True)
             except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-                if being_cancelled():
-                    raise asyncio.CancelledError from exc
-                if self._is_closed():  # close() broke the connection on purpose
-                    return
-                attempt += 1
-                delay = _RECONNECT.delay(attempt)
-                logger.warning(
-                    "lost the Redis subscription %r (%r); reconnecting in %.2fs",
-                    self.pattern,
+                # Closed: close() broke the connection on purpose.
+                if await retry.pause(
+                    f"lost the Redis subscription {self.pattern!r}",
                     exc,
-                    delay,
-                )
-                await self._drop()
-                await asyncio.sleep(delay)
-                continue
+                    closed=self._is_closed(),
+                    then="reconnecting",
+                    before_wait=self._drop,
+                ):
+                    continue
+                return
             if not reply or reply[0] not in _PMESSAGE:
                 continue
             _, _, channel, data = reply
@@ -410,7 +405,7 @@ class RedisStreamSubscription:
         broker = self._broker
         loop = asyncio.get_running_loop()
         next_discovery = next_claim = loop.time()
-        attempt = 0
+        retry = Reconnection(logger, _RECONNECT)
         while not self._is_closed():
             try:
                 now = loop.time()
@@ -433,7 +428,7 @@ class RedisStreamSubscription:
                     count=broker.batch_size,
                     block=broker.block_ms,
                 )
-                attempt = 0
+                retry.succeeded()
             except redis_errors.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
@@ -445,20 +440,13 @@ class RedisStreamSubscription:
             except (redis_errors.RedisError, OSError) as exc:
                 # Lost connections, but also READONLY after a failover, OOM or
                 # a key of the wrong type: log, back off, try again.
-                if being_cancelled():
-                    raise asyncio.CancelledError from exc
-                if self._is_closed():
-                    return
-                attempt += 1
-                delay = _RECONNECT.delay(attempt)
-                logger.warning(
-                    "lost Redis while reading streams for %r (%r); retrying in %.2fs",
-                    self.pattern,
+                if await retry.pause(
+                    f"lost Redis while reading streams for {self.pattern!r}",
                     exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                continue
+                    closed=self._is_closed(),
+                ):
+                    continue
+                return
             for stream, entries in replies or ():
                 channel = stream.decode() if isinstance(stream, bytes) else stream
                 for entry_id, fields in entries:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import AsyncIterator, Sequence
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
 from mediator._message import Message
+from mediator._policies import Backoff
 
 __all__ = [
     "BatchMessageBroker",
@@ -22,6 +24,7 @@ __all__ = [
     "Delivery",
     "DeliveryGuarantee",
     "MessageBroker",
+    "Reconnection",
     "SubscribingBroker",
     "Subscription",
     "being_cancelled",
@@ -37,6 +40,56 @@ def being_cancelled() -> bool:
     """
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+class Reconnection:
+    """The retry loop every subscription shares after a failed receive.
+
+    ```python
+    retry = Reconnection(logger, Backoff(initial=0.1))
+    ...
+    except ConnectionError as exc:
+        if not await retry.pause(f"lost {pattern!r}", exc, closed=self.closed):
+            return
+        continue
+    retry.succeeded()
+    ```
+    """
+
+    __slots__ = ("_attempt", "_backoff", "_logger")
+
+    def __init__(self, logger: logging.Logger, backoff: Backoff) -> None:
+        self._logger = logger
+        self._backoff = backoff
+        self._attempt = 0
+
+    def succeeded(self) -> None:
+        """A receive worked: the next failure starts the backoff over."""
+        self._attempt = 0
+
+    async def pause(
+        self,
+        what: str,
+        error: BaseException,
+        *,
+        closed: bool,
+        then: str = "retrying",
+        before_wait: Callable[[], Awaitable[None]] | None = None,
+    ) -> bool:
+        """After `error`: False when the subscription was closed (the caller
+        ends), else log a WARNING, run `before_wait`, wait the backoff and
+        return True. A pending cancellation is re-raised as such."""
+        if being_cancelled():
+            raise asyncio.CancelledError from error
+        if closed:
+            return False
+        self._attempt += 1
+        delay = self._backoff.delay(self._attempt)
+        self._logger.warning("%s (%r); %s in %.2fs", what, error, then, delay)
+        if before_wait is not None:
+            await before_wait()
+        await asyncio.sleep(delay)
+        return True
 
 
 class DeliveryGuarantee(enum.Enum):
