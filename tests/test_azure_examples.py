@@ -9,11 +9,7 @@ message and the client-side pattern match has to drop the newsletter event.
 from __future__ import annotations
 
 import os
-import re
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import orjson
 import pytest
@@ -22,48 +18,21 @@ try:
     import azure.servicebus  # noqa: F401  # the examples import it through brokers.azure
 
     from tests.azure_peer import AmqpPeer
+    from tests.examples_runner import (
+        assert_handled_the_three_orders,
+        consumer_started_first,
+        run,
+    )
 except ImportError as exc:  # pragma: no cover - depends on the environment
     if os.environ.get("CI"):
         raise
     pytest.skip(f"azure-servicebus or python-qpid-proton missing: {exc}", allow_module_level=True)
-
-ROOT = Path(__file__).resolve().parent.parent
-TIMEOUT = 45  # seconds per process; the consumer gives up by itself after 30
-
-EXPECTED = [
-    re.compile(r"billing order 101: 4200 cents \(checkout-1\)"),
-    re.compile(r"billing order 102: 990 cents \([0-9a-f]{32}\)"),  # a fresh correlation id
-    re.compile(r"refunding order 101"),
-]
 
 
 @pytest.fixture
 def peer() -> Iterator[AmqpPeer]:
     with AmqpPeer() as amqp_peer:
         yield amqp_peer
-
-
-def example_command(name: str, **env: str) -> tuple[list[str], dict[str, str]]:
-    command = [sys.executable, str(ROOT / "examples" / name)]
-    inherited = {
-        key: value for key, value in os.environ.items() if not key.startswith("SERVICEBUS_")
-    }
-    return command, {**inherited, "PYTHONPATH": str(ROOT), **env}
-
-
-def run(name: str, **env: str) -> subprocess.CompletedProcess[str]:
-    command, full_env = example_command(name, **env)
-    return subprocess.run(
-        command, capture_output=True, text=True, timeout=TIMEOUT, env=full_env, check=False
-    )
-
-
-def assert_handled_the_three_orders(lines: list[str]) -> None:
-    assert len(lines) == 3, lines
-    bills = [line for line in lines if line.startswith("billing")]
-    assert bills == sorted(bills), "order 101 was placed before order 102"
-    for pattern in EXPECTED:
-        assert any(pattern.fullmatch(line) for line in lines), (pattern.pattern, lines)
 
 
 def assert_all_completed(peer: AmqpPeer, topic: str, subscription: str) -> None:
@@ -105,20 +74,8 @@ def test_a_consumer_started_first_gets_what_is_sent_later(peer: AmqpPeer) -> Non
         "SERVICEBUS_TOPIC": "shop",
         "SERVICEBUS_SUBSCRIPTION": "invoicing",
     }
-    command, full_env = example_command("azure_consumer.py", **env)
-    consumer = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env
-    )
-    try:
-        sent = run("azure_producer.py", **env)
-        assert sent.returncode == 0, sent.stderr
-        stdout, stderr = consumer.communicate(timeout=TIMEOUT)
-    finally:
-        if consumer.poll() is None:
-            consumer.kill()
-            consumer.communicate()
-    assert consumer.returncode == 0, stderr
-    assert_handled_the_three_orders(stdout.splitlines())
+    lines = consumer_started_first("azure_consumer.py", "azure_producer.py", **env)
+    assert_handled_the_three_orders(lines)
     assert_all_completed(peer, "shop", "invoicing")
 
 
