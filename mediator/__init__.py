@@ -28,7 +28,10 @@ from mediator._events import EventHandler as EventHandler
 from mediator._events import NotificationEvent as NotificationEvent
 from mediator._events import RaisesEvents as RaisesEvents
 from mediator._events import event_name as event_name
+from mediator._exceptions import BrokerUnavailableError as BrokerUnavailableError
+from mediator._exceptions import CredentialError as CredentialError
 from mediator._exceptions import DecodeFailure as DecodeFailure
+from mediator._exceptions import EntityNotFoundError as EntityNotFoundError
 from mediator._exceptions import EventBindingError as EventBindingError
 from mediator._exceptions import EventCycleError as EventCycleError
 from mediator._exceptions import MediatorError as MediatorError
@@ -37,6 +40,8 @@ from mediator._exceptions import MessageTooLargeError as MessageTooLargeError
 from mediator._exceptions import NoMessageBrokerError as NoMessageBrokerError
 from mediator._exceptions import PublishError as PublishError
 from mediator._exceptions import RequestBindingError as RequestBindingError
+from mediator._exceptions import SubscriptionLostError as SubscriptionLostError
+from mediator._exceptions import TransportError as TransportError
 from mediator._mediator import Mediator as Mediator
 from mediator._message import DEFAULT_MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE
 from mediator._message import Message as Message
@@ -66,14 +71,17 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "Backoff",
     "BatchMessageBroker",
+    "BrokerUnavailableError",
     "ConsumerStats",
     "Container",
+    "CredentialError",
     "DeadLetter",
     "DecodeFailure",
     "Delivery",
     "DeliveryGuarantee",
     "DomainEvent",
     "ECSTEvent",
+    "EntityNotFoundError",
     "ErrorPolicy",
     "Event",
     "EventBinding",
@@ -112,6 +120,8 @@ __all__ = [
     "StreamingRequestHandler",
     "SubscribingBroker",
     "Subscription",
+    "SubscriptionLostError",
+    "TransportError",
     "channel_for",
     "correlation_scope",
     "current_correlation_id",

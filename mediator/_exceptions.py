@@ -6,11 +6,20 @@ MediatorError
 ├── EventBindingError           an EventMap binding is malformed
 ├── EventCycleError             follow-up events that raise each other for ever
 ├── NoMessageBrokerError        a broker-bound event with no broker configured
-├── PublishError                the broker refused or could not be reached
 ├── MessageDecodeError          a received message cannot become an event
 │                               (carries .reason and .message_id)
-└── MessageTooLargeError        an outgoing message exceeds a transport's limit
+├── MessageTooLargeError        an outgoing message exceeds a transport's limit
+└── TransportError              a broker answered with an error, or did not answer
+    ├── PublishError            a message could not be handed to the broker
+    ├── BrokerUnavailableError  the broker cannot be reached (start, subscribe)
+    ├── CredentialError         the broker refused the credential
+    ├── EntityNotFoundError     a topic, queue, stream or subscription does not exist
+    └── SubscriptionLostError   a live subscription failed for good; the consumer stops
 ```
+
+A transport never lets its SDK's own exceptions out of `start()`,
+`subscribe()` or a publish: it maps them into this tree
+(`mediator.transport.map_errors`), keeping the SDK's error as `__cause__`.
 """
 
 from __future__ import annotations
@@ -18,7 +27,10 @@ from __future__ import annotations
 import enum
 
 __all__ = [
+    "BrokerUnavailableError",
+    "CredentialError",
     "DecodeFailure",
+    "EntityNotFoundError",
     "EventBindingError",
     "EventCycleError",
     "MediatorError",
@@ -27,6 +39,8 @@ __all__ = [
     "NoMessageBrokerError",
     "PublishError",
     "RequestBindingError",
+    "SubscriptionLostError",
+    "TransportError",
 ]
 
 
@@ -52,8 +66,30 @@ class NoMessageBrokerError(MediatorError, RuntimeError):
     message broker to publish it to."""
 
 
-class PublishError(MediatorError, ConnectionError):
+class TransportError(MediatorError):
+    """A broker answered with an error, or could not be reached. The SDK's
+    own exception is the `__cause__`."""
+
+
+class PublishError(TransportError, ConnectionError):
     """A message could not be handed to the broker."""
+
+
+class BrokerUnavailableError(TransportError, ConnectionError):
+    """The broker cannot be reached: wrong address, server down, network gone."""
+
+
+class CredentialError(TransportError, PermissionError):
+    """The broker refused the credential: wrong, expired, or without the right."""
+
+
+class EntityNotFoundError(TransportError, LookupError):
+    """A topic, queue, stream or subscription the call needs does not exist."""
+
+
+class SubscriptionLostError(TransportError):
+    """A live subscription failed in a way retrying cannot mend; the consumer
+    that read it stops, and `run()` raises this with the reason."""
 
 
 class MessageTooLargeError(MediatorError, ValueError):
@@ -71,6 +107,8 @@ class DecodeFailure(enum.Enum):
     INVALID_PAYLOAD = "invalid_payload"
     ID_MISMATCH = "id_mismatch"
     TOO_LARGE = "too_large"
+    TOO_DEEP = "too_deep"
+    DUPLICATE_KEY = "duplicate_key"
 
 
 class MessageDecodeError(MediatorError, ValueError):
