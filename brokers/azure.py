@@ -59,11 +59,11 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "brokers.azure needs azure-servicebus: pip install 'mediator-toolkit[azure]'"
     ) from exc
 
-from mediator._broker import BrokerLifecycle, DeliveryGuarantee, Reconnection
 from mediator._exceptions import MediatorError, MessageTooLargeError, PublishError
 from mediator._message import Message, encode_message
 from mediator._patterns import GlobPattern
 from mediator._policies import Backoff
+from mediator.transport import BrokerLifecycle, DeliveryGuarantee, Reconnection
 
 __all__ = [
     "AzureDelivery",
@@ -163,7 +163,7 @@ class AzureDelivery:
         """Complete the message: it leaves the subscription."""
         await self._subscription._settle(self, "complete")
 
-    async def retry(self) -> None:
+    async def release(self) -> None:
         """Abandon the message: it is delivered again, its delivery count + 1."""
         await self._subscription._settle(self, "abandon")
 

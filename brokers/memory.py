@@ -21,9 +21,9 @@ from collections.abc import AsyncIterator, Sequence
 
 import attrs
 
-from mediator._broker import BrokerLifecycle, DeliveryGuarantee
 from mediator._message import Message, channel_for, encode_message
 from mediator._patterns import GlobPattern
+from mediator.transport import BrokerLifecycle, DeliveryGuarantee
 
 __all__ = [
     "DEFAULT_BUFFER",
@@ -75,7 +75,7 @@ class MemoryDelivery:
         """Done with it."""
         self._settle("ack")
 
-    async def retry(self) -> None:
+    async def release(self) -> None:
         """Put it back at the end of its subscription's buffer (delivery count + 1);
         dropped when the subscription is closed, as at-most-once allows."""
         self._settle("retry")

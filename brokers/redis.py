@@ -35,11 +35,11 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "brokers.redis needs redis-py: pip install 'mediator-toolkit[redis]'"
     ) from exc
 
-from mediator._broker import BrokerLifecycle, DeliveryGuarantee, Reconnection
 from mediator._exceptions import PublishError
 from mediator._message import Message, encode_message
 from mediator._patterns import GlobPattern
 from mediator._policies import Backoff
+from mediator.transport import BrokerLifecycle, DeliveryGuarantee, Reconnection
 
 __all__ = [
     "RedisDelivery",
@@ -73,7 +73,7 @@ class RedisDelivery:
     async def ack(self) -> None:
         """Nothing to do: Pub/Sub forgets a message once it is sent."""
 
-    async def retry(self) -> None:
+    async def release(self) -> None:
         """Pub/Sub cannot deliver again; the message is dropped (at-most-once)."""
         logger.warning("Redis Pub/Sub cannot redeliver; dropping a message from %s", self.channel)
 
@@ -349,7 +349,7 @@ class RedisStreamDelivery:
         """``XACK``: the entry leaves the group's pending list."""
         await self._subscription._ack(self)
 
-    async def retry(self) -> None:
+    async def release(self) -> None:
         """Leave it pending: it is claimed again (``XAUTOCLAIM``) once it has been
         idle for the broker's `claim_idle`, by this or another group member."""
 

@@ -2,94 +2,27 @@
 
 Every module in `brokers/` implements the same verbs, in this order:
 publish (`send_message`, `send_messages`), `subscribe`, `start` / `stop`
-(and ``async with``), settle each `Delivery` (`ack`, `retry`,
-`dead_letter`), and say its `delivery_guarantee`.
+(and ``async with``), settle each `Delivery` (`ack`, `release`,
+`dead_letter`), and say its `delivery_guarantee`. `mediator.transport` holds
+the shared pieces they are built from.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from types import TracebackType
-from typing import Protocol, Self, runtime_checkable
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol, runtime_checkable
 
 from mediator._message import Message
-from mediator._policies import Backoff
 
 __all__ = [
     "BatchMessageBroker",
-    "BrokerLifecycle",
     "Delivery",
     "DeliveryGuarantee",
     "MessageBroker",
-    "Reconnection",
     "SubscribingBroker",
     "Subscription",
-    "being_cancelled",
 ]
-
-
-def being_cancelled() -> bool:
-    """Whether the running task has a cancellation pending.
-
-    A client library may turn a cancellation that lands mid-command into a
-    connection error; a subscription's reconnect loop checks this first, so
-    that stopping a consumer is never mistaken for a lost connection.
-    """
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
-class Reconnection:
-    """The retry loop every subscription shares after a failed receive.
-
-    ```python
-    retry = Reconnection(logger, Backoff(initial=0.1))
-    ...
-    except ConnectionError as exc:
-        if not await retry.pause(f"lost {pattern!r}", exc, closed=self.closed):
-            return
-        continue
-    retry.succeeded()
-    ```
-    """
-
-    __slots__ = ("_attempt", "_backoff", "_logger")
-
-    def __init__(self, logger: logging.Logger, backoff: Backoff) -> None:
-        self._logger = logger
-        self._backoff = backoff
-        self._attempt = 0
-
-    def succeeded(self) -> None:
-        """A receive worked: the next failure starts the backoff over."""
-        self._attempt = 0
-
-    async def pause(
-        self,
-        what: str,
-        error: BaseException,
-        *,
-        closed: bool,
-        then: str = "retrying",
-        before_wait: Callable[[], Awaitable[None]] | None = None,
-    ) -> bool:
-        """After `error`: False when the subscription was closed (the caller
-        ends), else log a WARNING, run `before_wait`, wait the backoff and
-        return True. A pending cancellation is re-raised as such."""
-        if being_cancelled():
-            raise asyncio.CancelledError from error
-        if closed:
-            return False
-        self._attempt += 1
-        delay = self._backoff.delay(self._attempt)
-        self._logger.warning("%s (%r); %s in %.2fs", what, error, then, delay)
-        if before_wait is not None:
-            await before_wait()
-        await asyncio.sleep(delay)
-        return True
 
 
 class DeliveryGuarantee(enum.Enum):
@@ -145,8 +78,9 @@ class Delivery(Protocol):
         """Done: the message will not be delivered again."""
         ...
 
-    async def retry(self) -> None:
-        """Give the message back for a later delivery (where the transport can)."""
+    async def release(self) -> None:
+        """Give the message back for a later delivery (where the transport can;
+        an at-most-once transport drops it)."""
         ...
 
     async def dead_letter(self, reason: str, description: str) -> None:
@@ -205,26 +139,3 @@ class SubscribingBroker(BatchMessageBroker, Protocol):
         ungrouped subscription gets every matching message.
         """
         ...
-
-
-class BrokerLifecycle:
-    """``async with broker:`` for every transport: `start()` on entry,
-    `stop()` on exit. A transport defines the two methods."""
-
-    async def start(self) -> None:
-        """Open what the transport needs before use."""
-
-    async def stop(self) -> None:
-        """Close what the transport opened."""
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()

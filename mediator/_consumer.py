@@ -412,7 +412,7 @@ class EventConsumer:
             return
         logger.info("releasing a delivery from %s for redelivery: %s", delivery.channel, why)
         try:
-            await delivery.retry()
+            await delivery.release()
         except Exception:
             logger.exception("could not release a delivery from %s", delivery.channel)
         self.stats.released += 1
