@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import attrs
@@ -60,11 +61,29 @@ class Backoff:
     )
 
     def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number `attempt` (1-based)."""
-        base = min(self.maximum, self.initial * self.multiplier ** (attempt - 1))
+        """Seconds to wait after failed attempt number `attempt` (1-based).
+
+        Any attempt number is fine: past the cap the delay stays at `maximum`
+        (before jitter), so a retry loop can count for as long as it runs.
+        """
+        base = self._grown(attempt - 1)
         if self.jitter:
             base *= 1 + random.uniform(-self.jitter, self.jitter)
         return max(0.0, base)
+
+    def _grown(self, steps: int) -> float:
+        """``initial * multiplier**steps`` capped at `maximum`, never computing a
+        power past the cap (it would overflow a float after ~1,000 steps)."""
+        initial, multiplier, maximum = float(self.initial), float(self.multiplier), self.maximum
+        if steps <= 0 or initial == 0 or multiplier == 1:
+            return min(maximum, initial)
+        # Decided on logarithms, so the size of `steps` never reaches a power.
+        if initial >= maximum or steps * math.log(multiplier) >= math.log(maximum / initial):
+            return maximum
+        try:
+            return min(maximum, initial * multiplier**steps)
+        except OverflowError:  # a tiny initial or an infinite maximum: past any finite delay
+            return maximum
 
 
 FinalPolicy = FailFast | LogAndContinue | Ignore | DeadLetter
