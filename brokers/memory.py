@@ -8,97 +8,72 @@ and consumer groups behave as on every other transport:
 - subscriptions sharing a `group` (and pattern) form one group: each message
   goes to one member, round robin; every group gets every message;
 - each subscription buffers at most `buffer_size` deliveries; a publisher
-  waits while a buffer it must fill is full (backpressure, never growth);
-- `dead_letters` keeps the most recent dead-lettered messages with reasons.
+  waits while a buffer it must fill is full (backpressure, never growth), and
+  is let go when that subscription closes;
+- a released delivery goes back to its subscription ahead of the buffer,
+  without waiting, so a stop never blocks on a full buffer;
+- `dead_letters()` returns the most recent dead letters, oldest first.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
-import attrs
-
-from mediator._message import Message, channel_for, encode_message
-from mediator._patterns import GlobPattern
-from mediator.transport import BrokerLifecycle, DeliveryGuarantee
+from mediator.transport import (
+    BrokerLifecycle,
+    DeadLetterRecord,
+    DeliveryBase,
+    DeliveryGuarantee,
+    GlobPattern,
+    Message,
+    channel_for,
+    encode_message,
+    quote,
+)
 
 __all__ = [
     "DEFAULT_BUFFER",
     "DEFAULT_HISTORY",
-    "DeadLetteredMessage",
     "InMemoryMessageBroker",
     "MemoryDelivery",
     "MemorySubscription",
 ]
 
+logger = logging.getLogger("mediator.brokers.memory")
+
 DEFAULT_HISTORY = 10_000
-"""How many published messages `InMemoryMessageBroker.messages` keeps."""
+"""How many published messages `InMemoryMessageBroker.messages` keeps, and
+how many dead letters it keeps."""
 DEFAULT_BUFFER = 1_000
 """How many deliveries one subscription buffers before publishers wait."""
 
 
-@attrs.frozen(kw_only=True)
-class DeadLetteredMessage:
-    """A message a consumer dead-lettered, with why."""
-
-    channel: str
-    data: bytes
-    reason: str
-    description: str
-    delivery_count: int
-
-
-class MemoryDelivery:
+class MemoryDelivery(DeliveryBase):
     """One message handed to one subscription."""
 
-    __slots__ = ("_subscription", "channel", "data", "delivery_count", "settled")
+    __slots__ = ("_subscription",)
 
     def __init__(
         self, subscription: MemorySubscription, channel: str, data: bytes, delivery_count: int = 1
     ) -> None:
+        super().__init__(channel, data, delivery_count)
         self._subscription = subscription
-        self.channel = channel
-        self.data = data
-        self.delivery_count = delivery_count
-        self.settled: str | None = None
-        """How it was settled: "ack", "retry" or "dead_letter"; None until then."""
 
-    def _settle(self, outcome: str) -> None:
-        if self.settled is not None:
-            raise RuntimeError(f"delivery on {self.channel} was already settled ({self.settled})")
-        self.settled = outcome
+    async def _ack(self) -> None:
+        """Nothing to do: the broker keeps no copy."""
 
-    async def ack(self) -> None:
-        """Done with it."""
-        self._settle("ack")
+    async def _release(self) -> None:
+        # Back to its subscription with the count + 1; dropped once the
+        # subscription is closed, as at-most-once allows.
+        self._subscription._redeliver(self)
 
-    async def release(self) -> None:
-        """Put it back at the end of its subscription's buffer (delivery count + 1);
-        dropped when the subscription is closed, as at-most-once allows."""
-        self._settle("retry")
-        subscription = self._subscription
-        if not subscription.closed:
-            again = MemoryDelivery(subscription, self.channel, self.data, self.delivery_count + 1)
-            await subscription._put(again)
-
-    async def dead_letter(self, reason: str, description: str) -> None:
-        """Keep it in the broker's `dead_letters`."""
-        self._settle("dead_letter")
-        self._subscription._broker.dead_letters.append(
-            DeadLetteredMessage(
-                channel=self.channel,
-                data=self.data,
-                reason=reason,
-                description=description,
-                delivery_count=self.delivery_count,
-            )
+    async def _dead_letter(self, reason: str, description: str) -> None:
+        self._subscription._broker._dead_letters.append(
+            DeadLetterRecord.of(self.channel, self.data, reason, description, self.delivery_count)
         )
-
-
-_CLOSED = object()
 
 
 class MemorySubscription:
@@ -110,40 +85,69 @@ class MemorySubscription:
         self._broker = broker
         self.pattern = pattern
         self.group = group
-        self._queue: asyncio.Queue[MemoryDelivery | object] = asyncio.Queue(buffer_size)
+        self._size = buffer_size
+        self._buffer: deque[MemoryDelivery] = deque()
+        # Released deliveries: at most one per delivery taken and not yet
+        # settled, so bounded by the consumer's concurrency.
+        self._returned: deque[MemoryDelivery] = deque()
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
         self.closed = False
 
+    def __repr__(self) -> str:
+        group = "" if self.group is None else f" in group {self.group!r}"
+        return f"<MemorySubscription {quote(self.pattern, 200)}{group}>"
+
     async def _put(self, delivery: MemoryDelivery) -> None:
-        await self._queue.put(delivery)
+        while len(self._buffer) >= self._size and not self.closed:
+            self._writable.clear()
+            await self._writable.wait()
+        if self.closed:
+            return  # nobody reads it any more: at-most-once drops it
+        self._buffer.append(delivery)
+        self._readable.set()
+
+    def _redeliver(self, delivery: MemoryDelivery) -> None:
+        if self.closed:
+            logger.debug("dropping a released delivery from %s: subscription closed", self.pattern)
+            return
+        again = MemoryDelivery(self, delivery.channel, delivery.data, delivery.delivery_count + 1)
+        self._returned.append(again)
+        self._readable.set()
 
     def __aiter__(self) -> AsyncIterator[MemoryDelivery]:
         return self._deliveries()
 
     async def _deliveries(self) -> AsyncIterator[MemoryDelivery]:
-        queue = self._queue
-        while not (self.closed and queue.empty()):
-            item = await queue.get()
-            if item is _CLOSED:
+        buffer, returned = self._buffer, self._returned
+        while True:
+            if returned:
+                yield returned.popleft()
+            elif buffer:
+                delivery = buffer.popleft()
+                self._writable.set()
+                yield delivery
+            elif self.closed:
                 return
-            assert isinstance(item, MemoryDelivery)
-            yield item
+            else:
+                self._readable.clear()
+                await self._readable.wait()
 
     async def close(self) -> None:
-        """Stop receiving: the broker stops routing here and iteration ends
-        after what is already buffered."""
+        """Stop receiving: the broker stops routing here, publishers waiting
+        on this buffer go on, and iteration ends after what is buffered."""
         if self.closed:
             return
         self.closed = True
         self._broker._remove(self)
-        # Wakes a reader waiting on an empty buffer; a full buffer ends
-        # iteration once it is drained.
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait(_CLOSED)
+        self._readable.set()
+        self._writable.set()
 
     @property
     def pending(self) -> int:
         """Deliveries buffered and not yet taken."""
-        return self._queue.qsize()
+        return len(self._buffer) + len(self._returned)
 
 
 class _Group:
@@ -170,7 +174,8 @@ class InMemoryMessageBroker(BrokerLifecycle):
     ```
 
     `messages` holds the most recent envelopes, newest last, bounded by
-    `history` (oldest dropped first) so a long-running process never grows.
+    `history` (oldest dropped first) so a long-running process never grows;
+    dead letters are bounded by `dead_letter_limit` the same way.
     """
 
     delivery_guarantee = DeliveryGuarantee.AT_MOST_ONCE
@@ -181,14 +186,21 @@ class InMemoryMessageBroker(BrokerLifecycle):
         channel_prefix: str = "mediator",
         history: int = DEFAULT_HISTORY,
         buffer_size: int = DEFAULT_BUFFER,
-        dead_letter_history: int = DEFAULT_HISTORY,
+        dead_letter_limit: int = DEFAULT_HISTORY,
     ) -> None:
-        if history < 1 or buffer_size < 1 or dead_letter_history < 1:
-            raise ValueError("history, buffer_size and dead_letter_history must be at least 1")
+        for name, value in (
+            ("history", history),
+            ("buffer_size", buffer_size),
+            ("dead_letter_limit", dead_letter_limit),
+        ):
+            if value < 1:
+                raise ValueError(f"InMemoryMessageBroker({name}={value}): must be at least 1")
+        super().__init__()
         self.channel_prefix = channel_prefix
         self.buffer_size = buffer_size
+        self.dead_letter_limit = dead_letter_limit
         self.messages: deque[Message] = deque(maxlen=history)
-        self.dead_letters: deque[DeadLetteredMessage] = deque(maxlen=dead_letter_history)
+        self._dead_letters: deque[DeadLetterRecord] = deque(maxlen=dead_letter_limit)
         self._solo: list[tuple[GlobPattern, MemorySubscription]] = []
         self._groups: dict[tuple[str, str], tuple[GlobPattern, _Group]] = {}
 
@@ -229,9 +241,11 @@ class InMemoryMessageBroker(BrokerLifecycle):
             if entry is None:
                 entry = self._groups[(pattern, group)] = (GlobPattern(pattern), _Group())
             entry[1].members.append(subscription)
+        self._subscriptions.add(subscription)
         return subscription
 
     def _remove(self, subscription: MemorySubscription) -> None:
+        self._subscriptions.discard(subscription)
         if subscription.group is None:
             self._solo = [(p, s) for p, s in self._solo if s is not subscription]
             return
@@ -244,19 +258,13 @@ class InMemoryMessageBroker(BrokerLifecycle):
             if not members:
                 del self._groups[key]
 
-    # -- lifecycle ---------------------------------------------------------
+    # -- dead letters --------------------------------------------------------
 
-    async def start(self) -> None:
-        """Nothing to open; present for the broker contract."""
-
-    async def stop(self) -> None:
-        """Close every subscription."""
-        subscriptions = [s for _, s in self._solo]
-        subscriptions.extend(m for _, g in self._groups.values() for m in g.members)
-        for subscription in subscriptions:
-            await subscription.close()
+    async def dead_letters(self) -> list[DeadLetterRecord]:
+        """The most recent dead letters (at most `dead_letter_limit`), oldest first."""
+        return list(self._dead_letters)
 
     def clear(self) -> None:
         """Forget every kept message and dead letter."""
         self.messages.clear()
-        self.dead_letters.clear()
+        self._dead_letters.clear()

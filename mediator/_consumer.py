@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -17,10 +16,12 @@ from mediator._context import _message
 from mediator._emitter import EventEmitter
 from mediator._event_map import EventMap
 from mediator._events import Event
-from mediator._exceptions import MessageDecodeError
+from mediator._exceptions import MessageDecodeError, SubscriptionLostError
+from mediator._limits import quote
 from mediator._message import DEFAULT_MAX_MESSAGE_SIZE, Message, MessageCodec
 from mediator._policies import DeadLetter, ErrorPolicy, FailFast, Ignore, Retry
 from mediator._recovery import recover
+from mediator._transport import close_all
 
 __all__ = ["ConsumerStats", "EventConsumer"]
 
@@ -62,6 +63,7 @@ class ConsumerStats:
 @attrs.frozen
 class _Outcome:
     dead_letter: str | None = None
+    rejected: str | None = None
     release: str | None = None
     fail: BaseException | None = None
 
@@ -183,12 +185,19 @@ class EventConsumer:
             raise
 
     async def run(self) -> None:
-        """Start, then handle messages until `stop()` is called (or a
-        fail-fast handler fails, whose exception this raises)."""
+        """Start, then handle messages until `stop()` is called, the task
+        running it is cancelled, or the consumer fails (a fail-fast handler,
+        or a subscription the transport could not keep), whose exception
+        this raises. Each way out drains in-flight work and closes the
+        subscriptions before it returns."""
         await self.start()
         assert self._stop_requested is not None
-        await self._stop_requested.wait()
-        await self._shutdown()
+        try:
+            await self._stop_requested.wait()
+        finally:
+            # Also when the task running run() is cancelled: stop taking,
+            # drain, close, as a task group cleans up its children.
+            await self._shutdown()
         self._raise_failure()
 
     async def stop(self) -> None:
@@ -229,9 +238,7 @@ class EventConsumer:
 
     async def _close_subscriptions(self) -> None:
         subscriptions, self._subscriptions = self._subscriptions, []
-        for subscription in subscriptions:
-            with contextlib.suppress(Exception):
-                await subscription.close()
+        await close_all(subscriptions)
 
     async def _shutdown(self) -> None:
         # Every caller (run(), each stop()) waits for the same drain.
@@ -279,6 +286,17 @@ class EventConsumer:
                 delivery = await anext(deliveries)
             except StopAsyncIteration:
                 slots.release()
+                if self._running and self._failure is None:
+                    # Ended while the consumer runs: closed by someone else
+                    # (its broker stopped). Say so rather than idle.
+                    self._fail(
+                        SubscriptionLostError(
+                            f"subscription {quote(subscription.pattern, 200)} ended while the "
+                            "consumer was running (was its broker stopped?); stop the consumer "
+                            "before its broker"
+                        ),
+                        "a subscription ended",
+                    )
                 return
             except asyncio.CancelledError:
                 slots.release()
@@ -287,8 +305,7 @@ class EventConsumer:
                 # A transport error its broker did not absorb: stop loudly
                 # rather than keep running with a subscription that is dead.
                 slots.release()
-                logger.exception("subscription %r failed", subscription.pattern)
-                self._fail(exc)
+                self._fail(exc, f"subscription {quote(subscription.pattern, 200)} failed")
                 return
             task = asyncio.create_task(self._process(delivery))
             self._in_flight.add(task)
@@ -305,57 +322,71 @@ class EventConsumer:
         stats = self.stats
         stats.received += 1
         stats.in_flight += 1
+        message_id: str | None = None
         try:
-            await self._handle_delivery(delivery)
+            try:
+                message, event = self._codec.decode(delivery.data)
+            except MessageDecodeError as exc:
+                logger.warning(
+                    "dead-lettering message %s from %s: %s",
+                    exc.message_id,
+                    quote(delivery.channel, 200),
+                    quote(str(exc)),
+                )
+                await self._dead_letter(delivery, exc.reason.value, exc.detail)
+                return
+            message_id = str(message.message_id)
+            try:
+                outcome = await self._handle(message, event)
+            except asyncio.CancelledError:
+                await self._release(delivery, "stopped before its handlers finished", message_id)
+                raise
+            await self._settle(delivery, outcome, message_id)
         except asyncio.CancelledError:
-            await self._release(delivery, "stopped before the handlers finished")
             raise
         except Exception as exc:
-            logger.exception("handling a delivery from %s failed unexpectedly", delivery.channel)
-            await self._release(delivery, f"unexpected error: {exc!r}")
+            logger.exception(
+                "handling message %s from %s failed unexpectedly",
+                message_id,
+                quote(delivery.channel, 200),
+            )
+            await self._release(delivery, f"unexpected error: {exc!r}", message_id)
         finally:
             stats.in_flight -= 1
             if self._waiters:
                 self._notify()
 
-    async def _handle_delivery(self, delivery: Delivery) -> None:
-        try:
-            message, event = self._codec.decode(delivery.data)
-        except MessageDecodeError as exc:
-            logger.warning(
-                "dead-lettering message %s from %s: %s",
-                exc.message_id,
-                delivery.channel,
-                exc,
-            )
-            await self._dead_letter(delivery, exc.reason.value, exc.detail)
-            return
+    async def _handle(self, message: Message, event: Event) -> _Outcome:
         token = _message.set(message)
         try:
             for hook in self._incoming:
                 try:
                     hook(message)
                 except Exception as exc:
-                    logger.warning("message %s rejected by %r: %r", message.message_id, hook, exc)
-                    await self._dead_letter(delivery, REJECTED, repr(exc))
-                    return
+                    logger.warning(
+                        "message %s rejected by %r: %s", message.message_id, hook, quote(repr(exc))
+                    )
+                    return _Outcome(rejected=repr(exc))
             if self._container is None:
-                outcome = await self._dispatch(event, None)
-            else:
-                async with self._container.scope() as resolver:
-                    outcome = await self._dispatch(event, resolver)
+                return await self._dispatch(event, None)
+            async with self._container.scope() as resolver:
+                return await self._dispatch(event, resolver)
         finally:
             _message.reset(token)
-        if outcome.fail is not None:
-            self._fail(outcome.fail)
-            await self._release(delivery, f"fail-fast handler raised {outcome.fail!r}")
-        elif outcome.release is not None:
-            await self._release(delivery, outcome.release)
-        elif outcome.dead_letter is not None:
-            await self._dead_letter(delivery, HANDLER_FAILED, outcome.dead_letter)
-        else:
+
+    async def _settle(self, delivery: Delivery, outcome: _Outcome, message_id: str) -> None:
+        if outcome is _HANDLED:
             await delivery.ack()
             self.stats.handled += 1
+        elif outcome.fail is not None:
+            self._fail(outcome.fail, "a fail-fast handler failed")
+            await self._release(delivery, f"fail-fast handler raised {outcome.fail!r}", message_id)
+        elif outcome.release is not None:
+            await self._release(delivery, outcome.release, message_id)
+        elif outcome.rejected is not None:
+            await self._dead_letter(delivery, REJECTED, outcome.rejected)
+        elif outcome.dead_letter is not None:
+            await self._dead_letter(delivery, HANDLER_FAILED, outcome.dead_letter)
 
     async def _dispatch(self, event: Event, resolver: Resolver | None) -> _Outcome:
         follow_ups: list[Event] = []
@@ -400,25 +431,32 @@ class EventConsumer:
         self.stats.dead_lettered += 1
         self.stats.dead_lettered_by_reason[reason] += 1
 
-    async def _release(self, delivery: Delivery, why: str) -> None:
+    async def _release(self, delivery: Delivery, why: str, message_id: str | None) -> None:
         if delivery.delivery_count >= self._max_deliveries:
             logger.error(
-                "dead-lettering a message from %s after %d deliveries: %s",
-                delivery.channel,
+                "dead-lettering message %s from %s after %d deliveries: %s",
+                message_id,
+                quote(delivery.channel, 200),
                 delivery.delivery_count,
-                why,
+                quote(why),
             )
             await self._dead_letter(delivery, TOO_MANY_DELIVERIES, why)
             return
-        logger.info("releasing a delivery from %s for redelivery: %s", delivery.channel, why)
+        logger.info(
+            "releasing message %s from %s (%s): %s",
+            message_id,
+            quote(delivery.channel, 200),
+            self.broker.delivery_guarantee.value,
+            quote(why),
+        )
         try:
             await delivery.release()
         except Exception:
-            logger.exception("could not release a delivery from %s", delivery.channel)
+            logger.exception("could not release message %s from %s", message_id, delivery.channel)
         self.stats.released += 1
 
-    def _fail(self, error: BaseException) -> None:
-        logger.error("a fail-fast handler failed; stopping the consumer", exc_info=error)
+    def _fail(self, error: BaseException, why: str) -> None:
+        logger.error("%s; stopping the consumer", why, exc_info=error)
         if self._failure is None:
             self._failure = error
         if self._stop_requested is not None:

@@ -338,6 +338,36 @@ async def test_stop_cancels_and_releases_what_outlives_the_drain_timeout(
     assert consumer.stats.handled == 0
 
 
+async def test_cancelling_run_drains_closes_and_stops(transport: Transport) -> None:
+    entered = asyncio.Event()
+    left = asyncio.Event()
+
+    async def stuck(event: OrderPlaced) -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            left.set()
+
+    events = EventMap()
+    events.bind(OrderPlaced, stuck)
+    consumer = EventConsumer(broker=transport.broker, event_map=events, drain_timeout=0.05)
+    await consumer.subscribe(f"{prefix_of(transport)}:notification_event:*")
+    await consumer.start()
+    runner = asyncio.create_task(consumer.run())
+    await publish(transport, OrderPlaced(order_id=4))
+    await asyncio.wait_for(entered.wait(), timeout=5)
+    runner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(runner, timeout=5)
+    # Cancellation cleaned up as stop() does: the handler past the drain
+    # timeout was cancelled, its delivery released, the consumer is down.
+    assert left.is_set()
+    assert not consumer.running
+    assert consumer.stats.released == 1
+    assert consumer.stats.in_flight == 0
+
+
 async def test_headers_interceptors_and_correlation_flow(transport: Transport) -> None:
     p = prefix_of(transport)
     seen_headers: list[dict[str, str]] = []
@@ -510,4 +540,4 @@ async def test_a_message_released_too_often_is_dead_lettered() -> None:
         await consumer.wait_until(lambda s: s.dead_lettered >= 1)
     assert consumer.stats.released == 2
     assert consumer.stats.dead_lettered_by_reason == {"too_many_deliveries": 1}
-    assert broker.dead_letters[0].delivery_count == 3
+    assert (await broker.dead_letters())[0].delivery_count == 3

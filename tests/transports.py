@@ -59,7 +59,7 @@ class MemoryTransport:
         await self.broker.publish_raw(channel, data)
 
     async def dead_letters(self) -> list[tuple[str, str]]:
-        return [(d.reason, d.description) for d in self.broker.dead_letters]
+        return [(d.reason, d.description) for d in await self.broker.dead_letters()]
 
 
 @asynccontextmanager
