@@ -90,7 +90,7 @@ async def test_dead_letters_are_bounded_records_oldest_first() -> None:
     first, second = await broker.dead_letters()
     assert isinstance(first, DeadLetterRecord)
     assert (first.data, first.reason, first.truncated) == (b"b", "not_json", False)
-    assert second.size == 100_000 and len(second.data) == 64 * 1024 and second.truncated
+    assert (second.size, len(second.data), second.truncated) == (100_000, 64 * 1024, True)
     assert len(second.sha256) == 64
     await broker.stop()
 
