@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import attrs
 import orjson
@@ -18,6 +21,8 @@ from mediator import (
     NotificationEvent,
     encode_message,
 )
+from mediator.transport import QUOTE_LIMIT
+from tests import bad_inputs
 
 
 @attrs.frozen(kw_only=True)
@@ -219,3 +224,290 @@ def test_a_decoded_message_reads_like_a_dict_and_encodes_back_unchanged() -> Non
     assert message.payload == body["payload"]
     assert orjson.loads(encode_message(message)) == body
     assert event == UserJoined(event_id=EVENT_ID, event_timestamp=STAMP, user_id=123)
+
+
+# --- Bad input: every kind gives a MessageDecodeError with its reason ---------
+
+DETAIL_LIMIT = QUOTE_LIMIT + 256
+"""A detail quotes at most one value taken from the message, cut to QUOTE_LIMIT."""
+ID_LIMIT = 100
+MAX_DEPTH = 254
+"""The documented nesting limit (the envelope object is level 1)."""
+
+
+def probe_codec() -> MessageCodec:
+    return MessageCodec(bad_inputs.probe_event_map().event_class)
+
+
+def decode_whole(codec: MessageCodec, data: bytes | str) -> object:
+    return codec.decode(data)
+
+
+def decode_in_two_steps(codec: MessageCodec, data: bytes | str) -> object:
+    return codec.to_event(codec.decode_message(data))
+
+
+ENTRY_POINTS = [
+    pytest.param(decode_whole, id="decode"),
+    pytest.param(decode_in_two_steps, id="decode_message+to_event"),
+]
+
+
+def refusal(
+    data: bytes | str,
+    entry: Callable[[MessageCodec, bytes | str], object] = decode_whole,
+    codec: MessageCodec | None = None,
+) -> MessageDecodeError:
+    with pytest.raises(MessageDecodeError) as caught:
+        entry(codec or probe_codec(), data)
+    error = caught.value
+    assert len(error.detail) <= DETAIL_LIMIT
+    assert len(str(error)) <= DETAIL_LIMIT + ID_LIMIT + 64
+    assert error.message_id is None or len(error.message_id) <= ID_LIMIT
+    return error
+
+
+def test_the_table_has_forty_distinct_kinds_of_bad_input() -> None:
+    ids = [case.id for case in bad_inputs.CASES]
+    assert len(ids) >= 40
+    assert len(set(ids)) == len(ids)
+    assert {case.reason for case in bad_inputs.CASES} == {r.value for r in DecodeFailure}
+
+
+def test_the_valid_probe_message_decodes() -> None:
+    _, event = probe_codec().decode(bad_inputs.valid())
+    assert isinstance(event, bad_inputs.Probe)
+    assert event.user_id == 7
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize(
+    ("build", "reason"),
+    [pytest.param(case.build, DecodeFailure(case.reason), id=case.id) for case in bad_inputs.CASES],
+)
+def test_bad_input_table(
+    build: Callable[[str], bytes],
+    reason: DecodeFailure,
+    entry: Callable[[MessageCodec, bytes | str], object],
+) -> None:
+    assert refusal(build(bad_inputs.PROBE_NAME), entry).reason is reason
+
+
+def nested(depth: int, kind: str) -> bytes:
+    """JSON nested `depth` levels deep: arrays, or objects with the key "x"."""
+    if kind == "array":
+        return b"[" * depth + b"]" * depth
+    return b'{"x":' * (depth - 1) + b"{}" + b"}" * (depth - 1)
+
+
+def with_field(value: bytes, where: str = "payload") -> bytes:
+    """A valid Probe envelope with `value` as an extra field of the payload or envelope."""
+    data = bad_inputs.valid()
+    if where == "payload":
+        return data.replace(b'"user_id":7', b'"user_id":7,"deep":' + value, 1)
+    return data.replace(b'"payload"', b'"deep":' + value + b',"payload"', 1)
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 300, 999, 1000, 1025, 10_000, 100_000])
+@pytest.mark.parametrize(
+    "place",
+    ["payload-array", "payload-object", "envelope-object", "declared-field", "top-level"],
+)
+def test_nesting_of_any_depth_is_refused_as_too_deep(
+    place: str, depth: int, entry: Callable[[MessageCodec, bytes | str], object]
+) -> None:
+    data = {
+        # The envelope is level 1 and the payload level 2.
+        "payload-array": lambda: with_field(nested(depth - 2, "array")),
+        "payload-object": lambda: with_field(nested(depth - 2, "object")),
+        "envelope-object": lambda: with_field(nested(depth - 1, "object"), where="envelope"),
+        "declared-field": lambda: bad_inputs.valid().replace(
+            b'"user_id":7', b'"user_id":' + nested(depth - 2, "array")
+        ),
+        "top-level": lambda: nested(depth, "array"),
+    }[place]()
+    assert refusal(data, entry).reason is DecodeFailure.TOO_DEEP
+
+
+def test_the_deepest_message_orjson_can_write_decodes_and_one_level_more_does_not() -> None:
+    tree: list[Any] = []
+    for _ in range(MAX_DEPTH - 3):
+        tree = [tree]
+    body = orjson.loads(bad_inputs.valid())
+    body["payload"]["tree"] = tree  # envelope, payload, then MAX_DEPTH - 2 arrays
+    data = orjson.dumps(body)
+    message, event = probe_codec().decode(data)
+    assert event.user_id == 7  # type: ignore[attr-defined]
+    assert message.payload["tree"] == tree  # the payload reads back, nesting and all
+    assert orjson.loads(encode_message(message)) == body
+
+    body["payload"]["tree"] = [tree]
+    with pytest.raises(orjson.JSONEncodeError):
+        orjson.dumps(body)  # what a producer cannot write, a consumer need not read
+    deeper = data.replace(b'"tree":', b'"tree":[', 1).replace(b"]}", b"]]}", 1)
+    assert refusal(deeper).reason is DecodeFailure.TOO_DEEP
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    brackets = b'"' + b"[{" * 600 + rb"\\\"\\" + b"}]" * 400 + b'"'
+    data = with_field(brackets)
+    _, event = probe_codec().decode(data)
+    assert event.user_id == 7  # type: ignore[attr-defined]
+
+
+def test_a_wide_payload_is_not_deep() -> None:
+    items = b"[" + b",".join(b'{"sku":"a","qty":[1,2]}' for _ in range(2_000)) + b"]"
+    message, _ = probe_codec().decode(with_field(items))
+    assert len(message.payload["deep"]) == 2_000
+
+
+def test_decoding_near_the_recursion_limit_is_a_decode_error_not_a_recursion_error() -> None:
+    data = with_field(nested(200, "array"))
+    codec = probe_codec()
+    depth = 0
+    frame = sys._getframe()
+    while frame.f_back is not None:
+        frame, depth = frame.f_back, depth + 1
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(depth + 60)
+    try:
+        outcome: object = codec.decode(data)
+    except MessageDecodeError as exc:
+        outcome = exc.reason
+    finally:
+        sys.setrecursionlimit(limit)
+    # Python 3.11 counts C recursion against this limit (the parser gives up);
+    # later versions keep a separate C limit, and the message decodes.
+    assert outcome is DecodeFailure.TOO_DEEP or isinstance(outcome, tuple)
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_a_duplicate_envelope_key_is_named_and_leaves_the_id_unknown(
+    entry: Callable[[MessageCodec, bytes | str], object],
+) -> None:
+    data = bad_inputs.valid().replace(
+        b'"payload"', b'"message_id":"' + str(uuid.uuid4()).encode() + b'","payload"', 1
+    )
+    error = refusal(data, entry)
+    assert error.reason is DecodeFailure.DUPLICATE_KEY
+    assert "'message_id'" in error.detail
+    assert "envelope" in error.detail
+    assert error.message_id is None  # which of the two would be a guess
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize(
+    ("duplicate", "where"),
+    [
+        (b',"user_id":8', "payload"),
+        (b',"event_id":"9f62e977-73f7-462b-92cb-8ea658d3bcb5"', "payload"),
+        (b',"more":{"a":1,"b":[{"c":1,"c":1}]}', "nested object"),
+    ],
+)
+def test_a_duplicate_payload_key_is_named_with_where_it_is(
+    duplicate: bytes, where: str, entry: Callable[[MessageCodec, bytes | str], object]
+) -> None:
+    data = bad_inputs.valid()
+    error = refusal(data.replace(b'"user_id":7', b'"user_id":7' + duplicate, 1), entry)
+    assert error.reason is DecodeFailure.DUPLICATE_KEY
+    assert where in error.detail
+    assert error.message_id == orjson.loads(data)["message_id"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b'"items":[{"id":1,"name":"a"},{"id":2,"name":"b"}]',  # the same keys in sibling objects
+        b'"inner":{"event_id":"x","payload":{"payload":1}}',  # envelope names, nested again
+        rb'"text":"a\":b\":c","t":"12:00:00","u":":::"',  # colons and quotes in strings
+        rb'"escaped":"\u003a\u003A","k\u003a":1,"j:":2',  # escaped colons, distinct keys
+        rb'"user\u005fname":"x"',  # escaped spelling of a new key
+        rb'"":1,"\\":2,"\"":3',  # empty key, backslash key, quote key
+    ],
+    ids=["siblings", "nested-same-names", "colons", "escaped-colons", "escaped-key", "odd-keys"],
+)
+def test_keys_that_only_look_repeated_are_accepted(extra: bytes) -> None:
+    data = bad_inputs.valid().replace(b'"user_id":7', b'"user_id":7,' + extra, 1)
+    message, event = probe_codec().decode(data)
+    assert event.user_id == 7  # type: ignore[attr-defined]
+    assert dict(message.payload) == orjson.loads(data)["payload"]
+
+
+def test_json_written_with_spaces_is_checked_for_duplicates_too() -> None:
+    body = orjson.loads(bad_inputs.valid())
+    spaced = (
+        b'{ "message_type" : "notification_event" , "message_name" : "BadInputProbe", '
+        b'"message_id": "'
+        + body["message_id"].encode()
+        + b'", "payload" : { "event_id" : "'
+        + body["message_id"].encode()
+        + b'", "event_timestamp": "2026-11-24T20:01:02+00:00", "user_id" : 1, "user_id" : 2 } }'
+    )
+    assert refusal(spaced).reason is DecodeFailure.DUPLICATE_KEY
+    _, event = probe_codec().decode(spaced.replace(b', "user_id" : 2', b""))
+    assert event.user_id == 1  # type: ignore[attr-defined]
+
+
+@attrs.frozen(kw_only=True)
+class Coded(NotificationEvent):
+    code: str = attrs.field(validator=attrs.validators.in_(["a", "b"]))
+
+
+HUGE = "Z" * 1_000_000
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"message_name": HUGE}, DecodeFailure.UNKNOWN_NAME),
+        ({"message_type": HUGE}, DecodeFailure.BAD_ENVELOPE),
+        ({"message_id": HUGE}, DecodeFailure.BAD_ENVELOPE),
+        ({"headers": {HUGE: 1}}, DecodeFailure.BAD_ENVELOPE),
+        ({"payload": {"code": HUGE}}, DecodeFailure.INVALID_PAYLOAD),
+        ({"payload": {"code": HUGE, "event_id": 1}}, DecodeFailure.INVALID_PAYLOAD),
+        ({"payload": {"code": "a", "event_timestamp": HUGE}}, DecodeFailure.INVALID_PAYLOAD),
+    ],
+    ids=[
+        "name",
+        "message-type",
+        "message-id",
+        "header-key",
+        "validator-echo",
+        "event-id",
+        "timestamp",
+    ],
+)
+def test_error_text_stays_bounded_whatever_the_message_holds(
+    change: dict[str, Any],
+    reason: DecodeFailure,
+    entry: Callable[[MessageCodec, bytes | str], object],
+) -> None:
+    events = EventMap()
+    events.register(Coded)
+    body = envelope(message_name="Coded")
+    payload = dict(body["payload"])  # type: ignore[call-overload]
+    payload.update(change.pop("payload", {"code": "a"}))
+    body.update(change, payload=payload)
+    error = refusal(orjson.dumps(body), entry, MessageCodec(events.event_class))
+    assert error.reason is reason
+
+
+def test_a_long_message_id_is_cut_in_the_error() -> None:
+    error = refusal(orjson.dumps(envelope(message_id="i" * 1_000_000)))
+    assert error.message_id is not None
+    assert error.message_id.startswith("iiii")
+    assert len(error.message_id) <= ID_LIMIT
+
+
+def test_text_with_a_lone_surrogate_is_not_json() -> None:
+    # A str input holding a lone surrogate character cannot be UTF-8.
+    text = orjson.dumps(envelope()).decode().replace("123", '123, "x": "?"')
+    assert refusal(text.replace("?", chr(0xD800))).reason is DecodeFailure.NOT_JSON
+
+
+def test_a_custom_lookup_that_returns_a_local_event_is_refused() -> None:
+    codec = MessageCodec(lambda name: LocalOnly)
+    error = refusal(orjson.dumps(envelope(message_name="LocalOnly")), codec=codec)
+    assert error.reason is DecodeFailure.UNKNOWN_NAME
