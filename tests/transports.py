@@ -82,7 +82,7 @@ class RedisPubSubTransport:
         from brokers.redis import RedisMessageBroker
 
         self.prefix = prefix
-        self.client = Redis.from_url(url)
+        self.client = Redis.from_url(url, client_name=prefix)
         self.broker = RedisMessageBroker(client=self.client, channel_prefix=prefix)
         self._others: list[RedisMessageBroker] = []
 
@@ -130,7 +130,7 @@ class RedisStreamsTransport:
         from redis.asyncio import Redis
 
         self.prefix = prefix
-        self.client = Redis.from_url(url)
+        self.client = Redis.from_url(url, client_name=prefix)
         self.broker = self.new_broker()
 
     def new_broker(self) -> SubscribingBroker:
