@@ -1,5 +1,5 @@
-"""Redis Pub/Sub: RedisMessageBroker and EventConsumer against raw redis-py,
-measured in one run on the same Redis.
+"""Redis Pub/Sub and Streams: the brokers and EventConsumer against raw
+redis-py, measured in one run on the same Redis.
 
     python bench/bench_redis.py [--quick]
 
@@ -17,6 +17,9 @@ Budgets (DESIGN.md):
 - consuming by pattern, decoding to the typed event and calling its handler:
   at least 0.8x a raw ``psubscribe`` + ``get_message`` + ``orjson.loads`` +
   handler-call loop;
+- consuming from Redis Streams in a group, typed and handled, acknowledged
+  after the handler: at least 0.7x a raw ``XREADGROUP COUNT 100`` +
+  ``orjson.loads`` + handler-call loop sending one ``XACK`` per batch;
 - memory stays flat under sustained load.
 
 Consumption is timed from the first publish to the last handled message. Both
@@ -28,6 +31,11 @@ costs ~14, which would be added to both sides and flatter the ratio), and
 waits while more than WINDOW messages are unhandled: Pub/Sub keeps no backlog
 beyond the subscriber's output buffer, which Redis cuts at 32 MiB
 (``client-output-buffer-limit pubsub``).
+
+Streams consumption is timed from the start of reading to the last handled
+message, over a stream filled beforehand (one per side and round, so both
+read the same entries from a group created at its first entry); after each
+round the group's pending list must be empty: everything was acknowledged.
 
 Each side runs many short rounds, taking turns with the other (see
 `interleaved`); a line prints the median time per operation of each and our
@@ -59,7 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _timing import Body
 
-from brokers.redis import RedisMessageBroker
+from brokers.redis import RedisMessageBroker, RedisStreamBroker
 from mediator import (
     EventConsumer,
     EventEmitter,
@@ -357,6 +365,102 @@ async def consuming(
     )
 
 
+# -- 5: consuming from Redis Streams in a group -------------------------------------
+
+STREAM_GROUP = "bench"
+XADD_ALL = "for i = 1, #ARGV do redis.call('XADD', KEYS[1], '*', 'data', ARGV[i]) end"
+
+
+async def fill_stream(publisher: Redis, key: str, datas: list[bytes], m: int) -> None:
+    """Append `m` entries to `key`, cycling through `datas`, CHUNK per EVAL."""
+    xadd_chunk = publisher.register_script(XADD_ALL)
+    for sent in range(0, m, CHUNK):
+        size = min(CHUNK, m - sent)
+        await xadd_chunk(keys=[key], args=[datas[i % len(datas)] for i in range(sent, sent + size)])
+
+
+async def assert_all_acknowledged(client: Redis, key: str) -> None:
+    pending = await client.xpending(key, STREAM_GROUP)
+    assert pending["pending"] == 0, f"{pending['pending']} entries of {key} left unacknowledged"
+
+
+async def raw_stream_consume(
+    client: Redis, publisher: Redis, key: str, datas: list[bytes], m: int
+) -> float:
+    """XREADGROUP COUNT 100 + orjson.loads + a plain handler call, one XACK per batch."""
+    await fill_stream(publisher, key, datas, m)
+    await client.xgroup_create(key, STREAM_GROUP, id="0")
+    progress = Progress(m)
+    tick = progress.tick
+
+    async def handler(envelope: dict[str, Any]) -> None:
+        tick()
+
+    started = time.perf_counter()
+    xreadgroup, xack, loads = client.xreadgroup, client.xack, orjson.loads
+    while progress.count < m:
+        replies: Any = await xreadgroup(STREAM_GROUP, "raw", {key: ">"}, count=100, block=1000)
+        for stream, entries in replies:
+            for _, fields in entries:
+                await handler(loads(fields[b"data"]))
+            await xack(stream, STREAM_GROUP, *(entry_id for entry_id, _ in entries))
+    elapsed = time.perf_counter() - started
+    await assert_all_acknowledged(client, key)
+    return elapsed
+
+
+async def stream_through_consumer(
+    client: Redis, publisher: Redis, prefix: str, datas: list[bytes], m: int
+) -> float:
+    """EventConsumer in a group on RedisStreamBroker: decode to Tick, call its
+    handler, acknowledge after it."""
+    key = f"{prefix}:notification_event:Tick"
+    await fill_stream(publisher, key, datas, m)
+    await publisher.sadd(f"{prefix}:streams", key)
+    progress = Progress(m)
+    tick = progress.tick
+    events = EventMap()
+
+    @events.bind(Tick)
+    async def handler(event: Tick) -> None:
+        tick()
+
+    broker = RedisStreamBroker(client, channel_prefix=prefix, start_from="beginning")
+    consumer = EventConsumer(broker=broker, event_map=events)
+    await consumer.subscribe(f"{prefix}:notification_event:*", group=STREAM_GROUP)
+    async with consumer:  # the group exists here; reading starts
+        started = time.perf_counter()
+        await progress.done.wait()
+        elapsed = time.perf_counter() - started
+    assert consumer.stats.handled == m, consumer.stats
+    await assert_all_acknowledged(client, key)
+    return elapsed
+
+
+async def stream_consuming(
+    client: Redis, publisher: Redis, prefix: str, m: int, repeats: int
+) -> None:
+    datas = [encode_message(envelope(number)) for number in range(min(m, 20_000))]
+    base: list[float] = []
+    cand: list[float] = []
+    for run in range(repeats + 1):  # the first round warms up, then the order alternates
+        raw_prefix, ours_prefix = f"{prefix}-s{2 * run}", f"{prefix}-s{2 * run + 1}"
+        raw_key = f"{raw_prefix}:notification_event:Tick"
+        if run % 2:
+            ours = await stream_through_consumer(client, publisher, ours_prefix, datas, m)
+            raw = await raw_stream_consume(client, publisher, raw_key, datas, m)
+        else:
+            raw = await raw_stream_consume(client, publisher, raw_key, datas, m)
+            ours = await stream_through_consumer(client, publisher, ours_prefix, datas, m)
+        for key_prefix in (raw_prefix, ours_prefix):  # a round's streams are not needed again
+            keys = [key async for key in client.scan_iter(match=f"{key_prefix}:*")]
+            await client.delete(*keys)
+        if run:
+            base.append(raw / m)
+            cand.append(ours / m)
+    line(f"consume {m} from Streams in a group: EventConsumer, typed", base, cand, 0.7)
+
+
 async def main(quick: bool) -> None:
     prefix = f"bench-{uuid.uuid4().hex[:12]}"
     client = Redis.from_url(REDIS_URL)
@@ -366,9 +470,11 @@ async def main(quick: bool) -> None:
         if quick:
             await publishing(client, prefix, n=100, batches=20, repeats=100)
             await consuming(client, publisher, prefix, m=5_000, long_m=20_000, repeats=6)
+            await stream_consuming(client, publisher, prefix, m=5_000, repeats=6)
         else:
             await publishing(client, prefix, n=100, batches=20, repeats=400)
             await consuming(client, publisher, prefix, m=10_000, long_m=200_000, repeats=12)
+            await stream_consuming(client, publisher, prefix, m=10_000, repeats=12)
     finally:
         keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
         if keys:
