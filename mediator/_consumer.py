@@ -23,7 +23,7 @@ from mediator._policies import DeadLetter, ErrorPolicy, FailFast, Ignore, Retry
 from mediator._recovery import recover
 from mediator._transport import close_all
 
-__all__ = ["ConsumerStats", "EventConsumer"]
+__all__ = ["ConsumerStats", "EventConsumer", "Settled"]
 
 logger = logging.getLogger("mediator.consumer")
 
@@ -69,6 +69,27 @@ class _Outcome:
 
 
 _HANDLED = _Outcome()
+
+_Report = tuple[str, str | None]
+"""How a delivery was settled ("handled", "released", "dead_lettered") and why."""
+_HANDLED_REPORT: _Report = ("handled", None)
+
+
+@attrs.frozen(kw_only=True)
+class Settled:
+    """One delivery, settled: what `EventConsumer.add_listener` callbacks get."""
+
+    outcome: str
+    """"handled" (acknowledged), "released" (given back) or "dead_lettered"."""
+    reason: str | None
+    """Why it was released or dead-lettered (a dead-letter reason, or the
+    release's cause); None when handled."""
+    channel: str
+    """The logical channel it came from."""
+    message: Message | None
+    """The decoded envelope; None when it could not be decoded."""
+    event: Event | None
+    """The decoded event; None when it could not be decoded."""
 
 
 class EventConsumer:
@@ -142,8 +163,7 @@ class EventConsumer:
         self._running = False
         self._stop_requested: asyncio.Event | None = None
         self._failure: BaseException | None = None
-        self._progress: asyncio.Event | None = None
-        self._waiters = 0
+        self._listeners: list[Callable[[Settled], None]] = []
         self._draining: asyncio.Future[None] | None = None
 
     # -- subscriptions -----------------------------------------------------
@@ -322,7 +342,9 @@ class EventConsumer:
         stats = self.stats
         stats.received += 1
         stats.in_flight += 1
-        message_id: str | None = None
+        message: Message | None = None
+        event: Event | None = None
+        report: _Report | None = None
         try:
             try:
                 message, event = self._codec.decode(delivery.data)
@@ -333,28 +355,42 @@ class EventConsumer:
                     quote(delivery.channel, 200),
                     quote(str(exc)),
                 )
-                await self._dead_letter(delivery, exc.reason.value, exc.detail)
+                report = await self._dead_letter(delivery, exc.reason.value, exc.detail)
                 return
             message_id = str(message.message_id)
             try:
                 outcome = await self._handle(message, event)
             except asyncio.CancelledError:
-                await self._release(delivery, "stopped before its handlers finished", message_id)
+                report = await self._release(
+                    delivery, "stopped before its handlers finished", message_id
+                )
                 raise
-            await self._settle(delivery, outcome, message_id)
+            report = await self._settle(delivery, outcome, message_id)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             logger.exception(
                 "handling message %s from %s failed unexpectedly",
-                message_id,
+                None if message is None else message.message_id,
                 quote(delivery.channel, 200),
             )
-            await self._release(delivery, f"unexpected error: {exc!r}", message_id)
+            report = await self._release(
+                delivery,
+                f"unexpected error: {exc!r}",
+                None if message is None else str(message.message_id),
+            )
         finally:
             stats.in_flight -= 1
-            if self._waiters:
-                self._notify()
+            if self._listeners and report is not None:
+                settled = Settled(
+                    outcome=report[0],
+                    reason=report[1],
+                    channel=delivery.channel,
+                    message=message,
+                    event=event,
+                )
+                for listener in tuple(self._listeners):
+                    listener(settled)
 
     async def _handle(self, message: Message, event: Event) -> _Outcome:
         token = _message.set(message)
@@ -374,19 +410,22 @@ class EventConsumer:
         finally:
             _message.reset(token)
 
-    async def _settle(self, delivery: Delivery, outcome: _Outcome, message_id: str) -> None:
+    async def _settle(self, delivery: Delivery, outcome: _Outcome, message_id: str) -> _Report:
         if outcome is _HANDLED:
             await delivery.ack()
             self.stats.handled += 1
-        elif outcome.fail is not None:
+            return _HANDLED_REPORT
+        if outcome.fail is not None:
             self._fail(outcome.fail, "a fail-fast handler failed")
-            await self._release(delivery, f"fail-fast handler raised {outcome.fail!r}", message_id)
-        elif outcome.release is not None:
-            await self._release(delivery, outcome.release, message_id)
-        elif outcome.rejected is not None:
-            await self._dead_letter(delivery, REJECTED, outcome.rejected)
-        elif outcome.dead_letter is not None:
-            await self._dead_letter(delivery, HANDLER_FAILED, outcome.dead_letter)
+            return await self._release(
+                delivery, f"fail-fast handler raised {outcome.fail!r}", message_id
+            )
+        if outcome.release is not None:
+            return await self._release(delivery, outcome.release, message_id)
+        if outcome.rejected is not None:
+            return await self._dead_letter(delivery, REJECTED, outcome.rejected)
+        assert outcome.dead_letter is not None
+        return await self._dead_letter(delivery, HANDLER_FAILED, outcome.dead_letter)
 
     async def _dispatch(self, event: Event, resolver: Resolver | None) -> _Outcome:
         follow_ups: list[Event] = []
@@ -426,12 +465,13 @@ class EventConsumer:
 
     # -- settling ----------------------------------------------------------
 
-    async def _dead_letter(self, delivery: Delivery, reason: str, description: str) -> None:
-        await delivery.dead_letter(reason, description)
+    async def _dead_letter(self, delivery: Delivery, reason: str, description: str) -> _Report:
+        await delivery.dead_letter(reason, quote(description))
         self.stats.dead_lettered += 1
         self.stats.dead_lettered_by_reason[reason] += 1
+        return ("dead_lettered", reason)
 
-    async def _release(self, delivery: Delivery, why: str, message_id: str | None) -> None:
+    async def _release(self, delivery: Delivery, why: str, message_id: str | None) -> _Report:
         if delivery.delivery_count >= self._max_deliveries:
             logger.error(
                 "dead-lettering message %s from %s after %d deliveries: %s",
@@ -440,8 +480,7 @@ class EventConsumer:
                 delivery.delivery_count,
                 quote(why),
             )
-            await self._dead_letter(delivery, TOO_MANY_DELIVERIES, why)
-            return
+            return await self._dead_letter(delivery, TOO_MANY_DELIVERIES, why)
         logger.info(
             "releasing message %s from %s (%s): %s",
             message_id,
@@ -454,6 +493,7 @@ class EventConsumer:
         except Exception:
             logger.exception("could not release message %s from %s", message_id, delivery.channel)
         self.stats.released += 1
+        return ("released", quote(why))
 
     def _fail(self, error: BaseException, why: str) -> None:
         logger.error("%s; stopping the consumer", why, exc_info=error)
@@ -464,30 +504,29 @@ class EventConsumer:
         # Stop taking deliveries now; in-flight ones finish in stop()/run().
         self._stop_taking()
 
-    # -- testing -----------------------------------------------------------
+    # -- observing ----------------------------------------------------------
 
-    def _notify(self) -> None:
-        progress, self._progress = self._progress, asyncio.Event()
-        if progress is not None:
-            progress.set()
+    def add_listener(self, listener: Callable[[Settled], None]) -> Callable[[], None]:
+        """Call `listener` with a `Settled` record after each delivery is
+        settled (and the stats counted); returns a function that removes it.
+
+        For health checks, metrics and tests (`mediator.testing` waits on
+        it). A listener runs on the consumer's path: keep it quick, and do
+        not raise.
+        """
+        self._listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return remove
 
     async def wait_until(
         self, predicate: Callable[[ConsumerStats], bool], timeout: float = 5.0
     ) -> ConsumerStats:
-        """Wait until `predicate(stats)` holds, re-checked after every settled
-        delivery; raises TimeoutError after `timeout` seconds.
+        """Shortcut for `mediator.testing.wait_until(consumer, predicate, timeout)`."""
+        from mediator.testing import wait_until
 
-        ```python
-        await consumer.wait_until(lambda stats: stats.handled >= 3)
-        ```
-        """
-        self._waiters += 1
-        try:
-            async with asyncio.timeout(timeout):
-                while not predicate(self.stats):
-                    if self._progress is None:
-                        self._progress = asyncio.Event()
-                    await self._progress.wait()
-        finally:
-            self._waiters -= 1
-        return self.stats
+        stats: ConsumerStats = await wait_until(self, predicate, timeout)
+        return stats

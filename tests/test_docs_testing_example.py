@@ -24,6 +24,7 @@ from mediator import (
     correlation_scope,
     encode_message,
 )
+from mediator.testing import dead_letters, wait_for_event, wait_until
 
 # -- the application's code (normally imported from your package) ----------
 
@@ -105,8 +106,9 @@ async def test_an_order_is_invoiced(
     with correlation_scope("checkout-1"):
         await publish(broker, OrderPlaced(order_id=1, total_cents=4200))
 
-    await consumer.wait_until(lambda stats: stats.handled >= 1)
+    handled = await wait_for_event(consumer, OrderPlaced)
 
+    assert handled.order_id == 1
     assert mailer.sent == [(1, 4200)]
     placed, invoiced = broker.messages  # everything published, oldest first
     assert invoiced.message_name == "InvoiceSent"
@@ -123,11 +125,11 @@ async def test_a_failing_handler_dead_letters_the_order(
     mailer.down = True
     await publish(broker, OrderPlaced(order_id=2, total_cents=100))
 
-    stats = await consumer.wait_until(lambda stats: stats.dead_lettered >= 1)
+    stats = await wait_until(consumer, lambda stats: stats.dead_lettered >= 1)
 
     assert stats.retried == 2  # three calls in all
     assert stats.dead_lettered_by_reason == {"handler_failed": 1}
-    [dead] = broker.dead_letters
+    [dead] = await dead_letters(broker)
     assert dead.reason == "handler_failed"
     assert "SMTP server is down" in dead.description
     assert [m.message_name for m in broker.messages] == ["OrderPlaced"]  # no InvoiceSent
@@ -159,9 +161,9 @@ async def test_bad_input_is_dead_lettered_and_the_next_order_handled(
     await broker.publish_raw(ORDERS, data)
     await publish(broker, OrderPlaced(order_id=3, total_cents=300))
 
-    stats = await consumer.wait_until(lambda s: s.handled >= 1 and s.dead_lettered >= 1)
+    stats = await wait_until(consumer, lambda s: s.handled >= 1 and s.dead_lettered >= 1)
 
     assert stats.dead_lettered_by_reason == {reason: 1}
-    assert broker.dead_letters[-1].reason == reason
-    assert broker.dead_letters[-1].data == data
+    [dead] = await dead_letters(broker, reason=reason)
+    assert dead.data == data
     assert mailer.sent == [(3, 300)]
