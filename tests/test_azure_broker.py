@@ -6,6 +6,7 @@ credential errors are tested at the SDK's object boundary instead."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 import attrs
 import orjson
 import pytest
+
+import mediator
 
 try:
     from azure.servicebus.aio import ServiceBusClient
@@ -53,6 +56,7 @@ class OrderPlaced(NotificationEvent):
 def peer() -> Iterator[AmqpPeer]:
     with AmqpPeer() as amqp_peer:
         amqp_peer.add_subscription(TOPIC, "billing")
+        amqp_peer.add_subscription(TOPIC, "audit")
         yield amqp_peer
 
 
@@ -66,7 +70,15 @@ async def client(peer: AmqpPeer) -> AsyncIterator[ServiceBusClient]:
 
 @pytest.fixture
 async def broker(client: ServiceBusClient) -> AsyncIterator[AzureMessageBroker]:
-    broker = AzureMessageBroker(client, TOPIC, timeout=15, max_wait_time=1.0)
+    broker = AzureMessageBroker(
+        client,
+        TOPIC,
+        timeout=15,
+        max_wait_time=1.0,
+        # The SDK polls its socket at this interval; a loopback peer answers at once.
+        sender_options={"socket_timeout": 0.05},
+        receiver_options={"socket_timeout": 0.05},
+    )
     yield broker
     await broker.stop()
 
@@ -302,6 +314,9 @@ async def test_subscribing_needs_a_subscription_and_one_pattern_each(
     await first.close()
 
 
+@pytest.mark.xfail(
+    strict=True, reason="issue 9: the broker's own CredentialError, not the library's"
+)
 async def test_a_refused_credential_says_so() -> None:
     class RefusingSender:
         # Opening the link is where Service Bus checks the token.
@@ -319,6 +334,8 @@ async def test_a_refused_credential_says_so() -> None:
     with pytest.raises(CredentialError, match="refused the credential") as caught:
         await EventEmitter(message_broker=broker).emit(OrderPlaced(order_id=1))
     assert "expired" in str(caught.value)
+    # The library's own class, so one `except CredentialError` serves every broker.
+    assert CredentialError is mediator.CredentialError
 
 
 @pytest.mark.parametrize(
@@ -372,6 +389,9 @@ async def test_stop_settles_in_flight_work_and_gives_back_what_was_never_started
     assert outcomes.count("abandoned") == 2  # the SDK may also release what it buffered
 
 
+@pytest.mark.xfail(
+    strict=True, reason="issue 9: the broker's own EntityNotFoundError, not the library's"
+)
 async def test_a_missing_subscription_is_reported_not_retried() -> None:
     from azure.servicebus.exceptions import MessagingEntityNotFoundError
 
@@ -390,8 +410,9 @@ async def test_a_missing_subscription_is_reported_not_retried() -> None:
             return MissingReceiver()
 
     broker = AzureMessageBroker(Client(), TOPIC)  # type: ignore[arg-type]
-    with pytest.raises(EntityNotFoundError, match="orders/nobody does not exist"):
+    with pytest.raises(EntityNotFoundError, match="orders/Subscriptions/nobody does not exist"):
         await broker.subscribe("orders:*", group="nobody")
+    assert EntityNotFoundError is mediator.EntityNotFoundError
 
 
 async def test_a_failed_receive_reopens_the_receiver_and_nothing_is_lost(
@@ -429,3 +450,218 @@ async def test_a_failed_receive_reopens_the_receiver_and_nothing_is_lost(
     assert sorted(handled) == [1, 2]
     assert failures == []
     assert any("reopening" in r.getMessage() for r in caplog.records)
+
+
+PATTERN = f"{TOPIC}:notification_event:*"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 9: settles through the current receiver, by another receiver's delivery id",
+)
+async def test_a_delivery_held_across_a_reopen_never_settles_another_message(
+    peer: AmqpPeer,
+    broker: AzureMessageBroker,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Order 1 is in its handler when the receiver is reopened; order 2 comes
+    # through the new receiver. Settling order 1 must not go through the new
+    # receiver, where its delivery id names another message.
+    from azure.servicebus.aio import ServiceBusReceiver
+    from azure.servicebus.exceptions import ServiceBusConnectionError
+
+    receive = ServiceBusReceiver.receive_messages
+    failures: list[Exception] = []
+    failed = asyncio.Event()
+
+    async def failing_on_demand(self: ServiceBusReceiver, *args: Any, **kwargs: Any) -> Any:
+        if failures:
+            failed.set()
+            raise failures.pop()
+        return await receive(self, *args, **kwargs)
+
+    monkeypatch.setattr(ServiceBusReceiver, "receive_messages", failing_on_demand)
+    entered = asyncio.Event()
+    gate = asyncio.Event()
+    handled: list[int] = []
+    events = EventMap()
+
+    @events.bind(OrderPlaced)
+    async def record(event: OrderPlaced) -> None:
+        if event.order_id == 1 and not entered.is_set():
+            entered.set()
+            await gate.wait()
+        handled.append(event.order_id)
+
+    consumer = EventConsumer(broker=broker, event_map=events)
+    await consumer.subscribe(PATTERN, group="billing")
+    emitter = EventEmitter(message_broker=broker)
+    async with consumer:
+        await emitter.emit(OrderPlaced(order_id=1))
+        async with asyncio.timeout(15):
+            await entered.wait()
+            failures.append(ServiceBusConnectionError(message="connection reset by the test"))
+            await failed.wait()
+        await emitter.emit(OrderPlaced(order_id=2))
+        await consumer.wait_until(lambda s: s.handled >= 1, timeout=15)
+        gate.set()
+        await consumer.wait_until(lambda s: s.handled >= 2, timeout=15)
+        # Its receiver is gone, so its lock runs out and it comes back.
+        peer.expire_locks()
+        await consumer.wait_until(lambda s: s.handled >= 3, timeout=15)
+    assert handled == [2, 1, 1]
+    assert [s.outcome for s in peer.settlements()] == ["completed", "completed"]
+    assert peer.message_count(TOPIC, "billing") == 0
+    assert any("will be delivered again" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 9: the SDK's ValueError escapes the settle call")
+async def test_settling_after_the_receiver_closed_is_logged_not_raised(
+    peer: AmqpPeer,
+    client: ServiceBusClient,
+    broker: AzureMessageBroker,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    subscription = await broker.subscribe(PATTERN, group="billing")
+    await EventEmitter(message_broker=broker).emit(OrderPlaced(order_id=1))
+    async with asyncio.timeout(15):
+        delivery = await anext(aiter(subscription))
+    await client.close()  # an application that closes its client before its consumers
+    await delivery.ack()
+    assert any("will be delivered again" in r.getMessage() for r in caplog.records)
+    assert peer.message_count(TOPIC, "billing") == 1
+
+
+@pytest.mark.xfail(strict=True, reason="issue 9: stop() closes receivers one after another")
+async def test_stopping_the_broker_closes_its_subscriptions_together(
+    broker: AzureMessageBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from azure.servicebus.aio import ServiceBusReceiver
+
+    close = ServiceBusReceiver.close
+    started: list[ServiceBusReceiver] = []
+    both_started = asyncio.Event()
+    overlapped: list[bool] = []
+
+    async def close_together(self: ServiceBusReceiver) -> None:
+        # Closing one at a time, the first close would wait here alone.
+        started.append(self)
+        if len(started) == 2:
+            both_started.set()
+        try:
+            async with asyncio.timeout(5):
+                await both_started.wait()
+            overlapped.append(True)
+        except TimeoutError:
+            overlapped.append(False)
+        await close(self)
+
+    monkeypatch.setattr(ServiceBusReceiver, "close", close_together)
+    await broker.subscribe(PATTERN, group="billing")
+    await broker.subscribe(PATTERN, group="audit")
+    await broker.stop()
+    assert overlapped == [True, True]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 9: an unmatched channel is logged whole")
+async def test_log_lines_quote_at_most_a_kib_of_a_message(
+    client: ServiceBusClient, broker: AzureMessageBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    from azure.servicebus import ServiceBusMessage
+
+    caplog.set_level(logging.DEBUG, logger="mediator")
+    huge = "x" * 100_000
+    async with client.get_topic_sender(TOPIC) as sender:
+        # Outside the pattern: completed and logged, channel and all.
+        await sender.send_messages(
+            ServiceBusMessage(b"{}", application_properties={"channel": f"elsewhere:{huge}"})
+        )
+    events = EventMap()
+
+    @events.bind(OrderPlaced)
+    async def ok(event: OrderPlaced) -> None:
+        return None
+
+    consumer = EventConsumer(broker=broker, event_map=events)
+    await consumer.subscribe(PATTERN, group="billing")
+    async with consumer:
+        await EventEmitter(message_broker=broker).emit(OrderPlaced(order_id=1))
+        await consumer.wait_until(lambda s: s.handled >= 1, timeout=15)
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("mediator")]
+    assert any("elsewhere:" in line for line in ours)
+    assert max(len(line) for line in ours) <= 4096
+
+
+@pytest.mark.xfail(strict=True, reason="issue 9: the description is sent whole")
+async def test_a_dead_letter_description_sent_to_service_bus_is_bounded(
+    peer: AmqpPeer, broker: AzureMessageBroker
+) -> None:
+    subscription = await broker.subscribe(PATTERN, group="billing")
+    await EventEmitter(message_broker=broker).emit(OrderPlaced(order_id=1))
+    async with asyncio.timeout(15):
+        delivery = await anext(aiter(subscription))
+    await delivery.dead_letter("handler_failed", "y" * 100_000)
+    [settlement] = peer.settlements()
+    assert settlement.outcome == "dead-lettered"
+    assert settlement.dead_letter_description is not None
+    assert settlement.dead_letter_description.startswith("yyy")
+    assert len(settlement.dead_letter_description) <= 4096  # Service Bus's own limit
+
+
+@pytest.mark.xfail(strict=True, reason="issue 9: no dead_letters()")
+async def test_dead_letters_reads_the_sub_queue_back_oldest_first(
+    peer: AmqpPeer, broker: AzureMessageBroker
+) -> None:
+    events = EventMap()
+
+    @events.bind(OrderPlaced, policy=DeadLetter())
+    async def refuse(event: OrderPlaced) -> None:
+        raise ValueError(f"order {event.order_id} refused")
+
+    consumer = EventConsumer(broker=broker, event_map=events, max_concurrency=1)
+    await consumer.subscribe(PATTERN, group="billing")
+    async with consumer:
+        await EventEmitter(message_broker=broker).emit_all(
+            [OrderPlaced(order_id=1), OrderPlaced(order_id=2)]
+        )
+        await consumer.wait_until(lambda s: s.dead_lettered >= 2, timeout=15)
+    records = await broker.dead_letters("billing")
+    assert [r.reason for r in records] == ["handler_failed", "handler_failed"]
+    assert ["order 1 refused" in records[0].description, "order 2" in records[1].description] == [
+        True,
+        True,
+    ]
+    assert [orjson.loads(r.data)["payload"]["order_id"] for r in records] == [1, 2]
+    assert {r.channel for r in records} == {f"{TOPIC}:notification_event:OrderPlaced"}
+    assert all(r.delivery_count == 1 and not r.truncated for r in records)
+    # Reading them leaves them where they are.
+    assert len(await broker.dead_letters("billing")) == 2
+    assert peer.message_count(TOPIC, "billing", dead_letter=True) == 2
+    with pytest.raises(ValueError, match="dead_letters\\(group="):
+        await broker.dead_letters()
+
+
+@pytest.mark.xfail(
+    strict=True, reason="issue 9: the broker's own EntityNotFoundError, not the library's"
+)
+async def test_a_subscription_the_namespace_does_not_have_stops_the_consumer_saying_so(
+    broker: AzureMessageBroker,
+) -> None:
+    from azure.servicebus.exceptions import ServiceBusError
+
+    events = EventMap()
+
+    @events.bind(OrderPlaced)
+    async def ok(event: OrderPlaced) -> None:
+        return None
+
+    consumer = EventConsumer(broker=broker, event_map=events)
+    await consumer.subscribe(PATTERN, group="nobody")
+    # Service Bus detaches the link once it is open; the first receive says why.
+    with pytest.raises(
+        mediator.EntityNotFoundError, match="orders/Subscriptions/nobody does not exist"
+    ) as caught:
+        await asyncio.wait_for(consumer.run(), timeout=15)
+    assert isinstance(caught.value.__cause__, ServiceBusError)
+    assert not consumer.running
