@@ -19,8 +19,8 @@ from mediator._events import Event
 from mediator._exceptions import MessageDecodeError, SubscriptionLostError
 from mediator._limits import quote
 from mediator._message import DEFAULT_MAX_MESSAGE_SIZE, Message, MessageCodec
-from mediator._policies import DeadLetter, ErrorPolicy, FailFast, Ignore, Retry
-from mediator._recovery import recover
+from mediator._policies import DeadLetter, ErrorPolicy, Retry
+from mediator._recovery import run_bindings
 from mediator._transport import close_all
 
 __all__ = ["ConsumerStats", "EventConsumer", "Settled"]
@@ -428,32 +428,13 @@ class EventConsumer:
         return await self._dead_letter(delivery, HANDLER_FAILED, outcome.dead_letter)
 
     async def _dispatch(self, event: Event, resolver: Resolver | None) -> _Outcome:
-        follow_ups: list[Event] = []
-        dead_letter: str | None = None
-        for binding in self.event_map.handlers_for(type(event)):
-            try:
-                more = await binding.call(event, resolver)
-            except Exception as exc:
-                recovery = await recover(
-                    binding, event, resolver, binding.policy or self._policy, exc
-                )
-                self.stats.retried += recovery.retries
-                more = recovery.follow_ups
-                final, error = recovery.final, recovery.error
-                if isinstance(final, FailFast):
-                    return _Outcome(fail=error)
-                if isinstance(final, DeadLetter):
-                    dead_letter = dead_letter or f"{binding.handler_name}: {error!r}"
-                if final is not None:
-                    (logger.debug if isinstance(final, Ignore) else logger.error)(
-                        "%s failed on %s (event_id=%s)",
-                        binding.handler_name,
-                        type(event).__qualname__,
-                        event.event_id,
-                        exc_info=error,
-                    )
-            if more:
-                follow_ups.extend(more)
+        dispatched = await run_bindings(
+            self.event_map.handlers_for(type(event)), event, resolver, self._policy
+        )
+        self.stats.retried += dispatched.retries
+        if dispatched.fail is not None:
+            return _Outcome(fail=dispatched.fail)
+        follow_ups, dead_letter = dispatched.follow_ups, dispatched.dead_letter
         if follow_ups:
             try:
                 await self._emitter.emit_all(follow_ups, resolver)

@@ -14,8 +14,8 @@ from mediator._event_map import EventBinding, EventMap
 from mediator._events import Event, message_type_of
 from mediator._exceptions import EventCycleError, NoMessageBrokerError
 from mediator._message import Message, MessageCodec
-from mediator._policies import ErrorPolicy, FailFast, Ignore
-from mediator._recovery import recover
+from mediator._policies import ErrorPolicy, FailFast
+from mediator._recovery import run_bindings
 
 __all__ = ["EventEmitter"]
 
@@ -103,21 +103,11 @@ class EventEmitter:
             bindings = handlers_for(event_type)
             if not bindings:
                 continue
-            if len(bindings) == 1:
-                binding = bindings[0]
-                try:
-                    follow_ups = await binding.call(event, resolver)
-                except Exception as exc:
-                    follow_ups = await self._failed(binding, event, resolver, exc)
-            elif sequential:
-                follow_ups = []
-                for binding in bindings:
-                    try:
-                        more = await binding.call(event, resolver)
-                    except Exception as exc:
-                        more = await self._failed(binding, event, resolver, exc)
-                    if more:
-                        follow_ups.extend(more)
+            if sequential or len(bindings) == 1:
+                dispatched = await run_bindings(bindings, event, resolver, self._policy)
+                if dispatched.fail is not None:
+                    raise dispatched.fail
+                follow_ups = dispatched.follow_ups
             else:
                 follow_ups = await self._concurrently(event, bindings, resolver)
             if follow_ups:
@@ -161,17 +151,17 @@ class EventEmitter:
 
     async def _concurrently(
         self, event: Event, bindings: tuple[EventBinding, ...], resolver: Resolver | None
-    ) -> list[Event]:
+    ) -> Sequence[Event]:
         # Per event, not per emitter: a handler that sends a request through
         # the same emitter must not wait for a slot its own caller holds.
         semaphore = asyncio.Semaphore(self._max_concurrency)
 
-        async def limited(binding: EventBinding) -> list[Event] | None:
+        async def limited(binding: EventBinding) -> Sequence[Event]:
             async with semaphore:
-                try:
-                    return await binding.call(event, resolver)
-                except Exception as exc:
-                    return await self._failed(binding, event, resolver, exc)
+                dispatched = await run_bindings((binding,), event, resolver, self._policy)
+            if dispatched.fail is not None:
+                raise dispatched.fail
+            return dispatched.follow_ups
 
         results = await asyncio.gather(*(limited(b) for b in bindings), return_exceptions=True)
         follow_ups: list[Event] = []
@@ -181,25 +171,6 @@ class EventEmitter:
             if result:
                 follow_ups.extend(result)
         return follow_ups
-
-    async def _failed(
-        self, binding: EventBinding, event: Event, resolver: Resolver | None, exc: Exception
-    ) -> list[Event] | None:
-        """Apply the binding's error policy to a failed call (re-raising under fail-fast)."""
-        outcome = await recover(binding, event, resolver, binding.policy or self._policy, exc)
-        if outcome.final is None:
-            return outcome.follow_ups
-        if isinstance(outcome.final, FailFast):
-            raise outcome.error
-        log = logger.debug if isinstance(outcome.final, Ignore) else logger.exception
-        log(
-            "%s failed on %s (event_id=%s); continuing",
-            binding.handler_name,
-            type(event).__qualname__,
-            event.event_id,
-            exc_info=outcome.error,
-        )
-        return None
 
     async def publish(self, messages: Sequence[Message]) -> None:
         """Hand ready envelopes to the broker: one batch when it can take one."""

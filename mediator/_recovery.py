@@ -1,19 +1,20 @@
-"""Retrying a failed handler call as its error policy says; shared by the
-emitter (local dispatch) and the consumer (broker deliveries)."""
+"""Running an event's handlers under their error policies; the one loop the
+emitter (local dispatch) and the consumer (broker deliveries) share."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 import attrs
 
 from mediator._container import Resolver
 from mediator._event_map import EventBinding
 from mediator._events import Event
-from mediator._policies import ErrorPolicy, FinalPolicy, Retry
+from mediator._policies import DeadLetter, ErrorPolicy, FailFast, FinalPolicy, Ignore, Retry
 
-__all__ = ["Recovery", "recover"]
+__all__ = ["Dispatched", "Recovery", "recover", "run_bindings"]
 
 logger = logging.getLogger("mediator.events")
 
@@ -60,3 +61,72 @@ async def recover(
             return Recovery(follow_ups, None, error, attempt - 1)
     final = policy.then if isinstance(policy, Retry) else policy
     return Recovery(None, final, error, attempt - 1)
+
+
+class Dispatched:
+    """What running an event's handlers came to. (A plain slotted class: it
+    is built once per dispatched event, on the send path.)"""
+
+    __slots__ = ("dead_letter", "fail", "follow_ups", "retries")
+
+    def __init__(
+        self,
+        follow_ups: Sequence[Event] = (),
+        fail: Exception | None = None,
+        dead_letter: str | None = None,
+        retries: int = 0,
+    ) -> None:
+        self.follow_ups = follow_ups
+        """Events the handlers raised, in handler order."""
+        self.fail = fail
+        """A handler's error under `FailFast`: the handlers after it did not run."""
+        self.dead_letter = dead_letter
+        """The first handler that ended in `DeadLetter`, with its error."""
+        self.retries = retries
+        """Handler calls repeated under `Retry`."""
+
+
+_NOTHING = Dispatched()
+
+
+async def run_bindings(
+    bindings: tuple[EventBinding, ...],
+    event: Event,
+    resolver: Resolver | None,
+    default_policy: ErrorPolicy,
+) -> Dispatched:
+    """Call each binding on `event` in order, each failure under the
+    binding's policy (else `default_policy`); stop at a fail-fast failure.
+    LogAndContinue and DeadLetter failures are logged at ERROR, Ignore at DEBUG."""
+    follow_ups: list[Event] | None = None
+    dead_letter: str | None = None
+    retries = 0
+    for binding in bindings:
+        try:
+            more = await binding.call(event, resolver)
+        except Exception as exc:
+            policy = binding.policy or default_policy
+            recovery = await recover(binding, event, resolver, policy, exc)
+            retries += recovery.retries
+            more = recovery.follow_ups
+            final, error = recovery.final, recovery.error
+            if isinstance(final, FailFast):
+                return Dispatched(follow_ups or (), error, dead_letter, retries)
+            if isinstance(final, DeadLetter) and dead_letter is None:
+                dead_letter = f"{binding.handler_name}: {error!r}"
+            if final is not None:
+                (logger.debug if isinstance(final, Ignore) else logger.error)(
+                    "%s failed on %s (event_id=%s); %s",
+                    binding.handler_name,
+                    type(event).__qualname__,
+                    event.event_id,
+                    type(final).__name__,
+                    exc_info=error,
+                )
+        if more:
+            if follow_ups is None:
+                follow_ups = []
+            follow_ups.extend(more)
+    if follow_ups is None and dead_letter is None and not retries:
+        return _NOTHING  # the common case allocates nothing
+    return Dispatched(follow_ups or (), None, dead_letter, retries)
