@@ -14,6 +14,7 @@ from mediator._events import (
     discard_events,
     event_name,
     message_type_of,
+    run_collecting,
     take_events,
     uses_native_events,
 )
@@ -33,7 +34,13 @@ def _class_call(handler_type: type[Any]) -> HandlerCall:
     native = uses_native_events(handler_type)
 
     async def call(event: Event, resolver: Resolver | None) -> list[Event] | None:
-        handler = handler_type() if resolver is None else await resolver.resolve(handler_type)
+        if resolver is not None:
+            # A container may hand one instance to concurrent dispatches: collect per run.
+            handler = await resolver.resolve(handler_type)
+            _, follow_ups = await run_collecting(handler, handler.handle, event)
+            return follow_ups
+        # Built for this event alone, so the instance's own list is this run's.
+        handler = handler_type()
         try:
             await handler.handle(event)
         except BaseException:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, MutableSequence, Sequence
+from contextvars import ContextVar
 from typing import Any, ClassVar, Generic, TypeVar
 
 import attrs
@@ -18,9 +19,13 @@ __all__ = [
     "NotificationEvent",
     "RaisesEvents",
     "discard_events",
+    "discard_own_events",
     "event_name",
     "message_type_of",
+    "run_collecting",
+    "running",
     "take_events",
+    "take_own_events",
     "uses_native_events",
 ]
 
@@ -112,10 +117,38 @@ def message_type_of(event_type: type[Event]) -> str | None:
 
 
 E_contra = TypeVar("E_contra", bound=Event, contravariant=True)
+A = TypeVar("A")
+R = TypeVar("R")
+
+
+running: ContextVar[tuple[object, list[Event]] | None] = ContextVar(
+    "mediator_handler_run", default=None
+)
+"""The handler run in progress in this context: (the handler instance, the list
+of events this run raised). Set around `handle` by `run_collecting`, and by
+`Mediator.send` with a container, which inlines it."""
 
 
 class RaisesEvents:
-    """Gives a handler the diator-style `events` list the mediator collects."""
+    """Gives a handler the diator-style `events` list the mediator collects.
+
+    Append events to `self.events` inside `handle`. What is guaranteed:
+
+    - Events belong to the run that raised them (one `send`, one event
+      dispatched to this handler, one `stream`): an instance shared by
+      concurrent runs, such as a singleton from a container, never emits
+      another run's events, and a failed run's events are dropped without
+      touching the others'.
+    - After a run nothing stays on the instance, so a reused handler never
+      emits an event twice.
+
+    How: a handler the library builds itself (no container) serves one run,
+    so the instance's own list is that run's. A handler a container resolved
+    may be shared, so the run gives it a list of its own, seen through
+    `self.events` wherever the run's code executes in its context (tasks it
+    starts copy the context). Outside any run, for a handler built by hand,
+    `self.events` is the instance's own list.
+    """
 
     # A class-level empty tuple until the first event: the mediator's check for
     # "did this handler raise anything" is one attribute read, no allocation.
@@ -123,7 +156,10 @@ class RaisesEvents:
 
     @property
     def events(self) -> list[Event]:
-        """Events raised while handling; taken and cleared after `handle` returns."""
+        """Events raised while handling; taken and emitted after `handle` returns."""
+        run = running.get()
+        if run is not None and run[0] is self:
+            return run[1]
         events = self._events
         if not isinstance(events, list):
             events = self._events = []
@@ -134,18 +170,19 @@ _NATIVE_EVENTS = RaisesEvents.__dict__["events"]
 
 
 def uses_native_events(handler_type: type[Any]) -> bool:
-    """Whether `handler_type` keeps the built-in `events` list (so `take_events`
-    may read it without the property call)."""
+    """Whether `handler_type` keeps the library's `events` (rather than its own,
+    diator-style), so a run can collect them per run and `take_events` may read
+    a per-send instance's list without the property call."""
     return getattr(handler_type, "events", None) is _NATIVE_EVENTS
 
 
 def discard_events(handler: Any, native: bool) -> None:
-    """Drop what a failed `handle` raised, so a reused handler never emits it later."""
+    """Drop what a failed `handle` left on `handler`, so a reused handler never emits it later."""
     take_events(handler, native)
 
 
 def take_events(handler: Any, native: bool) -> list[Event] | None:
-    """Take and clear the events `handler` raised; None when there are none.
+    """Take and clear the events held by `handler` itself; None when there are none.
 
     `native` is `uses_native_events(type(handler))`, computed once per class.
     """
@@ -158,6 +195,41 @@ def take_events(handler: Any, native: bool) -> list[Event] | None:
     elif isinstance(events, MutableSequence):
         del events[:]
     return taken
+
+
+def take_own_events(handler: Any) -> list[Event] | None:
+    """Take what a handler with its own `events` (diator-style) kept on the
+    instance; None for the library's handlers, whose runs collect their events."""
+    if getattr(type(handler), "events", None) is _NATIVE_EVENTS:
+        return None
+    return take_events(handler, False)
+
+
+def discard_own_events(handler: Any) -> None:
+    """After a failed run: clear what a diator-style handler kept on the instance."""
+    take_own_events(handler)
+
+
+async def run_collecting(
+    handler: Any, call: Callable[[A], Awaitable[R]], argument: A
+) -> tuple[R, list[Event] | None]:
+    """Await ``call(argument)`` as one run of `handler`, an instance that may be
+    shared by concurrent runs (a container resolved it).
+
+    Returns the result and the events this run raised (None when none). While
+    the run is in progress in this context, `handler.events` is a list of the
+    run's own; when `call` raises, the run's events are dropped.
+    """
+    raised: list[Event] = []
+    token = running.set((handler, raised))
+    try:
+        result = await call(argument)
+    except BaseException:
+        discard_own_events(handler)
+        raise
+    finally:
+        running.reset(token)
+    return result, raised or take_own_events(handler)
 
 
 class EventHandler(RaisesEvents, Generic[E_contra]):

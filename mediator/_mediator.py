@@ -8,7 +8,16 @@ from typing import Any, TypeVar, overload
 
 from mediator._container import Container, Resolver
 from mediator._emitter import EventEmitter
-from mediator._events import Event, discard_events, take_events, uses_native_events
+from mediator._events import (
+    Event,
+    discard_events,
+    discard_own_events,
+    run_collecting,
+    running,
+    take_events,
+    take_own_events,
+    uses_native_events,
+)
 from mediator._exceptions import MediatorError, RequestBindingError
 from mediator._middlewares import MiddlewareChain
 from mediator._requests import Request, RequestMap, StreamRequest
@@ -24,6 +33,21 @@ async def _raise(exc: BaseException) -> Any:
     raise exc
 
 
+_DONE: Any = object()
+"""What `_next_or_done` returns once a stream is exhausted."""
+
+
+async def _next_or_done(items: AsyncIterator[Any]) -> Any:
+    try:
+        return await anext(items)
+    except StopAsyncIteration:
+        return _DONE
+
+
+async def _close(items: AsyncGenerator[Any, None]) -> None:
+    await items.aclose()
+
+
 class Mediator:
     """Sends requests to their handlers.
 
@@ -36,6 +60,8 @@ class Mediator:
     scope when there is one), the request passes the middleware chain, and
     after `handle` returns the handler's `events` are emitted in the order
     they were raised, then cleared. Nothing is emitted when `handle` raises.
+    Events belong to the send that raised them, even when a container hands
+    one handler instance to concurrent sends (see `RaisesEvents`).
     """
 
     __slots__ = ("_chain", "_container", "_emitter", "_request_map", "_routes")
@@ -99,11 +125,12 @@ class Mediator:
                     f"{request_type.__qualname__} with `async for item in mediator.stream(request)`"
                 )
 
-        # The two closures below differ only in the container scope; they are
-        # kept apart on purpose so the no-container path pays for nothing.
+        # The two closures below differ in how the handler's events are kept;
+        # they are apart on purpose so the no-container path pays for nothing.
         elif container is None:
 
             async def run(request: Any) -> Any:
+                # Built for this send alone, so the instance's own list is this send's.
                 handler = handler_type()
                 try:
                     if middlewares:
@@ -124,18 +151,24 @@ class Mediator:
             async def run(request: Any) -> Any:
                 async with container.scope() as resolver:
                     handler = await resolver.resolve(handler_type)
+                    # A container may hand one instance to concurrent sends, so this
+                    # send collects its own events: `run_collecting`, inlined to
+                    # spare a coroutine frame per send.
+                    raised: list[Event] = []
+                    token = running.set((handler, raised))
                     try:
                         if middlewares:
                             response = await wrap(handler.handle)(request)
                         else:
                             response = await handler.handle(request)
                     except BaseException:
-                        discard_events(handler, native)
+                        discard_own_events(handler)
                         raise
-                    if handler._events if native else getattr(handler, "events", None):
-                        events = take_events(handler, native)
-                        if events:
-                            await emit(events, resolver)
+                    finally:
+                        running.reset(token)
+                    events = raised or take_own_events(handler)
+                    if events:
+                        await emit(events, resolver)
                     return response
 
         self._routes[request_type] = run
@@ -171,23 +204,20 @@ class Mediator:
     async def _stream(
         self, handler: Any, request: object, resolver: Resolver | None
     ) -> AsyncIterator[Any]:
-        native = uses_native_events(type(handler))
-        items = handler.handle(request)
+        # Each step is one run of the handler: its events are collected per
+        # stream even when a container shares the instance between streams.
+        items: AsyncGenerator[Any, None] = handler.handle(request)
         try:
-            try:
-                async for item in items:
-                    events = take_events(handler, native)
-                    if events:
-                        await self._emit(events, resolver)
-                    yield item
-            except BaseException:
-                discard_events(handler, native)
-                raise
-            events = take_events(handler, native)
-            if events:
-                await self._emit(events, resolver)
+            while True:
+                item, events = await run_collecting(handler, _next_or_done, items)
+                if events:
+                    await self._emit(events, resolver)
+                if item is _DONE:
+                    return
+                yield item
         finally:
-            await items.aclose()
+            # Closing early runs the handler's cleanup; what it raises then is dropped.
+            await run_collecting(handler, _close, items)
 
     async def _emit(self, events: list[Event], resolver: Resolver | None) -> None:
         if self._emitter is None:
