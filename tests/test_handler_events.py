@@ -8,6 +8,7 @@ them fail, and checks that the other emits exactly its own events.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal, TypeVar, cast
 
@@ -351,4 +352,39 @@ async def test_a_singleton_streaming_handler_emits_only_the_events_of_its_own_st
     assert outcomes[ok_id - 1] == [ok_id]
     assert counted == [ok_id]
     assert published_ids(broker) == [ok_id]
+    assert shared.events == []
+
+
+class WatchOrdersHandler(StreamingRequestHandler[ListOrders, int]):
+    """Raises an event in its cleanup, which runs when a caller stops early."""
+
+    def __init__(self) -> None:
+        self.closed: list[int] = []
+
+    async def handle(self, request: ListOrders) -> AsyncIterator[int]:
+        try:
+            self.events.append(StockCounted(order_id=request.order_id))
+            yield request.order_id
+            yield request.order_id + 100
+        finally:
+            self.events.append(StockCounted(order_id=-request.order_id))
+            self.closed.append(request.order_id)
+
+
+async def test_a_stream_closed_early_cleans_up_at_once_and_its_late_events_are_dropped() -> None:
+    shared = WatchOrdersHandler()
+    counted: list[int] = []
+    requests = RequestMap()
+    requests.bind(ListOrders, WatchOrdersHandler)
+    mediator = Mediator(
+        request_map=requests,
+        event_emitter=EventEmitter(event_map=counting_map(counted)),
+        container=Singletons(shared),
+    )
+    for order_id in (1, 2):
+        async with contextlib.aclosing(mediator.stream(ListOrders(order_id=order_id))) as items:
+            async for _ in items:
+                break
+        assert shared.closed[-1:] == [order_id]  # the handler's cleanup ran on close
+    assert counted == [1, 2]
     assert shared.events == []
