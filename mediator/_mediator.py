@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import aclosing
 from typing import Any, TypeVar, overload
 
 from mediator._container import Container, Resolver
@@ -192,18 +193,22 @@ class Mediator:
                 f"{handler_type.__qualname__}.handle returns a single response; use "
                 f"`await mediator.send(request)` for {type(request).__qualname__}"
             )
+        # aclosing: a caller that stops early closes the handler's generator at
+        # once, inside the scope, rather than whenever the collector finalizes it.
         if self._container is None:
-            async for item in self._stream(handler_type(), request, None):
-                yield item
+            async with aclosing(self._stream(handler_type(), request, None)) as items:
+                async for item in items:
+                    yield item
             return
         async with self._container.scope() as resolver:
             handler = await resolver.resolve(handler_type)
-            async for item in self._stream(handler, request, resolver):
-                yield item
+            async with aclosing(self._stream(handler, request, resolver)) as items:
+                async for item in items:
+                    yield item
 
     async def _stream(
         self, handler: Any, request: object, resolver: Resolver | None
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any, None]:
         # Each step is one run of the handler: its events are collected per
         # stream even when a container shares the instance between streams.
         items: AsyncGenerator[Any, None] = handler.handle(request)
