@@ -1,3 +1,4 @@
+# --8<-- [start:header]
 """A toy transport built on `mediator.transport`, shown on the docs page
 "Writing a transport".
 
@@ -41,11 +42,11 @@ from mediator.transport import (
 __all__ = ["QueueFullError", "ToyBroker", "ToyDelivery", "ToyLink", "ToyServer", "ToySubscription"]
 
 Item = tuple[str, bytes, int]  # channel, body, delivery count
+# --8<-- [end:header]
 
 
-# -- the "server" and its "SDK" ------------------------------------------------
-
-
+# The "server" and its "SDK": what a real transport imports from a client library.
+# --8<-- [start:server]
 class QueueFullError(Exception):
     """The server refused a publish: a queue is at its limit."""
 
@@ -53,9 +54,9 @@ class QueueFullError(Exception):
 class ToyServer:
     """Queues in memory, reached through links that can be broken."""
 
-    def __init__(self, queue_limit: int = 1_000) -> None:
+    def __init__(self, *, queue_limit: int = 1_000, dead_letter_limit: int = 1_000) -> None:
         self.queue_limit = queue_limit
-        self.dead_letters: deque[dict[str, str | bytes]] = deque(maxlen=queue_limit)
+        self.dead_letters: deque[dict[str, str | bytes]] = deque(maxlen=dead_letter_limit)
         self._queues: dict[str, deque[Item]] = {}
         self._owners: dict[str, ToyLink] = {}  # exclusive queues die with their link
         self._links: set[ToyLink] = set()
@@ -149,10 +150,11 @@ class ToyLink:
         if not self.broken:
             self._fail(ConnectionResetError("link closed"))
 
+    # --8<-- [end:server]
 
-# -- the transport ---------------------------------------------------------------
 
-
+# The transport: what this page is about.
+# --8<-- [start:delivery]
 class ToyDelivery(DeliveryBase):
     """A message read from a queue, settled through the link that read it."""
 
@@ -176,7 +178,10 @@ class ToyDelivery(DeliveryBase):
         )
         self._link.dead_letter(record.fields())
 
+    # --8<-- [end:delivery]
 
+
+# --8<-- [start:subscription]
 class ToySubscription(ReconnectingSubscription[ToyDelivery]):
     """One queue on the server, read through a link of its own and filtered
     by the glob: with a group, the queue is shared by the group's members and
@@ -215,7 +220,10 @@ class ToySubscription(ReconnectingSubscription[ToyDelivery]):
             return CredentialError(f"{self!r}: {error}; check the credential")
         return None
 
+    # --8<-- [end:subscription]
 
+
+# --8<-- [start:broker]
 class ToyBroker(BrokerLifecycle):
     """The broker contract over a `ToyServer`.
 
@@ -274,5 +282,7 @@ class ToyBroker(BrokerLifecycle):
         return subscription
 
     async def dead_letters(self) -> list[DeadLetterRecord]:
-        """The server's dead letters, oldest first."""
+        """The server's dead letters (the most recent `dead_letter_limit`), oldest first."""
         return [DeadLetterRecord.from_fields(fields) for fields in self.server.dead_letters]
+
+    # --8<-- [end:broker]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 from collections.abc import AsyncIterator
 
 import attrs
@@ -109,26 +108,38 @@ async def test_members_of_a_group_share_its_messages_and_others_get_every_one(
     assert ledger.orders("c") == list(range(6))
 
 
+# --8<-- [start:reconnect]
 async def test_a_broken_connection_is_logged_and_the_subscription_comes_back(
-    server: ToyServer, broker: ToyBroker, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    ledger = Ledger()
-    consumer = EventConsumer(broker=broker, event_map=ledger.billing("billing"))
-    await consumer.subscribe(ORDERS, group="billing")
-    publisher = EventEmitter(message_broker=broker)
-    with caplog.at_level(logging.WARNING, logger="examples.toy_transport"):
+    billed: list[int] = []
+    events = EventMap()
+
+    @events.bind(OrderPlaced)
+    async def bill(event: OrderPlaced) -> None:
+        billed.append(event.order_id)
+
+    server = ToyServer()
+    async with ToyBroker(server, channel_prefix="shop") as broker:
+        publisher = EventEmitter(message_broker=broker)
+        consumer = EventConsumer(broker=broker, event_map=events)
+        await consumer.subscribe("shop:notification_event:Order*", group="billing")
         async with consumer:
             await publisher.emit(OrderPlaced(order_id=1))
-            await ledger.wait_for(1)
-            server.break_connection()
-            # The group's queue outlives the link: this waits there for the reconnect.
-            await publisher.emit(OrderPlaced(order_id=2))
-            await ledger.wait_for(2)
+            await consumer.wait_until(lambda stats: stats.handled >= 1)
+
+            server.break_connection()  # every link drops; the group's queue stays
+            await publisher.emit(OrderPlaced(order_id=2))  # waits there for the reconnect
+            await consumer.wait_until(lambda stats: stats.handled >= 2)
             assert consumer.running
-    assert ledger.orders("billing") == [1, 2]
-    lines = [record.getMessage() for record in caplog.records]
+
+    assert billed == [1, 2]
+    lines = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
     assert any(line.startswith("lost <ToySubscription") for line in lines), lines
     assert any("is back after" in line for line in lines), lines
+
+
+# --8<-- [end:reconnect]
 
 
 async def test_bad_input_is_dead_lettered_with_its_reason_and_the_next_message_is_handled(
