@@ -2,7 +2,7 @@
 
     python bench/bench_mediator.py [--quick]
 
-Budgets (DESIGN.md): send with no events and no container <= 1.5x a direct
+Budgets (README.md, "Benchmarks"): send with no events and no container <= 1.5x a direct
 `await handler.handle(request)` on a handler built per call; with DIContainer
 <= 1.3x entering a di request scope, executing a cached solve and awaiting
 handle; send whose handler raises one DomainEvent handled by one local handler
