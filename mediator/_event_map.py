@@ -11,7 +11,7 @@ import attrs
 from mediator._container import Resolver
 from mediator._events import (
     Event,
-    discard_events,
+    discard_own_events,
     event_name,
     message_type_of,
     run_collecting,
@@ -44,7 +44,7 @@ def _class_call(handler_type: type[Any]) -> HandlerCall:
         try:
             await handler.handle(event)
         except BaseException:
-            discard_events(handler, native)
+            discard_own_events(handler)
             raise
         if native and not handler._events:
             return None

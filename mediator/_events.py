@@ -18,7 +18,6 @@ __all__ = [
     "EventHandler",
     "NotificationEvent",
     "RaisesEvents",
-    "discard_events",
     "discard_own_events",
     "event_name",
     "message_type_of",
@@ -176,11 +175,6 @@ def uses_native_events(handler_type: type[Any]) -> bool:
     return getattr(handler_type, "events", None) is _NATIVE_EVENTS
 
 
-def discard_events(handler: Any, native: bool) -> None:
-    """Drop what a failed `handle` left on `handler`, so a reused handler never emits it later."""
-    take_events(handler, native)
-
-
 def take_events(handler: Any, native: bool) -> list[Event] | None:
     """Take and clear the events held by `handler` itself; None when there are none.
 
@@ -206,7 +200,8 @@ def take_own_events(handler: Any) -> list[Event] | None:
 
 
 def discard_own_events(handler: Any) -> None:
-    """After a failed run: clear what a diator-style handler kept on the instance."""
+    """After a failed run: clear what a diator-style handler kept on the instance,
+    so a reused one never emits it later (a library handler's run list is just dropped)."""
     take_own_events(handler)
 
 

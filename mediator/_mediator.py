@@ -11,7 +11,6 @@ from mediator._container import Container, Resolver
 from mediator._emitter import EventEmitter
 from mediator._events import (
     Event,
-    discard_events,
     discard_own_events,
     run_collecting,
     running,
@@ -139,7 +138,7 @@ class Mediator:
                     else:
                         response = await handler.handle(request)
                 except BaseException:
-                    discard_events(handler, native)
+                    discard_own_events(handler)
                     raise
                 if handler._events if native else getattr(handler, "events", None):
                     events = take_events(handler, native)
