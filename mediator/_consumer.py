@@ -279,10 +279,13 @@ class EventConsumer:
         # close the subscriptions: on some transports (Service Bus) settling
         # needs the subscription's receiver.
         readers = self._stop_taking()
+        # One deadline for the whole drain, readers and handlers together.
+        deadline = asyncio.get_running_loop().time() + self._drain_timeout
         if readers:
             await asyncio.wait(readers, timeout=self._drain_timeout)
         if self._in_flight:
-            _, late = await asyncio.wait(self._in_flight, timeout=self._drain_timeout)
+            left = max(0.0, deadline - asyncio.get_running_loop().time())
+            _, late = await asyncio.wait(self._in_flight, timeout=left)
             for task in late:
                 task.cancel()
             if late:

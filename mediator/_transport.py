@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 
 import attrs
 
-from mediator._exceptions import MediatorError, TransportError
+from mediator._exceptions import MediatorError, SubscriptionLostError, TransportError
 from mediator._limits import BoundedBody, quote
 from mediator._policies import Backoff
 
@@ -402,6 +402,12 @@ class ReconnectingSubscription(abc.ABC, Generic[D]):
                 ):
                     continue
                 return
+            except TransportError:
+                raise
+            except Exception as exc:
+                # Neither transient nor mapped: never let the SDK's own error
+                # out raw, and say which subscription it ended.
+                raise SubscriptionLostError(f"{self!r} failed: {quote(repr(exc))}") from exc
             retry.succeeded()
             for delivery in batch:
                 yield delivery
