@@ -688,7 +688,9 @@ class AmqpPeer:
         if operation == "com.microsoft:peek-message" and node.path in self._queues:
             start = int(body.get("from-sequence-number", 1))
             count = int(body.get("message-count", 1))
-            entries = [e for s, e in self._queues[node.path].entries.items() if s >= start]
+            # By sequence number, as Service Bus peeks, not in the order they arrived.
+            held = sorted(self._queues[node.path].entries.items())
+            entries = [e for s, e in held if s >= start]
             if entries:
                 peeked = [_encode_for_receiver(e, locked=False) for e in entries[:count]]
                 value = {"messages": [{"message": m} for m in peeked]}

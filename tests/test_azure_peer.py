@@ -282,3 +282,23 @@ def test_stopping_the_peer_closes_its_listener() -> None:
         socket.create_connection(("127.0.0.1", port), timeout=5),
     ):
         pass
+
+
+async def test_peek_reads_a_dead_letter_queue_in_sequence_order_from_where_asked(
+    client: ServiceBusClient,
+) -> None:
+    await _send(client, *(ServiceBusMessage(f"m{n}".encode()) for n in range(3)))
+    async with client.get_subscription_receiver(TOPIC, "billing") as receiver:
+        messages = await _receive(receiver, 3)
+        for message in reversed(messages):  # dead-lettered last message first
+            await receiver.dead_letter_message(message, reason=f"r{message.sequence_number}")
+
+    async with client.get_subscription_receiver(
+        TOPIC, "billing", sub_queue=ServiceBusSubQueue.DEAD_LETTER
+    ) as dead_letters:
+        # As Service Bus does: by sequence number, whatever order they arrived in.
+        peeked = await dead_letters.peek_messages(max_message_count=10, sequence_number=1)
+        assert [m.sequence_number for m in peeked] == [1, 2, 3]
+        assert [m.dead_letter_reason for m in peeked] == ["r1", "r2", "r3"]
+        rest = await dead_letters.peek_messages(max_message_count=10, sequence_number=2)
+        assert [_body(m) for m in rest] == [b"m1", b"m2"]
