@@ -4,7 +4,8 @@ Delivery guarantee: at-least-once. A message stays in its subscription until
 a consumer completes it after its handlers succeeded; a message abandoned,
 or whose lock expired, is delivered again with a higher delivery count;
 dead-lettered messages go to the subscription's own dead-letter sub-queue
-(``<topic>/Subscriptions/<name>/$DeadLetterQueue``).
+(``<topic>/Subscriptions/<name>/$DeadLetterQueue``), which `dead_letters()`
+reads back.
 
 - Each envelope becomes one ``ServiceBusMessage``: the JSON body,
   ``content_type="application/json"``, ``message_id`` = the envelope's id
@@ -24,27 +25,30 @@ dead-lettered messages go to the subscription's own dead-letter sub-queue
   Azure only delivers what the pattern wants. One subscription serves one
   pattern: a second, different pattern on the same subscription is refused,
   since its receivers would compete for (and drop) each other's messages.
+
+Lifecycle, reconnection and settle-once come from `mediator.transport`; this
+module holds what azure-servicebus needs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Self
 
 try:
     from azure.servicebus import (
         ServiceBusMessage,
         ServiceBusReceivedMessage,
         ServiceBusReceiveMode,
+        ServiceBusSubQueue,
     )
-    from azure.servicebus.aio import (
-        AutoLockRenewer,
-        ServiceBusClient,
-        ServiceBusReceiver,
-        ServiceBusSender,
-    )
+    from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver, ServiceBusSender
     from azure.servicebus.exceptions import (
         MessageAlreadySettled,
         MessageLockLostError,
@@ -59,11 +63,26 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "brokers.azure needs azure-servicebus: pip install 'mediator-toolkit[azure]'"
     ) from exc
 
-from mediator._exceptions import MediatorError, MessageTooLargeError, PublishError
-from mediator._message import Message, encode_message
-from mediator._patterns import GlobPattern
-from mediator._policies import Backoff
-from mediator.transport import BrokerLifecycle, DeliveryGuarantee, Reconnection
+from mediator._exceptions import MessageTooLargeError
+from mediator.transport import (
+    Backoff,
+    BrokerLifecycle,
+    BrokerUnavailableError,
+    CredentialError,
+    DeadLetterRecord,
+    DeliveryBase,
+    DeliveryGuarantee,
+    EntityNotFoundError,
+    GlobPattern,
+    Message,
+    PublishError,
+    ReconnectingSubscription,
+    TransportError,
+    channel_for,
+    encode_message,
+    map_errors,
+    quote,
+)
 
 __all__ = [
     "AzureDelivery",
@@ -78,29 +97,39 @@ logger = logging.getLogger("mediator.brokers.azure")
 
 _RETRY = Backoff(initial=0.2, multiplier=2, maximum=10.0, jitter=0.2)
 _CREDENTIAL_ERRORS = (ServiceBusAuthenticationError, ServiceBusAuthorizationError)
+DEAD_LETTER_TEXT_LIMIT = 4000
+"""Characters of a dead letter's reason and description sent to Service Bus,
+which keeps at most 4096 (the margin holds `quote`'s note of what was cut)."""
 
 
-class CredentialError(PublishError, PermissionError):
-    """Service Bus refused the credential: wrong, expired, or without the right."""
+def _refused(entity: str, doing: str, exc: BaseException) -> TransportError | None:
+    """The library's error for an SDK error that retrying cannot mend, else None."""
+    if isinstance(exc, _CREDENTIAL_ERRORS):
+        return CredentialError(
+            f"Azure Service Bus refused the credential while {doing} {entity}: "
+            f"{quote(str(exc))}. Check the connection string or the credential: it may be "
+            "wrong, expired, or lack the Send/Listen right on this entity"
+        )
+    if isinstance(exc, MessagingEntityNotFoundError):
+        return EntityNotFoundError(
+            f"{entity} does not exist in the Service Bus namespace ({quote(str(exc))}); create "
+            "it (in the portal, with az servicebus, or with ServiceBusAdministrationClient)"
+        )
+    return None
 
 
-class EntityNotFoundError(MediatorError, LookupError):
-    """The topic or topic subscription does not exist in the namespace."""
-
-
-def _not_found(what: str, exc: BaseException) -> EntityNotFoundError:
-    return EntityNotFoundError(
-        f"{what} does not exist in the Service Bus namespace ({exc}); create it (portal, "
-        "az servicebus topic subscription create, or ServiceBusAdministrationClient)"
-    )
-
-
-def _credential_error(what: str, exc: BaseException) -> CredentialError:
-    return CredentialError(
-        f"Azure Service Bus refused the credential while {what}: {exc}. Check the "
-        "connection string or the credential: it may be wrong, expired, or lack the "
-        "Send/Listen right on this entity"
-    )
+@contextlib.contextmanager
+def _service_bus_errors(entity: str, doing: str, otherwise: type[TransportError]) -> Iterator[None]:
+    """SDK errors as the library's: a refusal as itself, any other
+    ServiceBusError as `otherwise`; the SDK's error stays the cause."""
+    with map_errors(f"{doing} {entity}", {ServiceBusError: otherwise}):
+        try:
+            yield
+        except ServiceBusError as exc:
+            refused = _refused(entity, doing, exc)
+            if refused is None:
+                raise
+            raise refused from exc
 
 
 def sql_filter(pattern: str, property_name: str = "channel") -> str | None:
@@ -133,205 +162,220 @@ def sql_filter(pattern: str, property_name: str = "channel") -> str | None:
     return f"{property_name} LIKE '{''.join(out)}' ESCAPE '!'"
 
 
-def _text(value: Any) -> str | None:
+def _channel_of(message: ServiceBusReceivedMessage) -> str | None:
+    properties = message.application_properties or {}
+    value = properties.get(b"channel", properties.get("channel"))
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return value if isinstance(value, str) else None
 
 
-class AzureDelivery:
-    """One peek-locked message; settling it completes, abandons or dead-letters it."""
+class AzureDelivery(DeliveryBase):
+    """One peek-locked message, settled on the receiver that took it:
+    complete (ack), abandon (release) or dead-letter.
 
-    __slots__ = ("_message", "_subscription", "channel", "data", "delivery_count")
+    A settlement Service Bus cannot take (the lock was lost, or the receiver
+    was closed by a reconnect or by closing the client) is logged, never
+    raised: the message is delivered again once its lock expires.
+    """
+
+    __slots__ = ("_receiver", "_subscription", "message", "received_at")
 
     def __init__(
-        self, subscription: AzureSubscription, message: ServiceBusReceivedMessage, channel: str
+        self,
+        subscription: AzureSubscription,
+        receiver: ServiceBusReceiver,
+        message: ServiceBusReceivedMessage,
+        channel: str,
     ) -> None:
-        self._subscription = subscription
-        self._message = message
-        self.channel = channel
-        self.data = b"".join(message.body)
         # The SDK reports the AMQP header count, which starts at 0.
-        self.delivery_count = (message.delivery_count or 0) + 1
-
-    @property
-    def message(self) -> ServiceBusReceivedMessage:
+        super().__init__(channel, b"".join(message.body), (message.delivery_count or 0) + 1)
+        self.message = message
         """The SDK's message, for its system properties."""
-        return self._message
+        self.received_at = asyncio.get_running_loop().time()
+        self._receiver = receiver
+        self._subscription = subscription
 
-    async def ack(self) -> None:
-        """Complete the message: it leaves the subscription."""
-        await self._subscription._settle(self, "complete")
+    async def _ack(self) -> None:
+        await self._settle("complete", self._receiver.complete_message)
 
-    async def release(self) -> None:
-        """Abandon the message: it is delivered again, its delivery count + 1."""
-        await self._subscription._settle(self, "abandon")
+    async def _release(self) -> None:
+        await self._settle("abandon", self._receiver.abandon_message)
 
-    async def dead_letter(self, reason: str, description: str) -> None:
-        """Move it to the subscription's dead-letter sub-queue with the reason."""
-        await self._subscription._settle(self, "dead_letter", reason, description)
+    async def _dead_letter(self, reason: str, description: str) -> None:
+        dead_letter = functools.partial(
+            self._receiver.dead_letter_message,
+            reason=quote(reason, DEAD_LETTER_TEXT_LIMIT),
+            error_description=quote(description, DEAD_LETTER_TEXT_LIMIT),
+        )
+        await self._settle("dead-letter", dead_letter)
+
+    async def _settle(
+        self, outcome: str, settle: Callable[[ServiceBusReceivedMessage], Awaitable[None]]
+    ) -> None:
+        self._subscription._renewing.discard(self)
+        message_id = quote(str(self.message.message_id), 200)
+        try:
+            await settle(self.message)
+        except MessageLockLostError:
+            logger.warning(
+                "lost the lock of message %s before it was settled (%s); it will be delivered "
+                "again",
+                message_id,
+                outcome,
+            )
+        except MessageAlreadySettled:
+            logger.warning(
+                "message %s was settled already; not settled again (%s)", message_id, outcome
+            )
+        except ValueError as exc:
+            # The SDK's word for a closed receiver: a lock lives on its own link only.
+            logger.warning(
+                "cannot %s message %s: the receiver it came from is closed (%s); it will be "
+                "delivered again once its lock expires",
+                outcome,
+                message_id,
+                quote(str(exc), 200),
+            )
+        except ServiceBusError as exc:
+            logger.error(
+                "could not %s message %s (%s); it will be delivered again once its lock expires",
+                outcome,
+                message_id,
+                quote(repr(exc)),
+            )
 
 
-class AzureSubscription:
+class AzureSubscription(ReconnectingSubscription[AzureDelivery]):
     """A peek-lock receiver on one topic subscription, reopened with backoff
-    after transient errors; locks are renewed while handlers run."""
+    after a ServiceBusError; locks are renewed while handlers run.
+
+    A refused credential or a missing subscription ends iteration with
+    `CredentialError` or `EntityNotFoundError` instead of a retry.
+    """
+
+    logger = logger
+    backoff = _RETRY
+    transient = (ServiceBusError,)
+    renew_within: ClassVar[float] = 10.0
+    """Renew a lock once less than this many seconds of it remain (as the SDK's AutoLockRenewer)."""
+    renew_check: ClassVar[float] = 1.0
+    """Seconds between looks at the locks held."""
 
     def __init__(self, broker: AzureMessageBroker, pattern: str, group: str) -> None:
-        self._broker = broker
-        self.pattern = pattern
-        self.group: str | None = group
+        super().__init__(pattern, group, broker=broker)
+        self._owner = broker
+        self.entity = f"{broker.topic_name}/Subscriptions/{group}"
+        """The Service Bus path of the topic subscription."""
         self._matcher = GlobPattern(pattern)
         self._receiver: ServiceBusReceiver | None = None
-        self._renewer = AutoLockRenewer(max_lock_renewal_duration=broker.lock_renewal)
-        self._waiting: list[ServiceBusReceivedMessage] = []
-        self._closed = False
+        self._waiting: deque[AzureDelivery] = deque()
+        self._renewing: set[AzureDelivery] = set()
+        self._renewer: asyncio.Task[None] | None = None
 
-    async def _open(self) -> None:
-        broker = self._broker
-        options: dict[str, Any] = {
-            "receive_mode": ServiceBusReceiveMode.PEEK_LOCK,
-            "prefetch_count": broker.prefetch,
-            **broker.receiver_options,
-        }
-        receiver = broker.client.get_subscription_receiver(
-            broker.topic_name, self.group or "", **options
+    async def _connect(self) -> None:
+        owner = self._owner
+        receiver = owner.client.get_subscription_receiver(
+            owner.topic_name,
+            self.group or "",
+            receive_mode=ServiceBusReceiveMode.PEEK_LOCK,
+            prefetch_count=owner.prefetch,
+            **owner.receiver_options,
         )
         try:
             await receiver.__aenter__()
         except BaseException:
-            await asyncio.shield(receiver.close())
+            with contextlib.suppress(Exception):
+                await asyncio.shield(receiver.close())
             raise
         self._receiver = receiver
+        if self._renewer is None and owner.lock_renewal > 0:
+            self._renewer = asyncio.create_task(self._renew_locks(), name=f"renew {self.entity}")
 
-    def _is_closed(self) -> bool:
-        return self._closed
-
-    def __aiter__(self) -> AsyncIterator[AzureDelivery]:
-        return self._deliveries()
-
-    async def _deliveries(self) -> AsyncIterator[AzureDelivery]:
-        broker = self._broker
-        retry = Reconnection(logger, _RETRY)
-        while not self._is_closed():
-            try:
-                if self._receiver is None:
-                    await self._open()
-                receiver = self._receiver
-                assert receiver is not None
-                messages = await receiver.receive_messages(
-                    max_message_count=broker.batch_size, max_wait_time=broker.max_wait_time
-                )
-                retry.succeeded()
-            except _CREDENTIAL_ERRORS as exc:
-                raise _credential_error(
-                    f"receiving from {broker.topic_name}/{self.group}", exc
-                ) from exc
-            except MessagingEntityNotFoundError as exc:
-                raise _not_found(f"subscription {broker.topic_name}/{self.group}", exc) from exc
-            except ServiceBusError as exc:
-                if await retry.pause(
-                    f"receiving from {broker.topic_name}/{self.group} failed",
-                    exc,
-                    closed=self._is_closed(),
-                    then="reopening",
-                    before_wait=self._drop,
-                ):
-                    continue
-                return
-            # Locks of the whole batch are renewed from receipt, not from when
-            # the consumer gets to each message; what it never gets to is
-            # abandoned on close.
-            self._waiting = list(messages)
+    async def _receive(self) -> list[AzureDelivery]:
+        if not self._waiting:
+            receiver = self._receiver
+            assert receiver is not None, "the base connects before it receives"
+            owner = self._owner
+            messages = await receiver.receive_messages(
+                max_message_count=owner.batch_size, max_wait_time=owner.max_wait_time
+            )
             for message in messages:
-                if broker.lock_renewal > 0:
-                    self._renewer.register(receiver, message)
-            while self._waiting:
-                message = self._waiting.pop(0)
-                delivery = await self._delivery(receiver, message)
-                if delivery is not None:
-                    yield delivery
+                await self._take(receiver, message)
+        # One at a time, so that what the consumer never took is known (and
+        # abandoned on close); the locks of the whole batch are renewed meanwhile.
+        return [self._waiting.popleft()] if self._waiting else []
 
-    async def _delivery(
-        self, receiver: ServiceBusReceiver, message: ServiceBusReceivedMessage
-    ) -> AzureDelivery | None:
-        properties = message.application_properties or {}
-        channel = _text(properties.get(b"channel", properties.get("channel")))
+    async def _take(self, receiver: ServiceBusReceiver, message: ServiceBusReceivedMessage) -> None:
+        channel = _channel_of(message)
         if channel is not None and not self._matcher.matches(channel):
             # Not for this pattern: take it off the subscription. A SQL rule
             # on the subscription keeps such messages away in the first place.
             logger.debug(
-                "completing %s on %s: outside %r", message.message_id, channel, self.pattern
+                "completing %s from %s: outside %s",
+                quote(str(message.message_id), 200),
+                quote(channel),
+                quote(self.pattern, 200),
             )
             try:
                 await receiver.complete_message(message)
-            except ServiceBusError as exc:
-                logger.warning("could not complete an unmatched message: %r", exc)
-            return None
+            except (ServiceBusError, ValueError) as exc:
+                logger.warning("could not complete an unmatched message: %s", quote(repr(exc)))
+            return
         # Without the property the codec decides: bad input is dead-lettered.
-        return AzureDelivery(self, message, channel or f"{self._broker.channel_prefix}:?")
+        delivery = AzureDelivery(
+            self, receiver, message, channel or f"{self._owner.channel_prefix}:?"
+        )
+        self._waiting.append(delivery)
+        self._renewing.add(delivery)
 
-    async def _settle(
-        self, delivery: AzureDelivery, outcome: str, reason: str = "", description: str = ""
-    ) -> None:
-        receiver = self._receiver
-        message = delivery.message
-        if receiver is None:
-            logger.warning(
-                "cannot %s message %s: its receiver is closed; it will be delivered again",
-                outcome,
-                message.message_id,
-            )
-            return
-        try:
-            if outcome == "complete":
-                await receiver.complete_message(message)
-            elif outcome == "abandon":
-                await receiver.abandon_message(message)
-            else:
-                await receiver.dead_letter_message(
-                    message, reason=reason, error_description=description
-                )
-        except MessageLockLostError:
-            logger.warning(
-                "lost the lock of message %s before it was settled (%s); Service Bus will "
-                "deliver it again",
-                message.message_id,
-                outcome,
-            )
-        except MessageAlreadySettled:
-            logger.warning("message %s was already settled", message.message_id)
-        except ServiceBusError as exc:
-            logger.error(
-                "could not %s message %s (%r); it is delivered again once its lock expires",
-                outcome,
-                message.message_id,
-                exc,
-            )
-
-    async def _drop(self) -> None:
-        receiver, self._receiver = self._receiver, None
-        if receiver is not None:
-            try:
-                await receiver.close()
-            except Exception:  # the link is gone already
-                logger.debug("closing a broken receiver failed", exc_info=True)
-
-    async def close(self) -> None:
-        """Stop receiving; messages not yet settled are delivered again later."""
-        if self._closed:
-            return
-        self._closed = True
-        self._broker._subscriptions.discard(self)
-        waiting, self._waiting = self._waiting, []
-        receiver = self._receiver
-        if receiver is not None:
-            for message in waiting:
+    async def _renew_locks(self) -> None:
+        # One task per subscription, cancelled at once on close; the SDK's
+        # AutoLockRenewer runs one per message and close() waits for each.
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.renew_check)
+            now = datetime.now(UTC)
+            for delivery in list(self._renewing):
+                if loop.time() - delivery.received_at > self._owner.lock_renewal:
+                    self._renewing.discard(delivery)
+                    continue
+                locked_until = delivery.message.locked_until_utc
+                if locked_until is None or (locked_until - now).total_seconds() > self.renew_within:
+                    continue
                 try:
-                    await receiver.abandon_message(message)
-                except ServiceBusError as exc:
-                    logger.debug("could not abandon %s on close: %r", message.message_id, exc)
-        await self._renewer.close()
-        await self._drop()
+                    await delivery._receiver.renew_message_lock(delivery.message)
+                except (ServiceBusError, ValueError) as exc:
+                    self._renewing.discard(delivery)
+                    logger.warning(
+                        "could not renew the lock of message %s (%s); it will be delivered again "
+                        "once the lock expires",
+                        quote(str(delivery.message.message_id), 200),
+                        quote(repr(exc)),
+                    )
+
+    async def _disconnect(self) -> None:
+        receiver, self._receiver = self._receiver, None
+        if receiver is None:
+            return
+        # Its locks cannot be renewed (or settled) on another receiver.
+        self._renewing = {d for d in self._renewing if d._receiver is not receiver}
+        try:
+            await receiver.close()
+        except Exception:  # the link is gone already
+            logger.debug("closing a receiver on %s failed", self.entity, exc_info=True)
+
+    def _fatal(self, error: BaseException) -> BaseException | None:
+        return _refused(self.entity, "receiving from", error)
+
+    async def _closing(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.wait([self._renewer])
+        # What a receive returned that the consumer never took goes straight back.
+        waiting = list(self._waiting)
+        self._waiting.clear()
+        await asyncio.gather(*(delivery.release() for delivery in waiting))
 
 
 class AzureMessageBroker(BrokerLifecycle):
@@ -345,7 +389,7 @@ class AzureMessageBroker(BrokerLifecycle):
 
     The client is yours: the broker opens one topic sender on first use and
     closes it on `stop()`, never the client (except one `from_connection_string`
-    made).
+    or `from_credential` made).
     """
 
     delivery_guarantee = DeliveryGuarantee.AT_LEAST_ONCE
@@ -368,6 +412,7 @@ class AzureMessageBroker(BrokerLifecycle):
     ) -> None:
         if publish_attempts < 1:
             raise ValueError(f"publish_attempts must be at least 1, got {publish_attempts}")
+        super().__init__()
         self.client = client
         self.topic_name = topic_name
         self.timeout = timeout
@@ -383,25 +428,21 @@ class AzureMessageBroker(BrokerLifecycle):
         self.sender_options: dict[str, Any] = dict(sender_options or {})
         self.receiver_options: dict[str, Any] = dict(receiver_options or {})
         self._sender: ServiceBusSender | None = None
-        self._sender_lock = asyncio.Lock()
-        self._subscriptions: set[AzureSubscription] = set()
-        self._owns_client = False
 
     @classmethod
     def from_connection_string(
         cls, connection_string: str, topic_name: str, **options: Any
-    ) -> AzureMessageBroker:
+    ) -> Self:
         """A broker with its own client; `stop()` closes that client."""
-        broker = cls(
-            ServiceBusClient.from_connection_string(connection_string), topic_name, **options
-        )
+        client = ServiceBusClient.from_connection_string(connection_string)
+        broker = cls(client, topic_name, **options)
         broker._owns_client = True
         return broker
 
     @classmethod
     def from_credential(
         cls, fully_qualified_namespace: str, credential: Any, topic_name: str, **options: Any
-    ) -> AzureMessageBroker:
+    ) -> Self:
         """A broker with its own client for a namespace and an azure-identity
         credential (``DefaultAzureCredential()``); `stop()` closes that client."""
         broker = cls(ServiceBusClient(fully_qualified_namespace, credential), topic_name, **options)
@@ -410,7 +451,7 @@ class AzureMessageBroker(BrokerLifecycle):
 
     def channel(self, message: Message) -> str:
         """The logical channel of `message`: ``{prefix}:{message_type}:{message_name}``."""
-        return f"{self.channel_prefix}:{message.message_type}:{message.message_name}"
+        return channel_for(self.channel_prefix, message)
 
     def to_service_bus(self, message: Message) -> ServiceBusMessage:
         """The ServiceBusMessage that carries `message`."""
@@ -438,41 +479,45 @@ class AzureMessageBroker(BrokerLifecycle):
         the size limit allows; transient errors are retried with backoff.
 
         Raises MessageTooLargeError for a single message over the limit,
-        CredentialError when the credential is refused, and PublishError when
-        the attempts run out. A retried batch may repeat messages already
-        sent; Service Bus duplicate detection (by message id) drops them.
+        CredentialError when the credential is refused, EntityNotFoundError
+        when the topic does not exist, and PublishError when the attempts run
+        out. A retried batch may repeat messages already sent; Service Bus
+        duplicate detection (by message id) drops them.
         """
         outgoing = [self.to_service_bus(message) for message in messages]
-        names = ", ".join(m.message_name for m in messages)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                # Even one message goes in a batch: adding it checks the size
-                # against the limit the link announced, before anything is sent.
-                await self._send_batches(await self._get_sender(), outgoing)
-                return
-            except MessageSizeExceededError as exc:
-                # Raised by _send_batches for one message: the name is on it.
-                raise MessageTooLargeError(
-                    f"{exc.args[0] if exc.args else names} does not fit in one Service Bus "
-                    "message; send less data per event or raise the namespace's message size "
-                    "limit"
-                ) from exc
-            except _CREDENTIAL_ERRORS as exc:
-                raise _credential_error(f"sending {names} to {self.topic_name}", exc) from exc
-            except ServiceBusError as exc:
-                if attempt >= self.publish_attempts:
-                    raise PublishError(
-                        f"could not send {names} to topic {self.topic_name} after {attempt} "
-                        f"attempts: {exc}"
+        names = quote(", ".join(m.message_name for m in messages), 200)
+        topic = f"topic {self.topic_name}"
+        with _service_bus_errors(topic, "sending to", PublishError):
+            for attempt in range(1, self.publish_attempts + 1):
+                try:
+                    # Even one message goes in a batch: adding it checks the size
+                    # against the limit the link announced, before anything is sent.
+                    await self._send_batches(self._get_sender(), outgoing)
+                    return
+                except MessageSizeExceededError as exc:
+                    # Raised by _send_batches for one message: the name is on it.
+                    raise MessageTooLargeError(
+                        f"{exc.args[0] if exc.args else names} does not fit in one Service Bus "
+                        "message; send less data per event or raise the namespace's message "
+                        "size limit"
                     ) from exc
-                delay = _RETRY.delay(attempt)
-                logger.warning(
-                    "sending to %s failed (%r); retrying in %.2fs", self.topic_name, exc, delay
-                )
-                await self._close_sender()
-                await asyncio.sleep(delay)
+                except ServiceBusError as exc:
+                    if _refused(topic, "sending to", exc) is not None:
+                        raise
+                    if attempt == self.publish_attempts:
+                        raise PublishError(
+                            f"could not send {names} to {topic} after {attempt} attempts: "
+                            f"{quote(str(exc))}"
+                        ) from exc
+                    delay = _RETRY.delay(attempt)
+                    logger.warning(
+                        "sending to %s failed (%s); retrying in %.2fs",
+                        topic,
+                        quote(repr(exc)),
+                        delay,
+                    )
+                    # The same sender again: the SDK reopens its link if the error closed it.
+                    await asyncio.sleep(delay)
 
     async def _send_batches(
         self, sender: ServiceBusSender, outgoing: list[ServiceBusMessage]
@@ -497,22 +542,11 @@ class AzureMessageBroker(BrokerLifecycle):
         for batch in batches:
             await sender.send_messages(batch, timeout=self.timeout)
 
-    async def _get_sender(self) -> ServiceBusSender:
+    def _get_sender(self) -> ServiceBusSender:
+        # Creating a sender opens nothing; its link opens on the first send.
         if self._sender is None:
-            async with self._sender_lock:
-                if self._sender is None:
-                    self._sender = self.client.get_topic_sender(
-                        self.topic_name, **self.sender_options
-                    )
+            self._sender = self.client.get_topic_sender(self.topic_name, **self.sender_options)
         return self._sender
-
-    async def _close_sender(self) -> None:
-        sender, self._sender = self._sender, None
-        if sender is not None:
-            try:
-                await sender.close()
-            except Exception:
-                logger.debug("closing a broken sender failed", exc_info=True)
 
     # -- subscribe ---------------------------------------------------------
 
@@ -537,26 +571,79 @@ class AzureMessageBroker(BrokerLifecycle):
                 )
         subscription = AzureSubscription(self, pattern, name)
         try:
-            await subscription._open()
-        except _CREDENTIAL_ERRORS as exc:
-            raise _credential_error(f"opening {self.topic_name}/{name}", exc) from exc
-        except MessagingEntityNotFoundError as exc:
-            raise _not_found(f"subscription {self.topic_name}/{name}", exc) from exc
-        self._subscriptions.add(subscription)
+            with _service_bus_errors(
+                subscription.entity, "opening a receiver on", BrokerUnavailableError
+            ):
+                await subscription.open()
+        except BaseException:
+            await subscription.close()
+            raise
         return subscription
+
+    # -- dead letters ------------------------------------------------------
+
+    async def dead_letters(
+        self, group: str | None = None, *, limit: int = 100
+    ) -> list[DeadLetterRecord]:
+        """Up to `limit` messages of the dead-letter sub-queue of topic
+        subscription `group` (or the broker's `subscription`), oldest first.
+        They are peeked, so they stay there.
+
+        ```python
+        for record in await broker.dead_letters("billing"):
+            print(record.reason, record.description, record.size)
+        ```
+        """
+        name = group or self.subscription
+        if name is None:
+            raise ValueError(
+                "Service Bus keeps dead letters per topic subscription: pass "
+                "dead_letters(group='<subscription name>') or "
+                "AzureMessageBroker(..., subscription='<subscription name>')"
+            )
+        entity = f"{self.topic_name}/Subscriptions/{name}/$DeadLetterQueue"
+        records: list[DeadLetterRecord] = []
+        with _service_bus_errors(entity, "peeking at", BrokerUnavailableError):
+            async with self.client.get_subscription_receiver(
+                self.topic_name,
+                name,
+                sub_queue=ServiceBusSubQueue.DEAD_LETTER,
+                **self.receiver_options,
+            ) as receiver:
+                next_number = 0  # the SDK reads 0 as "from the first"
+                while len(records) < limit:
+                    page = await receiver.peek_messages(
+                        max_message_count=limit - len(records), sequence_number=next_number
+                    )
+                    if not page:
+                        break
+                    records.extend(
+                        DeadLetterRecord.of(
+                            _channel_of(message) or entity,
+                            b"".join(message.body),
+                            message.dead_letter_reason or "",
+                            message.dead_letter_error_description or "",
+                            (message.delivery_count or 0) + 1,
+                        )
+                        for message in page
+                    )
+                    next_number = (page[-1].sequence_number or 0) + 1
+        return records
 
     # -- lifecycle ---------------------------------------------------------
 
-    async def start(self) -> None:
-        """Nothing to open yet: the sender opens on the first send (so a
-        consumer with only the Listen right never needs Send), a receiver on
-        each subscribe; credential errors surface there."""
+    async def _open(self) -> None:
+        """Nothing to open: the sender opens on the first send (so a consumer
+        with only the Listen right never needs Send), a receiver on each
+        subscribe; credential errors surface there."""
 
-    async def stop(self) -> None:
-        """Close the subscriptions and the sender this broker opened (the
-        client too if `from_connection_string` or `from_credential` made it)."""
-        for subscription in list(self._subscriptions):
-            await subscription.close()
-        await self._close_sender()
-        if self._owns_client:
-            await self.client.close()
+    async def _close(self) -> None:
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            try:
+                await sender.close()
+            except Exception:
+                logger.debug("closing the sender on %s failed", self.topic_name, exc_info=True)
+
+    async def _close_client(self) -> None:
+        await self.client.close()
