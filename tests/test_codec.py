@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import uuid
 from collections.abc import Callable
@@ -488,7 +489,7 @@ def test_error_text_stays_bounded_whatever_the_message_holds(
     events.register(Coded)
     body = envelope(message_name="Coded")
     payload = dict(body["payload"])  # type: ignore[call-overload]
-    payload.update(change.pop("payload", {"code": "a"}))
+    payload.update(change.get("payload", {"code": "a"}))
     body.update(change, payload=payload)
     error = refusal(orjson.dumps(body), entry, MessageCodec(events.event_class))
     assert error.reason is reason
@@ -511,3 +512,41 @@ def test_a_custom_lookup_that_returns_a_local_event_is_refused() -> None:
     codec = MessageCodec(lambda name: LocalOnly)
     error = refusal(orjson.dumps(envelope(message_name="LocalOnly")), codec=codec)
     assert error.reason is DecodeFailure.UNKNOWN_NAME
+
+
+def spaced(data: bytes) -> bytes:
+    """`data` as Python's json.dumps writes it (diator's producers do)."""
+    return json.dumps(json.loads(data)).encode()
+
+
+@pytest.mark.parametrize("layout", [pytest.param(bytes, id="compact"), spaced])
+@pytest.mark.parametrize(
+    ("number", "fits"),
+    [
+        (2**63 - 1, True),
+        (2**64 - 1, True),
+        (-(2**63), True),
+        (2**64, False),
+        (-(2**63) - 1, False),
+    ],
+)
+def test_integers_must_fit_in_64_bits(
+    number: int, fits: bool, layout: Callable[[bytes], bytes]
+) -> None:
+    data = bad_inputs.valid().replace(b'"user_id":7', b'"user_id":' + str(number).encode())
+    data = layout(data.replace(b'"name":"Ada"', b'"name":"12345678901234567890123"'))
+    if fits:
+        _, event = probe_codec().decode(data)
+        assert event.user_id == number  # type: ignore[attr-defined]
+    else:
+        error = refusal(data)
+        assert error.reason is DecodeFailure.INVALID_PAYLOAD
+        assert "out of range" in error.detail
+
+
+def test_json_written_by_json_dumps_decodes() -> None:
+    data = spaced(bad_inputs.valid())
+    assert b'": "' in data
+    message, event = probe_codec().decode(data)
+    assert event.user_id == 7  # type: ignore[attr-defined]
+    assert message.payload["name"] == "Ada"
