@@ -35,7 +35,8 @@ def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
     text = value if isinstance(value, str) else repr(value)
     if len(text) <= limit:
         return text
-    shown = limit - 24
+    # The note's length depends on the count, which depends on the cut.
+    shown = limit - len(f"… ({len(text)} more characters)")
     return f"{text[:shown]}… ({len(text) - shown} more characters)"
 
 

@@ -15,6 +15,7 @@ from mediator.transport import (
     ReconnectingSubscription,
     SubscriptionLostError,
     map_errors,
+    quote,
 )
 
 
@@ -91,3 +92,10 @@ def test_a_dead_letter_record_is_bounded_and_reads_back_from_its_fields() -> Non
         k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in record.fields().items()
     }
     assert DeadLetterRecord.from_fields(fields) == record
+
+
+@pytest.mark.parametrize("size", [1024, 1025, 5000, 1_000_000])
+def test_quote_never_exceeds_its_limit(size: int) -> None:
+    quoted = quote("x" * size)
+    assert len(quoted) <= 1024
+    assert quoted == "x" * size or quoted.endswith("more characters)")
