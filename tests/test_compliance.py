@@ -29,6 +29,7 @@ from mediator import (
     FailFast,
     NotificationEvent,
 )
+from tests.bad_inputs import CASES, PROBE_NAME, Probe, probe_event_map, valid
 from tests.transports import FACTORIES, Transport
 
 
@@ -139,6 +140,35 @@ NO_CONNECTION_FAULT = {
 
 
 # -- the suite ---------------------------------------------------------------------
+
+
+@transports()
+async def test_every_kind_of_bad_input_is_dead_lettered_with_its_reason(
+    transport: Transport,
+) -> None:
+    handled: list[int] = []
+
+    async def handle(event: Probe) -> None:
+        handled.append(event.user_id)
+
+    events = probe_event_map()
+    events.bind(Probe, handle)
+    consumer = EventConsumer(broker=transport.broker, event_map=events)
+    channel = f"{transport.broker.channel_prefix}:notification_event:{PROBE_NAME}"
+    await consumer.subscribe(channel)
+    async with consumer:
+        for case in CASES:
+            await transport.publish_raw(channel, case.build(PROBE_NAME))
+        await transport.publish_raw(channel, valid(PROBE_NAME))
+        await consumer.wait_until(
+            lambda s: s.handled >= 1 and s.dead_lettered >= len(CASES), timeout=60
+        )
+        assert consumer.running
+    assert handled == [7]
+    dead = await transport.dead_letters()
+    assert Counter(reason for reason, _ in dead) == Counter(case.reason for case in CASES)
+    longest = max(len(description) for _, description in dead)
+    assert longest <= 1024, "a dead letter quotes at most 1 KiB of the message"
 
 
 @transports(without=NO_CONNECTION_FAULT)
