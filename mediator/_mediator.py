@@ -147,6 +147,8 @@ class Mediator:
                 return response
 
         else:
+            # Bound once here rather than looked up on every send.
+            open_run, close_run = running.set, running.reset
 
             async def run(request: Any) -> Any:
                 async with container.scope() as resolver:
@@ -155,7 +157,7 @@ class Mediator:
                     # send collects its own events: `run_collecting`, inlined to
                     # spare a coroutine frame per send.
                     raised: list[Event] = []
-                    token = running.set((handler, raised))
+                    token = open_run((handler, raised))
                     try:
                         if middlewares:
                             response = await wrap(handler.handle)(request)
@@ -165,10 +167,14 @@ class Mediator:
                         discard_own_events(handler)
                         raise
                     finally:
-                        running.reset(token)
-                    events = raised or take_own_events(handler)
-                    if events:
-                        await emit(events, resolver)
+                        close_run(token)
+                    if raised:
+                        await emit(raised, resolver)
+                    elif not native or type(handler) is not handler_type:
+                        # A handler with its own `events` (diator-style) keeps them itself.
+                        events = take_own_events(handler)
+                        if events:
+                            await emit(events, resolver)
                     return response
 
         self._routes[request_type] = run
