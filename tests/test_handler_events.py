@@ -388,3 +388,37 @@ async def test_a_stream_closed_early_cleans_up_at_once_and_its_late_events_are_d
         assert shared.closed[-1:] == [order_id]  # the handler's cleanup ran on close
     assert counted == [1, 2]
     assert shared.events == []
+
+
+class PlaceOrderKeepingItsOwnEvents(SoloPlaceOrderHandler):
+    """A subclass a container may hand out for the bound class, with diator-style events."""
+
+    def __init__(self) -> None:
+        self.own: list[Event] = []
+
+    @property
+    def events(self) -> list[Event]:
+        return self.own
+
+
+class Substituting(Singletons):
+    """Resolves every type to one instance of another class, as a container binding may."""
+
+    async def resolve(self, type_: type[T]) -> T:
+        return cast(T, self.instances[PlaceOrderKeepingItsOwnEvents])
+
+
+async def test_a_container_may_resolve_a_subclass_that_keeps_its_own_events() -> None:
+    shared = PlaceOrderKeepingItsOwnEvents()
+    counted: list[int] = []
+    requests = RequestMap()
+    requests.bind(PlaceOrder, SoloPlaceOrderHandler)
+    mediator = Mediator(
+        request_map=requests,
+        event_emitter=EventEmitter(event_map=counting_map(counted)),
+        container=Substituting(shared),
+    )
+    await mediator.send(PlaceOrder(order_id=1))
+    await mediator.send(PlaceOrder(order_id=2))
+    assert counted == [1, 2]
+    assert shared.events == []
