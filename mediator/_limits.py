@@ -7,14 +7,9 @@ dead-letter place, thousands of times over.
 
 from __future__ import annotations
 
-import hashlib
-
-import attrs
-
 __all__ = [
     "DEAD_LETTER_BODY_LIMIT",
     "QUOTE_LIMIT",
-    "BoundedBody",
     "quote",
 ]
 
@@ -38,24 +33,3 @@ def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
     # The note's length depends on the count, which depends on the cut.
     shown = limit - len(f"… ({len(text)} more characters)")
     return f"{text[:shown]}… ({len(text) - shown} more characters)"
-
-
-@attrs.frozen
-class BoundedBody:
-    """What a dead letter keeps of a body: its first `DEAD_LETTER_BODY_LIMIT`
-    bytes, its full size, and the SHA-256 of the whole (so an operator can
-    match it against a copy kept elsewhere)."""
-
-    data: bytes
-    size: int
-    sha256: str
-
-    @property
-    def truncated(self) -> bool:
-        """Whether `data` is a prefix of a larger body."""
-        return len(self.data) < self.size
-
-    @classmethod
-    def of(cls, body: bytes, limit: int = DEAD_LETTER_BODY_LIMIT) -> BoundedBody:
-        """Bound `body` to `limit` bytes."""
-        return cls(bytes(body[:limit]), len(body), hashlib.sha256(body).hexdigest())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from types import TracebackType
@@ -17,7 +18,7 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 import attrs
 
 from mediator._exceptions import MediatorError, SubscriptionLostError, TransportError
-from mediator._limits import BoundedBody, quote
+from mediator._limits import DEAD_LETTER_BODY_LIMIT, quote
 from mediator._policies import Backoff
 
 __all__ = [
@@ -190,15 +191,14 @@ class DeadLetterRecord:
         cls, channel: str, data: bytes, reason: str, description: str, delivery_count: int = 1
     ) -> DeadLetterRecord:
         """A record of `data`, bounded, with a bounded `description`."""
-        body = BoundedBody.of(data)
         return cls(
             channel=channel,
             reason=reason,
             description=quote(description),
             delivery_count=delivery_count,
-            data=body.data,
-            size=body.size,
-            sha256=body.sha256,
+            data=bytes(data[:DEAD_LETTER_BODY_LIMIT]),
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
         )
 
     def fields(self) -> dict[str, str | bytes]:
