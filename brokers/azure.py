@@ -50,7 +50,6 @@ try:
     )
     from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver, ServiceBusSender
     from azure.servicebus.exceptions import (
-        MessageAlreadySettled,
         MessageLockLostError,
         MessageSizeExceededError,
         MessagingEntityNotFoundError,
@@ -224,15 +223,11 @@ class AzureDelivery(DeliveryBase):
                 message_id,
                 outcome,
             )
-        except MessageAlreadySettled:
-            logger.warning(
-                "message %s was settled already; not settled again (%s)", message_id, outcome
-            )
         except ValueError as exc:
-            # The SDK's word for a closed receiver: a lock lives on its own link only.
+            # The SDK's word for a closed receiver (reopened, or its client
+            # closed) or a message settled already: a lock lives on its own link.
             logger.warning(
-                "cannot %s message %s: the receiver it came from is closed (%s); it will be "
-                "delivered again once its lock expires",
+                "cannot %s message %s: %s; it will be delivered again once its lock expires",
                 outcome,
                 message_id,
                 quote(str(exc), 200),
@@ -387,9 +382,10 @@ class AzureMessageBroker(BrokerLifecycle):
     broker = AzureMessageBroker(client, "orders", timeout=15)
     ```
 
-    The client is yours: the broker opens one topic sender on first use and
-    closes it on `stop()`, never the client (except one `from_connection_string`
-    or `from_credential` made).
+    The client is yours: the broker opens one topic sender on the first
+    publish (so a consumer with only the Listen right never needs Send) and a
+    receiver on each subscribe; `stop()` closes them, never the client (except
+    one `from_connection_string` or `from_credential` made).
     """
 
     delivery_guarantee = DeliveryGuarantee.AT_LEAST_ONCE
@@ -631,11 +627,6 @@ class AzureMessageBroker(BrokerLifecycle):
         return records
 
     # -- lifecycle ---------------------------------------------------------
-
-    async def _open(self) -> None:
-        """Nothing to open: the sender opens on the first send (so a consumer
-        with only the Listen right never needs Send), a receiver on each
-        subscribe; credential errors surface there."""
 
     async def _close(self) -> None:
         sender, self._sender = self._sender, None

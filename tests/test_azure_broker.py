@@ -76,7 +76,8 @@ async def broker(client: ServiceBusClient) -> AsyncIterator[AzureMessageBroker]:
         timeout=15,
         max_wait_time=1.0,
         # The SDK polls its socket at this interval; a loopback peer answers at once.
-        sender_options={"socket_timeout": 0.05},
+        # Without keep-alive pings, closing the sender need not wait for one.
+        sender_options={"socket_timeout": 0.05, "keep_alive": 0},
         receiver_options={"socket_timeout": 0.05},
     )
     yield broker

@@ -190,7 +190,7 @@ class AzureTransport:
     round_robin = False
 
     def __init__(self, prefix: str) -> None:
-        from azure.servicebus.aio import ServiceBusClient
+        from azure.servicebus.aio import ServiceBusClient, ServiceBusSender
 
         from brokers.azure import AzureMessageBroker
         from tests.azure_peer import AmqpPeer
@@ -204,6 +204,7 @@ class AzureTransport:
             self.peer.connection_string, retry_total=3, retry_backoff_factor=0.01
         )
         self._brokers: list[AzureMessageBroker] = []
+        self._raw_sender: ServiceBusSender | None = None
         self.broker = self.new_broker()
 
     def new_broker(self) -> SubscribingBroker:
@@ -228,21 +229,26 @@ class AzureTransport:
     async def publish_raw(self, channel: str, data: bytes) -> None:
         from azure.servicebus import ServiceBusMessage
 
-        async with self.client.get_topic_sender(self.topic) as sender:
-            await sender.send_messages(
-                ServiceBusMessage(data, application_properties={"channel": channel})
+        if self._raw_sender is None:
+            # One sender for every raw publish, as the broker keeps one.
+            self._raw_sender = self.client.get_topic_sender(
+                self.topic, socket_timeout=0.05, keep_alive=0
             )
+        await self._raw_sender.send_messages(
+            ServiceBusMessage(data, application_properties={"channel": channel})
+        )
 
     async def dead_letters(self) -> list[tuple[str, str]]:
-        return [
-            (s.dead_letter_reason or "", s.dead_letter_description or "")
-            for s in self.peer.settlements()
-            if s.outcome == "dead-lettered"
-        ]
+        """Read back from the "default" subscription's dead-letter sub-queue,
+        where the tests that look at dead letters receive."""
+        return [(r.reason, r.description) for r in await self._brokers[0].dead_letters(limit=1000)]
 
     async def close(self) -> None:
-        for broker in self._brokers:
-            await broker.stop()
+        import asyncio
+
+        await asyncio.gather(*(broker.stop() for broker in self._brokers))
+        if self._raw_sender is not None:
+            await self._raw_sender.close()
         await self.client.close()
         self.peer.stop()
 
