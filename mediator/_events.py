@@ -21,6 +21,7 @@ __all__ = [
     "discard_own_events",
     "event_name",
     "message_type_of",
+    "partition_key_of",
     "run_collecting",
     "running",
     "take_events",
@@ -60,15 +61,33 @@ class Event:
     class UserJoined(NotificationEvent, name="user.joined"):
         user_id: int
     ```
+
+    The `partition_key=` class keyword names the field whose value orders
+    the class's events (an aggregate id): a transport that partitions (Kafka)
+    sends events with the same value to the same partition, in order.
+    Subclasses inherit it; the default is none.
+
+    ```python
+    @attrs.frozen(kw_only=True)
+    class OrderPlaced(NotificationEvent, partition_key="order_id"):
+        order_id: int
+    ```
     """
 
     __event_name__: ClassVar[str] = "Event"
+    __partition_key__: ClassVar[str | None] = None
 
     event_id: uuid.UUID = attrs.field(factory=uuid.uuid4)
     event_timestamp: _dt.datetime = attrs.field(factory=_now, converter=as_utc)
 
-    def __init_subclass__(cls, *, name: str | None = None, **kwargs: Any) -> None:
+    def __init_subclass__(
+        cls, *, name: str | None = None, partition_key: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init_subclass__(**kwargs)
+        if partition_key is not None:
+            # attrs' rebuild of a slotted class passes no keywords and copies
+            # the class dict, so the key set on the first pass stays.
+            cls.__partition_key__ = partition_key
         if name is not None:
             cls.__event_name__ = name
         elif "__event_name__" not in cls.__dict__:
@@ -113,6 +132,22 @@ def message_type_of(event_type: type[Event]) -> str | None:
         kind = "ecst_event"
     _MESSAGE_TYPES[event_type] = kind
     return kind
+
+
+def partition_key_of(event: Event) -> str | None:
+    """The partition key of `event`: ``str()`` of the field its class names
+    with ``partition_key=``, or None (no key, or the field is None)."""
+    field = type(event).__partition_key__
+    if field is None:
+        return None
+    try:
+        value = getattr(event, field)
+    except AttributeError:
+        raise TypeError(
+            f"{type(event).__qualname__} names partition_key={field!r}, which is not one of its "
+            "fields; name a field of the event (an aggregate id) or drop the keyword"
+        ) from None
+    return None if value is None else str(value)
 
 
 E_contra = TypeVar("E_contra", bound=Event, contravariant=True)

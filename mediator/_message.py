@@ -20,7 +20,7 @@ import attrs
 import msgspec
 import orjson
 
-from mediator._events import Event, as_utc, event_name, message_type_of
+from mediator._events import Event, as_utc, event_name, message_type_of, partition_key_of
 from mediator._exceptions import DecodeFailure, MessageDecodeError
 from mediator._limits import quote
 
@@ -311,6 +311,11 @@ class Message:
     datetimes as Python objects); on the consuming side it is a `RawPayload`,
     a read-only mapping of the JSON parsed on first access. Either way
     `encode_message` writes the same bytes.
+
+    `partition_key` is routing, not content: the value of the field the
+    event class names with ``partition_key=`` (None without one). A
+    transport that partitions uses it as the record key; it is not part of
+    the JSON envelope, so a received message has None.
     """
 
     message_type: str
@@ -318,6 +323,7 @@ class Message:
     message_id: uuid.UUID
     payload: Mapping[str, Any]
     headers: Mapping[str, str] = attrs.field(factory=dict)
+    partition_key: str | None = None
 
 
 def channel_for(prefix: str, message: Message) -> str:
@@ -402,6 +408,7 @@ class MessageCodec:
             message_id=event.event_id,
             payload=_fields_of(event),
             headers=dict(headers) if headers else {},
+            partition_key=partition_key_of(event),
         )
 
     def decode(self, data: bytes | str) -> tuple[Message, Event]:
