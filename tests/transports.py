@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pytest
 
@@ -270,3 +270,91 @@ FACTORIES: dict[str, TransportFactory] = {
     "redis-streams": redis_streams_transport,
     "azure": azure_transport,
 }
+
+
+if TYPE_CHECKING:  # the RabbitMQ names, for annotations; imported where used
+    from aio_pika.abc import AbstractRobustConnection
+
+    from brokers.rabbitmq import RabbitMQMessageBroker, RabbitMQSubscription
+
+
+class RabbitMQTransport:
+    """aio-pika against the RabbitMQ at AMQP_URL: every broker of a test on
+    one robust connection named by the prefix (so a fault injector can close
+    it from the server side), each with its own channels."""
+
+    name = "rabbitmq"
+    has_groups = True
+    round_robin = False  # a member with free prefetch may take a whole burst first
+
+    def __init__(self, prefix: str, connection: AbstractRobustConnection) -> None:
+        self.prefix = prefix
+        self.connection = connection
+        self._brokers: list[RabbitMQMessageBroker] = []
+        self.groups: set[str] = set()
+        self.broker = self.new_broker()
+
+    def new_broker(self) -> RabbitMQMessageBroker:
+        from brokers.rabbitmq import RabbitMQMessageBroker
+
+        transport = self
+
+        class Recording(RabbitMQMessageBroker):
+            # Remembers the group queues it declares, so close() deletes them.
+            async def subscribe(
+                self, pattern: str, *, group: str | None = None
+            ) -> RabbitMQSubscription:
+                if group is not None:
+                    transport.groups.add(group)
+                return await super().subscribe(pattern, group=group)
+
+        broker = Recording(self.connection, channel_prefix=self.prefix, connect_timeout=30)
+        self._brokers.append(broker)
+        return broker
+
+    def own_group(self, name: str) -> str | None:
+        return None
+
+    async def publish_raw(self, channel: str, data: bytes) -> None:
+        import aio_pika
+
+        prefix, _, rest = channel.partition(":")
+        async with self.connection.channel() as amqp_channel:
+            exchange = await amqp_channel.get_exchange(prefix, ensure=False)
+            await exchange.publish(
+                aio_pika.Message(data, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=rest.replace(":", ".", 1),
+            )
+
+    async def dead_letters(self) -> list[tuple[str, str]]:
+        return [(r.reason, r.description) for r in await self.broker.dead_letters()]
+
+    async def close(self) -> None:
+        import asyncio
+
+        from tests.rabbitmq_support import delete_everything
+
+        await asyncio.gather(*(broker.stop() for broker in self._brokers))
+        queues = [self.broker.group_queue(group) for group in sorted(self.groups)]
+        await delete_everything(
+            self.connection,
+            exchanges=[self.broker.exchange, self.broker.dead_letter_exchange],
+            queues=[*queues, self.broker.dead_letter_queue],
+        )
+        await self.connection.close()
+
+
+@asynccontextmanager
+async def rabbitmq_transport(
+    prefix: str, request: pytest.FixtureRequest
+) -> AsyncIterator[Transport]:
+    from tests.rabbitmq_support import connect
+
+    transport = RabbitMQTransport(prefix, await connect(prefix))
+    try:
+        yield transport
+    finally:
+        await transport.close()
+
+
+FACTORIES["rabbitmq"] = rabbitmq_transport
