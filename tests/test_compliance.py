@@ -127,11 +127,52 @@ async def _kill_redis_connections(transport: Transport) -> int:
         await admin.aclose()
 
 
+async def _close_rabbitmq_connections(transport: Transport) -> int:
+    """rabbitmqctl close_connection on the test's connection (named by its prefix)."""
+    from tests.rabbitmq_support import close_connections
+
+    return await close_connections(transport.prefix)  # type: ignore[attr-defined]
+
+
 FAULTS: dict[str, Callable[[Transport], Awaitable[int]]] = {
     "redis-pubsub": _kill_redis_connections,
     "redis-streams": _kill_redis_connections,
+    "rabbitmq": _close_rabbitmq_connections,
 }
 """Kill the transport's live connections; returns how many were killed."""
+
+
+async def _delete_redis_keys(transport: Transport) -> None:
+    """DEL every key of the test's prefix: the stream, its groups, the registry."""
+    client = transport.client  # type: ignore[attr-defined]
+    keys = [key async for key in client.scan_iter(match=f"{transport.broker.channel_prefix}*")]
+    if keys:
+        await client.delete(*keys)
+
+
+async def _delete_rabbitmq_queue(transport: Transport) -> None:
+    """Delete the group's quorum queue from a channel of its own, and wait
+    (on the subscription's log line) until the consumer has declared, bound
+    and consumed it again: publishes are mandatory, so one sent while no
+    queue is bound would be refused with PublishError, as documented."""
+    from tests.rabbitmq_support import watching_reconnects
+
+    broker = transport.broker
+    async with watching_reconnects("mediator.brokers.rabbitmq") as back:
+        async with transport.connection.channel() as channel:  # type: ignore[attr-defined]
+            await channel.queue_delete(
+                broker.group_queue("compliance"),  # type: ignore[attr-defined]
+                if_unused=False,
+                if_empty=False,
+            )
+        async with asyncio.timeout(30):
+            await back.wait()
+
+
+DELETE_DESTINATION: dict[str, Callable[[Transport], Awaitable[None]]] = {
+    "rabbitmq": _delete_rabbitmq_queue,
+}
+"""Delete what a group subscription reads; Redis transports delete their keys."""
 
 NO_CONNECTION_FAULT = {
     "memory": "no connection to lose",
@@ -242,10 +283,7 @@ async def test_a_destination_deleted_under_a_consumer_comes_back(transport: Tran
     async with consumer:
         await publish(transport, Tick(n=0))
         await seen.until({0})
-        client = transport.client  # type: ignore[attr-defined]
-        keys = [key async for key in client.scan_iter(match=f"{transport.broker.channel_prefix}*")]
-        if keys:
-            await client.delete(*keys)  # the stream, its groups, the registry
+        await DELETE_DESTINATION.get(transport.name, _delete_redis_keys)(transport)
         probe = 1
         while True:
             await publish(transport, Tick(n=probe))
