@@ -96,9 +96,8 @@ logger = logging.getLogger("mediator.brokers.azure")
 
 _RETRY = Backoff(initial=0.2, multiplier=2, maximum=10.0, jitter=0.2)
 _CREDENTIAL_ERRORS = (ServiceBusAuthenticationError, ServiceBusAuthorizationError)
-DEAD_LETTER_TEXT_LIMIT = 4000
-"""Characters of a dead letter's reason and description sent to Service Bus,
-which keeps at most 4096 (the margin holds `quote`'s note of what was cut)."""
+DEAD_LETTER_TEXT_LIMIT = 4096
+"""Service Bus keeps at most this many characters of a dead letter's reason and description."""
 
 
 def _refused(entity: str, doing: str, exc: BaseException) -> TransportError | None:
