@@ -1,0 +1,569 @@
+"""RabbitMQMessageBroker against the real server: the wire layout other
+programs see, patterns as the glob means them, faults, publish errors.
+
+The transport-independent behaviour (consumer, compliance) runs on RabbitMQ
+through tests/transports.py; this file holds what is RabbitMQ's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import aio_pika
+import attrs
+import orjson
+import pytest
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from brokers.rabbitmq import RabbitMQMessageBroker, binding_key
+from mediator import (
+    BrokerUnavailableError,
+    CredentialError,
+    DomainEvent,
+    EventConsumer,
+    EventEmitter,
+    EventMap,
+    FailFast,
+    MessageCodec,
+    NotificationEvent,
+    PublishError,
+    correlation_scope,
+    encode_message,
+    event_name,
+)
+from mediator.transport import GlobPattern
+from tests.rabbitmq_support import (
+    amqp_url,
+    close_connections,
+    connect,
+    delete_everything,
+    watching_reconnects,
+)
+
+
+@attrs.frozen(kw_only=True)
+class OrderPlaced(NotificationEvent):
+    order_id: int
+
+
+@attrs.frozen(kw_only=True)
+class OrderPaid(NotificationEvent):
+    order_id: int
+
+
+@attrs.frozen(kw_only=True)
+class OrderX(NotificationEvent):
+    order_id: int
+
+
+@attrs.frozen(kw_only=True)
+class UserJoined(NotificationEvent):
+    user_id: int
+
+
+@attrs.frozen(kw_only=True)
+class OrderShipped(NotificationEvent, name="Order.Shipped"):
+    order_id: int
+
+
+@attrs.frozen(kw_only=True)
+class CustomerState(NotificationEvent):
+    customer_id: int
+
+
+@attrs.frozen(kw_only=True)
+class Audited(DomainEvent):
+    order_id: int
+
+
+ALL_EVENTS = [
+    OrderPlaced(order_id=1),
+    OrderPaid(order_id=2),
+    OrderX(order_id=3),
+    UserJoined(user_id=4),
+    OrderShipped(order_id=5),
+]
+
+
+class Names:
+    """The exchanges and queues a test declares, deleted afterwards."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.groups: set[str] = set()
+
+    def queues(self) -> list[str]:
+        return [f"{self.prefix}.{g}" for g in sorted(self.groups)] + [f"{self.prefix}.dead-letter"]
+
+    def exchanges(self) -> list[str]:
+        return [self.prefix, f"{self.prefix}.dead-letter"]
+
+
+@pytest.fixture
+async def names() -> AsyncIterator[Names]:
+    names = Names(f"mtk-r{uuid.uuid4().hex[:8]}")
+    yield names
+    connection = await connect(f"{names.prefix}-cleanup")
+    try:
+        await delete_everything(connection, names.exchanges(), names.queues())
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+async def connection(names: Names) -> AsyncIterator[AbstractRobustConnection]:
+    connection = await connect(names.prefix)
+    yield connection
+    await connection.close()
+
+
+def new_broker(connection: AbstractRobustConnection, names: Names) -> RabbitMQMessageBroker:
+    return RabbitMQMessageBroker(connection, channel_prefix=names.prefix, connect_timeout=30)
+
+
+# -- what other programs see -------------------------------------------------------
+
+
+async def test_a_raw_consumer_bound_with_hash_receives_the_envelope_and_its_properties(
+    connection: AbstractRobustConnection, names: Names
+) -> None:
+    async with new_broker(connection, names) as broker:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(names.prefix)
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(exchange, "#")
+        received: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        await queue.consume(received.put, no_ack=True)
+
+        event = OrderPlaced(order_id=7)
+        with correlation_scope("checkout-7"):
+            await EventEmitter(message_broker=broker).emit(event)
+        async with asyncio.timeout(10):
+            message = await received.get()
+        await channel.close()
+
+    expected = MessageCodec.to_message(event, {"correlation_id": "checkout-7"})
+    assert message.body == encode_message(expected)
+    assert orjson.loads(message.body) == {
+        "message_type": "notification_event",
+        "message_name": "OrderPlaced",
+        "message_id": str(event.event_id),
+        "payload": {
+            "event_id": str(event.event_id),
+            "event_timestamp": event.event_timestamp.isoformat(),
+            "order_id": 7,
+        },
+        "headers": {"correlation_id": "checkout-7"},
+    }
+    assert message.exchange == names.prefix
+    assert message.routing_key == "notification_event.OrderPlaced"
+    assert message.message_id == str(event.event_id)
+    assert message.content_type == "application/json"
+    assert message.type == "OrderPlaced"
+    assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert message.headers == {"correlation_id": "checkout-7"}
+
+
+async def test_a_group_queue_is_a_durable_quorum_queue_that_keeps_messages_while_nobody_reads(
+    connection: AbstractRobustConnection, names: Names
+) -> None:
+    names.groups.add("billing")
+    seen: list[int] = []
+    events = EventMap()
+
+    @events.bind(OrderPlaced)
+    async def record(event: OrderPlaced) -> None:
+        seen.append(event.order_id)
+
+    glob = f"{names.prefix}:notification_event:Order*"
+    async with new_broker(connection, names) as broker:
+        first = EventConsumer(broker=broker, event_map=events)
+        await first.subscribe(glob, group="billing")
+        async with first:
+            pass  # declared, bound; then the service stops
+        await EventEmitter(message_broker=broker).emit_all(
+            [OrderPlaced(order_id=n) for n in (1, 2)]
+        )
+        again = EventConsumer(broker=broker, event_map=events)
+        await again.subscribe(glob, group="billing")
+        async with again:
+            await again.wait_until(lambda s: s.handled >= 2, timeout=10)
+
+    assert sorted(seen) == [1, 2]
+    queue, arguments = (
+        f"{names.prefix}.billing",
+        {
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": f"{names.prefix}.dead-letter",
+        },
+    )
+    async with connection.channel() as channel:
+        # Declaring it again with the same settings is accepted: it is that queue.
+        await channel.declare_queue(queue, durable=True, arguments=arguments, robust=False)
+    async with connection.channel() as channel:
+        with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed, match="x-queue-type"):
+            await channel.declare_queue(
+                queue,
+                durable=True,
+                arguments={**arguments, "x-queue-type": "classic"},
+                robust=False,
+            )
+
+
+# -- patterns --------------------------------------------------------------------
+
+BINDINGS = [
+    ("shop:notification_event:OrderPlaced", "notification_event.OrderPlaced"),
+    ("shop:notification_event:Order*", "notification_event.#"),
+    ("shop:notification_event:Order?", "notification_event.#"),
+    ("shop:notification_event:Order.*", "notification_event.Order.#"),
+    ("shop:notification_event:*", "notification_event.#"),
+    ("shop:ecst_event:Customer[AB]", "ecst_event.#"),
+    ("shop:*:Order?", "#"),
+    ("shop:*", "#"),
+    ("shop:[ne]*:*", "#"),
+    ("sh?p:notification_event:OrderPlaced", "#"),
+    ("*", "#"),
+    ("shop:notification_event:Order\\*", "notification_event.Order*"),
+    ("shop:notification_event:a.*.b", "notification_event.a.#"),
+    ("shop:notification_event:x.\\*.y", "notification_event.#"),  # a literal "*" word
+]
+
+
+@pytest.mark.parametrize(("pattern", "key"), BINDINGS)
+def test_a_glob_binds_the_narrowest_amqp_key_that_covers_it(pattern: str, key: str) -> None:
+    assert binding_key(pattern, "shop") == key
+
+
+@pytest.mark.parametrize("pattern", ["other:notification_event:*", "shop", "shopping:*", "sho"])
+def test_a_glob_that_can_match_no_channel_of_the_prefix_is_refused(pattern: str) -> None:
+    with pytest.raises(ValueError, match="can match no channel of prefix 'shop'"):
+        binding_key(pattern, "shop")
+
+
+GLOBS = [
+    "{p}:notification_event:Order*",
+    "{p}:notification_event:Order?",
+    "{p}:*:Order?",
+    "{p}:notification_event:OrderPlaced",
+    "{p}:notification_event:Order.*",
+    "{p}:notification_event:[OU]*[dr]",
+    "{p}:*",
+]
+
+
+async def settle(consumer: EventConsumer, count: int) -> None:
+    await consumer.wait_until(lambda stats: stats.settled >= count, timeout=10)
+
+
+async def test_each_glob_means_on_rabbitmq_what_it_means_on_redis(
+    connection: AbstractRobustConnection, names: Names
+) -> None:
+    events = EventMap()
+    for event_type in {type(e) for e in ALL_EVENTS}:
+        events.register(event_type)
+    channels = [f"{names.prefix}:notification_event:{event_name(type(e))}" for e in ALL_EVENTS]
+    patterns = [glob.format(p=names.prefix) for glob in GLOBS]
+    expected = {p: [c for c in channels if GlobPattern(p).matches(c)] for p in patterns}
+    received: dict[str, list[str]] = {p: [] for p in patterns}
+    async with new_broker(connection, names) as broker:
+        consumers = {p: EventConsumer(broker=broker, event_map=events) for p in patterns}
+        for pattern, consumer in consumers.items():
+            consumer.add_listener(
+                lambda settled, into=received[pattern]: into.append(settled.channel)
+            )
+            await consumer.subscribe(pattern)
+            await consumer.start()
+        try:
+            # Twice: whatever the first batch put on a subscription's queue was
+            # taken before the last of the second, so nothing extra hides.
+            emitter = EventEmitter(message_broker=broker)
+            await emitter.emit_all(ALL_EVENTS)
+            await emitter.emit_all(ALL_EVENTS)
+            for pattern, consumer in consumers.items():
+                await settle(consumer, 2 * len(expected[pattern]))
+        finally:
+            for consumer in consumers.values():
+                await consumer.stop()
+        assert await broker.dead_letters() == []
+    for pattern in patterns:
+        assert Counter(received[pattern]) == Counter(expected[pattern] * 2), pattern
+    order = f"{names.prefix}:notification_event:Order"
+    assert expected[patterns[0]] == [
+        f"{order}Placed",
+        f"{order}Paid",
+        f"{order}X",
+        f"{order}.Shipped",
+    ]
+    assert expected[patterns[2]] == [f"{order}X"]  # {p}:*:Order?
+    # Bound as "notification_event.#" or "#", the rest were delivered and
+    # acknowledged without a handler: counted, never dead-lettered.
+    assert broker.unmatched > 0
+
+
+async def test_the_subscriptions_of_a_group_share_its_queue_and_split_it_by_glob(
+    connection: AbstractRobustConnection, names: Names
+) -> None:
+    names.groups.add("billing")
+    orders: list[int] = []
+    users: list[int] = []
+    events = EventMap()
+
+    @events.bind(OrderPlaced)
+    async def order(event: OrderPlaced) -> None:
+        orders.append(event.order_id)
+
+    @events.bind(UserJoined)
+    async def user(event: UserJoined) -> None:
+        users.append(event.user_id)
+
+    async with new_broker(connection, names) as broker:
+        consumer = EventConsumer(broker=broker, event_map=events)
+        await consumer.subscribe(f"{names.prefix}:notification_event:Order*", group="billing")
+        await consumer.subscribe(f"{names.prefix}:notification_event:User*", group="billing")
+        async with consumer:
+            await EventEmitter(message_broker=broker).emit_all(
+                [
+                    CustomerState(customer_id=1),  # bound by notification_event.#, matches neither
+                    *(OrderPlaced(order_id=n) for n in range(20)),
+                    *(UserJoined(user_id=n) for n in range(20)),
+                ]
+            )
+            # First in the queue: acknowledged unmatched before anything after it.
+            await consumer.wait_until(lambda s: s.handled >= 40, timeout=10)
+        dead = await broker.dead_letters()
+
+    assert sorted(orders) == list(range(20))  # each once, whichever channel took it
+    assert sorted(users) == list(range(20))
+    assert consumer.stats.handled == 40
+    assert broker.unmatched == 1
+    assert dead == []
+
+
+# -- faults ------------------------------------------------------------------------
+
+
+async def test_a_connection_closed_by_the_server_mid_stream_loses_nothing_on_a_group_queue(
+    connection: AbstractRobustConnection, names: Names, caplog: pytest.LogCaptureFixture
+) -> None:
+    names.groups.add("stream")
+    caplog.set_level(logging.WARNING)
+    counts: Counter[int] = Counter()
+    progressed = asyncio.Event()
+    events = EventMap()
+
+    @events.bind(OrderPlaced)
+    async def handle(event: OrderPlaced) -> None:
+        counts[event.order_id] += 1
+        if len(counts) >= 150:
+            progressed.set()
+
+    total = 600
+    async with new_broker(connection, names) as broker:
+        consumer = EventConsumer(broker=broker, event_map=events)
+        await consumer.subscribe(f"{names.prefix}:notification_event:*", group="stream")
+        async with consumer, watching_reconnects("mediator.brokers.rabbitmq") as back:
+
+            async def produce() -> None:
+                emitter = EventEmitter(message_broker=broker)
+                for start in range(0, total, 20):
+                    await emitter.emit_all(
+                        [OrderPlaced(order_id=n) for n in range(start, start + 20)]
+                    )
+
+            producer = asyncio.create_task(produce())
+            async with asyncio.timeout(30):
+                await progressed.wait()
+            assert await close_connections(names.prefix) == 1
+            async with asyncio.timeout(30):
+                await back.wait()
+                await producer
+            await consumer.wait_until(lambda s: len(counts) >= total, timeout=30)
+            assert consumer.running
+    lost = set(range(total)) - counts.keys()
+    duplicates = sum(n - 1 for n in counts.values())
+    print(f"connection closed mid-stream: {total} sent, lost {len(lost)}, duplicates {duplicates}")
+    assert lost == set()
+    assert any("is back after" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_delivery_in_flight_when_its_channel_dies_is_not_settled_on_the_new_one(
+    connection: AbstractRobustConnection, names: Names, caplog: pytest.LogCaptureFixture
+) -> None:
+    names.groups.add("inflight")
+    caplog.set_level(logging.WARNING)
+    entered = asyncio.Event()
+    gate = asyncio.Event()
+    deliveries: list[int] = []
+    events = EventMap()
+
+    @events.bind(OrderPlaced)
+    async def handle(event: OrderPlaced) -> None:
+        deliveries.append(event.order_id)
+        if len(deliveries) == 1:
+            entered.set()
+            await gate.wait()
+
+    async with new_broker(connection, names) as broker:
+        consumer = EventConsumer(broker=broker, event_map=events)
+        await consumer.subscribe(f"{names.prefix}:notification_event:*", group="inflight")
+        async with consumer, watching_reconnects("mediator.brokers.rabbitmq") as back:
+            await EventEmitter(message_broker=broker).emit(OrderPlaced(order_id=1))
+            async with asyncio.timeout(10):
+                await entered.wait()
+            await close_connections(names.prefix)
+            async with asyncio.timeout(30):
+                await back.wait()
+            gate.set()  # the handler finishes; its ack belongs to the dead channel
+            await consumer.wait_until(lambda s: s.handled >= 2, timeout=30)
+            await EventEmitter(message_broker=broker).emit(OrderPlaced(order_id=2))
+            await consumer.wait_until(lambda s: s.handled >= 3, timeout=10)
+            assert consumer.running
+    # Delivered again (RabbitMQ put it back), and the ack on the new channel
+    # never took another message's tag: order 2 arrived and was handled once.
+    assert deliveries == [1, 1, 2]
+    assert any("could not acknowledge" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_poison_message_reaches_the_dead_letter_queue_with_quorum_delivery_counts(
+    connection: AbstractRobustConnection, names: Names
+) -> None:
+    names.groups.add("audit")
+
+    async def handle(event: OrderPlaced) -> list[Audited]:
+        return [Audited(order_id=event.order_id)]
+
+    async def audit(event: Audited) -> None:
+        raise RuntimeError("the audit store refuses it every time")
+
+    events = EventMap()
+    events.bind(OrderPlaced, handle)
+    events.bind(Audited, audit, policy=FailFast())  # the consumer releases the delivery
+    async with new_broker(connection, names) as broker:
+        consumer = EventConsumer(broker=broker, event_map=events, max_deliveries=4)
+        await consumer.subscribe(f"{names.prefix}:notification_event:*", group="audit")
+        async with consumer:
+            await EventEmitter(message_broker=broker).emit(OrderPlaced(order_id=5))
+            await consumer.wait_until(lambda s: s.dead_lettered >= 1, timeout=30)
+        [record] = await broker.dead_letters()
+        assert await broker.dead_letters() == [record]  # read back, still there
+
+        async with connection.channel() as channel:
+            queue = await channel.get_queue(broker.dead_letter_queue)
+            raw = await queue.get(no_ack=False)
+            assert raw is not None
+            headers = dict(raw.headers)
+            await raw.nack(requeue=True)
+
+    assert consumer.stats.released == 3
+    assert record.reason == "too_many_deliveries"
+    assert record.delivery_count == 4  # quorum x-delivery-count, plus the first
+    assert record.channel == f"{names.prefix}:notification_event:OrderPlaced"
+    assert orjson.loads(record.data)["payload"]["order_id"] == 5
+    assert headers["dead_letter_reason"] == "too_many_deliveries"
+    assert "audit store refuses" in str(headers["dead_letter_description"])
+    assert raw.message_id is not None
+    assert raw.type == "OrderPlaced"
+
+
+# -- publish errors ------------------------------------------------------------------
+
+
+async def test_an_unroutable_message_is_a_publish_error(
+    connection: AbstractRobustConnection, names: Names
+) -> None:
+    async with new_broker(connection, names) as broker:
+        with pytest.raises(PublishError, match="no queue is bound") as raised:
+            await broker.send_message(MessageCodec.to_message(UserJoined(user_id=1)))
+        assert "notification_event.UserJoined" in str(raised.value)
+        dropping = RabbitMQMessageBroker(connection, channel_prefix=names.prefix, mandatory=False)
+        await dropping.send_message(MessageCodec.to_message(UserJoined(user_id=1)))
+        await dropping.stop()
+
+
+async def test_a_refused_message_is_a_publish_error(
+    connection: AbstractRobustConnection, names: Names
+) -> None:
+    async with new_broker(connection, names) as broker, connection.channel() as channel:
+        full = await channel.declare_queue(
+            exclusive=True, arguments={"x-max-length": 1, "x-overflow": "reject-publish"}
+        )
+        await full.bind(names.prefix, "#")
+        await broker.send_message(MessageCodec.to_message(UserJoined(user_id=1)))
+        with pytest.raises(PublishError, match="nack"):
+            await broker.send_messages(
+                [MessageCodec.to_message(UserJoined(user_id=n)) for n in (2, 3)]
+            )
+
+
+async def test_publishing_on_a_closed_connection_is_a_publish_error(names: Names) -> None:
+    connection = await connect(names.prefix)
+    broker = new_broker(connection, names)
+    await broker.start()
+    await connection.close()
+    with pytest.raises(PublishError, match="closed by its owner"):
+        await broker.send_message(MessageCodec.to_message(UserJoined(user_id=1)))
+    await broker.stop()
+
+
+# -- lifecycle and bad arguments -------------------------------------------------------
+
+
+async def test_from_url_owns_its_connection_and_closes_it(names: Names) -> None:
+    broker = RabbitMQMessageBroker.from_url(amqp_url(), names.prefix, prefetch=4)
+    assert broker.owns_client
+    async with broker:
+        connection = broker.connection
+        assert not connection.is_closed
+        assert broker.prefetch == 4
+    assert connection.is_closed
+
+
+async def test_a_plain_connection_is_refused_with_what_to_use(names: Names) -> None:
+    connection = await aio_pika.connect(amqp_url())
+    try:
+        with pytest.raises(TypeError, match="connect_robust"):
+            RabbitMQMessageBroker(connection, channel_prefix=names.prefix)  # type: ignore[arg-type]
+    finally:
+        await connection.close()
+
+
+async def test_unreachable_and_refused_servers_are_the_librarys_errors() -> None:
+    with pytest.raises(BrokerUnavailableError, match="connecting to RabbitMQ"):
+        await RabbitMQMessageBroker.from_url(
+            "amqp://guest:guest@127.0.0.1:1/", "mtk-unreachable", connect_timeout=2
+        ).start()
+    url = amqp_url().replace("guest:guest@", "guest:wrong-password@")
+    with pytest.raises(CredentialError, match="user and password"):
+        await RabbitMQMessageBroker.from_url(url, "mtk-refused", connect_timeout=5).start()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"channel_prefix": ""}, "non-empty"),
+        ({"channel_prefix": "amq.shop"}, "reserved"),
+        ({"prefetch": 0}, "at least 1"),
+        ({"dead_letter_limit": 0}, "at least 1"),
+    ],
+)
+async def test_bad_settings_say_what_to_change(
+    connection: AbstractRobustConnection, kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        RabbitMQMessageBroker(connection, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_bad_subscriptions_say_what_to_change(
+    connection: AbstractRobustConnection, names: Names
+) -> None:
+    broker = new_broker(connection, names)
+    with pytest.raises(ValueError, match="dead-letter"):
+        await broker.subscribe(f"{names.prefix}:*", group="dead-letter")
+    with pytest.raises(ValueError, match="can match no channel"):
+        await broker.subscribe("elsewhere:*")
+    await broker.stop()
