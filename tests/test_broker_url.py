@@ -1,0 +1,223 @@
+"""`brokers.from_url`: one function from a URL to a working broker, for every
+scheme, and a clear error for what it cannot build."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import sys
+import uuid
+
+import attrs
+import pytest
+
+import brokers
+from mediator import (
+    DeliveryGuarantee,
+    EventConsumer,
+    EventEmitter,
+    EventMap,
+    NotificationEvent,
+    SubscribingBroker,
+)
+from mediator.testing import wait_for_event
+
+
+@attrs.frozen(kw_only=True)
+class Pinged(NotificationEvent):
+    number: int
+
+
+async def _round_trip(broker: SubscribingBroker, group: str | None) -> None:
+    """Publish through an emitter and receive through a consumer on `broker`."""
+    events = EventMap()
+
+    @events.bind(Pinged)
+    async def handle(event: Pinged) -> None:
+        return None
+
+    consumer = EventConsumer(broker=broker, event_map=events)
+    await consumer.subscribe(f"{broker.channel_prefix}:notification_event:*", group=group)
+    await broker.start()
+    try:
+        async with consumer:
+            await EventEmitter(event_map=events, message_broker=broker).emit(Pinged(number=7))
+            received = await wait_for_event(consumer, Pinged, timeout=10)
+    finally:
+        await broker.stop()
+    assert received.number == 7
+
+
+async def test_memory_url_builds_the_in_memory_broker() -> None:
+    from brokers.memory import InMemoryMessageBroker
+
+    broker = brokers.from_url("memory://", channel_prefix="shop", history=5)
+    assert isinstance(broker, InMemoryMessageBroker)
+    assert (broker.channel_prefix, broker.messages.maxlen) == ("shop", 5)
+    await _round_trip(broker, group="billing")
+
+
+async def test_redis_url_is_pubsub_and_round_trips(redis_url: str, key_prefix: str) -> None:
+    from brokers.redis import RedisPubSubBroker
+
+    broker = brokers.from_url(redis_url, channel_prefix=key_prefix)
+    assert type(broker) is RedisPubSubBroker
+    assert broker.delivery_guarantee is DeliveryGuarantee.AT_MOST_ONCE
+    assert broker.owns_client
+    await _round_trip(broker, group=None)
+
+
+async def test_redis_streams_url_round_trips_in_a_group(redis_url: str, key_prefix: str) -> None:
+    from brokers.redis import RedisStreamBroker
+
+    url = redis_url.replace("redis://", "redis+streams://", 1)
+    broker = brokers.from_url(url, channel_prefix=key_prefix, start_from="beginning")
+    assert type(broker) is RedisStreamBroker
+    assert broker.delivery_guarantee is DeliveryGuarantee.AT_LEAST_ONCE
+    assert broker.start_from == "beginning"
+    # The +streams suffix is the library's: redis-py is given the plain scheme.
+    assert broker.address == redis_url.removeprefix("redis://").rstrip("/")
+    await _round_trip(broker, group="billing")
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("rediss://cache.example:6380/2", None),
+        ("unix:///run/redis.sock?db=1", "/run/redis.sock"),
+        ("rediss+streams://cache.example:6380/2", None),
+        ("unix+streams:///run/redis.sock", "/run/redis.sock"),
+    ],
+)
+def test_every_redis_form_reaches_redis_py(url: str, path: str | None) -> None:
+    broker = brokers.from_url(url, channel_prefix="shop")
+    streams = "+streams" in url
+    assert type(broker).__name__ == ("RedisStreamBroker" if streams else "RedisPubSubBroker")
+    kwargs = broker.client.connection_pool.connection_kwargs  # type: ignore[attr-defined]
+    if path is None:
+        assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("cache.example", 6380, 2)
+        assert broker.client.connection_pool.connection_class.__name__ == "SSLConnection"  # type: ignore[attr-defined]
+    else:
+        assert kwargs["path"] == path
+
+
+async def test_amqp_url_builds_the_rabbitmq_broker() -> None:
+    pytest.importorskip("brokers.rabbitmq", reason="brokers.rabbitmq is not there yet")
+    from brokers.rabbitmq import RabbitMQMessageBroker
+    from tests.rabbitmq_support import amqp_url
+
+    prefix = f"mtk-url-{uuid.uuid4().hex[:8]}"
+    broker = brokers.from_url(amqp_url(), channel_prefix=prefix, prefetch=7)
+    assert type(broker) is RabbitMQMessageBroker
+    assert (broker.channel_prefix, broker.prefetch, broker.owns_client) == (prefix, 7, True)
+    try:
+        await _round_trip(broker, group=None)
+    finally:
+        await _delete_rabbitmq_names(amqp_url(), prefix)
+
+
+async def _delete_rabbitmq_names(url: str, prefix: str) -> None:
+    import aio_pika
+
+    connection = await aio_pika.connect(url)
+    async with connection:
+        for exchange in (prefix, f"{prefix}.dead-letter"):
+            channel = await connection.channel()
+            with contextlib.suppress(Exception):
+                await channel.exchange_delete(exchange)
+        channel = await connection.channel()
+        with contextlib.suppress(Exception):
+            await channel.queue_delete(f"{prefix}.dead-letter")
+
+
+def test_kafka_url_names_every_bootstrap_server() -> None:
+    pytest.importorskip("brokers.kafka", reason="brokers.kafka is not there yet")
+    from brokers.kafka import KafkaMessageBroker
+
+    broker = brokers.from_url("kafka://k1:9092,k2:9093", channel_prefix="shop")
+    assert type(broker) is KafkaMessageBroker
+    assert list(broker.bootstrap_servers) == ["k1:9092", "k2:9093"]
+    assert broker.channel_prefix == "shop"
+
+
+AZURE = "Endpoint=sb://ns.example/;SharedAccessKeyName=listen;SharedAccessKey=s3cret"
+
+
+def test_a_service_bus_connection_string_names_its_topic_by_entity_path() -> None:
+    from brokers.azure import AzureMessageBroker
+
+    broker = brokers.from_url(f"{AZURE};EntityPath=orders", max_wait_time=1.0)
+    assert type(broker) is AzureMessageBroker
+    # The prefix defaults to the topic on Service Bus, as the broker's own constructor says.
+    assert (broker.topic_name, broker.channel_prefix, broker.max_wait_time) == (
+        "orders",
+        "orders",
+        1.0,
+    )
+    assert broker.owns_client
+
+
+def test_a_service_bus_connection_string_takes_the_topic_as_an_option() -> None:
+    broker = brokers.from_url(AZURE, topic="orders", channel_prefix="shop")
+    assert (broker.topic_name, broker.channel_prefix) == ("orders", "shop")  # type: ignore[attr-defined]
+
+
+def test_a_service_bus_connection_string_without_a_topic_says_how_to_name_one() -> None:
+    with pytest.raises(ValueError, match="EntityPath=<topic>") as caught:
+        brokers.from_url(AZURE)
+    assert "s3cret" not in str(caught.value)
+
+
+def test_a_topic_that_contradicts_the_entity_path_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"'orders'.*'billing'"):
+        brokers.from_url(f"{AZURE};EntityPath=orders", topic="billing")
+
+
+async def test_a_service_bus_broker_from_its_connection_string_round_trips() -> None:
+    try:
+        from tests.azure_peer import AmqpPeer
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        pytest.skip(f"python-qpid-proton missing: {exc}")
+    with AmqpPeer() as peer:
+        peer.add_subscription("orders", "billing")
+        broker = brokers.from_url(
+            peer.connection_string,
+            topic="orders",
+            max_wait_time=1.0,
+            sender_options={"keep_alive": 0},
+        )
+        await _round_trip(broker, group="billing")
+
+
+@pytest.mark.parametrize("url", ["nats://localhost:4222", "localhost:6379", "", "http://x"])
+def test_an_unknown_scheme_lists_the_known_ones(url: str) -> None:
+    with pytest.raises(ValueError, match="use one of memory://, redis://") as caught:
+        brokers.from_url(url)
+    message = str(caught.value)
+    for scheme in ("redis+streams://", "amqp://", "kafka://", "Endpoint=sb://"):
+        assert scheme in message
+
+
+def test_the_password_of_a_bad_url_is_not_repeated() -> None:
+    with pytest.raises(ValueError, match=r"user:\*\*\*@host") as caught:
+        brokers.from_url("nats://user:hunter2@host:4222")
+    assert "hunter2" not in str(caught.value)
+
+
+def test_a_missing_extra_is_named_by_the_transport_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As if redis-py were not installed: the module's own ImportError reaches the caller.
+    monkeypatch.setitem(sys.modules, "redis", None)
+    monkeypatch.delitem(sys.modules, "brokers.redis", raising=False)
+    with pytest.raises(ImportError, match=r"mediator-toolkit\[redis\]"):
+        brokers.from_url("redis://localhost")
+    monkeypatch.undo()
+    importlib.import_module("brokers.redis")
+
+
+def test_from_env_reads_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(brokers.BROKER_URL_VARIABLE, "memory://")
+    assert type(brokers.from_env(channel_prefix="a")).__name__ == "InMemoryMessageBroker"
+    monkeypatch.delenv(brokers.BROKER_URL_VARIABLE)
+    assert brokers.from_env(default="memory://").channel_prefix == "mediator"
+    with pytest.raises(LookupError, match="MEDIATOR_BROKER_URL is not set"):
+        brokers.from_env()
