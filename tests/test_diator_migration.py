@@ -1,0 +1,164 @@
+"""A diator application migrates by changing its imports (issue 10).
+
+Each test names the promise of docs/migrating-from-diator.md it holds to,
+error messages included.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import attrs
+import pytest
+
+from brokers.memory import InMemoryMessageBroker
+from mediator import (
+    EventConsumer,
+    EventEmitter,
+    EventHandler,
+    EventMap,
+    Mediator,
+    NotificationEvent,
+    Request,
+    RequestHandler,
+    RequestMap,
+)
+from mediator.testing import wait_for_event
+
+T = TypeVar("T")
+
+FAULT_RESOLVE_ONLY = (
+    "a container with only diator's async resolve(type) fails at the first send "
+    "with AttributeError: no attribute 'scope'"
+)
+FAULT_NEITHER_SHAPE = "a container of neither shape is accepted at construction"
+
+
+# -- containers: diator's `async resolve(type)` alone ---------------------------
+
+
+class Greeter:
+    def __init__(self, greeting: str) -> None:
+        self.greeting = greeting
+
+
+@attrs.frozen(kw_only=True)
+class Greet(Request[str]):
+    name: str
+
+
+@attrs.frozen(kw_only=True)
+class Greeted(NotificationEvent):
+    name: str
+
+
+class GreetHandler(RequestHandler[Greet, str]):
+    def __init__(self, greeter: Greeter) -> None:
+        self.greeter = greeter
+
+    async def handle(self, request: Greet) -> str:
+        self.events.append(Greeted(name=request.name))
+        return f"{self.greeter.greeting}, {request.name}"
+
+
+class RecordGreeted(EventHandler[Greeted]):
+    def __init__(self, seen: list[str]) -> None:
+        self.seen = seen
+
+    async def handle(self, event: Greeted) -> None:
+        self.seen.append(event.name)
+
+
+class ResolveOnlyContainer:
+    """A container as diator's protocol has it: `async resolve(type)`, nothing else."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.resolved: list[type[Any]] = []
+
+    async def resolve(self, type_: type[T]) -> T:
+        self.resolved.append(type_)
+        built: Any
+        if type_ is GreetHandler:
+            built = GreetHandler(Greeter("Hello"))
+        elif type_ is RecordGreeted:
+            built = RecordGreeted(self.seen)
+        else:
+            built = type_()
+        return built  # type: ignore[no-any-return]
+
+
+def greet_maps() -> tuple[RequestMap, EventMap]:
+    requests = RequestMap()
+    requests.bind(Greet, GreetHandler)
+    events = EventMap()
+    events.bind(Greeted, RecordGreeted)
+    return requests, events
+
+
+@pytest.mark.xfail(strict=True, reason=FAULT_RESOLVE_ONLY)
+async def test_a_resolve_only_container_builds_the_handlers_of_a_send() -> None:
+    container = ResolveOnlyContainer()
+    requests, events = greet_maps()
+    broker = InMemoryMessageBroker(channel_prefix="greet")
+    mediator = Mediator(
+        request_map=requests,
+        container=container,
+        event_emitter=EventEmitter(event_map=events, container=container, message_broker=broker),
+    )
+
+    assert await mediator.send(Greet(name="ada")) == "Hello, ada"
+
+    assert container.resolved == [GreetHandler]
+    assert [m.message_name for m in broker.messages] == ["Greeted"]
+
+
+@pytest.mark.xfail(strict=True, reason=FAULT_RESOLVE_ONLY)
+async def test_a_resolve_only_container_builds_the_handlers_of_a_consumer() -> None:
+    container = ResolveOnlyContainer()
+    _, events = greet_maps()
+    broker = InMemoryMessageBroker(channel_prefix="greet")
+    consumer = EventConsumer(broker=broker, event_map=events, container=container)
+    await consumer.subscribe("greet:notification_event:*")
+    async with consumer:
+        await EventEmitter(event_map=events, message_broker=broker).emit(Greeted(name="bob"))
+        await wait_for_event(consumer, Greeted)
+
+    assert container.seen == ["bob"]
+    assert consumer.stats.handled == 1
+    assert consumer.stats.released == consumer.stats.dead_lettered == 0
+
+
+class NoShape:
+    """Neither `scope()` nor `async resolve(type)`."""
+
+
+class SyncResolve:
+    """A `resolve` that is not a coroutine function, as on a bare rodi.Container."""
+
+    def resolve(self, type_: type[T]) -> T:
+        return type_()
+
+
+CONSTRUCTORS = {
+    "Mediator": lambda c: Mediator(request_map=RequestMap(), container=c),
+    "EventEmitter": lambda c: EventEmitter(event_map=EventMap(), container=c),
+    "EventConsumer": lambda c: EventConsumer(
+        broker=InMemoryMessageBroker(), event_map=EventMap(), container=c
+    ),
+}
+
+
+@pytest.mark.xfail(strict=True, reason=FAULT_NEITHER_SHAPE)
+@pytest.mark.parametrize("owner", list(CONSTRUCTORS))
+@pytest.mark.parametrize("container", [NoShape(), SyncResolve(), ResolveOnlyContainer])
+def test_a_container_of_neither_shape_is_refused_at_construction(
+    owner: str, container: object
+) -> None:
+    with pytest.raises(TypeError) as refused:
+        CONSTRUCTORS[owner](container)
+
+    message = str(refused.value)
+    assert message.startswith(f"{owner}(container=...)")
+    assert "scope()" in message
+    assert "async def resolve(type)" in message
