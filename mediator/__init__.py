@@ -66,6 +66,10 @@ from mediator._requests import RequestMap as RequestMap
 from mediator._requests import Response as Response
 from mediator._requests import StreamingRequestHandler as StreamingRequestHandler
 from mediator._requests import StreamRequest as StreamRequest
+from mediator._service import Service as Service
+from mediator._service import ServiceStarted as ServiceStarted
+from mediator._service import ServiceStopping as ServiceStopping
+from mediator._service import SubscriptionSpec as SubscriptionSpec
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -116,11 +120,15 @@ __all__ = [
     "Resolver",
     "Response",
     "Retry",
+    "Service",
+    "ServiceStarted",
+    "ServiceStopping",
     "StreamRequest",
     "StreamingRequestHandler",
     "SubscribingBroker",
     "Subscription",
     "SubscriptionLostError",
+    "SubscriptionSpec",
     "TransportError",
     "channel_for",
     "correlation_scope",
