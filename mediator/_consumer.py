@@ -11,7 +11,7 @@ from types import TracebackType
 import attrs
 
 from mediator._broker import Delivery, SubscribingBroker, Subscription
-from mediator._container import Container, Resolver
+from mediator._container import Container, Resolver, as_container
 from mediator._context import _message
 from mediator._emitter import EventEmitter
 from mediator._event_map import EventMap
@@ -128,7 +128,7 @@ class EventConsumer:
         self,
         broker: SubscribingBroker,
         event_map: EventMap,
-        container: Container | None = None,
+        container: Container | Resolver | None = None,
         *,
         event_emitter: EventEmitter | None = None,
         max_concurrency: int = 16,
@@ -143,9 +143,9 @@ class EventConsumer:
         self.broker = broker
         self.event_map = event_map
         self.stats = ConsumerStats()
-        self._container = container
+        self._container = as_container(container, "EventConsumer")
         self._emitter = event_emitter or EventEmitter(
-            event_map=event_map, container=container, message_broker=broker
+            event_map=event_map, container=self._container, message_broker=broker
         )
         self._codec = MessageCodec(event_map.event_class, max_size=max_message_size)
         self._policy: ErrorPolicy = (

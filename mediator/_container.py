@@ -3,14 +3,20 @@
 A container opens one scope per `Mediator.send` (and per consumed message);
 everything resolved through that scope shares its request-scoped
 dependencies, which are closed when the scope exits.
+
+A container of diator's shape, an object with `async resolve(type)` alone,
+is taken too: `as_container` adapts it once, when the mediator, emitter or
+consumer is built, so a send pays nothing for it.
 """
 
 from __future__ import annotations
 
+import inspect
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol, TypeVar
+from types import TracebackType
+from typing import Protocol, TypeVar, cast
 
-__all__ = ["Container", "Resolver"]
+__all__ = ["Container", "ResolveOnlyContainer", "Resolver", "as_container"]
 
 T = TypeVar("T")
 
@@ -33,3 +39,93 @@ class Container(Protocol):
     def scope(self) -> AbstractAsyncContextManager[Resolver]:
         """Open one scope; leaving it closes the request-scoped dependencies."""
         ...
+
+
+class _Unscoped:
+    """The scope of a resolve-only container: the container itself, nothing to close.
+    Stateless, so one instance serves every (concurrent) scope."""
+
+    __slots__ = ("_resolver",)
+
+    def __init__(self, resolver: Resolver) -> None:
+        self._resolver = resolver
+
+    async def __aenter__(self) -> Resolver:
+        return self._resolver
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+
+class ResolveOnlyContainer:
+    """A container of diator's shape (`async resolve(type)`, no scopes) seen as
+    a `Container`: every scope is the container itself, so nothing is shared
+    per send beyond what the container shares, and nothing is closed."""
+
+    __slots__ = ("_scope", "resolver")
+
+    def __init__(self, resolver: Resolver) -> None:
+        self.resolver = resolver
+        """The adapted object."""
+        self._scope = _Unscoped(resolver)
+
+    def scope(self) -> AbstractAsyncContextManager[Resolver]:
+        """The container itself, as an open scope."""
+        return self._scope
+
+    def __repr__(self) -> str:
+        return f"ResolveOnlyContainer({self.resolver!r})"
+
+
+_SHAPES = (
+    "pass an object with scope() returning an async context manager that yields a resolver "
+    "(like mediator.container.DIContainer), or one with diator's `async def resolve(type)`"
+)
+
+
+def _hint(container: object) -> str:
+    """What the object looks like, when that says where it belongs."""
+    if isinstance(container, type):
+        return "; pass an instance of it"
+    if hasattr(container, "emit_all"):
+        return "; it looks like an EventEmitter, which goes in Mediator(event_emitter=...)"
+    if hasattr(container, "send_message"):
+        return "; it looks like a message broker, which goes in EventEmitter(message_broker=...)"
+    if hasattr(container, "solve") and hasattr(container, "enter_scope"):
+        return "; a di.Container goes in mediator.container.DIContainer(...)"
+    if callable(getattr(container, "resolve", None)):
+        return (
+            "; its resolve is not async (a rodi.Container goes in "
+            "mediator.container.RodiContainer(...))"
+        )
+    return ""
+
+
+def as_container(container: Container | Resolver | None, owner: str) -> Container | None:
+    """`container` as the scoped protocol: as it is when it has `scope()`,
+    adapted when it has only diator's `async resolve(type)`.
+
+    `owner` names the constructor for the error: anything else raises
+    TypeError saying which two shapes are accepted.
+    """
+    if container is None:
+        return None
+    if not isinstance(container, type):
+        if callable(getattr(container, "scope", None)):
+            return cast(Container, container)
+        if inspect.iscoroutinefunction(getattr(container, "resolve", None)):
+            return ResolveOnlyContainer(cast(Resolver, container))
+    got = (
+        f"the class {container.__qualname__}"
+        if isinstance(container, type)
+        else f"an instance of {type(container).__qualname__}"
+    )
+    raise TypeError(
+        f"{owner}(container=...) got {got}, which is neither accepted shape: "
+        f"{_SHAPES}{_hint(container)}"
+    )

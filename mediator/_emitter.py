@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mediator._broker import MessageBroker
-from mediator._container import Container, Resolver
+from mediator._container import Container, Resolver, as_container
 from mediator._context import outgoing_headers
 from mediator._event_map import EventBinding, EventMap
 from mediator._events import Event, message_type_of
@@ -46,7 +46,7 @@ class EventEmitter:
     def __init__(
         self,
         event_map: EventMap | None = None,
-        container: Container | None = None,
+        container: Container | Resolver | None = None,
         message_broker: MessageBroker | None = None,
         *,
         max_concurrency: int = 1,
@@ -56,7 +56,7 @@ class EventEmitter:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
         self.event_map = event_map if event_map is not None else EventMap()
         self.message_broker = message_broker
-        self._container = container
+        self._container = as_container(container, "EventEmitter")
         self._max_concurrency = max_concurrency
         self._send_messages = getattr(message_broker, "send_messages", None)
         self._outgoing = tuple(outgoing)

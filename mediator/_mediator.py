@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, 
 from contextlib import aclosing
 from typing import Any, TypeVar, overload
 
-from mediator._container import Container, Resolver
+from mediator._container import Container, Resolver, as_container
 from mediator._emitter import EventEmitter
 from mediator._events import (
     Event,
@@ -70,12 +70,12 @@ class Mediator:
         self,
         request_map: RequestMap,
         event_emitter: EventEmitter | None = None,
-        container: Container | None = None,
+        container: Container | Resolver | None = None,
         middleware_chain: MiddlewareChain | None = None,
     ) -> None:
         self._request_map = request_map
         self._emitter = event_emitter
-        self._container = container
+        self._container = as_container(container, "Mediator")
         self._chain = middleware_chain if middleware_chain is not None else MiddlewareChain()
         self._routes: dict[type[Any], Run] = {}
 

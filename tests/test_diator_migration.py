@@ -27,12 +27,6 @@ from mediator.testing import wait_for_event
 
 T = TypeVar("T")
 
-FAULT_RESOLVE_ONLY = (
-    "a container with only diator's async resolve(type) fails at the first send "
-    "with AttributeError: no attribute 'scope'"
-)
-FAULT_NEITHER_SHAPE = "a container of neither shape is accepted at construction"
-
 
 # -- containers: diator's `async resolve(type)` alone ---------------------------
 
@@ -96,7 +90,6 @@ def greet_maps() -> tuple[RequestMap, EventMap]:
     return requests, events
 
 
-@pytest.mark.xfail(strict=True, reason=FAULT_RESOLVE_ONLY)
 async def test_a_resolve_only_container_builds_the_handlers_of_a_send() -> None:
     container = ResolveOnlyContainer()
     requests, events = greet_maps()
@@ -113,7 +106,6 @@ async def test_a_resolve_only_container_builds_the_handlers_of_a_send() -> None:
     assert [m.message_name for m in broker.messages] == ["Greeted"]
 
 
-@pytest.mark.xfail(strict=True, reason=FAULT_RESOLVE_ONLY)
 async def test_a_resolve_only_container_builds_the_handlers_of_a_consumer() -> None:
     container = ResolveOnlyContainer()
     _, events = greet_maps()
@@ -149,7 +141,6 @@ CONSTRUCTORS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason=FAULT_NEITHER_SHAPE)
 @pytest.mark.parametrize("owner", list(CONSTRUCTORS))
 @pytest.mark.parametrize("container", [NoShape(), SyncResolve(), ResolveOnlyContainer])
 def test_a_container_of_neither_shape_is_refused_at_construction(
