@@ -6,6 +6,7 @@ error messages included.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, TypeVar
 
 import attrs
@@ -18,6 +19,7 @@ from mediator import (
     EventHandler,
     EventMap,
     Mediator,
+    Message,
     NotificationEvent,
     Request,
     RequestHandler,
@@ -153,3 +155,16 @@ def test_a_container_of_neither_shape_is_refused_at_construction(
     assert message.startswith(f"{owner}(container=...)")
     assert "scope()" in message
     assert "async def resolve(type)" in message
+
+
+# -- Message ------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="Message() without message_id raises TypeError")
+def test_a_message_built_without_an_id_gets_a_fresh_uuid() -> None:
+    first = Message(payload={"phrase": "hello"}, message_type="", message_name="")
+    second = Message(payload={"phrase": "hello"}, message_type="", message_name="")
+
+    assert isinstance(first.message_id, uuid.UUID)
+    assert first.message_id != second.message_id
+    assert first.headers == {}
