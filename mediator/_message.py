@@ -316,11 +316,13 @@ class Message:
     event class names with ``partition_key=`` (None without one). A
     transport that partitions uses it as the record key; it is not part of
     the JSON envelope, so a received message has None.
+
+    `message_id` is a fresh UUID unless given, as in diator.
     """
 
     message_type: str
     message_name: str
-    message_id: uuid.UUID
+    message_id: uuid.UUID = attrs.field(factory=uuid.uuid4)
     payload: Mapping[str, Any]
     headers: Mapping[str, str] = attrs.field(factory=dict)
     partition_key: str | None = None

@@ -160,7 +160,6 @@ def test_a_container_of_neither_shape_is_refused_at_construction(
 # -- Message ------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="Message() without message_id raises TypeError")
 def test_a_message_built_without_an_id_gets_a_fresh_uuid() -> None:
     first = Message(payload={"phrase": "hello"}, message_type="", message_name="")
     second = Message(payload={"phrase": "hello"}, message_type="", message_name="")
