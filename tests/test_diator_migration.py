@@ -20,6 +20,7 @@ from mediator import (
     EventMap,
     Mediator,
     Message,
+    MiddlewareChain,
     NotificationEvent,
     Request,
     RequestHandler,
@@ -167,3 +168,88 @@ def test_a_message_built_without_an_id_gets_a_fresh_uuid() -> None:
     assert isinstance(first.message_id, uuid.UUID)
     assert first.message_id != second.message_id
     assert first.headers == {}
+
+
+# -- positional construction in diator's order ----------------------------------
+
+FAULT_POSITIONAL = (
+    "Mediator's positional order is (request_map, event_emitter, container, ...), not "
+    "diator's (request_map, container, event_emitter, middleware_chain)"
+)
+FAULT_WRONG_TYPE = "a wrong type in a constructor slot is accepted and fails later"
+
+
+class Shout:
+    """A diator middleware."""
+
+    async def __call__(self, request: Any, handle: Any) -> Any:
+        return (await handle(request)).upper()
+
+
+@pytest.mark.xfail(strict=True, reason=FAULT_POSITIONAL)
+async def test_mediator_takes_diators_positional_order() -> None:
+    container = ResolveOnlyContainer()
+    requests, events = greet_maps()
+    broker = InMemoryMessageBroker(channel_prefix="greet")
+    chain = MiddlewareChain()
+    chain.add(Shout())
+    emitter = EventEmitter(events, container, broker)  # diator's order too
+
+    mediator = Mediator(requests, container, emitter, chain)
+
+    assert await mediator.send(Greet(name="ada")) == "HELLO, ADA"
+    assert [m.message_name for m in broker.messages] == ["Greeted"]
+
+
+WRONG_LATER = pytest.mark.xfail(strict=True, reason=FAULT_WRONG_TYPE)
+
+
+@pytest.mark.parametrize(
+    ("build", "says"),
+    [
+        # The order this library had before: the emitter lands in diator's container slot.
+        pytest.param(
+            lambda: Mediator(RequestMap(), EventEmitter()),
+            "Mediator(container=...) got an instance of EventEmitter, which is neither accepted "
+            "shape",
+            marks=pytest.mark.xfail(strict=True, reason=FAULT_POSITIONAL),
+        ),
+        pytest.param(
+            lambda: Mediator(RequestMap(), None, ResolveOnlyContainer()),
+            "Mediator(event_emitter=...) got an instance of ResolveOnlyContainer, which has no "
+            "emit_all; pass an EventEmitter(event_map=..., message_broker=...); it looks like a "
+            "container, which goes in Mediator(container=...)",
+            marks=WRONG_LATER,
+        ),
+        pytest.param(
+            lambda: Mediator(RequestMap(), None, None, [Shout()]),
+            "Mediator(middleware_chain=...) got an instance of list; pass "
+            "MiddlewareChain([...]) with the middlewares in order, outermost first",
+            marks=WRONG_LATER,
+        ),
+        pytest.param(
+            lambda: EventEmitter(EventMap(), InMemoryMessageBroker()),
+            "EventEmitter(container=...) got an instance of InMemoryMessageBroker, which is "
+            "neither accepted shape",
+        ),
+        pytest.param(
+            lambda: EventEmitter(EventMap(), None, ResolveOnlyContainer()),
+            "EventEmitter(message_broker=...) got an instance of ResolveOnlyContainer, which has "
+            "no send_message; pass a broker such as brokers.memory.InMemoryMessageBroker(); it "
+            "looks like a container, which goes in EventEmitter(container=...)",
+            marks=WRONG_LATER,
+        ),
+        pytest.param(
+            lambda: EventEmitter(RequestMap()),
+            "EventEmitter(event_map=...) got an instance of RequestMap; pass an EventMap",
+            marks=WRONG_LATER,
+        ),
+    ],
+)
+def test_a_wrong_type_in_a_constructor_slot_is_refused_naming_the_keyword(
+    build: Any, says: str
+) -> None:
+    with pytest.raises(TypeError) as refused:
+        build()
+
+    assert str(refused.value).startswith(says)
