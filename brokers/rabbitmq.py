@@ -459,6 +459,12 @@ class RabbitMQSubscription(ReconnectingSubscription[RabbitMQDelivery]):
             await _close_quietly(channel)
 
     def _fatal(self, error: BaseException) -> BaseException | None:
+        connection = self._owner._connection
+        if connection is not None and connection.is_closed:
+            return SubscriptionLostError(
+                f"{self!r} lost its RabbitMQ connection for good: it was closed by its owner. "
+                "Stop the consumers before closing the connection"
+            )
         refused = _refusal(f"subscribing {self!r}", error)
         if refused is None or isinstance(refused, CredentialError):
             return refused

@@ -31,6 +31,7 @@ from mediator import (
     MessageCodec,
     NotificationEvent,
     PublishError,
+    SubscriptionLostError,
     correlation_scope,
     encode_message,
     event_name,
@@ -566,4 +567,54 @@ async def test_bad_subscriptions_say_what_to_change(
         await broker.subscribe(f"{names.prefix}:*", group="dead-letter")
     with pytest.raises(ValueError, match="can match no channel"):
         await broker.subscribe("elsewhere:*")
+    await broker.stop()
+
+
+async def dead_lettered(consumer: EventConsumer, count: int) -> None:
+    await consumer.wait_until(lambda stats: stats.dead_lettered >= count, timeout=10)
+
+
+async def test_dead_letters_read_back_oldest_first_and_stay(
+    connection: AbstractRobustConnection, names: Names
+) -> None:
+    names.groups.add("intake")
+    events = EventMap()
+    events.register(OrderPlaced)
+    async with new_broker(connection, names) as broker:
+        consumer = EventConsumer(broker=broker, event_map=events, max_message_size=1024)
+        channel = f"{names.prefix}:notification_event:OrderPlaced"
+        await consumer.subscribe(channel, group="intake")
+        async with consumer, connection.channel() as amqp:
+            exchange = await amqp.get_exchange(names.prefix)
+            for count, body in enumerate((b"first", b"[2]", b"x" * 100_000), start=1):
+                await exchange.publish(aio_pika.Message(body), "notification_event.OrderPlaced")
+                # One at a time: each is dead-lettered before the next arrives.
+                await dead_lettered(consumer, count)
+        records = await broker.dead_letters()
+        again = await broker.dead_letters()
+
+    assert again == records
+    assert [r.reason for r in records] == ["not_json", "not_object", "too_large"]
+    assert [r.data for r in records[:2]] == [b"first", b"[2]"]
+    assert all(r.channel == channel for r in records)
+    big = records[2]
+    assert (big.size, len(big.data), big.truncated) == (100_000, 65_536, True)
+
+
+async def test_a_connection_closed_by_its_owner_stops_the_consumer_loudly(
+    names: Names,
+) -> None:
+    connection = await connect(names.prefix)
+    events = EventMap()
+    events.register(OrderPlaced)
+    broker = new_broker(connection, names)
+    consumer = EventConsumer(broker=broker, event_map=events)
+    await consumer.subscribe(f"{names.prefix}:notification_event:*")
+    await consumer.start()
+    runner = asyncio.create_task(consumer.run())
+    await connection.close()
+    with pytest.raises(SubscriptionLostError, match="closed by its owner"):
+        async with asyncio.timeout(30):
+            await runner
+    assert not consumer.running
     await broker.stop()
