@@ -16,7 +16,14 @@ from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Protocol, TypeVar, cast
 
-__all__ = ["Container", "ResolveOnlyContainer", "Resolver", "as_container"]
+__all__ = [
+    "Container",
+    "ResolveOnlyContainer",
+    "Resolver",
+    "as_container",
+    "described",
+    "misplaced",
+]
 
 T = TypeVar("T")
 
@@ -88,22 +95,40 @@ _SHAPES = (
 )
 
 
-def _hint(container: object) -> str:
-    """What the object looks like, when that says where it belongs."""
-    if isinstance(container, type):
+def described(value: object) -> str:
+    """`value` named for an error about a constructor argument."""
+    if isinstance(value, type):
+        return f"the class {value.__qualname__}"
+    return f"an instance of {type(value).__qualname__}"
+
+
+def misplaced(value: object, owner: str) -> str:
+    """Where `value` belongs when it looks like one of the objects that
+    `owner`'s constructor or its neighbours take ("" when it does not):
+    positional arguments in the wrong order end up in the wrong slot."""
+    if isinstance(value, type):
         return "; pass an instance of it"
-    if hasattr(container, "emit_all"):
+    if hasattr(value, "emit_all"):
         return "; it looks like an EventEmitter, which goes in Mediator(event_emitter=...)"
-    if hasattr(container, "send_message"):
+    if hasattr(value, "send_message"):
         return "; it looks like a message broker, which goes in EventEmitter(message_broker=...)"
+    if callable(getattr(value, "scope", None)) or inspect.iscoroutinefunction(
+        getattr(value, "resolve", None)
+    ):
+        return f"; it looks like a container, which goes in {owner}(container=...)"
+    return ""
+
+
+def _hint(container: object, owner: str) -> str:
+    """Why `container` is no container, when its look says more."""
     if hasattr(container, "solve") and hasattr(container, "enter_scope"):
         return "; a di.Container goes in mediator.container.DIContainer(...)"
-    if callable(getattr(container, "resolve", None)):
+    if not isinstance(container, type) and callable(getattr(container, "resolve", None)):
         return (
             "; its resolve is not async (a rodi.Container goes in "
             "mediator.container.RodiContainer(...))"
         )
-    return ""
+    return misplaced(container, owner)
 
 
 def as_container(container: Container | Resolver | None, owner: str) -> Container | None:
@@ -120,12 +145,7 @@ def as_container(container: Container | Resolver | None, owner: str) -> Containe
             return cast(Container, container)
         if inspect.iscoroutinefunction(getattr(container, "resolve", None)):
             return ResolveOnlyContainer(cast(Resolver, container))
-    got = (
-        f"the class {container.__qualname__}"
-        if isinstance(container, type)
-        else f"an instance of {type(container).__qualname__}"
-    )
     raise TypeError(
-        f"{owner}(container=...) got {got}, which is neither accepted shape: "
-        f"{_SHAPES}{_hint(container)}"
+        f"{owner}(container=...) got {described(container)}, which is neither accepted shape: "
+        f"{_SHAPES}{_hint(container, owner)}"
     )

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mediator._broker import MessageBroker
-from mediator._container import Container, Resolver, as_container
+from mediator._container import Container, Resolver, as_container, described, misplaced
 from mediator._context import outgoing_headers
 from mediator._event_map import EventBinding, EventMap
 from mediator._events import Event, message_type_of
@@ -54,9 +54,23 @@ class EventEmitter:
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        # diator's positional order; a value in the wrong slot is refused here, not at an emit.
+        if event_map is not None and not isinstance(event_map, EventMap):
+            raise TypeError(
+                f"EventEmitter(event_map=...) got {described(event_map)}; pass an EventMap"
+                f"{misplaced(event_map, 'EventEmitter')}"
+            )
+        self._container = as_container(container, "EventEmitter")
+        if message_broker is not None and not callable(
+            getattr(message_broker, "send_message", None)
+        ):
+            raise TypeError(
+                f"EventEmitter(message_broker=...) got {described(message_broker)}, which has no "
+                "send_message; pass a broker such as brokers.memory.InMemoryMessageBroker()"
+                f"{misplaced(message_broker, 'EventEmitter')}"
+            )
         self.event_map = event_map if event_map is not None else EventMap()
         self.message_broker = message_broker
-        self._container = as_container(container, "EventEmitter")
         self._max_concurrency = max_concurrency
         self._send_messages = getattr(message_broker, "send_messages", None)
         self._outgoing = tuple(outgoing)

@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, 
 from contextlib import aclosing
 from typing import Any, TypeVar, overload
 
-from mediator._container import Container, Resolver, as_container
+from mediator._container import Container, Resolver, as_container, described, misplaced
 from mediator._emitter import EventEmitter
 from mediator._events import (
     Event,
@@ -56,6 +56,9 @@ class Mediator:
     user_id = await mediator.send(CreateUser(name="ada"))
     ```
 
+    The arguments are diator's, in diator's order:
+    ``Mediator(request_map, container, event_emitter, middleware_chain)``.
+
     Per `send`: the handler class is built (through `container` in a fresh
     scope when there is one), the request passes the middleware chain, and
     after `handle` returns the handler's `events` are emitted in the order
@@ -69,13 +72,26 @@ class Mediator:
     def __init__(
         self,
         request_map: RequestMap,
-        event_emitter: EventEmitter | None = None,
         container: Container | Resolver | None = None,
+        event_emitter: EventEmitter | None = None,
         middleware_chain: MiddlewareChain | None = None,
     ) -> None:
+        # diator's positional order; a value in the wrong slot is refused here, not at a send.
+        self._container = as_container(container, "Mediator")
+        if event_emitter is not None and not callable(getattr(event_emitter, "emit_all", None)):
+            raise TypeError(
+                f"Mediator(event_emitter=...) got {described(event_emitter)}, which has no "
+                "emit_all; pass an EventEmitter(event_map=..., message_broker=...)"
+                f"{misplaced(event_emitter, 'Mediator')}"
+            )
+        if middleware_chain is not None and not isinstance(middleware_chain, MiddlewareChain):
+            raise TypeError(
+                f"Mediator(middleware_chain=...) got {described(middleware_chain)}; pass "
+                "MiddlewareChain([...]) with the middlewares in order, outermost first"
+                f"{misplaced(middleware_chain, 'Mediator')}"
+            )
         self._request_map = request_map
         self._emitter = event_emitter
-        self._container = as_container(container, "Mediator")
         self._chain = middleware_chain if middleware_chain is not None else MiddlewareChain()
         self._routes: dict[type[Any], Run] = {}
 

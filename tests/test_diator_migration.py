@@ -172,12 +172,6 @@ def test_a_message_built_without_an_id_gets_a_fresh_uuid() -> None:
 
 # -- positional construction in diator's order ----------------------------------
 
-FAULT_POSITIONAL = (
-    "Mediator's positional order is (request_map, event_emitter, container, ...), not "
-    "diator's (request_map, container, event_emitter, middleware_chain)"
-)
-FAULT_WRONG_TYPE = "a wrong type in a constructor slot is accepted and fails later"
-
 
 class Shout:
     """A diator middleware."""
@@ -186,7 +180,6 @@ class Shout:
         return (await handle(request)).upper()
 
 
-@pytest.mark.xfail(strict=True, reason=FAULT_POSITIONAL)
 async def test_mediator_takes_diators_positional_order() -> None:
     container = ResolveOnlyContainer()
     requests, events = greet_maps()
@@ -201,9 +194,6 @@ async def test_mediator_takes_diators_positional_order() -> None:
     assert [m.message_name for m in broker.messages] == ["Greeted"]
 
 
-WRONG_LATER = pytest.mark.xfail(strict=True, reason=FAULT_WRONG_TYPE)
-
-
 @pytest.mark.parametrize(
     ("build", "says"),
     [
@@ -212,20 +202,17 @@ WRONG_LATER = pytest.mark.xfail(strict=True, reason=FAULT_WRONG_TYPE)
             lambda: Mediator(RequestMap(), EventEmitter()),
             "Mediator(container=...) got an instance of EventEmitter, which is neither accepted "
             "shape",
-            marks=pytest.mark.xfail(strict=True, reason=FAULT_POSITIONAL),
         ),
         pytest.param(
             lambda: Mediator(RequestMap(), None, ResolveOnlyContainer()),
             "Mediator(event_emitter=...) got an instance of ResolveOnlyContainer, which has no "
             "emit_all; pass an EventEmitter(event_map=..., message_broker=...); it looks like a "
             "container, which goes in Mediator(container=...)",
-            marks=WRONG_LATER,
         ),
         pytest.param(
             lambda: Mediator(RequestMap(), None, None, [Shout()]),
             "Mediator(middleware_chain=...) got an instance of list; pass "
             "MiddlewareChain([...]) with the middlewares in order, outermost first",
-            marks=WRONG_LATER,
         ),
         pytest.param(
             lambda: EventEmitter(EventMap(), InMemoryMessageBroker()),
@@ -237,12 +224,10 @@ WRONG_LATER = pytest.mark.xfail(strict=True, reason=FAULT_WRONG_TYPE)
             "EventEmitter(message_broker=...) got an instance of ResolveOnlyContainer, which has "
             "no send_message; pass a broker such as brokers.memory.InMemoryMessageBroker(); it "
             "looks like a container, which goes in EventEmitter(container=...)",
-            marks=WRONG_LATER,
         ),
         pytest.param(
             lambda: EventEmitter(RequestMap()),
             "EventEmitter(event_map=...) got an instance of RequestMap; pass an EventMap",
-            marks=WRONG_LATER,
         ),
     ],
 )
