@@ -6,14 +6,19 @@ error messages included.
 
 from __future__ import annotations
 
+import re
 import uuid
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
 
 import attrs
 import pytest
 
 from brokers.memory import InMemoryMessageBroker
 from mediator import (
+    DomainEvent,
+    Event,
+    EventBindingError,
     EventConsumer,
     EventEmitter,
     EventHandler,
@@ -238,3 +243,135 @@ def test_a_wrong_type_in_a_constructor_slot_is_refused_naming_the_keyword(
         build()
 
     assert str(refused.value).startswith(says)
+
+
+# -- diator-style @dataclass events -------------------------------------------
+
+FAULT_DATACLASS_EVENT = (
+    "a @dataclass event is accepted, its local handlers run, then publishing it fails "
+    "with AttributeError: no attribute 'event_id'"
+)
+ATTRS_INSTEAD = (
+    "is a @dataclass, but events are attrs classes, which is how they get event_id and "
+    "event_timestamp: declare it with @attrs.frozen(kw_only=True) instead of "
+    "@dataclass(frozen=True, kw_only=True)"
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class UserJoinedDomainEvent(DomainEvent):
+    user_id: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class UserJoinedNotificationEvent(NotificationEvent):
+    user_id: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckedNotificationEvent(NotificationEvent):
+    """A dataclass event with a __post_init__ of its own, which skips ours."""
+
+    user_id: int
+
+    def __post_init__(self) -> None:
+        if self.user_id < 0:
+            raise ValueError("user_id must not be negative")
+
+
+@attrs.frozen(kw_only=True)
+class Joined(DomainEvent):
+    user_id: int
+
+
+@attrs.frozen(kw_only=True)
+class JoinMeetingRoomCommand(Request[None]):
+    user_id: int
+
+
+class RaisesDataclassEvent(RequestHandler[JoinMeetingRoomCommand, None]):
+    async def handle(self, request: JoinMeetingRoomCommand) -> None:
+        self.events.append(Joined(user_id=request.user_id))
+        self.events.append(UserJoinedNotificationEvent(user_id=request.user_id))
+
+
+class RaisesCheckedEvent(RequestHandler[JoinMeetingRoomCommand, None]):
+    async def handle(self, request: JoinMeetingRoomCommand) -> None:
+        self.events.append(CheckedNotificationEvent(user_id=request.user_id))
+
+
+class RecordJoined(EventHandler[Joined]):
+    seen: ClassVar[list[int]] = []
+
+    async def handle(self, event: Joined) -> None:
+        self.seen.append(event.user_id)
+
+
+@pytest.mark.xfail(strict=True, reason=FAULT_DATACLASS_EVENT)
+@pytest.mark.parametrize("event_type", [UserJoinedDomainEvent, UserJoinedNotificationEvent])
+def test_binding_a_dataclass_event_is_refused_saying_what_to_change(
+    event_type: type[Event],
+) -> None:
+    events = EventMap()
+    with pytest.raises(EventBindingError) as refused:
+        events.bind(event_type, RecordJoined)
+
+    name = event_type.__qualname__
+    assert str(refused.value) == f"EventMap.bind({name}, RecordJoined): {name} {ATTRS_INSTEAD}"
+    assert events.bindings == ()
+
+
+@pytest.mark.xfail(strict=True, reason=FAULT_DATACLASS_EVENT)
+def test_registering_a_dataclass_event_is_refused_saying_what_to_change() -> None:
+    events = EventMap()
+    with pytest.raises(EventBindingError) as refused:
+        events.register(UserJoinedNotificationEvent)
+
+    name = "UserJoinedNotificationEvent"
+    assert str(refused.value) == f"EventMap.register({name}): {name} {ATTRS_INSTEAD}"
+    assert events.event_classes() == {}
+
+
+@pytest.mark.xfail(strict=True, reason=FAULT_DATACLASS_EVENT)
+@pytest.mark.parametrize("event_type", [UserJoinedDomainEvent, UserJoinedNotificationEvent])
+def test_a_dataclass_event_cannot_be_built(event_type: type[Event]) -> None:
+    with pytest.raises(TypeError) as refused:
+        event_type(user_id=1)  # type: ignore[call-arg]
+
+    assert str(refused.value) == f"{event_type.__qualname__} {ATTRS_INSTEAD}"
+
+
+@pytest.mark.xfail(strict=True, reason=FAULT_DATACLASS_EVENT)
+async def test_a_handler_raising_a_dataclass_event_fails_its_send_before_any_event_runs() -> None:
+    RecordJoined.seen.clear()
+    requests = RequestMap()
+    requests.bind(JoinMeetingRoomCommand, RaisesDataclassEvent)
+    events = EventMap()
+    events.bind(Joined, RecordJoined)
+    broker = InMemoryMessageBroker()
+    mediator = Mediator(
+        request_map=requests,
+        event_emitter=EventEmitter(event_map=events, message_broker=broker),
+    )
+
+    with pytest.raises(TypeError, match=re.escape(f"UserJoinedNotificationEvent {ATTRS_INSTEAD}")):
+        await mediator.send(JoinMeetingRoomCommand(user_id=1))
+
+    assert RecordJoined.seen == []  # the attrs event raised before it was dropped too
+    assert list(broker.messages) == []
+
+
+@pytest.mark.xfail(strict=True, reason=FAULT_DATACLASS_EVENT)
+async def test_a_dataclass_event_with_its_own_post_init_is_refused_before_publishing() -> None:
+    requests = RequestMap()
+    requests.bind(JoinMeetingRoomCommand, RaisesCheckedEvent)
+    broker = InMemoryMessageBroker()
+    mediator = Mediator(
+        request_map=requests,
+        event_emitter=EventEmitter(event_map=EventMap(), message_broker=broker),
+    )
+
+    with pytest.raises(TypeError, match=re.escape(f"CheckedNotificationEvent {ATTRS_INSTEAD}")):
+        await mediator.send(JoinMeetingRoomCommand(user_id=1))
+
+    assert list(broker.messages) == []
