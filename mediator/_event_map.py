@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar, overload
@@ -11,6 +12,7 @@ import attrs
 from mediator._container import Resolver
 from mediator._events import (
     Event,
+    dataclass_event_error,
     discard_own_events,
     event_name,
     message_type_of,
@@ -152,6 +154,12 @@ class EventMap:
             return decorator
 
         resolved_target = self._target(target)
+        if dataclasses.is_dataclass(resolved_target):
+            raise EventBindingError(
+                f"EventMap.bind({resolved_target.__qualname__}, "
+                f"{getattr(handler, '__qualname__', repr(handler))}): "
+                f"{dataclass_event_error(resolved_target)}"
+            )
         binding = EventBinding(
             target=resolved_target,
             handler=handler,
@@ -167,6 +175,11 @@ class EventMap:
     def register(self, *event_types: type[Event]) -> None:
         """Make broker-bound event classes decodable without binding a handler."""
         for event_type in event_types:
+            if dataclasses.is_dataclass(event_type):
+                raise EventBindingError(
+                    f"EventMap.register({event_type.__qualname__}): "
+                    f"{dataclass_event_error(event_type)}"
+                )
             if message_type_of(event_type) is None:
                 continue
             name = event_name(event_type)
@@ -212,8 +225,8 @@ class EventMap:
         seen: set[type[Any]] = set()
         while roots:
             cls = roots.pop()
-            if cls in seen:
-                continue
+            if cls in seen or dataclasses.is_dataclass(cls):
+                continue  # a @dataclass event cannot be built: never one to decode into
             seen.add(cls)
             if message_type_of(cls) is not None and event_name(cls) == name:
                 self.register(cls)

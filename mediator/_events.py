@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, MutableSequence, Sequence
@@ -18,6 +19,7 @@ __all__ = [
     "EventHandler",
     "NotificationEvent",
     "RaisesEvents",
+    "dataclass_event_error",
     "discard_own_events",
     "event_name",
     "message_type_of",
@@ -80,6 +82,11 @@ class Event:
     event_id: uuid.UUID = attrs.field(factory=uuid.uuid4)
     event_timestamp: _dt.datetime = attrs.field(factory=_now, converter=as_utc)
 
+    def __post_init__(self) -> None:
+        # Only a @dataclass subclass calls this (attrs never does): its __init__
+        # sets its own fields and leaves event_id and event_timestamp unset.
+        raise TypeError(dataclass_event_error(type(self)))
+
     def __init_subclass__(
         cls, *, name: str | None = None, partition_key: str | None = None, **kwargs: Any
     ) -> None:
@@ -111,6 +118,15 @@ class ECSTEvent(Event):
     """Event-carried state transfer: published to the broker with the new state."""
 
 
+def dataclass_event_error(event_type: type[Any]) -> str:
+    """Why a diator-style ``@dataclass`` event class is refused, and what to change."""
+    return (
+        f"{event_type.__qualname__} is a @dataclass, but events are attrs classes, which is how "
+        "they get event_id and event_timestamp: declare it with @attrs.frozen(kw_only=True) "
+        "instead of @dataclass(frozen=True, kw_only=True)"
+    )
+
+
 def event_name(event_type: type[Event]) -> str:
     """The name an event class has on the wire and in name patterns."""
     return event_type.__event_name__
@@ -125,6 +141,9 @@ def message_type_of(event_type: type[Event]) -> str | None:
         return _MESSAGE_TYPES[event_type]
     except KeyError:
         pass
+    if dataclasses.is_dataclass(event_type):
+        # Reached by one whose own __post_init__ skipped ours; refused before it is dispatched.
+        raise TypeError(dataclass_event_error(event_type))
     kind: str | None = None
     if issubclass(event_type, NotificationEvent):
         kind = "notification_event"
