@@ -7,6 +7,7 @@ from typing import Annotated, ClassVar
 
 import attrs
 import di
+import pytest
 from di import bind_by_type
 from di.dependent import Dependent, Marker
 
@@ -144,3 +145,62 @@ async def test_binds_on_the_wrapped_container_are_honoured() -> None:
     async with DIContainer(wrapped) as container:
         mediator = Mediator(request_map=requests, container=container)
         assert await mediator.send(WhatTime()) == "frozen"
+
+
+# -- diator's API: DIContainer() + attach_external_container + resolve ----------
+
+FAULT_DIATOR_API = "DIContainer has no attach_external_container, external_container or resolve"
+
+
+class Dependency: ...
+
+
+@pytest.mark.xfail(strict=True, reason=FAULT_DIATOR_API)
+async def test_a_container_attached_after_construction_resolves_as_in_diator() -> None:
+    external_container = di.Container()
+    external_container.bind(bind_by_type(Dependent(Dependency, scope="request"), Dependency))
+
+    di_container = DIContainer()
+    di_container.attach_external_container(external_container)
+
+    assert di_container.external_container is external_container
+    assert isinstance(await di_container.resolve(Dependency), Dependency)
+
+
+@pytest.mark.xfail(strict=True, reason=FAULT_DIATOR_API)
+async def test_sends_use_the_binds_of_the_attached_container() -> None:
+    wrapped = di.Container()
+    wrapped.bind(bind_by_type(Dependent(FrozenClock, scope="request"), Clock))
+    requests = RequestMap()
+    requests.bind(WhatTime, WhatTimeHandler)
+    container = DIContainer()
+    container.attach_external_container(wrapped)
+    async with container:
+        mediator = Mediator(request_map=requests, container=container)
+        assert await mediator.send(WhatTime()) == "frozen"
+
+
+@pytest.mark.xfail(strict=True, reason=FAULT_DIATOR_API)
+async def test_resolve_outside_a_send_closes_its_request_scope_before_returning() -> None:
+    Session.opened.clear()
+    Session.closed.clear()
+    container = DIContainer()
+
+    handler = await container.resolve(RegisterHandler)
+
+    # As in diator: the scope lives for the resolve alone, so request-scoped
+    # resources are already closed; sends open one scope for the whole send.
+    assert Session.opened == Session.closed == [handler.session]
+    await container.aclose()
+
+
+@pytest.mark.xfail(strict=True, reason=FAULT_DIATOR_API)
+async def test_attaching_once_the_app_scope_is_open_is_refused() -> None:
+    async with DIContainer() as container:
+        with pytest.raises(RuntimeError) as refused:
+            container.attach_external_container(di.Container())
+
+    assert str(refused.value) == (
+        "DIContainer.attach_external_container: the app scope of the attached container is "
+        "open; attach before the first send or resolve, or call `await container.aclose()` first"
+    )
