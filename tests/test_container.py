@@ -1,13 +1,16 @@
-"""DIContainer: cached solves, one request scope per send, app scope across sends."""
+"""DIContainer: cached solves, one request scope per send, app scope across sends;
+diator's API on it; RodiContainer, one rodi activation scope per send."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from typing import Annotated, ClassVar
 
 import attrs
 import di
 import pytest
+import rodi
 from di import bind_by_type
 from di.dependent import Dependent, Marker
 
@@ -21,7 +24,7 @@ from mediator import (
     RequestHandler,
     RequestMap,
 )
-from mediator.container import DIContainer
+from mediator.container import DIContainer, RodiContainer
 
 
 class Session:
@@ -149,13 +152,10 @@ async def test_binds_on_the_wrapped_container_are_honoured() -> None:
 
 # -- diator's API: DIContainer() + attach_external_container + resolve ----------
 
-FAULT_DIATOR_API = "DIContainer has no attach_external_container, external_container or resolve"
-
 
 class Dependency: ...
 
 
-@pytest.mark.xfail(strict=True, reason=FAULT_DIATOR_API)
 async def test_a_container_attached_after_construction_resolves_as_in_diator() -> None:
     external_container = di.Container()
     external_container.bind(bind_by_type(Dependent(Dependency, scope="request"), Dependency))
@@ -167,7 +167,6 @@ async def test_a_container_attached_after_construction_resolves_as_in_diator() -
     assert isinstance(await di_container.resolve(Dependency), Dependency)
 
 
-@pytest.mark.xfail(strict=True, reason=FAULT_DIATOR_API)
 async def test_sends_use_the_binds_of_the_attached_container() -> None:
     wrapped = di.Container()
     wrapped.bind(bind_by_type(Dependent(FrozenClock, scope="request"), Clock))
@@ -180,7 +179,6 @@ async def test_sends_use_the_binds_of_the_attached_container() -> None:
         assert await mediator.send(WhatTime()) == "frozen"
 
 
-@pytest.mark.xfail(strict=True, reason=FAULT_DIATOR_API)
 async def test_resolve_outside_a_send_closes_its_request_scope_before_returning() -> None:
     Session.opened.clear()
     Session.closed.clear()
@@ -194,7 +192,6 @@ async def test_resolve_outside_a_send_closes_its_request_scope_before_returning(
     await container.aclose()
 
 
-@pytest.mark.xfail(strict=True, reason=FAULT_DIATOR_API)
 async def test_attaching_once_the_app_scope_is_open_is_refused() -> None:
     async with DIContainer() as container:
         with pytest.raises(RuntimeError) as refused:
@@ -203,4 +200,89 @@ async def test_attaching_once_the_app_scope_is_open_is_refused() -> None:
     assert str(refused.value) == (
         "DIContainer.attach_external_container: the app scope of the attached container is "
         "open; attach before the first send or resolve, or call `await container.aclose()` first"
+    )
+
+
+# -- RodiContainer: diator's rodi adapter, with scopes ---------------------------
+
+
+class UnitOfWork:
+    """Scoped in rodi: one per send."""
+
+
+class RegisterWithRodi(RequestHandler[Register, tuple[int, int]]):
+    def __init__(self, unit_of_work: UnitOfWork) -> None:
+        self.unit_of_work = unit_of_work
+
+    async def handle(self, request: Register) -> tuple[int, int]:
+        self.events.append(Registered(name=request.name))
+        return id(self.unit_of_work), 0
+
+
+AUDITED_UNITS: list[UnitOfWork] = []
+
+
+class AuditWithRodi(EventHandler[Registered]):
+    def __init__(self, unit_of_work: UnitOfWork) -> None:
+        self.unit_of_work = unit_of_work
+
+    async def handle(self, event: Registered) -> None:
+        AUDITED_UNITS.append(self.unit_of_work)
+
+
+async def test_a_rodi_container_attached_as_in_diator_resolves() -> None:
+    external_container = rodi.Container()
+    external_container.register(Dependency)
+
+    rodi_container = RodiContainer()
+    rodi_container.attach_external_container(external_container)
+
+    assert rodi_container.external_container is external_container
+    assert isinstance(await rodi_container.resolve(Dependency), Dependency)
+
+
+async def test_one_send_is_one_rodi_scope_shared_with_its_event_handlers() -> None:
+    AUDITED_UNITS.clear()
+    services = rodi.Container()
+    services.add_scoped(UnitOfWork)
+    services.register(RegisterWithRodi)
+    services.register(AuditWithRodi)
+    container = RodiContainer(services)
+    requests = RequestMap()
+    requests.bind(Register, RegisterWithRodi)
+    events = EventMap()
+    events.bind(Registered, AuditWithRodi)
+    mediator = Mediator(requests, container, EventEmitter(events))
+
+    first, _ = await mediator.send(Register(name="ada"))
+    second, _ = await mediator.send(Register(name="bob"))
+
+    assert [id(unit) for unit in AUDITED_UNITS] == [first, second]
+    assert first != second
+
+
+async def test_a_rodi_container_with_nothing_attached_says_how_to_attach_one() -> None:
+    requests = RequestMap()
+    requests.bind(WhatTime, WhatTimeHandler)
+    mediator = Mediator(request_map=requests, container=RodiContainer())
+
+    with pytest.raises(AttributeError) as refused:
+        await mediator.send(WhatTime())
+
+    assert str(refused.value) == (
+        "RodiContainer has no rodi.Container yet; pass RodiContainer(container) or call "
+        "attach_external_container(container)"
+    )
+
+
+def test_without_rodi_installed_the_adapter_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "rodi", None)  # what a missing package looks like
+
+    with pytest.raises(ImportError) as missing:
+        RodiContainer()
+
+    assert str(missing.value) == (
+        "mediator.container.RodiContainer needs the `rodi` library: pip install rodi"
     )
