@@ -286,3 +286,30 @@ def test_without_rodi_installed_the_adapter_says_what_to_install(
     assert str(missing.value) == (
         "mediator.container.RodiContainer needs the `rodi` library: pip install rodi"
     )
+
+
+class CountingRegisterHandler(RequestHandler[Register, tuple[int, int]]):
+    """A handler with a class-level annotation, which rodi reads as an injectable property."""
+
+    handled: ClassVar[int] = 0
+
+    async def handle(self, request: Register) -> tuple[int, int]:
+        type(self).handled += 1
+        return 0, 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="rodi evaluates the annotations of every base class in the handler's module, and "
+    "RaisesEvents annotates _events with names that module lacks: NameError 'Sequence'",
+)
+async def test_rodi_builds_a_handler_with_class_level_annotations() -> None:
+    services = rodi.Container()
+    services.register(CountingRegisterHandler)
+    requests = RequestMap()
+    requests.bind(Register, CountingRegisterHandler)
+    mediator = Mediator(request_map=requests, container=RodiContainer(services))
+
+    await mediator.send(Register(name="ada"))
+
+    assert CountingRegisterHandler.handled == 1
