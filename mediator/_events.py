@@ -7,7 +7,7 @@ import datetime as _dt
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, MutableSequence, Sequence
 from contextvars import ContextVar
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import attrs
 
@@ -205,7 +205,8 @@ class RaisesEvents:
 
     # A class-level empty tuple until the first event: the mediator's check for
     # "did this handler raise anything" is one attribute read, no allocation.
-    _events: Sequence[Event] = ()
+    # Not annotated: rodi evaluates base classes' annotations in the handler's module.
+    _events = cast(Sequence[Event], ())
 
     @property
     def events(self) -> list[Event]:

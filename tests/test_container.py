@@ -298,11 +298,6 @@ class CountingRegisterHandler(RequestHandler[Register, tuple[int, int]]):
         return 0, 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rodi evaluates the annotations of every base class in the handler's module, and "
-    "RaisesEvents annotates _events with names that module lacks: NameError 'Sequence'",
-)
 async def test_rodi_builds_a_handler_with_class_level_annotations() -> None:
     services = rodi.Container()
     services.register(CountingRegisterHandler)
