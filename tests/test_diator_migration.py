@@ -15,10 +15,14 @@ error messages included.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import json
 import re
+import sys
+import types
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID, uuid4
 
@@ -726,3 +730,77 @@ def test_a_dataclass_subclass_of_a_bound_event_is_never_decoded_into() -> None:
 
     # Found by name among the subclasses of a bound class, it would fail to build.
     assert events.event_class("MeetingClosedAsDataclass") is None
+
+
+# -- the guide's worked example --------------------------------------------------
+
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "migrating-from-diator.md"
+
+
+def guide_block(marker: str) -> list[str]:
+    """The lines of the ```python block right after `<!-- diator-app: {marker} -->`."""
+    text = GUIDE.read_text()
+    start = text.index("```python\n", text.index(f"<!-- diator-app: {marker} -->")) + 10
+    return text[start : text.index("\n```", start)].splitlines()
+
+
+def test_the_guides_diator_app_changes_only_imports_event_decorators_and_the_broker() -> None:
+    before, after = guide_block("before"), guide_block("after")
+    removed = [line[2:] for line in difflib.ndiff(before, after) if line.startswith("- ")]
+    added = [line[2:] for line in difflib.ndiff(before, after) if line.startswith("+ ")]
+
+    assert [line for line in removed if not line.startswith("from diator.")] == [
+        "@dataclass(frozen=True, kw_only=True)",
+        "@dataclass(frozen=True, kw_only=True)",
+        "    broker = RedisMessageBroker(redis_client, channel_prefix=channel_prefix)",
+    ]
+    assert [line for line in added if not line.startswith(("from mediator", "from brokers."))] == [
+        "import attrs",
+        "@attrs.frozen(kw_only=True)",
+        "@attrs.frozen(kw_only=True)",
+        "    broker = RedisMessageBroker(redis_client, channel_prefix=channel_prefix, "
+        'channel_layout="diator")',
+    ]
+
+
+async def test_the_guides_migrated_app_publishes_where_diator_did(
+    redis_client: redis.Redis, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = types.ModuleType("migrated_diator_app")
+    monkeypatch.setitem(sys.modules, app.__name__, app)
+    exec(compile("\n".join(guide_block("after")), str(GUIDE), "exec"), vars(app))
+
+    async with redis_client.pubsub() as pubsub:
+        await pubsub.psubscribe(f"{key_prefix}:*")
+        mediator = app.build_mediator(redis_client, key_prefix)
+        await mediator.send(app.JoinMeetingRoomCommand(meeting_id=1, user_id=7))
+        published = await next_message(pubsub)
+
+    assert app.JOINED == [(1, 7)]
+    assert app.CountRequests.count == 1
+    envelope = json.loads(published["data"])
+    assert (
+        published["channel"] == f"{key_prefix}:notification_event:{envelope['message_id']}".encode()
+    )
+    assert envelope["message_name"] == "UserJoinedNotificationEvent"
+    assert envelope["payload"]["user_id"] == 7
+    assert envelope["payload"]["event_id"] == envelope["message_id"]
+
+
+# -- middlewares ---------------------------------------------------------------
+
+
+async def test_set_copies_the_list_it_is_given_where_diator_kept_it() -> None:
+    requests = RequestMap()
+    requests.bind(Greet, GreetHandler)
+    chain = MiddlewareChain()
+    middlewares: list[Any] = []
+    chain.set(middlewares)
+    emitter = EventEmitter(message_broker=InMemoryMessageBroker())
+    mediator = Mediator(requests, ResolveOnlyContainer(), emitter, chain)
+
+    middlewares.append(Shout())  # changed diator's chain; not this one
+    assert await mediator.send(Greet(name="ada")) == "Hello, ada"
+
+    chain.add(Shout())
+    assert await mediator.send(Greet(name="ada")) == "HELLO, ADA"
