@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import inspect
 import logging
+import textwrap
 from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -15,14 +18,20 @@ from mediator._consumer import ConsumerStats, EventConsumer
 from mediator._container import Container
 from mediator._emitter import EventEmitter
 from mediator._event_map import EventMap
-from mediator._events import DomainEvent
+from mediator._events import DomainEvent, Event, message_type_of
 from mediator._mediator import Mediator
 from mediator._message import Message
 from mediator._middlewares import MiddlewareChain
 from mediator._policies import ErrorPolicy
 from mediator._requests import RequestMap
 
-__all__ = ["Service", "ServiceStarted", "ServiceStopping", "SubscriptionSpec"]
+__all__ = [
+    "Service",
+    "ServiceStarted",
+    "ServiceStopping",
+    "SubscriptionSpec",
+    "events_raised_by",
+]
 
 logger = logging.getLogger("mediator.service")
 
@@ -130,9 +139,11 @@ class Service:
         self._stop_requested: asyncio.Event | None = None
         self._failure: BaseException | None = None
         self._stopping: asyncio.Future[None] | None = None
+        self._hooks_ran = 0
+        self._publishes: list[type[Event]] = []
 
     def __repr__(self) -> str:
-        return f"<Service {self.name!r} broker={self._broker!r}>"
+        return f"<Service {self.name!r} on {describe_broker(self._broker)}>"
 
     # -- what it runs --------------------------------------------------------
 
@@ -206,6 +217,32 @@ class Service:
             for pattern, group, m in self._subscriptions
         ]
 
+    def publishes(self, *event_types: type[Event]) -> None:
+        """Declare events the service publishes that its documents cannot find
+        by reading the handlers (`events_raised_by`), e.g. events built in a helper."""
+        self._publishes.extend(event_types)
+
+    @property
+    def event_maps(self) -> list[EventMap]:
+        """The service's event map, then every other map a subscription uses."""
+        maps = [self.event_map]
+        for _, _, event_map in self._subscriptions:
+            if all(event_map is not known for known in maps):
+                maps.append(event_map)
+        return maps
+
+    def published_events(self) -> list[type[Event]]:
+        """The broker-bound events the service publishes, as far as it can
+        tell: those its handlers construct, and those declared with `publishes`."""
+        found: dict[type[Event], None] = {}
+        handlers: list[object] = [handler for _, handler in self.request_map.items()]
+        for event_map in self.event_maps:
+            handlers.extend(binding.handler for binding in event_map.bindings)
+        for handler in handlers:
+            found.update(dict.fromkeys(events_raised_by(handler)))
+        found.update(dict.fromkeys(self._publishes))
+        return [event for event in found if message_type_of(event) is not None]
+
     def on_startup(self, hook: H) -> H:
         """Run `hook` at start, after the broker and before the consumers (a decorator)."""
         self._startup.append(hook)
@@ -278,8 +315,10 @@ class Service:
         try:
             if self._broker is not None:
                 await self._broker.start()
+            self._hooks_ran = 0
             for hook in self._startup:
                 await hook()
+                self._hooks_ran += 1
             self._consumers = await self._build_consumers()
             for consumer, _ in self._consumers:
                 await consumer.start()
@@ -293,10 +332,10 @@ class Service:
             self._failure = None  # the caller gets the error itself
             raise
         logger.info(
-            "service %s started: %d subscription(s) on %r",
+            "service %s started: %d subscription(s) on %s",
             self.name,
             len(self._subscriptions),
-            self._broker,
+            describe_broker(self._broker),
         )
 
     async def run(self) -> None:
@@ -416,11 +455,14 @@ class Service:
             # A consumer's run() raises its failure here, already recorded by _ended.
             if isinstance(result, Exception) and result is not self._failure:
                 errors.append(result)
-        for hook in reversed(self._shutdown_hooks):
-            try:
-                await hook()
-            except Exception as exc:
-                errors.append(exc)
+        # After a start that failed in its start-up hooks, what they would
+        # have opened is not there to close.
+        if self._hooks_ran == len(self._startup):
+            for hook in reversed(self._shutdown_hooks):
+                try:
+                    await hook()
+                except Exception as exc:
+                    errors.append(exc)
         if self._broker is not None:
             try:
                 await self._broker.stop()
@@ -431,7 +473,54 @@ class Service:
             logger.error("stopping service %s: %r", self.name, error, exc_info=error)
         if errors and self._failure is None:
             self._failure = errors[0]
-        logger.info("service %s stopped", self.name)
+        logger.info("service %s %s", self.name, "stopped" if announce else "did not start")
+
+
+def events_raised_by(handler: object) -> tuple[type[Event], ...]:
+    """The event classes a handler (class or function) constructs in its code,
+    in the order they appear, found by reading its source: a best effort for
+    documents and diagrams, blind to events built elsewhere (declare those
+    with `Service.publishes`)."""
+    function = getattr(handler, "handle", handler)
+    function = inspect.unwrap(function)  # type: ignore[arg-type]
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+        names = inspect.getclosurevars(function)
+    except (OSError, TypeError, SyntaxError):
+        return ()
+    scope = {**names.builtins, **names.globals, **names.nonlocals}
+    found: dict[type[Event], None] = {}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        target = _resolve(node.func, scope)
+        if isinstance(target, type) and issubclass(target, Event):
+            found[target] = None
+    return tuple(found)
+
+
+def _resolve(node: ast.expr, scope: dict[str, Any]) -> Any:
+    # `OrderPlaced(...)` or `events.OrderPlaced(...)`; anything else is not followed.
+    if isinstance(node, ast.Name):
+        return scope.get(node.id)
+    if isinstance(node, ast.Attribute):
+        owner = _resolve(node.value, scope)
+        return getattr(owner, node.attr, None) if inspect.ismodule(owner) else None
+    return None
+
+
+def describe_broker(broker: object) -> str:
+    """A broker as logs show it: its class, where it connects and its prefix."""
+    if broker is None:
+        return "no broker"
+    where = getattr(broker, "address", None) or getattr(broker, "bootstrap_servers", None)
+    if isinstance(where, list | tuple):
+        where = ",".join(map(str, where))
+    prefix = getattr(broker, "channel_prefix", None)
+    details = ", ".join(
+        part for part in (where and str(where), prefix and f"prefix {prefix!r}") if part
+    )
+    return f"{type(broker).__name__}({details})"
 
 
 def _consumer_ready(consumer: EventConsumer) -> bool:
