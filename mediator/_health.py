@@ -1,0 +1,124 @@
+"""A small HTTP endpoint for probes: liveness, readiness and the consumers' stats."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from mediator._service import Service
+
+__all__ = ["HealthServer"]
+
+logger = logging.getLogger("mediator.health")
+
+_REQUEST_LIMIT = 8192
+"""Bytes of request line and headers read before a request is refused."""
+_READ_TIMEOUT = 5.0
+"""Seconds a client has to send its request."""
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
+
+
+class HealthServer:
+    """Serves ``GET /livez``, ``GET /readyz`` and ``GET /stats`` for a `Service`.
+
+    ```python
+    async with HealthServer(service, port=8080):
+        await service.run()
+    ```
+
+    - ``/livez``: 200 while the process's event loop answers.
+    - ``/readyz``: 200 when the service is running and every subscription is
+      live (`Service.ready`), else 503.
+    - ``/stats``: the consumers' counters as JSON (`Service.stats()`).
+
+    It binds to 127.0.0.1 unless told otherwise: expose it on purpose.
+    """
+
+    def __init__(self, service: Service, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.service = service
+        self.host = host
+        self._port = port
+        self._server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (the one the system chose when created with 0)."""
+        if self._server is not None and self._server.sockets:
+            port: int = self._server.sockets[0].getsockname()[1]
+            return port
+        return self._port
+
+    async def start(self) -> None:
+        """Listen; returns once connections are accepted."""
+        if self._server is None:
+            self._server = await asyncio.start_server(self._serve, self.host, self._port)
+
+    async def stop(self) -> None:
+        """Stop listening and close the connections being served."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+
+    async def __aenter__(self) -> HealthServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def answer(self, method: str, path: str) -> tuple[int, dict[str, Any]]:
+        """The status and JSON body for one request."""
+        if method not in ("GET", "HEAD"):
+            return 405, {"error": f"{method} is not allowed; use GET"}
+        path = path.split("?", 1)[0]
+        if path == "/livez":
+            return 200, {"status": "alive"}
+        if path == "/readyz":
+            ready = self.service.ready
+            return (200 if ready else 503), {"status": "ready" if ready else "not ready"}
+        if path == "/stats":
+            return 200, self.service.stats()
+        return 404, {"error": f"no such path {path[:100]!r}; try /livez, /readyz or /stats"}
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(_READ_TIMEOUT):
+                head = await reader.readuntil(b"\r\n\r\n")
+            if len(head) > _REQUEST_LIMIT:
+                raise ValueError("request too long")
+            parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+            if len(parts) != 3:
+                status, body = 400, {"error": "malformed request line"}
+                method = "GET"
+            else:
+                method = parts[0]
+                status, body = self.answer(method, parts[1])
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+            writer.close()
+            return
+        payload = orjson.dumps(body)
+        writer.write(
+            f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        if method != "HEAD":
+            writer.write(payload)
+        try:
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()

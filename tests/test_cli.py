@@ -1,0 +1,285 @@
+"""The ``mediator`` command, run as operators run it: a process of its own on
+Redis Streams, stopped with SIGTERM, read through its output and exit status."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import attrs
+import orjson
+import pytest
+import redis.asyncio
+
+from brokers.redis import RedisStreamBroker
+from mediator import EventEmitter, EventMap
+from mediator._cli import main
+from tests.cli_app import OrderPlaced
+
+ROOT = Path(__file__).resolve().parent.parent
+STEP = 30.0
+"""Seconds any one step (start, handle, stop) may take before the test fails."""
+
+
+@attrs.define
+class Command:
+    """A running ``mediator`` process, its output read line by line."""
+
+    process: asyncio.subprocess.Process
+    stdout: list[str] = attrs.field(factory=list)
+    stderr: list[str] = attrs.field(factory=list)
+
+    async def line(self, where: str, contains: str) -> str:
+        """The next line on `where` ("stdout"/"stderr") containing `contains`."""
+        stream = self.process.stdout if where == "stdout" else self.process.stderr
+        assert stream is not None
+        kept = self.stdout if where == "stdout" else self.stderr
+        async with asyncio.timeout(STEP):
+            while True:
+                raw = await stream.readline()
+                if not raw:
+                    raise AssertionError(
+                        f"{where} ended before a line with {contains!r}:\n" + "\n".join(kept)
+                    )
+                text = raw.decode().rstrip("\n")
+                kept.append(text)
+                if contains in text:
+                    return text
+
+    async def finish(self) -> int:
+        async with asyncio.timeout(STEP):
+            out, err = await self.process.communicate()
+        self.stdout.extend(out.decode().splitlines())
+        self.stderr.extend(err.decode().splitlines())
+        assert self.process.returncode is not None
+        return self.process.returncode
+
+
+def _env(prefix: str, redis_url: str, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "examples")]),
+        "CLI_APP_PREFIX": prefix,
+        "REDIS_URL": redis_url,
+        **extra,
+    }
+
+
+async def _start(*args: str, env: dict[str, str]) -> Command:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mediator",
+        *args,
+        env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    return Command(process)
+
+
+@pytest.fixture
+async def commands() -> AsyncIterator[list[Command]]:
+    """Every command a test starts; one still running at the end is killed by its PID."""
+    started: list[Command] = []
+    yield started
+    for command in started:
+        if command.process.returncode is None:
+            command.process.kill()
+            await command.process.wait()
+
+
+async def _publish(redis_url: str, prefix: str, order_ids: range) -> None:
+    broker = RedisStreamBroker.from_url(redis_url, prefix)
+    emitter = EventEmitter(event_map=EventMap(), message_broker=broker)
+    async with broker:
+        for order_id in order_ids:
+            await emitter.emit(OrderPlaced(order_id=order_id))
+
+
+async def _handled(client: redis.asyncio.Redis, prefix: str, at_least: int) -> list[str]:
+    """The records of handled events, once there are `at_least` (bounded poll)."""
+    deadline = time.monotonic() + STEP
+    while True:
+        records = [r.decode() for r in await client.lrange(f"{prefix}:handled", 0, -1)]
+        if len(records) >= at_least or time.monotonic() > deadline:
+            return records
+        await asyncio.sleep(0.05)  # poll interval, bounded by the deadline
+
+
+async def test_run_handles_messages_and_a_sigterm_drains_and_exits_0_with_nothing_lost(
+    redis_url: str,
+    key_prefix: str,
+    redis_client: redis.asyncio.Redis,
+    commands: list[Command],
+) -> None:
+    streams = redis_url.replace("redis://", "redis+streams://", 1)
+    env = _env(key_prefix, redis_url, CLI_APP_BROKER=streams, CLI_APP_GATE="10")
+    first = await _start("run", "tests.cli_app:service", env=env)
+    commands.append(first)
+    await first.line("stdout", "started billing")
+    await _publish(redis_url, key_prefix, range(60))
+    # Stop while the group is part-way through: 10 handled, the next ones in
+    # flight (held at the gate until the stop has begun), the rest unread.
+    assert len(await _handled(redis_client, key_prefix, 10)) == 10
+    first.process.send_signal(signal.SIGTERM)
+    await first.line("stderr", "SIGTERM: stopping service billing")
+    await redis_client.rpush(f"{key_prefix}:gate", *range(60))
+    assert await first.finish() == 0, "\n".join(first.stderr)
+    assert "stopping billing" in first.stdout
+    assert not any("Traceback" in line for line in first.stderr), first.stderr
+    assert any("stopped cleanly (SIGTERM)" in line for line in first.stderr)
+    handled_first = len(await _handled(redis_client, key_prefix, 0))
+    assert 10 < handled_first < 60, "the deliveries in flight were finished, the rest left"
+
+    # The rest, and whatever the first run had read but not handled, is the next run's.
+    second = await _start("run", "tests.cli_app:service", env=env)
+    commands.append(second)
+    await second.line("stdout", "started billing")
+    records = await _handled(redis_client, key_prefix, 60)
+    second.process.send_signal(signal.SIGTERM)
+    assert await second.finish() == 0, "\n".join(second.stderr)
+    ids = [int(record.split(":")[0]) for record in records]
+    assert sorted(ids) == list(range(60)), "every event handled exactly once"
+    for key in await redis_client.smembers(f"{key_prefix}:streams"):
+        for group in await redis_client.xinfo_groups(key):
+            assert group["pending"] == 0, group
+
+
+async def test_two_workers_share_one_group(
+    redis_url: str,
+    key_prefix: str,
+    redis_client: redis.asyncio.Redis,
+    commands: list[Command],
+) -> None:
+    streams = redis_url.replace("redis://", "redis+streams://", 1)
+    env = _env(key_prefix, redis_url, CLI_APP_WORK="0.02")
+    # The stream exists before the workers start, so both join the group on it at
+    # once (a stream that appears later is found by whichever looks first).
+    await _publish(redis_url, key_prefix, range(-1, 0))
+    # The broker from --broker: the app's own (in memory) is replaced, its prefix kept.
+    command = await _start(
+        "run", "tests.cli_app:service", "--broker", streams, "--workers", "2", env=env
+    )
+    commands.append(command)
+    await command.line("stdout", "started billing")
+    await command.line("stdout", "started billing")
+    await _publish(redis_url, key_prefix, range(40))
+    records = [r for r in await _handled(redis_client, key_prefix, 40) if not r.startswith("-")]
+    command.process.send_signal(signal.SIGTERM)
+    assert await command.finish() == 0, "\n".join(command.stderr)
+    assert sorted(int(r.split(":")[0]) for r in records) == list(range(40))
+    pids = {r.split(":")[1] for r in records}
+    assert len(pids) == 2, f"one worker took everything: {pids}"
+    assert command.stdout.count("stopping billing") == 2
+    [stream] = await redis_client.smembers(f"{key_prefix}:streams")
+    [group] = await redis_client.xinfo_groups(stream)
+    assert group["name"] == b"billing"
+    assert group["pending"] == 0
+
+
+async def test_a_failing_start_exits_1_with_the_reason_in_one_line(
+    redis_url: str, key_prefix: str, commands: list[Command]
+) -> None:
+    env = _env(key_prefix, redis_url)
+    command = await _start(
+        "run", "tests.cli_app:service", "--broker", "redis+streams://127.0.0.1:1", env=env
+    )
+    commands.append(command)
+    assert await command.finish() == 1
+    [reason] = [line for line in command.stderr if line.startswith("mediator run:")]
+    assert reason.startswith("mediator run: BrokerUnavailableError: ")
+    assert "127.0.0.1:1" in reason
+    assert not any("Traceback" in line for line in command.stderr), command.stderr
+
+
+async def test_a_worker_that_fails_to_start_fails_the_command(
+    redis_url: str, key_prefix: str, commands: list[Command]
+) -> None:
+    env = _env(key_prefix, redis_url)
+    command = await _start(
+        "run",
+        "tests.cli_app:service",
+        "--broker",
+        "redis+streams://127.0.0.1:1",
+        "--workers",
+        "2",
+        env=env,
+    )
+    commands.append(command)
+    assert await command.finish() == 1
+    assert sum(line.startswith("mediator run: BrokerUnavailableError") for line in command.stderr)
+
+
+async def test_the_health_endpoint_answers_liveness_readiness_and_stats(
+    redis_url: str, key_prefix: str, commands: list[Command]
+) -> None:
+    env = _env(key_prefix, redis_url)
+    command = await _start(
+        "run", "tests.cli_app:service", "--broker", "memory://", "--health-port", "0", env=env
+    )
+    commands.append(command)
+    line = await command.line("stderr", "health endpoint on http://127.0.0.1:")
+    port = int(line.rsplit(":", 1)[1])
+    await command.line("stdout", "started billing")
+    assert await _get(port, "/livez") == (200, {"status": "alive"})
+    assert await _get(port, "/readyz") == (200, {"status": "ready"})
+    status, stats = await _get(port, "/stats")
+    assert status == 200
+    assert stats["service"] == "billing"
+    [consumer] = stats["consumers"]
+    assert consumer["subscriptions"] == [
+        {"pattern": f"{key_prefix}:notification_event:Order*", "group": "billing"}
+    ]
+    assert consumer["handled"] == 0
+    assert (await _get(port, "/nope"))[0] == 404
+    command.process.send_signal(signal.SIGINT)
+    assert await command.finish() == 0, "\n".join(command.stderr)
+
+
+async def _get(port: int, path: str) -> tuple[int, dict[str, object]]:
+    async with asyncio.timeout(STEP):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+        await writer.drain()
+        response = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), orjson.loads(body)
+
+
+def test_a_path_that_names_no_service_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["asyncapi", "tests.cli_app:records"])
+    assert exited.value.code == 2
+    assert "not a mediator.Service" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["diagram", f"no_such_module_{uuid.uuid4().hex}:app"])
+    assert exited.value.code == 2
+    assert "cannot import" in capsys.readouterr().err
+
+
+def test_asyncapi_and_diagram_write_to_a_file(tmp_path: Path) -> None:
+    target = tmp_path / "asyncapi.json"
+    assert main(["asyncapi", "tests.cli_app:service", "-o", str(target)]) == 0
+    assert orjson.loads(target.read_bytes())["asyncapi"] == "3.0.0"
+    chart = tmp_path / "routes.mmd"
+    assert main(["diagram", "tests.cli_app:service", "--output", str(chart)]) == 0
+    assert chart.read_text().startswith("flowchart LR\n")
+
+
+def test_the_console_script_is_the_same_command() -> None:
+    from importlib.metadata import entry_points
+
+    [script] = entry_points(group="console_scripts", name="mediator")
+    assert script.load() is main
