@@ -1,223 +1,406 @@
-"""Redis transports: Pub/Sub (`RedisMessageBroker`) and Streams (`RedisStreamBroker`).
+"""Redis transports: Pub/Sub (`RedisPubSubBroker`, also importable as diator's
+`RedisMessageBroker`) and Streams (`RedisStreamBroker`).
 
-Pub/Sub: fire-and-forget publishing and pattern subscriptions.
-Delivery guarantee: at-most-once. A message reaches the subscriptions live
-when it is published; a consumer that is down or reconnecting misses it.
+Both are built on `mediator.transport`: this module holds only what redis-py
+needs. Both keep dead letters the same way: the stream
+``{prefix}:dead-letter``, one entry per `DeadLetterRecord` (the body bounded
+to 64 KiB, with its size and SHA-256), trimmed to `dead_letter_limit`;
+`await broker.dead_letters()` returns them oldest first.
 
-- Channel layout: ``{prefix}:{message_type}:{message_name}``; with
-  ``channel_layout="diator"``, ``{prefix}:{message_type}:{message_id}`` as
-  diator published, so diator consumers keep working.
-- Subscribing is ``PSUBSCRIBE`` with the pattern as given; overlapping
-  patterns each get the message, as Redis sends one ``pmessage`` per pattern.
-- No consumer groups: Pub/Sub delivers to every subscriber.
-- Dead letters go to the capped Redis list ``{prefix}:dead-letters`` (newest
-  first), as JSON objects with channel, reason, description and the data.
+Pub/Sub: ``PUBLISH`` and ``PSUBSCRIBE``, at-most-once. A message reaches
+the subscriptions live when it is published.
+
+Streams: ``XADD`` and ``XREADGROUP`` in consumer groups, at-least-once. An
+entry stays pending in its group until a consumer acknowledges it after its
+handlers finished; acknowledgements are batched (one ``XACK`` per stream,
+sent with the next read).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from typing import Any, Literal, Protocol, Self
-
-import orjson
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar, Literal, Self
 
 try:
     from redis import exceptions as redis_errors
     from redis.asyncio import Redis
     from redis.asyncio.client import PubSub
+    from redis.asyncio.connection import Connection
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "brokers.redis needs redis-py: pip install 'mediator-toolkit[redis]'"
     ) from exc
 
-from mediator._exceptions import PublishError
-from mediator._message import Message, encode_message
-from mediator._patterns import GlobPattern
-from mediator._policies import Backoff
-from mediator.transport import BrokerLifecycle, DeliveryGuarantee, Reconnection
+from mediator.transport import (
+    BrokerLifecycle,
+    BrokerUnavailableError,
+    CredentialError,
+    DeadLetterRecord,
+    DeliveryBase,
+    DeliveryGuarantee,
+    GlobPattern,
+    Message,
+    PublishError,
+    ReconnectingSubscription,
+    SubscriptionLostError,
+    TransportError,
+    being_cancelled,
+    encode_message,
+    map_errors,
+    quote,
+)
 
 __all__ = [
-    "RedisDelivery",
     "RedisMessageBroker",
+    "RedisPubSubBroker",
+    "RedisPubSubDelivery",
+    "RedisPubSubSubscription",
     "RedisStreamBroker",
     "RedisStreamDelivery",
     "RedisStreamSubscription",
-    "RedisSubscription",
 ]
 
 logger = logging.getLogger("mediator.brokers.redis")
 
 ChannelLayout = Literal["name", "diator"]
-_RECONNECT = Backoff(initial=0.1, multiplier=2, maximum=5.0, jitter=0.2)
-_PMESSAGE = (b"pmessage", "pmessage")  # bytes, or str with decode_responses=True
+StartFrom = Literal["new", "beginning"]
+
+_CREDENTIAL_ERRORS = (
+    redis_errors.AuthenticationError,
+    redis_errors.AuthorizationError,
+    redis_errors.NoPermissionError,
+)
+_CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+_REDIS_ERRORS = (redis_errors.RedisError, OSError)
+_ERRORS: dict[type[BaseException] | tuple[type[BaseException], ...], type[TransportError]] = {
+    _CREDENTIAL_ERRORS: CredentialError,  # subclasses of ConnectionError: first
+    _CONNECTION_ERRORS: BrokerUnavailableError,
+    redis_errors.RedisError: TransportError,
+}
+_HINTS = {
+    CredentialError: "Check the user and password in the URL or on the client, and the user's ACL.",
+    BrokerUnavailableError: "Check the address, and that Redis runs and accepts connections.",
+}
+_PASSING = (
+    "READONLY",  # a replica after a failover: writes come back with the new primary
+    "OOM",  # full: room comes back as keys expire or are deleted
+    "BUSY",  # a long script or function
+    "LOADING",  # loading its data after a restart
+    "MASTERDOWN",
+    "MISCONF",  # snapshots failing: writes refused until they work again
+    "NOREPLICAS",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "UNBLOCKED",  # a blocked read ended by the server (role change, key deleted)
+)
+"""Error replies of a server state that passes: wait (with backoff) and read again."""
+_PMESSAGE = (b"pmessage", "pmessage")  # bytes, or str under RESP3 push parsing
+_PSUBSCRIBE = (b"psubscribe", "psubscribe")
 
 
-class RedisDelivery:
-    """One ``pmessage``. Settling is local: Pub/Sub keeps nothing to settle,
-    except a dead letter, which is written to the broker's dead-letter list."""
+_CODES: tuple[tuple[type[BaseException], str], ...] = (
+    # redis-py takes the code off the replies it has a class for.
+    (redis_errors.ReadOnlyError, "READONLY"),
+    (redis_errors.OutOfMemoryError, "OOM"),
+    (redis_errors.TryAgainError, "TRYAGAIN"),
+    (redis_errors.MasterDownError, "MASTERDOWN"),
+    (redis_errors.ClusterDownError, "CLUSTERDOWN"),
+    (redis_errors.NoPermissionError, "NOPERM"),
+)
 
-    __slots__ = ("_broker", "channel", "data")
 
-    delivery_count = 1
+def _code(error: BaseException) -> str:
+    """The error code of a Redis reply (``NOGROUP``, ``OOM`` ...)."""
+    for kind, code in _CODES:
+        if isinstance(error, kind):
+            return code
+    return str(error).split(" ", 1)[0]
 
-    def __init__(self, broker: RedisMessageBroker, channel: str, data: bytes) -> None:
+
+def _describe(error: BaseException) -> str:
+    """A Redis error reply as Redis wrote it, code first, bounded."""
+    text = str(error)
+    code = _code(error)
+    return quote(text if text.startswith(code) else f"{code} {text}")
+
+
+def _lost(error: Exception) -> TransportError:
+    """A redis-py error of a subscription as the library's, with Redis's
+    words (redis-py's own repr leaves them out of the reconnect log line)."""
+    for source, target in _ERRORS.items():
+        if isinstance(error, source):
+            return target(_describe(error))
+    return TransportError(_describe(error))
+
+
+def _fatal(subscription: object, error: BaseException) -> BaseException | None:
+    """What a subscription stops with after `error` (from `_lost`); None to
+    wait and retry."""
+    cause = error.__cause__
+    if isinstance(error, CredentialError):
+        return CredentialError(
+            f"Redis refused the credential of {subscription!r} ({quote(str(cause))}); "
+            "check the user's password and ACL, then start the consumer again"
+        )
+    if isinstance(cause, redis_errors.ResponseError) and _code(cause) not in _PASSING:
+        return SubscriptionLostError(
+            f"Redis answered {subscription!r} with an error that waiting does not mend "
+            f"({_describe(cause)}); the consumer stops"
+        )
+    return None
+
+
+def _names(messages: Sequence[Message]) -> str:
+    """The names in a batch, each once with its count, bounded: for errors."""
+    counts: dict[str, int] = {}
+    for message in messages:
+        counts[message.message_name] = counts.get(message.message_name, 0) + 1
+    return quote(", ".join(f"{n} x{c}" if c > 1 else n for n, c in counts.items()))
+
+
+async def _push_as_is(response: Any) -> Any:
+    # redis-py's default handler logs every pushed message at DEBUG, building
+    # the whole line even when DEBUG is off.
+    return response
+
+
+class _RedisBroker(BrokerLifecycle):
+    """What both Redis brokers share: the client, `from_url`, `start`/`stop`,
+    error mapping and the dead-letter stream."""
+
+    def __init__(self, client: Redis, channel_prefix: str, dead_letter_limit: int) -> None:
+        name = type(self).__name__
+        if client.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ValueError(
+                f"{name}: the Redis client decodes responses to str; envelopes are bytes. "
+                "Build the client with decode_responses=False (the default)"
+            )
+        if dead_letter_limit < 1:
+            raise ValueError(
+                f"{name}(dead_letter_limit={dead_letter_limit}): must be at least 1; it caps "
+                f"the dead-letter stream {channel_prefix}:dead-letter"
+            )
+        super().__init__()
+        self.client = client
+        """The redis-py client every command goes through."""
+        self.channel_prefix = channel_prefix
+        """The first part of every channel or stream key, and of the dead-letter key."""
+        self.dead_letter_key = f"{channel_prefix}:dead-letter"
+        """The stream that dead letters are appended to."""
+        self.dead_letter_limit = dead_letter_limit
+        """How many dead letters the stream keeps; older ones are trimmed."""
+
+    @classmethod
+    def from_url(cls, url: str, channel_prefix: str = "mediator", **options: Any) -> Self:
+        """A broker with a client of its own for `url` (``redis://``,
+        ``rediss://``, ``unix://``); `stop()` closes that client.
+
+        ```python
+        async with RedisStreamBroker.from_url("redis://localhost:6379/0", "shop") as broker:
+            ...
+        ```
+        """
+        broker = cls(Redis.from_url(url), channel_prefix, **options)
+        broker._owns_client = True
+        return broker
+
+    @property
+    def address(self) -> str:
+        """Where the client connects (``host:port`` or the socket path), for messages."""
+        kwargs = self.client.connection_pool.connection_kwargs
+        if "path" in kwargs:
+            return str(kwargs["path"])
+        return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+
+    @contextlib.contextmanager
+    def _mapped(self, doing: str) -> Iterator[None]:
+        """redis-py's errors as the library's, saying what failed where, and
+        what to check."""
+        what = f"{doing} Redis at {self.address}"
+        try:
+            with map_errors(what, _ERRORS):
+                yield
+        except TransportError as exc:
+            cause = exc.__cause__
+            if not str(exc).startswith(what):  # mapped by a subscription already
+                exc = type(exc)(f"{what} failed: {exc}")
+            hint = _HINTS.get(type(exc))
+            if hint:
+                exc.add_note(hint)
+            raise exc from cause
+
+    async def _open(self) -> None:
+        with self._mapped("PING to"):
+            await self.client.ping()
+
+    async def _close_client(self) -> None:
+        await self.client.aclose()
+
+    async def _subscribed(
+        self, subscription: RedisPubSubSubscription | RedisStreamSubscription
+    ) -> None:
+        """Open `subscription`, or close it and raise why it could not open."""
+        try:
+            with self._mapped(f"subscribing to {quote(repr(subscription.pattern), 200)} on"):
+                await subscription.open()
+        except BaseException:
+            await subscription.close()
+            raise
+
+    async def dead_letters(self) -> list[DeadLetterRecord]:
+        """What was dead-lettered (at most the newest `dead_letter_limit`), oldest first."""
+        entries: Any = await self.client.xrange(self.dead_letter_key)
+        return [DeadLetterRecord.from_fields(fields) for _, fields in entries]
+
+    def _dead_letter_fields(self, record: DeadLetterRecord, **extra: str | bytes) -> Any:
+        return {**record.fields(), **extra}
+
+
+# -- Pub/Sub -------------------------------------------------------------------
+
+
+class RedisPubSubDelivery(DeliveryBase):
+    """One ``pmessage``. Pub/Sub keeps nothing to settle: ack does nothing,
+    release drops it (with a WARNING), a dead letter goes to the broker's
+    dead-letter stream."""
+
+    __slots__ = ("_broker",)
+
+    def __init__(self, broker: RedisPubSubBroker, channel: str, data: bytes) -> None:
         self._broker = broker
         self.channel = channel
         self.data = data
+        self.delivery_count = 1
+        self.settled = None
 
-    async def ack(self) -> None:
-        """Nothing to do: Pub/Sub forgets a message once it is sent."""
+    async def _ack(self) -> None:
+        """Nothing to do: Redis forgot the message once it sent it."""
 
-    async def release(self) -> None:
-        """Pub/Sub cannot deliver again; the message is dropped (at-most-once)."""
-        logger.warning("Redis Pub/Sub cannot redeliver; dropping a message from %s", self.channel)
+    async def _release(self) -> None:
+        logger.warning(
+            "Redis Pub/Sub cannot redeliver; dropping a message from %s", quote(self.channel, 200)
+        )
 
-    async def dead_letter(self, reason: str, description: str) -> None:
-        """Push the message onto the broker's capped dead-letter list."""
-        await self._broker._dead_letter(self.channel, self.data, reason, description)
+    async def _dead_letter(self, reason: str, description: str) -> None:
+        broker = self._broker
+        record = DeadLetterRecord.of(self.channel, self.data, reason, description)
+        await broker.client.xadd(
+            broker.dead_letter_key,
+            broker._dead_letter_fields(record),
+            maxlen=broker.dead_letter_limit,
+            approximate=False,
+        )
 
 
-class RedisSubscription:
-    """A ``PSUBSCRIBE`` on a connection of its own, re-established after a
-    dropped connection with exponential backoff and jitter."""
+class RedisPubSubSubscription(ReconnectingSubscription[RedisPubSubDelivery]):
+    """A ``PSUBSCRIBE`` on a connection of its own.
 
-    group = None
+    Every reconnect goes through the kit's loop (logged when the link is
+    lost and when it is back): replies are read from the connection
+    directly, never through redis-py's retrying `PubSub.parse_response`,
+    which would reconnect and re-subscribe silently.
+    """
 
-    def __init__(self, broker: RedisMessageBroker, pattern: str) -> None:
-        self._broker = broker
-        self.pattern = pattern
+    logger = logger
+    transient: ClassVar[tuple[type[BaseException], ...]] = (TransportError,)
+
+    def __init__(self, broker: RedisPubSubBroker, pattern: str) -> None:
+        super().__init__(pattern, None, broker=broker)
+        self._pubsub_broker = broker
         self._pubsub: PubSub | None = None
-        self._closed = False
+        self._connection: Connection | None = None
+        self._names: dict[bytes | str, str] = {}
 
     async def _connect(self) -> None:
-        pubsub = self._broker.client.pubsub()
+        pubsub = self._pubsub_broker.client.pubsub(push_handler_func=_push_as_is)
         try:
-            await pubsub.psubscribe(self.pattern)
-            # Live only once Redis confirmed the subscription.
-            while True:
-                reply = await pubsub.get_message(timeout=None)
-                if reply is not None and reply["type"] == "psubscribe":
-                    break
+            try:
+                await pubsub.psubscribe(self.pattern)
+                connection: Connection = pubsub.connection  # type: ignore[assignment]
+                # Live only once Redis confirmed the subscription.
+                while True:
+                    reply = await connection.read_response(timeout=math.inf, push_request=True)
+                    if reply and reply[0] in _PSUBSCRIBE:
+                        break
+            except _REDIS_ERRORS as exc:
+                raise _lost(exc) from exc
         except BaseException:
             # Cancelled or failed half-way: never leave a subscribed connection behind.
             await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
             raise
-        self._pubsub = pubsub
+        if self.closed:  # closed while subscribing
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            return
+        self._pubsub, self._connection = pubsub, connection
 
-    def __aiter__(self) -> AsyncIterator[RedisDelivery]:
-        return self._deliveries()
+    async def _receive(self) -> tuple[RedisPubSubDelivery, ...]:
+        connection = self._connection
+        if connection is None or not connection.is_connected:
+            raise BrokerUnavailableError("the subscription's connection is closed")
+        try:
+            if connection.health_check_interval:
+                await self._pubsub.check_health()  # type: ignore[union-attr]
+            reply = await connection.read_response(timeout=math.inf, push_request=True)
+        except _REDIS_ERRORS as exc:
+            raise _lost(exc) from exc
+        if being_cancelled():  # a cancellation redis-py swallowed
+            raise asyncio.CancelledError
+        if not reply or reply[0] not in _PMESSAGE:
+            return ()
+        channel, data = reply[2], reply[3]
+        name = self._names.get(channel)
+        if name is None:
+            name = channel.decode("utf-8", "replace") if isinstance(channel, bytes) else channel
+            # Bounded: hostile channel names must not grow the cache.
+            if len(name) <= 256:
+                if len(self._names) >= 1024:
+                    self._names.clear()
+                self._names[channel] = name
+        return (
+            RedisPubSubDelivery(
+                self._pubsub_broker, name, data.encode() if isinstance(data, str) else data
+            ),
+        )
 
-    async def _deliveries(self) -> AsyncIterator[RedisDelivery]:
-        retry = Reconnection(logger, _RECONNECT)
-        channels: dict[bytes | str, str] = {}
-        while not self._is_closed():
-            try:
-                if self._pubsub is None:
-                    await self._connect()
-                    retry.succeeded()
-                assert self._pubsub is not None
-                # The raw reply, not get_message(): that builds a dict and runs
-                # redis-py's per-message hooks, a fifth of the consume cost.
-                reply = await self._pubsub.parse_response(block=True)
-            except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-                # Closed: close() broke the connection on purpose.
-                if await retry.pause(
-                    f"lost the Redis subscription {self.pattern!r}",
-                    exc,
-                    closed=self._is_closed(),
-                    then="reconnecting",
-                    before_wait=self._drop,
-                ):
-                    continue
-                return
-            if not reply or reply[0] not in _PMESSAGE:
-                continue
-            _, _, channel, data = reply
-            name = channels.get(channel)
-            if name is None:
-                name = channels[channel] = (
-                    channel.decode() if isinstance(channel, bytes) else channel
-                )
-                if len(channels) > 10_000:
-                    channels.clear()
-            yield RedisDelivery(
-                self._broker, name, data.encode() if isinstance(data, str) else data
-            )
-
-    async def _drop(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
+    async def _disconnect(self) -> None:
+        pubsub, self._pubsub, self._connection = self._pubsub, None, None
         if pubsub is not None:
             try:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
             except Exception:  # the connection is gone already
                 logger.debug("closing a broken Redis subscription failed", exc_info=True)
 
-    def _is_closed(self) -> bool:
-        return self._closed
-
-    async def close(self) -> None:
-        """Unsubscribe and close the connection."""
-        self._closed = True
-        self._broker._subscriptions.discard(self)
-        await self._drop()
+    def _fatal(self, error: BaseException) -> BaseException | None:
+        return _fatal(self, error)
 
 
-class _Closable(Protocol):
-    async def close(self) -> None: ...
-
-
-class _RedisBroker(BrokerLifecycle):
-    """What both Redis brokers share: the client, `from_url`, start and stop."""
-
-    client: Redis
-    _subscriptions: set[Any]
-
-    def __init__(self, client: Redis) -> None:
-        if client.connection_pool.connection_kwargs.get("decode_responses"):
-            raise ValueError(
-                "the Redis client decodes responses to str; envelopes are bytes. Build the "
-                "client with decode_responses=False (the default)"
-            )
-        self._owns_client = False
-
-    @classmethod
-    def from_url(cls, url: str, channel_prefix: str = "mediator", **options: Any) -> Self:
-        """A broker with its own client for `url` (``redis://``, ``rediss://``,
-        ``unix://``); `stop()` closes that client."""
-        broker = cls(Redis.from_url(url), channel_prefix, **options)  # type: ignore[call-arg]
-        broker._owns_client = True
-        return broker
-
-    async def start(self) -> None:
-        """Check that Redis answers; publishing and subscribing connect on demand."""
-        await self.client.ping()
-
-    async def stop(self) -> None:
-        """Close every subscription this broker opened, and the client if
-        `from_url` made it (a client you passed in stays yours)."""
-        subscriptions: list[_Closable] = list(self._subscriptions)
-        for subscription in subscriptions:
-            await subscription.close()
-        if self._owns_client:
-            await self.client.aclose()
-
-
-class RedisMessageBroker(_RedisBroker):
+class RedisPubSubBroker(_RedisBroker):
     """Publishes envelopes with ``PUBLISH`` and subscribes with ``PSUBSCRIBE``.
+
+    Delivery guarantee: at-most-once. A message reaches the subscriptions
+    that are live when it is published; a consumer that is down or
+    reconnecting misses it.
 
     ```python
     from redis.asyncio import Redis
-    broker = RedisMessageBroker(client=Redis(), channel_prefix="shop")
+    broker = RedisPubSubBroker(client=Redis(), channel_prefix="shop")
     ```
 
-    The client is yours: configure AUTH, TLS or a unix socket on it, and
-    close it yourself. One client serves every publish; each subscription
-    takes a connection of its own from the client's pool.
+    - Channels ``{prefix}:{message_type}:{message_name}``; with
+      ``channel_layout="diator"``, ``{prefix}:{message_type}:{message_id}`` as
+      diator published, so diator consumers keep working.
+    - A subscription is ``PSUBSCRIBE`` with the pattern as given, on a
+      connection of its own from the client's pool; overlapping patterns
+      each get the message. No consumer groups.
+    - The client is yours (configure AUTH, TLS or a unix socket on it, and
+      close it), unless `from_url` built it.
     """
 
     delivery_guarantee = DeliveryGuarantee.AT_MOST_ONCE
@@ -231,34 +414,26 @@ class RedisMessageBroker(_RedisBroker):
         dead_letter_limit: int = 10_000,
     ) -> None:
         if channel_layout not in ("name", "diator"):
-            raise ValueError(f"channel_layout must be 'name' or 'diator', got {channel_layout!r}")
-        _RedisBroker.__init__(self, client)
-        if dead_letter_limit < 1:
             raise ValueError(
-                f"dead_letter_limit must be at least 1, got {dead_letter_limit}; it caps the "
-                "dead-letter list"
+                f"RedisPubSubBroker(channel_layout={channel_layout!r}): must be 'name' or 'diator'"
             )
-        self.client = client
-        self.channel_prefix = channel_prefix
-        self.channel_layout = channel_layout
-        self.dead_letter_key = f"{channel_prefix}:dead-letters"
-        self.dead_letter_limit = dead_letter_limit
-        self._subscriptions: set[RedisSubscription] = set()
+        super().__init__(client, channel_prefix, dead_letter_limit)
+        self.channel_layout: ChannelLayout = channel_layout
+        """``"name"`` or ``"diator"``: what the last part of a channel is."""
 
     def channel(self, message: Message) -> str:
         """The channel `message` is published on."""
         last = str(message.message_id) if self.channel_layout == "diator" else message.message_name
         return f"{self.channel_prefix}:{message.message_type}:{last}"
 
-    # -- publish -----------------------------------------------------------
-
     async def send_message(self, message: Message) -> None:
-        """``PUBLISH`` one envelope; raises PublishError when Redis cannot be reached."""
+        """``PUBLISH`` one envelope; raises PublishError when Redis cannot take it."""
         try:
             await self.client.publish(self.channel(message), encode_message(message))
         except redis_errors.RedisError as exc:
             raise PublishError(
-                f"could not publish {message.message_name} ({message.message_id}) to Redis: {exc}"
+                f"could not publish {message.message_name} ({message.message_id}) to Redis "
+                f"at {self.address}: {quote(str(exc))}"
             ) from exc
 
     async def send_messages(self, messages: Sequence[Message]) -> None:
@@ -272,64 +447,55 @@ class RedisMessageBroker(_RedisBroker):
                     pipe.publish(self.channel(message), encode_message(message))
                 await pipe.execute()
         except redis_errors.RedisError as exc:
-            names = ", ".join(m.message_name for m in messages)
-            raise PublishError(f"could not publish a batch ({names}) to Redis: {exc}") from exc
+            raise PublishError(
+                f"could not publish a batch ({_names(messages)}) to Redis at {self.address}: "
+                f"{quote(str(exc))}"
+            ) from exc
 
-    # -- subscribe ---------------------------------------------------------
-
-    async def subscribe(self, pattern: str, *, group: str | None = None) -> RedisSubscription:
+    async def subscribe(self, pattern: str, *, group: str | None = None) -> RedisPubSubSubscription:
         """``PSUBSCRIBE`` to `pattern`; returns once Redis confirmed it."""
         if group is not None:
             raise ValueError(
                 f"Redis Pub/Sub has no consumer groups (asked for group {group!r}); every "
-                "subscriber gets every message. Use a Streams broker for groups."
+                "subscriber gets every message. Use RedisStreamBroker for groups."
             )
-        subscription = RedisSubscription(self, pattern)
-        await subscription._connect()
-        self._subscriptions.add(subscription)
+        subscription = RedisPubSubSubscription(self, pattern)
+        await self._subscribed(subscription)
         return subscription
 
-    async def _dead_letter(self, channel: str, data: bytes, reason: str, description: str) -> None:
-        record = orjson.dumps(
-            {
-                "channel": channel,
-                "reason": reason,
-                "description": description,
-                "data": data.decode("utf-8", "replace"),
-            }
-        )
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.lpush(self.dead_letter_key, record)
-            pipe.ltrim(self.dead_letter_key, 0, self.dead_letter_limit - 1)
-            await pipe.execute()
 
-    async def dead_letters(self) -> list[dict[str, str]]:
-        """What was dead-lettered, newest first."""
-        records = await self.client.lrange(self.dead_letter_key, 0, -1)
-        return [orjson.loads(record) for record in records]
-
-    # -- lifecycle ---------------------------------------------------------
+RedisMessageBroker = RedisPubSubBroker
+"""diator's name for the Pub/Sub broker: the same class."""
 
 
 # -- Streams -------------------------------------------------------------------
 
-StartFrom = Literal["new", "beginning"]
+_ACK_DELAY = 0.05
+"""Seconds an acknowledgement waits for the next read before it is sent alone
+(well under `claim_idle`: a member's acknowledged entries are not renewed)."""
+_SOLO = "solo:"
+"""The group name prefix of an ungrouped subscription's private group."""
+
+# Deletes a group member only if nothing is pending for it, atomically: a
+# member deleted with pending entries would take them out of the group unhandled.
+_DELETE_IF_IDLE = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return -1 end
+return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+"""
 
 
-def _entry_data(fields: dict[bytes, bytes]) -> bytes:
-    # An entry some other producer wrote without our field decodes as bad
-    # input (not JSON) and is dead-lettered, rather than stopping the reader.
-    return fields.get(b"data", b"")
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def _consumer_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-class RedisStreamDelivery:
+class RedisStreamDelivery(DeliveryBase):
     """One stream entry read in a consumer group; settle it exactly once."""
 
-    __slots__ = ("_subscription", "channel", "data", "delivery_count", "entry_id")
+    __slots__ = ("_subscription", "entry_id")
 
     def __init__(
         self,
@@ -337,193 +503,527 @@ class RedisStreamDelivery:
         channel: str,
         entry_id: bytes,
         data: bytes,
-        delivery_count: int,
+        delivery_count: int = 1,
     ) -> None:
         self._subscription = subscription
-        self.channel = channel
         self.entry_id = entry_id
+        """The stream entry's id."""
+        self.channel = channel
         self.data = data
         self.delivery_count = delivery_count
+        self.settled = None
 
-    async def ack(self) -> None:
-        """``XACK``: the entry leaves the group's pending list."""
-        await self._subscription._ack(self)
+    async def _ack(self) -> None:
+        """``XACK``, batched with the others of the stream and sent with the
+        subscription's next read (or within `_ACK_DELAY`)."""
+        subscription = self._subscription
+        if subscription.closed:  # no read follows: acknowledge now
+            subscription._forget(self)
+            await subscription._client.xack(self.channel, subscription._group, self.entry_id)
+        else:
+            subscription._queue_ack(self)
 
-    async def release(self) -> None:
-        """Leave it pending: it is claimed again (``XAUTOCLAIM``) once it has been
-        idle for the broker's `claim_idle`, by this or another group member."""
+    async def _release(self) -> None:
+        """Leave it pending: a member of the group claims it (``XAUTOCLAIM``)
+        once it has been idle for the broker's `claim_idle`."""
+        self._subscription._forget(self)
 
-    async def dead_letter(self, reason: str, description: str) -> None:
-        """``XADD`` it to the dead-letter stream with the reason, then ``XACK``."""
+    async def _dead_letter(self, reason: str, description: str) -> None:
+        """``XADD`` it to the dead-letter stream, bounded, then ``XACK``, in one
+        transaction."""
         await self._subscription._dead_letter(self, reason, description)
 
 
-class RedisStreamSubscription:
-    """Reads every stream whose key matches a glob, in one consumer group.
+class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
+    """Reads every registered stream whose key matches a glob, in one group.
 
-    Streams are found in the broker's registry set, re-read every
-    `discovery_interval`; entries idle in the group's pending list longer
-    than `claim_idle` (a crashed or stopped member's) are claimed every
-    `claim_interval`.
+    - Streams are found in the broker's registry, re-read every
+      `discovery_interval`; a stream found later, or deleted and back, is
+      read from its first entry (its group is created at ``0``).
+    - Entries idle in the group's pending list longer than `claim_idle` (a
+      crashed or stopped member's, or released ones) are claimed every
+      `claim_interval`; entries this subscription holds are kept from
+      being claimed by renewing them (``XCLAIM ... JUSTID``) meanwhile.
+    - Acknowledgements are collected and sent as one ``XACK`` per stream,
+      in the same round trip as the next ``XREADGROUP``, or after a few
+      milliseconds when the reader waits; never before the delivery's
+      handlers finished, and all of them before `close()` returns.
+    - Server errors of a passing state (READONLY, OOM, BUSY ...) are waited
+      out with backoff; a deleted stream or group is recreated; a key of
+      another type is skipped until it is a stream again; anything else
+      ends iteration with a `SubscriptionLostError` naming the reply.
+    - `close()` removes what the subscription made for itself: its private
+      group (every stream), or its member name in a named group where
+      nothing is pending for it.
     """
 
+    logger = logger
+    transient: ClassVar[tuple[type[BaseException], ...]] = (TransportError,)
+
     def __init__(self, broker: RedisStreamBroker, pattern: str, group: str | None) -> None:
-        self._broker = broker
-        self.pattern = pattern
-        self.group = group
-        # An ungrouped subscription is a group of its own, removed on close.
-        self._group = group if group is not None else f"solo:{uuid.uuid4().hex}"
-        self._consumer = _consumer_name()
+        super().__init__(pattern, group, broker=broker)
+        self._stream_broker = broker
+        self._client = broker.client
+        self._group = group if group is not None else f"{_SOLO}{uuid.uuid4().hex}"
+        """The group read in: `group`, or a private one for an ungrouped subscription."""
+        self.consumer = _consumer_name()
+        """This subscription's member name in its group."""
         self._matcher = GlobPattern(pattern)
-        self._streams: dict[str, bytes] = {}
-        self._closed = False
+        self._reading: dict[str, str] = {}
+        """Streams with the group, as XREADGROUP takes them (key -> ">")."""
+        self._joined: set[str] = set()
+        """Every stream the group was created or found on (for cleaning up)."""
+        self._missing: set[str] = set()
+        """Streams whose group must be made (again) before they are read."""
+        self._misfits: set[str] = set()
+        """Registered keys that hold another type than a stream."""
+        self._held: dict[str, set[bytes]] = {}
+        """Entries read and not settled yet, renewed so that no one claims them."""
+        self._acks: dict[str, list[bytes]] = {}
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._flushes: set[asyncio.Task[None]] = set()
+        self._keeper: asyncio.Task[None] | None = None
+        self._opened = False
+        self._ready: list[RedisStreamDelivery] = []
+        """Deliveries a reconnect read, for the next `_receive`."""
+        self._next_discovery = 0.0
+        self._next_claim = 0.0
 
-    async def _prepare(self) -> None:
-        start = "$" if self._broker.start_from == "new" else "0"
-        await self._discover(start)
+    # -- the link --------------------------------------------------------------
 
-    async def _discover(self, start: str) -> None:
-        for key in await self._broker._registered():
-            if key not in self._streams and self._matcher.matches(key):
-                await self._create_group(key, start)
-                self._streams[key] = b">"
-
-    async def _create_group(self, key: str, start: str) -> None:
+    async def _connect(self) -> None:
+        broker = self._stream_broker
         try:
-            await self._broker.client.xgroup_create(key, self._group, id=start, mkstream=True)
-        except redis_errors.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+            if not self._opened:
+                # Where a group made on a stream that exists now starts.
+                await self._discover("$" if broker.start_from == "new" else "0", strict=True)
+                self._opened = True
+                self._keeper = asyncio.create_task(self._keep(), name=f"keep {self!r}")
+            else:
+                # Back only once a read works (READONLY, OOM ... fail here).
+                await self._discover("0")
+                if self._reading:
+                    self._ready = await self._read(block=False)
+        except _REDIS_ERRORS as exc:
+            raise _lost(exc) from exc
+        self._next_discovery = asyncio.get_running_loop().time() + broker.discovery_interval
 
-    def _is_closed(self) -> bool:
-        return self._closed
+    async def _disconnect(self) -> None:
+        """Nothing to drop: commands take pooled connections."""
 
-    def __aiter__(self) -> AsyncIterator[RedisStreamDelivery]:
-        return self._deliveries()
+    def _fatal(self, error: BaseException) -> BaseException | None:
+        return _fatal(self, error)
 
-    async def _deliveries(self) -> AsyncIterator[RedisStreamDelivery]:
-        broker = self._broker
-        loop = asyncio.get_running_loop()
-        next_discovery = next_claim = loop.time()
-        retry = Reconnection(logger, _RECONNECT)
-        while not self._is_closed():
-            try:
-                now = loop.time()
-                if now >= next_discovery:
-                    # A stream that appears later is read from its beginning.
-                    await self._discover("0")
-                    next_discovery = now + broker.discovery_interval
-                if now >= next_claim:
-                    for delivery in await self._claim():
-                        yield delivery
-                    next_claim = now + broker.claim_interval
-                if not self._streams:
-                    await asyncio.sleep(broker.discovery_interval)
+    async def _discover(self, start: str, *, strict: bool = False) -> None:
+        """Join the group on registered streams matching the pattern that it
+        is not read on yet, and on those whose group must be made again."""
+        keys: Any = await self._client.smembers(self._stream_broker.registry_key)
+        found = {key for key in map(_text, keys) if key not in self._joined}
+        wanted = sorted({key for key in found if self._matcher.matches(key)} | self._missing)
+        if wanted:
+            await self._join(wanted, start, strict=strict)
+
+    async def _join(self, keys: list[str], start: str, *, strict: bool = False) -> None:
+        """``XGROUP CREATE`` on `keys` (``MKSTREAM``; an existing group is
+        kept as it is). A key that fails stays missing, to retry; with
+        `strict`, a failure other than a misfit raises."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.xgroup_create(key, self._group, id=start, mkstream=True)
+            results = await pipe.execute(raise_on_error=False)
+        for key, result in zip(keys, results, strict=True):
+            if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
+                if "WRONGTYPE" in str(result):
+                    self._misfit(key, result)
                     continue
-                # redis-py's reply types are loose; the shapes are documented.
-                replies: Any = await broker.client.xreadgroup(
-                    self._group,
-                    self._consumer,
-                    dict[Any, Any](self._streams),
-                    count=broker.batch_size,
-                    block=broker.block_ms,
-                )
-                retry.succeeded()
-            except redis_errors.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                # The stream or the group was deleted: find them again.
-                logger.warning("stream group %s vanished (%s); recreating", self._group, exc)
-                self._streams.clear()
-                next_discovery = loop.time()
+                if strict:
+                    raise result
+                if key not in self._missing:
+                    logger.warning(
+                        "%r could not make its group on %s (%s); trying again every %.1fs",
+                        self,
+                        quote(key, 200),
+                        _describe(result),
+                        self._stream_broker.discovery_interval,
+                    )
+                self._missing.add(key)
+                self._reading.pop(key, None)
                 continue
-            except (redis_errors.RedisError, OSError) as exc:
-                # Lost connections, but also READONLY after a failover, OOM or
-                # a key of the wrong type: log, back off, try again.
-                if await retry.pause(
-                    f"lost Redis while reading streams for {self.pattern!r}",
-                    exc,
-                    closed=self._is_closed(),
-                ):
-                    continue
-                return
-            for stream, entries in replies or ():
-                channel = stream.decode() if isinstance(stream, bytes) else stream
-                for entry_id, fields in entries:
-                    yield RedisStreamDelivery(self, channel, entry_id, _entry_data(fields), 1)
+            if key in self._misfits:
+                self._misfits.discard(key)
+                logger.info("%r reads %s again: it is a stream now", self, quote(key, 200))
+            self._missing.discard(key)
+            self._joined.add(key)
+            self._reading[key] = ">"
+
+    def _misfit(self, key: str, error: BaseException) -> None:
+        # Found again by discovery once the key is a stream.
+        self._reading.pop(key, None)
+        self._missing.discard(key)
+        self._joined.discard(key)
+        if key not in self._misfits:
+            self._misfits.add(key)
+            logger.warning(
+                "%r skips %s: the key holds another type than a stream (%s); it is read "
+                "once it is a stream again",
+                self,
+                quote(key, 200),
+                _describe(error),
+            )
+
+    # -- receiving --------------------------------------------------------------
+
+    async def _receive(self) -> list[RedisStreamDelivery]:
+        broker = self._stream_broker
+        deliveries, self._ready = self._ready, []
+        now = asyncio.get_running_loop().time()
+        try:
+            if now >= self._next_discovery:
+                await self._discover("0")
+                self._next_discovery = now + broker.discovery_interval
+            if now >= self._next_claim:
+                deliveries += await self._claim()
+                self._next_claim = now + broker.claim_interval
+            if deliveries:
+                pass
+            elif self._reading:
+                deliveries = await self._read(block=True)
+            else:
+                # No stream yet: look again at the next discovery.
+                await asyncio.sleep(broker.discovery_interval)
+        except _REDIS_ERRORS as exc:
+            raise _lost(exc) from exc
+        if being_cancelled():  # a cancellation redis-py swallowed
+            raise asyncio.CancelledError
+        return deliveries
+
+    async def _read(self, *, block: bool) -> list[RedisStreamDelivery]:
+        """Send the acknowledgements waiting, then ``XREADGROUP`` (one round trip)."""
+        broker = self._stream_broker
+        acks = self._take_acks()
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, ids in acks.items():
+                    pipe.xack(key, self._group, *ids)
+                pipe.xreadgroup(
+                    self._group,
+                    self.consumer,
+                    dict[Any, Any](self._reading),
+                    count=broker.batch_size,
+                    block=broker.block_ms if block else None,
+                )
+                results = await pipe.execute(raise_on_error=False)
+        except BaseException:
+            self._requeue(acks)  # maybe not sent: XACK again later (it is idempotent)
+            raise
+        self._check_acks(acks, results)
+        replies = results[-1]
+        if isinstance(replies, redis_errors.ResponseError):
+            return await self._read_failed(replies)
+        return self._deliveries_of(replies)
+
+    def _deliveries_of(self, replies: Any) -> list[RedisStreamDelivery]:
+        # RESP2 callbacks give [[key, entries]], RESP3 ones {key: [entries]}.
+        pairs = replies.items() if isinstance(replies, dict) else replies or ()
+        deliveries: list[RedisStreamDelivery] = []
+        for stream, entries in pairs:
+            if entries and isinstance(entries[0], list):
+                entries = entries[0]
+            key = _text(stream)
+            held = self._held.get(key)
+            if held is None:
+                held = self._held[key] = set()
+            for entry_id, fields in entries:
+                held.add(entry_id)
+                # An entry another producer wrote without our field decodes
+                # as bad input (not JSON) and is dead-lettered.
+                data = fields.get(b"data", b"") if fields else b""
+                deliveries.append(RedisStreamDelivery(self, key, entry_id, data))
+        return deliveries
+
+    async def _read_failed(self, error: redis_errors.ResponseError) -> list[RedisStreamDelivery]:
+        """A group or a stream was deleted, or a key became another type:
+        mend what can be mended here; raise the rest to the reconnect loop."""
+        code = _code(error)
+        if self.closed:
+            return []
+        if code == "NOGROUP" or (code == "UNBLOCKED" and "no longer exists" in str(error)):
+            logger.warning(
+                "%r lost its group on a stream (%s); making it again, from each stream's "
+                "first entry",
+                self,
+                _describe(error),
+            )
+            await self._join(sorted(self._missing.union(self._reading)), "0")
+            return []
+        if code == "WRONGTYPE":
+            keys = list(self._reading)
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.type(key)
+                types = await pipe.execute()
+            wrong = [
+                k for k, t in zip(keys, types, strict=True) if _text(t) not in ("stream", "none")
+            ]
+            for key in wrong:
+                self._misfit(key, error)
+            if wrong:
+                return []
+        raise error
+
+    # -- claiming, renewing, cleaning up ------------------------------------------
 
     async def _claim(self) -> list[RedisStreamDelivery]:
-        broker = self._broker
-        client = broker.client
-        claimed: list[RedisStreamDelivery] = []
+        """Claim entries idle past `claim_idle` (a crashed member's, or
+        released), and remove idle members that hold nothing."""
+        broker = self._stream_broker
+        keys = list(self._reading)
+        if not keys:
+            return []
         idle_ms = int(broker.claim_idle * 1000)
-        for key in list(self._streams):
-            reply = await client.xautoclaim(
-                key, self._group, self._consumer, idle_ms, start_id="0-0", count=broker.batch_size
-            )
-            entries = [(entry_id, fields) for entry_id, fields in reply[1] if fields]
-            if not entries:
-                continue
-            pending: Any = await client.xpending_range(
-                key,
-                self._group,
-                min=entries[0][0],
-                max=entries[-1][0],
-                count=len(entries) * 2,
-                consumername=self._consumer,
-            )
-            counts: dict[bytes, int] = {p["message_id"]: p["times_delivered"] for p in pending}
-            for entry_id, fields in entries:
-                delivery = RedisStreamDelivery(
-                    self, key, entry_id, _entry_data(fields), counts.get(entry_id, 2)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.xautoclaim(
+                    key,
+                    self._group,
+                    self.consumer,
+                    idle_ms,
+                    start_id="0-0",
+                    count=broker.batch_size,
                 )
+                pipe.xinfo_consumers(key, self._group)
+            results = await pipe.execute(raise_on_error=False)
+        claimed: dict[str, list[tuple[bytes, Any]]] = {}
+        for index, key in enumerate(keys):
+            reply, members = results[2 * index], results[2 * index + 1]
+            if isinstance(reply, Exception) or isinstance(members, Exception):
+                continue  # a vanished group shows in the next read
+            entries = [(entry_id, fields) for entry_id, fields in reply[1] if fields]
+            if entries:
+                claimed[key] = entries
+            await self._remove_idle_members(key, members)
+        return await self._claimed(claimed) if claimed else []
+
+    async def _claimed(
+        self, claimed: dict[str, list[tuple[bytes, Any]]]
+    ) -> list[RedisStreamDelivery]:
+        broker = self._stream_broker
+        keys = list(claimed)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                entries = claimed[key]
+                pipe.xpending_range(
+                    key,
+                    self._group,
+                    min=entries[0][0],
+                    max=entries[-1][0],
+                    count=len(entries) * 2,
+                    consumername=self.consumer,
+                )
+            pendings = await pipe.execute(raise_on_error=False)
+        deliveries: list[RedisStreamDelivery] = []
+        for key, pending in zip(keys, pendings, strict=True):
+            counts: dict[bytes, int] = (
+                {}
+                if isinstance(pending, Exception)
+                else {p["message_id"]: p["times_delivered"] for p in pending}
+            )
+            held = self._held.setdefault(key, set())
+            for entry_id, fields in claimed[key]:
+                delivery = RedisStreamDelivery(
+                    self, key, entry_id, fields.get(b"data", b""), counts.get(entry_id, 2)
+                )
+                held.add(entry_id)
                 if delivery.delivery_count > broker.max_deliveries:
-                    await self._dead_letter(
-                        delivery,
+                    await delivery.dead_letter(
                         "too_many_deliveries",
                         f"delivered {delivery.delivery_count} times without being settled",
                     )
                     continue
-                claimed.append(delivery)
-        return claimed
+                deliveries.append(delivery)
+        return deliveries
 
-    async def _ack(self, delivery: RedisStreamDelivery) -> None:
-        await self._broker.client.xack(delivery.channel, self._group, delivery.entry_id)
+    async def _remove_idle_members(self, key: str, members: Any) -> None:
+        limit = self._stream_broker.idle_consumer_timeout
+        if limit is None:
+            return
+        for member in members:
+            name = _text(member["name"])
+            idle = member["idle"] / 1000
+            if name == self.consumer or member["pending"] or idle <= limit:
+                continue
+            if await self._delete_member(key, name) == 0:
+                logger.info(
+                    "removed member %s of group %s on stream %s: idle for %.1fs with nothing "
+                    "pending",
+                    quote(repr(name), 200),
+                    quote(repr(self._group), 200),
+                    quote(key, 200),
+                    idle,
+                )
+
+    async def _delete_member(self, key: str, name: str) -> int:
+        """Delete member `name` of the group on `key` if nothing is pending
+        for it: 0 when it is gone, -1 when it holds entries."""
+        result: Any = await self._client.eval(_DELETE_IF_IDLE, 1, key, self._group, name)
+        return int(result)
+
+    async def _keep(self) -> None:
+        """Renew the entries this subscription holds, so that no member claims
+        them while their handlers run, every third of `claim_idle`."""
+        every = self._stream_broker.claim_idle / 3
+        while not being_cancelled():  # a cancellation redis-py swallowed ends it too
+            await asyncio.sleep(every)
+            held: dict[str, list[Any]] = {k: list(ids) for k, ids in self._held.items() if ids}
+            if not held:
+                continue
+            try:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for key, ids in held.items():
+                        pipe.xclaim(key, self._group, self.consumer, 0, ids, justid=True)
+                    await pipe.execute(raise_on_error=False)
+            except _REDIS_ERRORS as exc:
+                logger.warning(
+                    "%r could not renew the entries it holds (%s); they may be claimed by "
+                    "another member after claim_idle",
+                    self,
+                    _describe(exc),
+                )
+
+    # -- settling --------------------------------------------------------------
+
+    def _forget(self, delivery: RedisStreamDelivery) -> None:
+        held = self._held.get(delivery.channel)
+        if held is not None:
+            held.discard(delivery.entry_id)
+
+    def _queue_ack(self, delivery: RedisStreamDelivery) -> None:
+        self._forget(delivery)
+        ids = self._acks.get(delivery.channel)
+        if ids is None:
+            self._acks[delivery.channel] = [delivery.entry_id]
+        else:
+            ids.append(delivery.entry_id)
+        if self._ack_timer is None:
+            loop = asyncio.get_running_loop()
+            self._ack_timer = loop.call_later(_ACK_DELAY, self._flush_soon)
+
+    def _take_acks(self) -> dict[str, list[bytes]]:
+        acks, self._acks = self._acks, {}
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        return acks
+
+    def _requeue(self, acks: dict[str, list[bytes]]) -> None:
+        for key, ids in acks.items():
+            self._acks.setdefault(key, []).extend(ids)
+
+    def _check_acks(self, acks: dict[str, list[bytes]], results: list[Any]) -> None:
+        """Queue again the XACKs Redis refused (READONLY, OOM ...); NOGROUP
+        means the group is gone and there is nothing left to acknowledge."""
+        refused = {
+            key: ids
+            for (key, ids), result in zip(acks.items(), results, strict=False)
+            if isinstance(result, Exception) and _code(result) != "NOGROUP"
+        }
+        if refused:
+            self._requeue(refused)
+            logger.warning(
+                "%r could not acknowledge %d entries (%s); they are sent again with the next read",
+                self,
+                sum(map(len, refused.values())),
+                _describe(next(r for r in results if isinstance(r, Exception))),
+            )
+
+    def _flush_soon(self) -> None:
+        # The reader waits in XREADGROUP: send the acknowledgements on their own.
+        self._ack_timer = None
+        task = asyncio.get_running_loop().create_task(self._flush())
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _flush(self) -> None:
+        acks = self._take_acks()
+        if not acks:
+            return
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, ids in acks.items():
+                    pipe.xack(key, self._group, *ids)
+                self._check_acks(acks, await pipe.execute(raise_on_error=False))
+        except _REDIS_ERRORS as exc:
+            self._requeue(acks)
+            logger.warning(
+                "%r could not acknowledge %d entries (%s); they are sent again with the next read",
+                self,
+                sum(map(len, acks.values())),
+                _describe(exc),
+            )
 
     async def _dead_letter(
         self, delivery: RedisStreamDelivery, reason: str, description: str
     ) -> None:
-        broker = self._broker
-        async with broker.client.pipeline(transaction=True) as pipe:
+        self._forget(delivery)
+        broker = self._stream_broker
+        record = DeadLetterRecord.of(
+            delivery.channel, delivery.data, reason, description, delivery.delivery_count
+        )
+        async with self._client.pipeline(transaction=True) as pipe:
             pipe.xadd(
                 broker.dead_letter_key,
-                {
-                    "stream": delivery.channel,
-                    "entry_id": delivery.entry_id,
-                    "group": self._group,
-                    "reason": reason,
-                    "description": description,
-                    "delivery_count": delivery.delivery_count,
-                    "data": delivery.data,
-                },
-                maxlen=broker.dead_letter_maxlen,
-                approximate=True,
+                broker._dead_letter_fields(record, entry_id=delivery.entry_id, group=self._group),
+                maxlen=broker.dead_letter_limit,
+                approximate=False,
             )
             pipe.xack(delivery.channel, self._group, delivery.entry_id)
             await pipe.execute()
 
-    async def close(self) -> None:
-        """Stop reading; an ungrouped subscription also removes its own group."""
-        if self._closed:
+    # -- closing ---------------------------------------------------------------
+
+    async def _closing(self) -> None:
+        """Send the acknowledgements waiting, then remove what the
+        subscription made for itself."""
+        if self._keeper is not None:
+            self._keeper.cancel()
+            await asyncio.gather(self._keeper, return_exceptions=True)
+        if self._flushes:
+            await asyncio.gather(*self._flushes, return_exceptions=True)
+        try:
+            await self._flush()
+            if self.group is None:
+                await self._destroy_private_group()
+            else:
+                await self._leave_group()
+        except _REDIS_ERRORS as exc:
+            logger.warning("%r could not clean up after itself: %s", self, _describe(exc))
+
+    async def _destroy_private_group(self) -> None:
+        keys = sorted(self._joined)
+        if not keys:
             return
-        self._closed = True
-        self._broker._subscriptions.discard(self)
-        if self.group is None:
-            for key in list(self._streams):
-                try:
-                    await self._broker.client.xgroup_destroy(key, self._group)
-                except redis_errors.RedisError:
-                    logger.debug("could not remove group %s of %s", self._group, key)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.xgroup_destroy(key, self._group)
+            await pipe.execute(raise_on_error=False)
+
+    async def _leave_group(self) -> None:
+        for key in sorted(self._joined):
+            if await self._delete_member(key, self.consumer) < 0:
+                pending: Any = await self._client.xpending_range(
+                    key, self._group, min="-", max="+", count=1000, consumername=self.consumer
+                )
+                logger.info(
+                    "%r leaves its member %s in group %s on stream %s with %d pending "
+                    "entries: another member claims them after claim_idle (%.1fs), and the "
+                    "member is removed once idle past idle_consumer_timeout",
+                    self,
+                    quote(repr(self.consumer), 200),
+                    quote(repr(self._group), 200),
+                    quote(key, 200),
+                    len(pending),
+                    self._stream_broker.claim_idle,
+                )
 
 
 class RedisStreamBroker(_RedisBroker):
@@ -531,7 +1031,7 @@ class RedisStreamBroker(_RedisBroker):
 
     Delivery guarantee: at-least-once. An entry stays in its group's pending
     list until a consumer acknowledges it (``XACK``) after its handlers
-    succeeded; entries of a member that crashed or stopped are claimed by
+    finished; entries of a member that crashed or stopped are claimed by
     another (``XAUTOCLAIM``) once idle for `claim_idle` seconds. An entry
     delivered more than `max_deliveries` times goes to the dead-letter
     stream ``{prefix}:dead-letter`` with the reason.
@@ -540,20 +1040,15 @@ class RedisStreamBroker(_RedisBroker):
     broker = RedisStreamBroker(client=Redis(), channel_prefix="shop", maxlen=100_000)
     ```
 
-    - Layout: one stream per logical channel, key
-      ``{prefix}:{message_type}:{message_name}``, entry field ``data`` holding
-      the envelope; producers register each stream key in the set
-      ``{prefix}:streams`` (one ``SADD`` per key and process).
-    - Patterns: a subscription reads the registered streams whose key matches
-      its glob, the same match as Pub/Sub's ``PSUBSCRIBE``. Streams that
-      appear later are picked up within `discovery_interval` and read from
-      their first entry, so nothing published to them is missed.
-    - Groups: `subscribe(pattern, group="billing")` joins (or creates) the
-      named group on every matching stream; without a group the subscription
-      gets a private group of its own, removed when it closes. A new group
-      starts at the streams' end (`start_from="new"`) or their first entry
-      (`start_from="beginning"`).
-    - `maxlen` caps each stream approximately (``XADD MAXLEN ~``).
+    - One stream per logical channel, key ``{prefix}:{message_type}:{message_name}``,
+      entry field ``data`` holding the envelope; producers register each
+      stream key in the set ``{prefix}:streams`` (`registry_key`).
+    - A subscription reads the registered streams whose key matches its
+      glob; streams that appear later are found within `discovery_interval`
+      and read from their first entry.
+    - `subscribe(pattern, group="billing")` joins (or creates) the group on
+      every matching stream; without a group the subscription gets a
+      private group of its own, removed when it closes.
     """
 
     delivery_guarantee = DeliveryGuarantee.AT_LEAST_ONCE
@@ -569,81 +1064,86 @@ class RedisStreamBroker(_RedisBroker):
         claim_interval: float = 5.0,
         discovery_interval: float = 1.0,
         block_ms: int = 1000,
-        batch_size: int = 16,
+        batch_size: int = 100,
         max_deliveries: int = 10,
-        dead_letter_maxlen: int = 10_000,
+        dead_letter_limit: int = 10_000,
+        idle_consumer_timeout: float | None = 3600.0,
     ) -> None:
         if start_from not in ("new", "beginning"):
-            raise ValueError(f"start_from must be 'new' or 'beginning', got {start_from!r}")
-        _RedisBroker.__init__(self, client)
-        self.client = client
-        self.channel_prefix = channel_prefix
+            raise ValueError(
+                f"RedisStreamBroker(start_from={start_from!r}): must be 'new' or 'beginning'"
+            )
+        for name, value in (
+            ("claim_idle", claim_idle),
+            ("claim_interval", claim_interval),
+            ("discovery_interval", discovery_interval),
+            ("block_ms", block_ms),
+            ("batch_size", batch_size),
+            ("max_deliveries", max_deliveries),
+            ("idle_consumer_timeout", idle_consumer_timeout),
+        ):
+            if value is not None and value <= 0:
+                raise ValueError(f"RedisStreamBroker({name}={value}): must be above 0")
+        super().__init__(client, channel_prefix, dead_letter_limit)
         self.maxlen = maxlen
-        self.start_from = start_from
+        """Trim each stream to about this many entries on every XADD; None: never."""
+        self.start_from: StartFrom = start_from
+        """Where a group made on an existing stream starts: "new" or "beginning"."""
         self.claim_idle = claim_idle
+        """Seconds an entry stays pending, unsettled, before a member claims it."""
         self.claim_interval = claim_interval
+        """Seconds between two claim passes, per subscription."""
         self.discovery_interval = discovery_interval
+        """Seconds between two reads of the registry, per subscription."""
         self.block_ms = block_ms
+        """Milliseconds each XREADGROUP waits for new entries."""
         self.batch_size = batch_size
+        """Entries per XREADGROUP and per XAUTOCLAIM."""
         self.max_deliveries = max_deliveries
-        self.dead_letter_maxlen = dead_letter_maxlen
+        """Deliveries of an entry before a claim dead-letters it instead."""
+        self.idle_consumer_timeout = idle_consumer_timeout
+        """Seconds after which a group member with nothing pending is removed; None: never."""
         self.registry_key = f"{channel_prefix}:streams"
-        self.dead_letter_key = f"{channel_prefix}:dead-letter"
-        self._subscriptions: set[RedisStreamSubscription] = set()
+        """The set of every stream key producers published to."""
 
     def channel(self, message: Message) -> str:
         """The stream key `message` is appended to (its logical channel)."""
         return f"{self.channel_prefix}:{message.message_type}:{message.message_name}"
 
-    # -- publish -----------------------------------------------------------
-
     async def send_message(self, message: Message) -> None:
-        """``XADD`` one envelope; raises PublishError when Redis cannot be reached."""
+        """``XADD`` one envelope; raises PublishError when Redis cannot take it."""
         await self.send_messages((message,))
 
     async def send_messages(self, messages: Sequence[Message]) -> None:
-        """``XADD`` a batch in one pipelined round trip, in order."""
-        keys: set[str] = set()
-        try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for message in messages:
-                    key = self.channel(message)
-                    keys.add(key)
-                    pipe.xadd(
-                        key,
-                        {"data": encode_message(message)},
-                        maxlen=self.maxlen,
-                        approximate=True,
-                    )
-                # Registered on every batch (same round trip), so a registry
-                # lost with a restart or a flush comes back by itself.
-                pipe.sadd(self.registry_key, *keys)
-                await pipe.execute()
-        except redis_errors.RedisError as exc:
-            names = ", ".join(m.message_name for m in messages)
-            raise PublishError(f"could not append {names} to Redis streams: {exc}") from exc
+        """``XADD`` a batch in one pipelined round trip, in order.
 
-    async def _registered(self) -> list[str]:
-        keys = await self.client.smembers(self.registry_key)
-        return sorted(k.decode() if isinstance(k, bytes) else k for k in keys)
-
-    # -- subscribe ---------------------------------------------------------
+        A batch that fails on a connection Redis had closed (an idle pooled
+        connection after a restart or a ``CLIENT KILL``) is sent once more:
+        at-least-once allows the duplicate, should the first have arrived.
+        """
+        entries = [(self.channel(message), encode_message(message)) for message in messages]
+        for attempt in (1, 2):
+            try:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for key, data in entries:
+                        pipe.xadd(key, {"data": data}, maxlen=self.maxlen, approximate=True)
+                    # Registered on every batch (same round trip), so a registry
+                    # lost with a restart or a flush comes back by itself.
+                    pipe.sadd(self.registry_key, *{key for key, _ in entries})
+                    await pipe.execute()
+                return
+            except redis_errors.RedisError as exc:
+                if attempt == 1 and isinstance(exc, redis_errors.ConnectionError):
+                    continue
+                raise PublishError(
+                    f"could not append {_names(messages)} to Redis streams at {self.address}: "
+                    f"{quote(str(exc))}"
+                ) from exc
 
     async def subscribe(self, pattern: str, *, group: str | None = None) -> RedisStreamSubscription:
         """Read the streams matching `pattern` in consumer `group` (a private
         group when None); returns once the group exists on every stream that
         matches now."""
         subscription = RedisStreamSubscription(self, pattern, group)
-        await subscription._prepare()
-        self._subscriptions.add(subscription)
+        await self._subscribed(subscription)
         return subscription
-
-    async def dead_letters(self) -> list[dict[str, str]]:
-        """What was dead-lettered, oldest first (decoded to text)."""
-        entries: Any = await self.client.xrange(self.dead_letter_key)
-        return [
-            {k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()}
-            for _, fields in entries
-        ]
-
-    # -- lifecycle ---------------------------------------------------------

@@ -1,14 +1,17 @@
-"""RedisMessageBroker on a real Redis: what goes over the wire, and what survives faults.
+"""RedisPubSubBroker (diator's RedisMessageBroker) on a real Redis: what goes over
+the wire, and what survives faults.
 
 The transport-independent consumer behaviour is in ``test_consumer.py`` (it runs on
 Redis Pub/Sub too); this module covers what only Redis Pub/Sub has: the bytes a
-diator-style ``PSUBSCRIBE`` client sees, the pipelined batch, unreachable servers,
-a killed subscription connection, and the capped dead-letter list.
+diator-style ``PSUBSCRIBE`` client sees, the pipelined batch, unreachable servers
+(for both Redis brokers), a killed subscription connection, and the capped,
+bounded dead-letter stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import socket
 import uuid
@@ -25,9 +28,11 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline, PubSub
 from redis.asyncio.connection import Connection, parse_url
 
-from brokers.redis import RedisMessageBroker
+from brokers.redis import RedisMessageBroker, RedisPubSubBroker, RedisStreamBroker
 from mediator import (
+    BrokerUnavailableError,
     ConsumerStats,
+    CredentialError,
     DomainEvent,
     ECSTEvent,
     EventConsumer,
@@ -455,9 +460,8 @@ def seen_all(seen: list[int], wanted: Iterable[int]) -> Callable[[ConsumerStats]
 def named_client(redis_url: str, client_name: str, style: str, **options: Any) -> Redis:
     """A client whose connections carry `client_name`, so CLIENT LIST can tell them apart.
 
-    ``from_url`` clients have no command retries, so a dropped subscription surfaces to
-    the broker's own reconnect loop; clients built with ``Redis(...)`` get redis-py's
-    default retry policy, under which redis-py reconnects and re-subscribes by itself.
+    ``from_url`` clients and clients built with ``Redis(...)`` may differ in redis-py's
+    retry policy; the broker must reconnect through its own loop with either.
     """
     if style == "from_url":
         return Redis.from_url(redis_url, client_name=client_name, **options)
@@ -545,16 +549,18 @@ async def test_the_consumer_resubscribes_after_its_connection_is_killed(
         assert consumer.stats.received == len(seen)  # every delivery counted and handled
         assert consumer.stats.handled == len(seen)
         assert consumer.stats.dead_lettered == 0
-        if style == "from_url":  # the broker's loop did the reconnecting, and logged it
-            warnings = [
-                r
-                for r in caplog.records
-                if r.name == "mediator.brokers.redis"
-                and r.levelno == logging.WARNING
-                and "lost the Redis subscription" in r.getMessage()
-            ]
-            assert len(warnings) >= 2, "each lost connection is logged"
-            assert f"{key_prefix}:notification_event:*" in warnings[0].getMessage()
+        # Every reconnect went through the broker's own loop, whatever redis-py's
+        # retry policy: each loss is logged with the pattern, and so is each return.
+        pattern = f"{key_prefix}:notification_event:*"
+        warnings = [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "mediator.brokers.redis" and r.levelno == logging.WARNING
+        ]
+        lost = [line for line in warnings if line.startswith("lost") and pattern in line]
+        back = [line for line in warnings if "is back" in line and pattern in line]
+        assert len(lost) >= 2, warnings
+        assert len(back) >= 2, warnings
     finally:
         await consumer.stop()
         if runner is not None:
@@ -639,10 +645,10 @@ async def test_closing_a_subscription_ends_an_iteration_in_progress(
 # -- 5. dead letters -------------------------------------------------------------
 
 
-async def test_undecodable_messages_land_in_the_capped_dead_letter_list(
+async def test_undecodable_messages_land_in_the_capped_dead_letter_stream(
     redis_client: Redis, key_prefix: str
 ) -> None:
-    broker = RedisMessageBroker(client=redis_client, channel_prefix=key_prefix, dead_letter_limit=3)
+    broker = RedisPubSubBroker(client=redis_client, channel_prefix=key_prefix, dead_letter_limit=3)
     events = EventMap()
     events.bind(OrderPlaced, Inbox())
     channel = f"{key_prefix}:notification_event:OrderPlaced"
@@ -661,18 +667,11 @@ async def test_undecodable_messages_land_in_the_capped_dead_letter_list(
         '{"café": ☕'.encode(),
     ]
     codec = MessageCodec(events.event_class)
-    expected: list[dict[str, str]] = []
+    expected: list[tuple[str, str, str, bytes]] = []
     for data in bad:
         with pytest.raises(MessageDecodeError) as failure:
             codec.decode(data)
-        expected.append(
-            {
-                "channel": channel,
-                "reason": failure.value.reason.value,
-                "description": failure.value.detail,
-                "data": data.decode(),
-            }
-        )
+        expected.append((channel, failure.value.reason.value, failure.value.detail, data))
     # One at a time, so that the dead letters are written in the order published.
     consumer = EventConsumer(broker=broker, event_map=events, max_concurrency=1)
     await consumer.subscribe(channel)
@@ -681,67 +680,141 @@ async def test_undecodable_messages_land_in_the_capped_dead_letter_list(
             await redis_client.publish(channel, data)
         await consumer.wait_until(lambda s: s.dead_lettered >= len(bad), timeout=WAIT)
 
-    assert broker.dead_letter_key == f"{key_prefix}:dead-letters"
-    raw = await redis_client.lrange(broker.dead_letter_key, 0, -1)
-    records = [orjson.loads(item) for item in raw]
-    assert records == expected[::-1][:3], "the three newest, newest first"
-    assert [r["reason"] for r in records] == ["not_json", "unknown_name", "missing_key"]
-    assert all(r["description"] for r in records)
-    assert await broker.dead_letters() == records
+    # The same key spelling and record shape as the Streams broker.
+    assert broker.dead_letter_key == f"{key_prefix}:dead-letter"
+    assert await redis_client.xlen(broker.dead_letter_key) == 3  # the newest three
+    records = await broker.dead_letters()
+    assert [(r.channel, r.reason, r.description, r.data) for r in records] == expected[2:], (
+        "the three newest, oldest first"
+    )
+    assert [r.reason for r in records] == ["missing_key", "unknown_name", "not_json"]
+    assert all(r.description and r.delivery_count == 1 for r in records)
+    assert [r.sha256 for r in records] == [hashlib.sha256(d).hexdigest() for d in bad[2:]]
     assert consumer.stats.dead_lettered == 5
+
+
+async def test_an_oversize_message_is_dead_lettered_as_a_bounded_prefix_with_size_and_hash(
+    redis_client: Redis, key_prefix: str
+) -> None:
+    broker = RedisPubSubBroker(client=redis_client, channel_prefix=key_prefix)
+    channel = f"{key_prefix}:notification_event:OrderPlaced"
+    body = b"x" * (2 * 1024 * 1024)  # over the consumer's 1 MiB limit
+    consumer = EventConsumer(broker=broker, event_map=EventMap())
+    await consumer.subscribe(channel)
+    async with consumer:
+        await redis_client.publish(channel, body)
+        await consumer.wait_until(lambda s: s.dead_lettered >= 1, timeout=WAIT)
+    [(_, fields)] = await redis_client.xrange(broker.dead_letter_key)
+    assert len(fields[b"data"]) == 64 * 1024  # what Redis holds: the first 64 KiB
+    [record] = await broker.dead_letters()
+    assert record.reason == "too_large"
+    assert (record.data, record.size) == (body[: 64 * 1024], len(body))
+    assert record.sha256 == hashlib.sha256(body).hexdigest()
+    assert record.truncated
+
+
+async def test_log_lines_quote_at_most_a_kibibyte_of_a_message(
+    redis_client: Redis, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="mediator.brokers.redis")
+    broker = RedisPubSubBroker(client=redis_client, channel_prefix=key_prefix)
+    subscription = await broker.subscribe(f"{key_prefix}:*")
+    channel = f"{key_prefix}:" + "n" * 100_000  # a hostile channel name
+    try:
+        await redis_client.publish(channel, b"{}")
+        delivery = await asyncio.wait_for(anext(aiter(subscription)), timeout=WAIT)
+        assert delivery.channel == channel
+        await delivery.release()  # Pub/Sub drops it, and says so
+    finally:
+        await broker.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "mediator.brokers.redis"]
+    assert any("cannot redeliver" in line for line in lines)
+    assert all(len(line) < 2048 for line in lines), [len(line) for line in lines]
 
 
 async def test_a_dead_letter_limit_below_one_is_refused(
     redis_client: Redis, key_prefix: str
 ) -> None:
-    with pytest.raises(ValueError, match="dead_letter_limit must be at least 1"):
-        RedisMessageBroker(client=redis_client, channel_prefix=key_prefix, dead_letter_limit=0)
+    for broker_class in (RedisPubSubBroker, RedisStreamBroker):
+        with pytest.raises(ValueError, match=r"dead_letter_limit.*at least 1"):
+            broker_class(client=redis_client, channel_prefix=key_prefix, dead_letter_limit=0)
 
 
 # -- 6. from_url and start -------------------------------------------------------
 
 
+def test_diators_name_is_the_pub_sub_broker() -> None:
+    assert RedisMessageBroker is RedisPubSubBroker
+
+
 async def test_from_url_builds_a_working_broker(redis_url: str, key_prefix: str) -> None:
-    broker = RedisMessageBroker.from_url(
+    broker = RedisPubSubBroker.from_url(
         redis_url, key_prefix, channel_layout="diator", dead_letter_limit=7
     )
-    try:
-        assert isinstance(broker.client, Redis)
-        assert (broker.channel_prefix, broker.channel_layout) == (key_prefix, "diator")
-        assert broker.dead_letter_limit == 7
-        async with broker:
-            subscription = await broker.subscribe(f"{key_prefix}:notification_event:*")
-            event = OrderPlaced(order_id=11)
-            await EventEmitter(message_broker=broker).emit(event)
-            delivery = await asyncio.wait_for(anext(aiter(subscription)), timeout=WAIT)
+    assert isinstance(broker, RedisPubSubBroker)
+    assert isinstance(broker.client, Redis)
+    assert (broker.channel_prefix, broker.channel_layout) == (key_prefix, "diator")
+    assert broker.dead_letter_limit == 7
+    assert broker.owns_client
+    async with broker:
+        subscription = await broker.subscribe(f"{key_prefix}:notification_event:*")
+        event = OrderPlaced(order_id=11)
+        await EventEmitter(message_broker=broker).emit(event)
+        delivery = await asyncio.wait_for(anext(aiter(subscription)), timeout=WAIT)
         assert delivery.channel == f"{key_prefix}:notification_event:{event.event_id}"
         assert orjson.loads(delivery.data)["payload"]["order_id"] == 11
         await delivery.dead_letter("handler_failed", "for the test")
         [record] = await broker.dead_letters()
-        assert record["reason"] == "handler_failed"
-    finally:
-        await broker.client.aclose()
+        assert (record.reason, record.description) == ("handler_failed", "for the test")
+        assert record.data == delivery.data
 
 
 def test_from_url_refuses_an_unknown_channel_layout(redis_url: str) -> None:
     with pytest.raises(ValueError, match="channel_layout"):
-        RedisMessageBroker.from_url(redis_url, "x", channel_layout="topic")
+        RedisPubSubBroker.from_url(redis_url, "x", channel_layout="topic")
 
 
-async def test_start_raises_a_clear_error_when_redis_does_not_answer(closed_port: int) -> None:
+BROKERS = [RedisPubSubBroker, RedisStreamBroker]
+
+
+@pytest.mark.parametrize("broker_class", BROKERS)
+async def test_start_and_subscribe_say_when_redis_does_not_answer(
+    closed_port: int, broker_class: type[RedisPubSubBroker | RedisStreamBroker]
+) -> None:
     address = f"127.0.0.1:{closed_port}"
-    broker = RedisMessageBroker.from_url(f"redis://{address}", "unreachable")
+    broker = broker_class.from_url(f"redis://{address}", "unreachable")
     try:
-        with pytest.raises(redis.exceptions.ConnectionError, match=address):
+        with pytest.raises(BrokerUnavailableError, match=address) as started:
             await broker.start()
-        with pytest.raises(redis.exceptions.ConnectionError, match=address):
+        assert isinstance(started.value.__cause__, redis.exceptions.ConnectionError)
+        with pytest.raises(BrokerUnavailableError, match=address):
             async with broker:
                 pass
+        with pytest.raises(BrokerUnavailableError, match=r"'unreachable:\*'.*" + address):
+            await broker.subscribe("unreachable:*")
         consumer = EventConsumer(broker=broker, event_map=EventMap())
         await consumer.subscribe("unreachable:*")
-        with pytest.raises(redis.exceptions.ConnectionError, match=address):
+        with pytest.raises(BrokerUnavailableError, match=address):
             async with consumer:
                 pass
         assert not consumer.running
     finally:
-        await broker.client.aclose()
+        await broker.stop()
+
+
+@pytest.mark.parametrize("broker_class", BROKERS)
+async def test_a_refused_credential_is_a_credential_error(
+    redis_url: str, broker_class: type[RedisPubSubBroker | RedisStreamBroker]
+) -> None:
+    if "@" in redis_url:
+        pytest.skip("REDIS_URL carries a credential already")
+    url = redis_url.replace("redis://", "redis://mtk-nobody:wrong@", 1)
+    broker = broker_class.from_url(url, "nobody")
+    try:
+        with pytest.raises(CredentialError, match="Redis") as refused:
+            await broker.start()
+        assert isinstance(refused.value.__cause__, redis.exceptions.AuthenticationError)
+        with pytest.raises(CredentialError):
+            await broker.subscribe("nobody:*")
+    finally:
+        await broker.stop()

@@ -1,11 +1,15 @@
 """Redis Streams specifics: handover of pending entries, poison messages,
-lost connections, trimming and where a new group starts."""
+lost connections, server errors, deleted streams, what a subscription leaves
+behind, trimming and where a new group starts."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
-from collections.abc import AsyncIterator
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import attrs
 import pytest
@@ -13,10 +17,18 @@ from redis.asyncio import Redis
 
 from brokers.redis import RedisStreamBroker, RedisStreamDelivery
 from mediator import EventConsumer, EventEmitter, EventMap, NotificationEvent
+from tests.conftest import _start_private_server, _stop, _unavailable
+
+WAIT = 10.0  # seconds: the bound of every wait for something that should happen now
 
 
 @attrs.frozen(kw_only=True)
 class OrderPlaced(NotificationEvent):
+    order_id: int
+
+
+@attrs.frozen(kw_only=True)
+class OrderPaid(NotificationEvent):
     order_id: int
 
 
@@ -41,6 +53,101 @@ def stream_broker(client: Redis, prefix: str, **options: object) -> RedisStreamB
 
 async def publish(broker: RedisStreamBroker, *order_ids: int) -> None:
     await EventEmitter(message_broker=broker).emit_all([OrderPlaced(order_id=n) for n in order_ids])
+
+
+class LogWatch(logging.Handler):
+    """Records what a logger says, and lets a test wait for a line."""
+
+    def __init__(self, logger: str = "mediator.brokers.redis") -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self._logger = logging.getLogger(logger)
+        self._changed = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        self._changed.set()
+
+    def __enter__(self) -> LogWatch:
+        self._level = self._logger.level
+        self._logger.setLevel(logging.DEBUG)
+        self._logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.removeHandler(self)
+        self._logger.setLevel(self._level)
+
+    def lines(self, level: int = logging.DEBUG) -> list[str]:
+        return [r.getMessage() for r in self.records if r.levelno >= level]
+
+    async def until(
+        self, wanted: Callable[[str], bool], level: int = logging.DEBUG, timeout: float = WAIT
+    ) -> str:
+        """The first line at `level` or above for which `wanted` holds, waiting for it."""
+        async with asyncio.timeout(timeout):
+            while True:
+                for line in self.lines(level):
+                    if wanted(line):
+                        return line
+                self._changed.clear()
+                await self._changed.wait()
+
+
+class Recorder:
+    """An OrderPlaced and OrderPaid handler that keeps the order ids it saw."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    async def __call__(self, event: OrderPlaced | OrderPaid) -> None:
+        self.seen.append(event.order_id)
+
+    def events(self) -> EventMap:
+        events = EventMap()
+        events.bind(OrderPlaced, self)
+        events.bind(OrderPaid, self)
+        return events
+
+
+async def until_redis(condition: Callable[[], Awaitable[bool]]) -> None:
+    """Wait until `condition`, a question to Redis, holds. Redis sends no
+    notification for these states (a client blocked, an entry acknowledged),
+    so this asks again every 10 ms, for at most WAIT seconds."""
+    async with asyncio.timeout(WAIT):
+        while not await condition():  # noqa: ASYNC110 - no event to wait on
+            await asyncio.sleep(0.01)
+
+
+def blocked_in_xreadgroup(admin: Redis, client_name: str) -> Callable[[], Awaitable[bool]]:
+    """Whether a connection named `client_name` waits in a blocking XREADGROUP."""
+
+    async def condition() -> bool:
+        return any(
+            entry.get("name") == client_name
+            and entry.get("cmd") == "xreadgroup"
+            and "b" in entry.get("flags", "")
+            for entry in await admin.client_list()
+        )
+
+    return condition
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[str]:
+    """The URL of a Redis server of the test's own, for faults that change the
+    server itself (a replica, a memory limit, a script that runs for ever)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        _unavailable("no redis-server binary on PATH for a private server")
+    started = _start_private_server(binary, tmp_path)
+    if isinstance(started, str):
+        _unavailable(f"{binary} did not start: {started}")
+    proc, url = started
+    try:
+        yield url
+    finally:
+        _stop(proc)
 
 
 async def test_a_stopped_members_pending_entries_are_claimed_by_another(
@@ -97,30 +204,34 @@ async def test_a_poison_message_ends_in_the_dead_letter_stream(
     client: Redis, key_prefix: str
 ) -> None:
     broker = stream_broker(client, key_prefix, max_deliveries=3, claim_idle=0.05)
-    subscription = await broker.subscribe(f"{key_prefix}:*", group="workers")
-    await publish(broker, 1)
+    pattern = f"{key_prefix}:*"
     counts: list[int] = []
-
-    async def take_without_settling() -> None:
-        # Each round is a member that dies mid-message: it never settles.
-        delivery: RedisStreamDelivery
-        async for delivery in subscription:
+    for member in range(4):
+        # Each round is a member that stops mid-message: it never settles it.
+        subscription = await broker.subscribe(pattern, group="workers")
+        if member == 0:
+            await publish(broker, 1)
+        if member < 3:
+            delivery: RedisStreamDelivery = await asyncio.wait_for(
+                anext(aiter(subscription)), timeout=WAIT
+            )
             counts.append(delivery.delivery_count)
+        else:
+            # The fourth claim dead-letters it; Redis waits for it (XREAD BLOCK).
+            reader = asyncio.create_task(anext(aiter(subscription)))
+            arrived = await client.xread({broker.dead_letter_key: "0"}, block=10_000)
+            assert arrived, "nothing reached the dead-letter stream"
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        await subscription.close()
 
-    reader = asyncio.create_task(take_without_settling())
-    # Redis itself waits for the dead-letter entry (XREAD BLOCK), no polling.
-    arrived = await client.xread({broker.dead_letter_key: "0"}, block=10_000)
-    assert arrived, "nothing reached the dead-letter stream"
-    reader.cancel()
-    await asyncio.gather(reader, return_exceptions=True)
-    await subscription.close()
-
-    assert counts[:3] == [1, 2, 3]
+    assert counts == [1, 2, 3]
     [dead] = await broker.dead_letters()
-    assert dead["reason"] == "too_many_deliveries"
-    assert dead["stream"] == f"{key_prefix}:notification_event:OrderPlaced"
-    assert '"order_id":1' in dead["data"]
-    pending = await client.xpending(dead["stream"], "workers")
+    assert dead.reason == "too_many_deliveries"
+    assert dead.channel == f"{key_prefix}:notification_event:OrderPlaced"
+    assert dead.delivery_count == 4
+    assert b'"order_id":1' in dead.data
+    pending = await client.xpending(dead.channel, "workers")
     assert pending["pending"] == 0  # acknowledged once dead-lettered
 
 
@@ -151,7 +262,9 @@ async def test_the_consumer_resumes_after_its_connection_is_killed(
             await consumer.wait_until(lambda s: s.handled >= 4, timeout=10)
     assert killed >= 1
     assert sorted(handled) == [1, 2, 3, 4]
-    assert any("retrying" in r.getMessage() for r in caplog.records)
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("reconnecting" in line for line in lines), lines
+    assert any("is back" in line for line in lines), lines
 
 
 async def test_maxlen_trims_streams_approximately(client: Redis, key_prefix: str) -> None:
@@ -243,6 +356,25 @@ async def test_a_lost_registry_is_rebuilt_by_the_next_publish(
     }
 
 
+async def test_acknowledgements_go_out_while_the_reader_waits(
+    client: Redis, key_prefix: str
+) -> None:
+    # Acknowledgements are batched, and sent with the next read; a reader
+    # blocked for a minute must not hold them back that long.
+    broker = stream_broker(client, key_prefix, block_ms=60_000)
+    consumer = EventConsumer(broker=broker, event_map=Recorder().events())
+    await consumer.subscribe(f"{key_prefix}:notification_event:*", group="billing")
+    stream = f"{key_prefix}:notification_event:OrderPlaced"
+    async with consumer:
+        await publish(broker, 1, 2, 3)
+        await consumer.wait_until(lambda s: s.handled >= 3)
+
+        async def all_acknowledged() -> bool:
+            return (await client.xpending(stream, "billing"))["pending"] == 0
+
+        await until_redis(all_acknowledged)
+
+
 def test_a_client_that_decodes_to_str_is_refused(redis_url: str) -> None:
     from brokers.redis import RedisMessageBroker
 
@@ -272,3 +404,215 @@ async def test_a_broker_from_url_closes_its_own_client(
             f"{key_prefix}:notification_event:OrderPlaced", broker.registry_key
         )
     assert closed == [True]
+
+
+# -- deleted streams and server errors (issue 9, fault 5) --------------------------
+
+
+@pytest.mark.parametrize("deleted", ["the stream", "every key of the prefix"])
+async def test_a_stream_deleted_under_a_waiting_consumer_is_read_again_from_its_start(
+    client: Redis, redis_client: Redis, key_prefix: str, deleted: str
+) -> None:
+    recorder = Recorder()
+    # A long block, so that the DEL lands while XREADGROUP waits (UNBLOCKED).
+    broker = stream_broker(client, key_prefix, block_ms=60_000)
+    consumer = EventConsumer(broker=broker, event_map=recorder.events())
+    await consumer.subscribe(f"{key_prefix}:notification_event:*", group="billing")
+    stream = f"{key_prefix}:notification_event:OrderPlaced"
+    with LogWatch() as log:
+        async with consumer:
+            await publish(broker, 1)
+            await consumer.wait_until(lambda s: s.handled >= 1)
+            await until_redis(blocked_in_xreadgroup(redis_client, key_prefix))
+            if deleted == "the stream":
+                await redis_client.delete(stream)
+            else:  # what FLUSHALL does to this test's keys
+                await redis_client.delete(stream, broker.registry_key)
+            await log.until(lambda line: "UNBLOCKED" in line, logging.WARNING)
+            # The stream comes back with the next publish and is read from its start.
+            await publish(broker, 2, 3)
+            await consumer.wait_until(lambda s: s.handled >= 3)
+            assert consumer.running
+    assert recorder.seen == [1, 2, 3]
+    assert not [line for line in log.lines() if "fail-fast" in line]
+
+
+@pytest.mark.parametrize("fault", ["READONLY", "OOM", "BUSY", "WRONGTYPE"])
+async def test_a_server_error_is_waited_out_and_reading_goes_on(
+    private_redis: str, fault: str
+) -> None:
+    prefix = "mtk-fault"
+    client = Redis.from_url(private_redis, client_name=prefix)
+    admin = Redis.from_url(private_redis)
+    recorder = Recorder()
+    broker = stream_broker(client, prefix)
+    stream = f"{prefix}:notification_event:OrderPlaced"
+    consumer = EventConsumer(broker=broker, event_map=recorder.events())
+    await consumer.subscribe(f"{prefix}:notification_event:*", group="billing")
+    try:
+        with LogWatch() as log:
+            async with consumer:
+                if fault != "BUSY":
+                    await publish(broker, 1)
+                    await consumer.wait_until(lambda s: s.handled >= 1)
+                if fault == "READONLY":  # a failover turned the server into a replica
+                    await admin.replicaof("127.0.0.1", "1")
+                elif fault == "OOM":  # full, and the stream is deleted: no group can be made
+                    await admin.config_set("maxmemory", "1")
+                    await admin.delete(stream)
+                elif fault == "BUSY":
+                    # A script that runs for ever. A blocked XREADGROUP waits it
+                    # out on the server; a reader with no stream yet asks Redis
+                    # for its registry meanwhile, and gets BUSY.
+                    await admin.config_set("busy-reply-threshold", "10")
+                    script = asyncio.create_task(admin.eval("while true do end", 0))
+                else:  # another program took the key for something else
+                    await admin.delete(stream)
+                    await admin.set(stream, "not a stream")
+                await log.until(lambda line: fault in line, logging.WARNING)
+                if fault == "READONLY":
+                    await admin.replicaof("NO", "ONE")
+                elif fault == "OOM":
+                    await admin.config_set("maxmemory", "0")
+                elif fault == "BUSY":
+                    async with Redis.from_url(private_redis) as killer:
+                        await killer.script_kill()
+                    with pytest.raises(Exception, match="killed"):
+                        await script
+                else:
+                    await admin.delete(stream)
+                await publish(broker, 2)
+                expected = [2] if fault == "BUSY" else [1, 2]
+                await consumer.wait_until(lambda s: s.handled >= len(expected))
+                assert consumer.running
+        assert recorder.seen == expected
+    finally:
+        await client.aclose()
+        await admin.aclose()
+
+
+async def test_a_consumer_whose_pattern_matches_no_stream_stops_at_once(
+    client: Redis, key_prefix: str
+) -> None:
+    # The drain timeout is long: stopping must not wait for it, whatever the
+    # reader was doing (a registry read, a wait) when it was asked to stop.
+    for attempt in range(10):
+        broker = stream_broker(client, key_prefix, discovery_interval=0.005)
+        consumer = EventConsumer(broker=broker, event_map=EventMap(), drain_timeout=30)
+        await consumer.subscribe(f"{key_prefix}:nothing-here:*", group="g")
+        await consumer.start()
+        await asyncio.sleep(0.003 * attempt)  # stop at different points of the reader's loop
+        async with asyncio.timeout(5):
+            await consumer.stop()
+
+
+# -- what a subscription leaves behind (issue 9, fault 10) ---------------------------
+
+
+async def test_a_closed_group_subscription_leaves_no_member_behind(
+    client: Redis, key_prefix: str
+) -> None:
+    recorder = Recorder()
+    broker = stream_broker(client, key_prefix)
+    stream = f"{key_prefix}:notification_event:OrderPlaced"
+    for run in range(3):  # three process starts
+        consumer = EventConsumer(broker=broker, event_map=recorder.events())
+        await consumer.subscribe(f"{key_prefix}:notification_event:*", group="billing")
+        async with consumer:
+            await publish(broker, run)
+            await consumer.wait_until(lambda s: s.handled >= 1)
+    assert recorder.seen == [0, 1, 2]
+    [group] = await client.xinfo_groups(stream)
+    assert (group["name"], group["pending"], group["consumers"]) == (b"billing", 0, 0)
+
+
+async def test_a_member_with_pending_entries_is_left_for_another_to_claim(
+    client: Redis, key_prefix: str
+) -> None:
+    stuck = asyncio.Event()
+
+    async def never_finishes(event: OrderPlaced) -> None:
+        stuck.set()
+        await asyncio.Event().wait()
+
+    events = EventMap()
+    events.bind(OrderPlaced, never_finishes)
+    broker = stream_broker(client, key_prefix)
+    consumer = EventConsumer(broker=broker, event_map=events, drain_timeout=0.05)
+    await consumer.subscribe(f"{key_prefix}:notification_event:*", group="billing")
+    with LogWatch() as log:
+        async with consumer:
+            await publish(broker, 1)
+            await asyncio.wait_for(stuck.wait(), WAIT)
+    stream = f"{key_prefix}:notification_event:OrderPlaced"
+    [member] = await client.xinfo_consumers(stream, "billing")
+    assert member["pending"] == 1  # deleting it would drop the entry unhandled
+    assert any("pending" in line and "claim" in line for line in log.lines(logging.INFO))
+
+
+async def test_a_private_group_is_removed_from_every_stream_it_read(
+    client: Redis, key_prefix: str
+) -> None:
+    recorder = Recorder()
+    broker = stream_broker(client, key_prefix)
+    await publish(broker, 1)  # a stream there before the subscription ...
+    consumer = EventConsumer(broker=broker, event_map=recorder.events())
+    await consumer.subscribe(f"{key_prefix}:*")
+    async with consumer:
+        await publish(broker, 2)
+        # ... and one found after start
+        await EventEmitter(message_broker=broker).emit(OrderPaid(order_id=3))
+        await consumer.wait_until(lambda s: s.handled >= 2)
+    assert sorted(recorder.seen) == [2, 3]
+    for stream in ("OrderPlaced", "OrderPaid"):
+        assert await client.xinfo_groups(f"{key_prefix}:notification_event:{stream}") == []
+
+
+async def test_idle_members_with_nothing_pending_are_removed(
+    client: Redis, key_prefix: str
+) -> None:
+    broker = stream_broker(client, key_prefix, idle_consumer_timeout=0.2)
+    await publish(broker, 1)
+    stream = f"{key_prefix}:notification_event:OrderPlaced"
+    await client.xgroup_create(stream, "billing", id="0")
+    # A member of a process that died without closing, with nothing pending ...
+    await client.xgroup_createconsumer(stream, "billing", "ghost")
+    # ... and one that died holding an entry: claimed first, then removed.
+    await client.xreadgroup("billing", "holder", {stream: ">"}, count=1)
+    recorder = Recorder()
+    consumer = EventConsumer(broker=broker, event_map=recorder.events())
+    await consumer.subscribe(f"{key_prefix}:notification_event:*", group="billing")
+    with LogWatch() as log:
+        async with consumer:
+            await log.until(lambda line: "'holder'" in line and "removed" in line)
+            await log.until(lambda line: "'ghost'" in line and "removed" in line)
+            await consumer.wait_until(lambda s: s.handled >= 1)
+            names = [m["name"] for m in await client.xinfo_consumers(stream, "billing")]
+            assert b"ghost" not in names
+            assert b"holder" not in names
+    assert recorder.seen == [1]  # the holder's entry was claimed before it went
+
+
+# -- bounds on what is kept and logged (issue 9, fault 6) -----------------------------
+
+
+async def test_an_oversize_entry_is_dead_lettered_as_a_bounded_prefix_with_size_and_hash(
+    client: Redis, key_prefix: str
+) -> None:
+    broker = stream_broker(client, key_prefix)
+    stream = f"{key_prefix}:notification_event:OrderPlaced"
+    body = b"x" * (2 * 1024 * 1024)  # over the consumer's 1 MiB limit
+    consumer = EventConsumer(broker=broker, event_map=Recorder().events())
+    await consumer.subscribe(f"{key_prefix}:notification_event:*", group="billing")
+    async with consumer:
+        await client.xadd(stream, {"data": body})
+        await client.sadd(broker.registry_key, stream)
+        await consumer.wait_until(lambda s: s.dead_lettered >= 1)
+    [(_, fields)] = await client.xrange(broker.dead_letter_key)
+    assert len(fields[b"data"]) == 64 * 1024  # what Redis holds: the first 64 KiB
+    [record] = await broker.dead_letters()
+    assert record.reason == "too_large"
+    assert record.data == body[: 64 * 1024]
+    assert record.size == len(body)
+    assert record.sha256 == hashlib.sha256(body).hexdigest()
+    assert record.truncated

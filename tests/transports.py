@@ -79,17 +79,17 @@ class RedisPubSubTransport:
     def __init__(self, prefix: str, url: str) -> None:
         from redis.asyncio import Redis
 
-        from brokers.redis import RedisMessageBroker
+        from brokers.redis import RedisPubSubBroker
 
         self.prefix = prefix
         self.client = Redis.from_url(url, client_name=prefix)
-        self.broker = RedisMessageBroker(client=self.client, channel_prefix=prefix)
-        self._others: list[RedisMessageBroker] = []
+        self.broker = RedisPubSubBroker(client=self.client, channel_prefix=prefix)
+        self._others: list[RedisPubSubBroker] = []
 
     def new_broker(self) -> SubscribingBroker:
-        from brokers.redis import RedisMessageBroker
+        from brokers.redis import RedisPubSubBroker
 
-        other = RedisMessageBroker(client=self.client, channel_prefix=self.prefix)
+        other = RedisPubSubBroker(client=self.client, channel_prefix=self.prefix)
         self._others.append(other)
         return other
 
@@ -100,8 +100,7 @@ class RedisPubSubTransport:
         await self.client.publish(channel, data)
 
     async def dead_letters(self) -> list[tuple[str, str]]:
-        records = await self.broker.dead_letters()
-        return [(r["reason"], r["description"]) for r in reversed(records)]
+        return [(r.reason, r.description) for r in await self.broker.dead_letters()]
 
     async def close(self) -> None:
         for broker in (self.broker, *self._others):
@@ -157,7 +156,7 @@ class RedisStreamsTransport:
         from brokers.redis import RedisStreamBroker
 
         assert isinstance(self.broker, RedisStreamBroker)
-        return [(d["reason"], d["description"]) for d in await self.broker.dead_letters()]
+        return [(r.reason, r.description) for r in await self.broker.dead_letters()]
 
     async def close(self) -> None:
         await self.broker.stop()
