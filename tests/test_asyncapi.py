@@ -232,3 +232,9 @@ def test_the_command_writes_json_or_yaml_of_the_same_document(
     assert "&id" not in text  # no YAML anchors: readable, and portable to every parser
     assert yaml.safe_load(text) == from_json
     assert dump(from_json) == dump(asyncapi_document(shop[0].app))
+
+
+def test_the_docs_show_the_document_the_command_writes_today(shop: Any) -> None:
+    page = (EXAMPLES.parent / "docs" / "asyncapi.md").read_text()
+    shown = page.split("```yaml\n", 1)[1].split("\n```", 1)[0]
+    assert yaml.safe_load(shown) == orjson.loads(dump(asyncapi_document(shop[0].app)))

@@ -139,3 +139,9 @@ def test_the_command_prints_the_diagram(
     monkeypatch.chdir(EXAMPLES)
     assert main(["diagram", "service:app"]) == 0
     assert capsys.readouterr().out == mermaid_diagram(app)
+
+
+def test_the_docs_show_the_diagram_the_command_prints_today(app: Service) -> None:
+    page = (EXAMPLES.parent / "docs" / "diagrams.md").read_text()
+    shown = page.split("```mermaid\n", 1)[1].split("```", 1)[0]
+    assert shown == mermaid_diagram(app)
