@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
-from contextlib import aclosing
+from contextlib import AbstractAsyncContextManager, aclosing
 from typing import Any, TypeVar, overload
 
 from mediator._container import Container, Resolver, as_container, described, misplaced
@@ -67,7 +67,7 @@ class Mediator:
     one handler instance to concurrent sends (see `RaisesEvents`).
     """
 
-    __slots__ = ("_chain", "_container", "_emitter", "_request_map", "_routes")
+    __slots__ = ("_chain", "_container", "_emitter", "_request_map", "_routes", "_unit_of_work")
 
     def __init__(
         self,
@@ -75,6 +75,8 @@ class Mediator:
         container: Container | Resolver | None = None,
         event_emitter: EventEmitter | None = None,
         middleware_chain: MiddlewareChain | None = None,
+        *,
+        unit_of_work: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
     ) -> None:
         # diator's positional order; a value in the wrong slot is refused here, not at a send.
         self._container = as_container(container, "Mediator")
@@ -94,6 +96,14 @@ class Mediator:
         self._emitter = event_emitter
         self._chain = middleware_chain if middleware_chain is not None else MiddlewareChain()
         self._routes: dict[type[Any], Run] = {}
+        if unit_of_work is not None and not callable(unit_of_work):
+            raise TypeError(
+                f"Mediator(unit_of_work=...) got {described(unit_of_work)}; pass a callable "
+                "returning an async context manager, such as outbox.unit_of_work"
+            )
+        self._unit_of_work = unit_of_work
+        """Entered around each whole send (handler, local events, publish): one
+        transaction per send with `mediator.outbox`. None costs nothing."""
 
     @property
     def event_emitter(self) -> EventEmitter | None:
@@ -192,6 +202,15 @@ class Mediator:
                         if events:
                             await emit(events, resolver)
                     return response
+
+        unit_of_work = self._unit_of_work
+        if unit_of_work is not None:
+            # Compiled in only when set, so a send without one pays nothing.
+            handle = run
+
+            async def run(request: Any) -> Any:
+                async with unit_of_work():
+                    return await handle(request)
 
         self._routes[request_type] = run
         return run

@@ -1,0 +1,214 @@
+"""The inbox: a consumer handles each message id once, in the transaction of
+the handlers' own writes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from contextvars import Token
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy import bindparam, delete, select, tuple_
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from mediator._limits import quote
+from mediator._message import Message
+from mediator._outbox import IMMEDIATE, Outbox, OutboxError, _Work, _work, utcnow
+
+__all__ = ["DEFAULT_INBOX_WINDOW", "Inbox"]
+
+logger = logging.getLogger("mediator.outbox")
+
+DEFAULT_INBOX_WINDOW = dt.timedelta(hours=24)
+"""How long an inbox remembers a message id by default (see docs/outbox.md,
+"How long the inbox remembers")."""
+
+_EXPIRE_BATCH = 1000
+_EXPIRE_STATEMENTS = 10
+
+
+class Inbox:
+    """Lets `EventConsumer` handle each message id once per consumer name.
+
+    ```python
+    consumer = EventConsumer(
+        broker=broker,
+        event_map=events,
+        event_emitter=EventEmitter(event_map=events, message_broker=outbox),
+        inbox=Inbox(outbox, consumer="billing"),
+    )
+    ```
+
+    Each delivery is one transaction: the inbox records ``(consumer,
+    message_id)``, the handlers write through `current_session()` (and their
+    follow-up events go to the outbox when the emitter's broker is the
+    outbox), and it all commits once every handler succeeded, before the
+    delivery is acknowledged. A delivery that fails rolls everything back,
+    the record included, so its redelivery is handled again. A message id
+    recorded already is a duplicate: acknowledged, counted in
+    `ConsumerStats.duplicates`, not handled.
+
+    `consumer` names the logical consumer (a service, a consumer group):
+    every replica uses the same name, so they recognise each other's work.
+    Records are deleted after `window` (default 24 hours), checked every
+    `cleanup_interval` seconds after a delivery; a copy arriving later than
+    that is handled again.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        consumer: str,
+        *,
+        window: dt.timedelta | float = DEFAULT_INBOX_WINDOW,
+        cleanup_interval: float = 60.0,
+    ) -> None:
+        if not consumer or len(consumer) > 255:
+            raise ValueError(
+                f"Inbox(consumer={consumer!r}): name the consumer with 1 to 255 characters "
+                "(the same name on every replica)"
+            )
+        if not isinstance(window, dt.timedelta):
+            window = dt.timedelta(seconds=window)
+        if window < dt.timedelta(0):
+            raise ValueError(f"Inbox(window={window}): must be 0 or more")
+        if cleanup_interval <= 0:
+            raise ValueError(f"Inbox(cleanup_interval={cleanup_interval}): must be above 0")
+        self.outbox = outbox
+        self.consumer = consumer
+        """The consumer's name in the inbox table."""
+        self.window = window
+        """How long a handled message id is remembered."""
+        self.cleanup_interval = cleanup_interval
+        table = outbox.tables.inbox
+        insert: Any = pg_insert(table) if outbox.dialect == "postgresql" else sqlite_insert(table)
+        self._record = insert.on_conflict_do_nothing(
+            index_elements=[table.c.consumer, table.c.message_id]
+        ).returning(table.c.message_id)
+        old = (
+            select(table.c.consumer, table.c.message_id)
+            .where(table.c.consumer == consumer, table.c.received_at < bindparam("cutoff"))
+            .limit(_EXPIRE_BATCH)
+        )
+        self._expire = delete(table).where(tuple_(table.c.consumer, table.c.message_id).in_(old))
+        self._next_expiry = 0.0
+
+    def __repr__(self) -> str:
+        return f"<Inbox {self.consumer!r} in {self.outbox.tables.inbox.name}>"
+
+    def handling(self, message: Message) -> InboxEntry:
+        """The transaction of one delivery: ``async with inbox.handling(message)
+        as first:`` opens it and records the message id; `first` is False for
+        a duplicate. Leaving the block commits when it succeeded (and `first`),
+        and rolls back when it raised."""
+        return InboxEntry(self, message)
+
+    async def seen(self, message_id: Any) -> bool:
+        """Whether `message_id` is recorded for this consumer."""
+        table = self.outbox.tables.inbox
+        async with self.outbox.engine.connect() as connection:
+            result = await connection.execute(
+                select(table.c.message_id).where(
+                    table.c.consumer == self.consumer, table.c.message_id == message_id
+                )
+            )
+            return result.first() is not None
+
+    async def expire(self) -> int:
+        """Delete this consumer's records older than the window; returns how many."""
+        cutoff = {"cutoff": utcnow() - self.window}
+        deleted = 0
+        for _ in range(_EXPIRE_STATEMENTS):
+            async with self.outbox.writer.begin() as connection:
+                result = await connection.execute(self._expire, cutoff)
+            deleted += int(result.rowcount)
+            if result.rowcount < _EXPIRE_BATCH:
+                break
+        return deleted
+
+    async def _expire_if_due(self) -> None:
+        if time.monotonic() < self._next_expiry:
+            return
+        self._next_expiry = time.monotonic() + self.cleanup_interval
+        try:
+            await self.expire()
+        except Exception as exc:
+            logger.warning("%r: expiring old records failed: %s", self, quote(repr(exc)))
+
+
+class InboxEntry:
+    """One delivery's transaction; see `Inbox.handling`."""
+
+    __slots__ = ("_first", "_inbox", "_message", "_token", "_work")
+
+    def __init__(self, inbox: Inbox, message: Message) -> None:
+        self._inbox = inbox
+        self._message = message
+        self._work: _Work | None = None
+        self._token: Token[_Work | None] | None = None
+        self._first = False
+
+    async def __aenter__(self) -> bool:
+        inbox = self._inbox
+        if _work.get() is not None:
+            raise OutboxError(
+                f"{inbox!r}: a unit of work is open already in this context; a delivery is "
+                "handled in a transaction of its own"
+            )
+        session = inbox.outbox.sessions()
+        work = self._work = _Work(inbox.outbox, session, owned=True)
+        self._token = _work.set(work)
+        try:
+            connection = await session.connection(
+                execution_options=IMMEDIATE if inbox.outbox.dialect == "sqlite" else None
+            )
+            result = await connection.execute(
+                inbox._record,
+                {
+                    "consumer": inbox.consumer,
+                    "message_id": self._message.message_id,
+                    "received_at": utcnow(),
+                },
+            )
+            self._first = result.first() is not None
+        except BaseException:
+            self._close_context()
+            await session.close()
+            raise
+        return self._first
+
+    def _close_context(self) -> None:
+        if self._token is not None:
+            _work.reset(self._token)
+            self._token = None
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        work = self._work
+        if work is None:
+            return
+        self._work = None
+        self._close_context()
+        committed = False
+        try:
+            if exc_type is None and self._first:
+                try:
+                    await work.session.commit()
+                except BaseException:
+                    # As in a unit of work: SQLite keeps a failed COMMIT's transaction.
+                    await work.session.invalidate()
+                    raise
+                committed = True
+        finally:
+            await work.session.close()
+        if committed:
+            if work.wrote:
+                work.outbox._committed()
+            await self._inbox._expire_if_due()

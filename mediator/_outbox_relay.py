@@ -1,0 +1,718 @@
+"""The relay: publishes committed outbox rows to a broker, in batches."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any
+
+import attrs
+from sqlalchemy import BindParameter, bindparam, delete, func, literal, or_, select, update
+
+from mediator._broker import MessageBroker
+from mediator._exceptions import MessageDecodeError
+from mediator._limits import quote
+from mediator._message import Message, MessageCodec
+from mediator._outbox import Outbox, utcnow
+from mediator._outbox_tables import DEAD, PENDING, SENT
+from mediator._policies import Backoff
+
+__all__ = ["OutboxRelay", "RelayRound", "RelayStats"]
+
+logger = logging.getLogger("mediator.outbox")
+
+_CLEANUP_BATCH = 1000
+"""Rows one cleanup statement deletes; a pass runs at most `_CLEANUP_STATEMENTS`."""
+_CLEANUP_STATEMENTS = 10
+_LISTEN_RETRY = 5.0
+"""Seconds between attempts to LISTEN again after the connection was lost."""
+
+
+@attrs.define
+class RelayStats:
+    """Counters for health checks; read them from `OutboxRelay.stats`."""
+
+    rounds: int = 0
+    """Rounds that claimed at least one row."""
+    claimed: int = 0
+    """Rows claimed."""
+    published: int = 0
+    """Rows the broker took (marked sent)."""
+    retried: int = 0
+    """Failed publishes scheduled again, after a backoff."""
+    dead: int = 0
+    """Rows moved to dead after `max_attempts` failures (or an envelope that cannot be read)."""
+    released: int = 0
+    """Rows given back unpublished (behind a failed row of their key, or in an outage)."""
+    cleaned: int = 0
+    """Sent rows deleted once older than the retention."""
+    errors: int = 0
+    """Rounds that failed on the database or unexpectedly, retried after a backoff."""
+
+
+@attrs.frozen(kw_only=True)
+class RelayRound:
+    """What one round (claim a batch, publish it, record the outcome) did."""
+
+    claimed: int = 0
+    published: int = 0
+    retried: int = 0
+    dead: int = 0
+    released: int = 0
+
+
+_NOTHING = RelayRound()
+
+
+@attrs.frozen
+class _Row:
+    id: int
+    partition_key: str | None
+    body: str
+    attempts: int
+
+
+def _relay_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _positive(owner: str, **values: float | None) -> None:
+    for name, value in values.items():
+        if value is not None and value <= 0:
+            raise ValueError(f"{owner}({name}={value}): must be above 0")
+
+
+class OutboxRelay:
+    """Publishes the rows committed to an `Outbox` through `broker`.
+
+    ```python
+    relay = OutboxRelay(outbox, RedisStreamBroker.from_url("redis://localhost:6379", "shop"))
+    async with relay:             # a task next to the mediator
+        ...
+    await relay.run()             # or the whole process: until stop() or cancellation
+    ```
+
+    Each round claims up to `batch_size` due rows in id (commit) order under
+    a lease of `lease` seconds, publishes them with the broker's
+    `send_messages` (one batch), marks them sent, and goes again at once
+    while rows keep coming. A failed batch is published again row by row:
+    a row that fails gets ``attempts + 1`` and a `next_attempt_at` after
+    `backoff` (capped exponential), and is dead after `max_attempts`, while
+    the rows behind it go on; rows of its partition key wait behind it
+    until it is sent or dead, so a key's rows keep their order.
+
+    Claiming on PostgreSQL: ``FOR UPDATE SKIP LOCKED`` under a lease
+    (``locked_by``, ``locked_until``), so several relays share the rows and
+    those of a relay killed mid-batch are taken over when its lease expires;
+    woken by ``LISTEN``/``NOTIFY`` on commit. On SQLite: one statement under
+    the database's write lock; run one relay per database. Everywhere: woken
+    at once by commits in this process, and every `poll_interval` seconds
+    otherwise (the fallback when a notification is lost).
+
+    Sent rows are deleted once older than `retention` seconds (None: kept),
+    checked every `cleanup_interval` seconds. `stop()` lets the round in
+    progress finish (up to `drain_timeout` seconds), then returns.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        broker: MessageBroker,
+        *,
+        name: str | None = None,
+        batch_size: int = 100,
+        max_attempts: int = 10,
+        backoff: Backoff | None = None,
+        lease: float = 30.0,
+        poll_interval: float = 1.0,
+        retention: float | None = 3600.0,
+        cleanup_interval: float = 60.0,
+        listen: bool = True,
+        drain_timeout: float = 10.0,
+    ) -> None:
+        _positive(
+            "OutboxRelay",
+            batch_size=batch_size,
+            max_attempts=max_attempts,
+            lease=lease,
+            poll_interval=poll_interval,
+            cleanup_interval=cleanup_interval,
+            drain_timeout=drain_timeout,
+        )
+        if retention is not None and retention < 0:
+            raise ValueError(f"OutboxRelay(retention={retention}): must be 0 or more, or None")
+        if not callable(getattr(broker, "send_message", None)):
+            raise TypeError(
+                f"OutboxRelay(broker={broker!r}): the relay publishes through a broker with "
+                "send_message (and send_messages); pass one from brokers/"
+            )
+        if broker is outbox:
+            raise ValueError(
+                f"OutboxRelay({outbox!r}, broker={broker!r}): the relay publishes the outbox's "
+                "rows to a real broker; pass one from brokers/, not the outbox itself"
+            )
+        self.outbox = outbox
+        self.broker = broker
+        self.name = name or _relay_name()
+        """The relay's name in ``locked_by``."""
+        self.batch_size = batch_size
+        self.max_attempts = max_attempts
+        self.backoff = backoff or Backoff(initial=1.0, multiplier=2.0, maximum=300.0)
+        """Delay before a failed row is tried again, by attempt; also the
+        relay's own pause after a round in which nothing could be published."""
+        self.lease = dt.timedelta(seconds=lease)
+        self.poll_interval = poll_interval
+        self.retention = None if retention is None else dt.timedelta(seconds=retention)
+        self.cleanup_interval = cleanup_interval
+        self.listen = listen and outbox.dialect == "postgresql"
+        """Whether the relay LISTENs for commits (PostgreSQL only)."""
+        self.drain_timeout = drain_timeout
+        self.stats = RelayStats()
+        self._codec = MessageCodec(lambda name: None, max_size=2**31)
+        self._send_messages: Any = getattr(broker, "send_messages", None)
+        self._listeners: list[Callable[[RelayRound], None]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._unhook: Callable[[], None] | None = None
+        self._listener: tuple[Any, Any] | None = None
+        self._next_listen = 0.0
+        self._next_due: dt.datetime | None = None
+        self._next_cleanup = 0.0
+        self._build_statements()
+
+    def __repr__(self) -> str:
+        return f"<OutboxRelay {self.name!r} of {self.outbox.tables.outbox.name}>"
+
+    def _build_statements(self) -> None:
+        table = self.outbox.tables.outbox
+        now: BindParameter[dt.datetime] = bindparam("now")
+        earlier = table.alias("earlier")
+        # A keyed row waits while an earlier row of its key is held by a relay
+        # or waiting for its retry; an earlier row that is due is claimed in
+        # the same batch, ahead of it (the batch is in id order).
+        blocked = (
+            select(literal(1))
+            .where(
+                earlier.c.partition_key == table.c.partition_key,
+                earlier.c.id < table.c.id,
+                earlier.c.status == PENDING,
+                or_(earlier.c.next_attempt_at > now, earlier.c.locked_until >= now),
+            )
+            .exists()
+        )
+        due = (
+            select(table.c.id)
+            .where(
+                table.c.status == PENDING,
+                table.c.next_attempt_at <= now,
+                or_(table.c.locked_until.is_(None), table.c.locked_until < now),
+                or_(table.c.partition_key.is_(None), ~blocked),
+            )
+            .order_by(table.c.id)
+            .limit(self.batch_size)
+        )
+        lease: dict[str, Any] = {"locked_by": bindparam("me"), "locked_until": bindparam("until")}
+        returned = (table.c.id, table.c.partition_key, table.c.body, table.c.attempts)
+        self._claim_lock: Any = None
+        if self.outbox.dialect == "postgresql":
+            claimable = due.with_for_update(skip_locked=True, of=table).cte("claimable")
+            self._claim: Any = (
+                update(table)
+                .where(table.c.id == claimable.c.id)
+                .values(**lease)
+                .returning(*returned)
+            )
+            # Claims take turns (each is one short statement), so that no relay
+            # claims a keyed row while another is claiming an earlier row of the
+            # same key; SKIP LOCKED passes over rows other relays are marking.
+            self._claim_lock = select(func.pg_advisory_xact_lock(self.outbox.tables.claim_lock))
+        else:
+            # SQLite runs one writing statement at a time: the claim is atomic.
+            self._claim = (
+                update(table).where(table.c.id.in_(due)).values(**lease).returning(*returned)
+            )
+        self._mark_sent = (
+            update(table)
+            .where(table.c.id.in_(bindparam("ids", expanding=True)))
+            .values(status=SENT, sent_at=bindparam("at"), locked_by=None, locked_until=None)
+        )
+        self._mark_failed = (
+            update(table)
+            .where(table.c.id == bindparam("row"), table.c.status == PENDING)
+            .values(
+                status=bindparam("new_status"),
+                attempts=bindparam("new_attempts"),
+                next_attempt_at=bindparam("due"),
+                last_error=bindparam("error"),
+                locked_by=None,
+                locked_until=None,
+            )
+        )
+        self._release = (
+            update(table)
+            .where(
+                table.c.id.in_(bindparam("ids", expanding=True)),
+                table.c.locked_by == bindparam("me"),
+            )
+            .values(locked_by=None, locked_until=None)
+        )
+        old_sent = (
+            select(table.c.id)
+            .where(table.c.status == SENT, table.c.sent_at < bindparam("cutoff"))
+            .order_by(table.c.id)
+            .limit(_CLEANUP_BATCH)
+        )
+        self._delete_sent = delete(table).where(table.c.id.in_(old_sent))
+        keys = self.outbox.tables.keys
+        old_keys = (
+            select(keys.c.partition_key)
+            .where(keys.c.touched_at < bindparam("cutoff"))
+            .limit(_CLEANUP_BATCH)
+        )
+        self._delete_keys = delete(keys).where(keys.c.partition_key.in_(old_keys))
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start relaying in a task of its own; returns once the relay listens
+        for commits (PostgreSQL), or polls if it cannot yet."""
+        if self._task is not None and not self._task.done():
+            return
+        self._stopping.clear()
+        if self.listen and self._listener is None:
+            await self._start_listening()
+        self._unhook = self.outbox._wake_me(self._wake.set)
+        self._task = asyncio.create_task(self._loop(), name=f"outbox relay {self.name}")
+
+    async def stop(self) -> None:
+        """Stop after the round in progress (at most `drain_timeout` seconds;
+        a round still running then is cancelled, its rows left to their lease)."""
+        self._stopping.set()
+        self._wake.set()
+        task, self._task = self._task, None
+        if self._unhook is not None:
+            self._unhook()
+            self._unhook = None
+        if task is None or task is asyncio.current_task():
+            return
+        done, _ = await asyncio.wait({task}, timeout=self.drain_timeout)
+        if not done:
+            logger.warning(
+                "outbox relay %s: the round in progress outlasted drain_timeout=%s s; "
+                "cancelled, its rows are taken again when their lease expires",
+                self.name,
+                self.drain_timeout,
+            )
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    async def run(self) -> None:
+        """Relay until `stop()` is called or the task running this is cancelled;
+        either way the round in progress finishes first."""
+        await self.start()
+        try:
+            await self._stopping.wait()
+        finally:
+            await self.stop()
+
+    async def __aenter__(self) -> OutboxRelay:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    @property
+    def running(self) -> bool:
+        """Whether the relay's task is running."""
+        return self._task is not None and not self._task.done()
+
+    @property
+    def listening(self) -> bool:
+        """Whether the relay is woken by NOTIFY (else it polls)."""
+        return self._listener is not None
+
+    # -- the loop ------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        failures = 0  # rounds in a row that published nothing, or failed
+        try:
+            while not self._stopping.is_set():
+                if self.listen and self._listener is None:
+                    await self._start_listening()
+                # Cleared before the round: a commit during it wakes the next one.
+                self._wake.clear()
+                try:
+                    done = await self.run_once()
+                    if not done.claimed:
+                        await self._cleanup_if_due()
+                except Exception as exc:
+                    failures += 1
+                    self.stats.errors += 1
+                    delay = self.backoff.delay(failures)
+                    logger.warning(
+                        "outbox relay %s: a round failed (%s); trying again in %.2f s",
+                        self.name,
+                        quote(repr(exc)),
+                        delay,
+                        exc_info=not _is_database_error(exc),
+                    )
+                    await self._pause(delay)
+                    continue
+                if done.claimed and (done.published or not done.retried):
+                    failures = 0
+                    continue  # more may be waiting
+                if done.claimed:
+                    # Nothing went out: the broker refuses everything for now.
+                    failures += 1
+                    await self._pause(self.backoff.delay(failures))
+                    continue
+                failures = 0
+                await self._idle()
+        finally:
+            await self._stop_listening()
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait `seconds`, or less if the relay is stopped (commits do not wake it)."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+        except TimeoutError:
+            pass
+
+    async def _idle(self) -> None:
+        """Wait for a commit, a notification, the next retry due, or the poll."""
+        timeout = self.poll_interval
+        if self._next_due is not None:
+            until_due = (self._next_due - utcnow()).total_seconds()
+            if until_due <= timeout:
+                self._next_due = None
+                timeout = max(0.0, until_due)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    # -- one round -------------------------------------------------------------
+
+    async def run_once(self) -> RelayRound:
+        """Claim one batch of due rows, publish it, record the outcome.
+
+        The loop of `start()`/`run()` calls this; call it yourself to drive a
+        relay step by step (in a test, or from a scheduler of your own).
+        """
+        rows = await self._claim_rows()
+        if not rows:
+            return _NOTHING
+        self.stats.rounds += 1
+        self.stats.claimed += len(rows)
+        return await self._relay(rows)
+
+    async def _claim_rows(self) -> list[_Row]:
+        now = utcnow()
+        parameters = {"now": now, "until": now + self.lease, "me": self.name}
+        async with self.outbox.writer.begin() as connection:
+            if self._claim_lock is not None:
+                await connection.execute(self._claim_lock)
+            result = await connection.execute(self._claim, parameters)
+            rows = [_Row(*row) for row in result]
+        rows.sort(key=lambda row: row.id)  # RETURNING promises no order
+        return rows
+
+    async def _relay(self, rows: list[_Row]) -> RelayRound:
+        started = time.monotonic()
+        ready: list[tuple[_Row, Message]] = []
+        failed: list[tuple[_Row, str, bool]] = []  # (row, error, retry at all)
+        for row in rows:
+            try:
+                message = self._codec.decode_message(row.body)
+            except MessageDecodeError as exc:
+                # Written by something else than the Outbox: no attempt can mend it.
+                failed.append((row, f"the row's envelope cannot be read: {exc}", False))
+                continue
+            if row.partition_key is not None:
+                message = attrs.evolve(message, partition_key=row.partition_key)
+            ready.append((row, message))
+        sent: list[_Row] = []
+        released: list[_Row] = []
+        if ready:
+            try:
+                await self._publish([message for _, message in ready])
+            except Exception as exc:
+                if len(ready) == 1:
+                    failed.append((ready[0][0], _describe(exc), True))
+                else:
+                    await self._one_by_one(ready, sent, failed, released)
+            else:
+                sent = [row for row, _ in ready]
+        elapsed = time.monotonic() - started
+        if elapsed > self.lease.total_seconds():
+            logger.warning(
+                "outbox relay %s: publishing a batch took %.1f s, longer than the lease "
+                "(%.1f s); another relay may have published the same rows",
+                self.name,
+                elapsed,
+                self.lease.total_seconds(),
+            )
+        outcome = await self._record(sent, failed, released)
+        for listener in tuple(self._listeners):
+            listener(outcome)
+        return outcome
+
+    async def _publish(self, messages: Sequence[Message]) -> None:
+        if self._send_messages is not None:
+            await self._send_messages(messages)
+        else:
+            for message in messages:
+                await self.broker.send_message(message)
+
+    async def _one_by_one(
+        self,
+        ready: list[tuple[_Row, Message]],
+        sent: list[_Row],
+        failed: list[tuple[_Row, str, bool]],
+        released: list[_Row],
+    ) -> None:
+        """Find the rows a failed batch failed on: each alone, in order. A row
+        behind a failed row of its key is given back; two failures in a row
+        read as an outage, and the rest is given back for a later round."""
+        held: set[str] = set()
+        in_a_row = 0
+        for index, (row, message) in enumerate(ready):
+            if row.partition_key is not None and row.partition_key in held:
+                released.append(row)
+                continue
+            try:
+                await self._publish((message,))
+            except Exception as exc:
+                failed.append((row, _describe(exc), True))
+                if row.partition_key is not None:
+                    held.add(row.partition_key)
+                in_a_row += 1
+                if in_a_row >= 2:
+                    released.extend(later for later, _ in ready[index + 1 :])
+                    return
+            else:
+                sent.append(row)
+                in_a_row = 0
+
+    async def _record(
+        self, sent: list[_Row], failed: list[tuple[_Row, str, bool]], released: list[_Row]
+    ) -> RelayRound:
+        now = utcnow()
+        updates: list[dict[str, Any]] = []
+        retried = dead = 0
+        for row, error, retry in failed:
+            attempts = row.attempts + 1
+            if retry and attempts < self.max_attempts:
+                retried += 1
+                due = now + dt.timedelta(seconds=self.backoff.delay(attempts))
+                if self._next_due is None or due < self._next_due:
+                    self._next_due = due
+                logger.warning(
+                    "outbox relay %s: publishing row %d failed (attempt %d of %d), next "
+                    "attempt at %s: %s",
+                    self.name,
+                    row.id,
+                    attempts,
+                    self.max_attempts,
+                    due.isoformat(),
+                    error,
+                )
+                status = PENDING
+            else:
+                dead += 1
+                due = now
+                logger.error(
+                    "outbox relay %s: row %d is dead after %d attempt(s): %s",
+                    self.name,
+                    row.id,
+                    attempts,
+                    error,
+                )
+                status = DEAD
+            updates.append(
+                {
+                    "row": row.id,
+                    "new_status": status,
+                    "new_attempts": attempts,
+                    "due": due,
+                    "error": error,
+                }
+            )
+        async with self.outbox.writer.begin() as connection:
+            if sent:
+                await connection.execute(self._mark_sent, {"ids": [r.id for r in sent], "at": now})
+            if updates:
+                await connection.execute(self._mark_failed, updates)
+            if released:
+                await connection.execute(
+                    self._release, {"ids": [r.id for r in released], "me": self.name}
+                )
+        stats = self.stats
+        stats.published += len(sent)
+        stats.retried += retried
+        stats.dead += dead
+        stats.released += len(released)
+        return RelayRound(
+            claimed=len(sent) + len(failed) + len(released),
+            published=len(sent),
+            retried=retried,
+            dead=dead,
+            released=len(released),
+        )
+
+    # -- cleanup ----------------------------------------------------------------
+
+    async def _cleanup_if_due(self) -> None:
+        if self.retention is None or time.monotonic() < self._next_cleanup:
+            return
+        self._next_cleanup = time.monotonic() + self.cleanup_interval
+        await self.cleanup()
+
+    async def cleanup(self) -> int:
+        """Delete sent rows older than the retention (and partition-key rows
+        not written to for as long); returns how many sent rows went. The
+        loop does this every `cleanup_interval` seconds when it is idle."""
+        if self.retention is None:
+            return 0
+        cutoff = {"cutoff": utcnow() - self.retention}
+        deleted = 0
+        for _ in range(_CLEANUP_STATEMENTS):
+            async with self.outbox.writer.begin() as connection:
+                result = await connection.execute(self._delete_sent, cutoff)
+            deleted += int(result.rowcount)
+            if result.rowcount < _CLEANUP_BATCH:
+                break
+        if self.outbox.dialect != "sqlite":
+            for _ in range(_CLEANUP_STATEMENTS):
+                async with self.outbox.writer.begin() as connection:
+                    result = await connection.execute(self._delete_keys, cutoff)
+                if result.rowcount < _CLEANUP_BATCH:
+                    break
+        self.stats.cleaned += deleted
+        return deleted
+
+    # -- LISTEN / NOTIFY -----------------------------------------------------------
+
+    async def _start_listening(self) -> None:
+        if time.monotonic() < self._next_listen:
+            return
+        connection = None
+        try:
+            connection = await self.outbox.engine.connect()
+            raw = await connection.get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None
+            await driver.add_listener(self.outbox.tables.channel, self._notified)
+            driver.add_termination_listener(self._connection_lost)
+        except Exception as exc:
+            self._next_listen = time.monotonic() + _LISTEN_RETRY
+            logger.warning(
+                "outbox relay %s: cannot LISTEN (%s); polling every %s s meanwhile",
+                self.name,
+                quote(repr(exc)),
+                self.poll_interval,
+            )
+            if connection is not None:
+                await _close_quietly(connection)
+            return
+        self._listener = (connection, driver)
+
+    def _notified(self, *args: object) -> None:
+        self._wake.set()
+
+    def _connection_lost(self, *args: object) -> None:
+        logger.warning(
+            "outbox relay %s: the LISTEN connection closed; polling until it is back", self.name
+        )
+        self._listener = None
+        self._next_listen = time.monotonic() + _LISTEN_RETRY
+        self._wake.set()
+
+    async def _stop_listening(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is None:
+            return
+        connection, driver = listener
+        try:
+            driver.remove_termination_listener(self._connection_lost)
+            await driver.remove_listener(self.outbox.tables.channel, self._notified)
+        except Exception:
+            logger.debug("UNLISTEN failed; the connection is closed anyway", exc_info=True)
+        await _close_quietly(connection)
+
+    # -- observing ---------------------------------------------------------------
+
+    def add_listener(self, listener: Callable[[RelayRound], None]) -> Callable[[], None]:
+        """Call `listener` with each `RelayRound` that claimed rows, after the
+        outcome is recorded and counted; returns a function that removes it."""
+        self._listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return remove
+
+    async def wait_until(
+        self, predicate: Callable[[RelayStats], bool], timeout: float = 5.0
+    ) -> RelayStats:
+        """Wait until `predicate(relay.stats)` holds, checked after every
+        round; raises TimeoutError naming the counters after `timeout` s.
+
+        ```python
+        await relay.wait_until(lambda stats: stats.published >= 3)
+        ```
+        """
+        if predicate(self.stats):
+            return self.stats
+        reached = asyncio.Event()
+
+        def check(_: RelayRound) -> None:
+            if predicate(self.stats):
+                reached.set()
+
+        remove = self.add_listener(check)
+        try:
+            async with asyncio.timeout(timeout):
+                await reached.wait()
+        except TimeoutError:
+            raise TimeoutError(
+                f"waited {timeout} s on {self!r} (running: {self.running}); its counters: "
+                f"{self.stats}"
+            ) from None
+        finally:
+            remove()
+        return self.stats
+
+
+def _describe(error: BaseException) -> str:
+    return quote(f"{type(error).__name__}: {error}")
+
+
+def _is_database_error(error: BaseException) -> bool:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return isinstance(error, SQLAlchemyError | OSError)
+
+
+async def _close_quietly(connection: Any) -> None:
+    try:
+        await connection.close()
+    except Exception:
+        logger.debug("closing the LISTEN connection failed", exc_info=True)

@@ -1,0 +1,76 @@
+"""The transactional outbox and the idempotent inbox, on SQLAlchemy 2 (async).
+
+Needs the ``outbox`` extra: ``pip install 'mediator-toolkit[outbox]'``.
+
+```python
+from mediator.outbox import Inbox, Outbox, OutboxRelay, current_session, sqlite_engine
+
+outbox = Outbox(sqlite_engine("sqlite+aiosqlite:///app.db"))
+await outbox.create_tables()
+mediator = Mediator(
+    request_map=requests,
+    event_emitter=EventEmitter(event_map=events, message_broker=outbox),
+    unit_of_work=outbox.unit_of_work,    # each send: one transaction
+)
+async with OutboxRelay(outbox, broker):  # publishes what committed
+    await mediator.send(PlaceOrder(total_cents=4200))
+```
+
+- `Outbox`: the emitter's broker. A send's broker-bound events become rows
+  of the outbox table, written in the send's transaction; handlers write
+  through `current_session()`. Commit after the handler and the local event
+  handlers succeeded, rollback otherwise: rows and events together or not
+  at all, and nothing reaches a broker before the commit.
+- `OutboxRelay`: publishes committed rows through any broker, in batches,
+  with retries, dead rows, cleanup, and (on PostgreSQL) several relays
+  sharing the work.
+- `Inbox`: ``EventConsumer(inbox=Inbox(outbox, consumer="billing"))``
+  handles each message id once, in the transaction of the handlers' writes.
+
+PostgreSQL (asyncpg) and SQLite (aiosqlite) are supported. The docs page
+"Outbox and inbox" holds the guarantees, the failure table and the SQL.
+"""
+
+try:
+    import sqlalchemy as _sqlalchemy  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "mediator.outbox needs SQLAlchemy 2 with asyncio support and a driver: "
+        "pip install 'mediator-toolkit[outbox]'"
+    ) from exc
+
+from mediator._outbox import PUBLISH_FAILED as PUBLISH_FAILED
+from mediator._outbox import Outbox as Outbox
+from mediator._outbox import OutboxError as OutboxError
+from mediator._outbox import UnitOfWork as UnitOfWork
+from mediator._outbox import current_session as current_session
+from mediator._outbox import sqlite_engine as sqlite_engine
+from mediator._outbox_inbox import DEFAULT_INBOX_WINDOW as DEFAULT_INBOX_WINDOW
+from mediator._outbox_inbox import Inbox as Inbox
+from mediator._outbox_inbox import InboxEntry as InboxEntry
+from mediator._outbox_relay import OutboxRelay as OutboxRelay
+from mediator._outbox_relay import RelayRound as RelayRound
+from mediator._outbox_relay import RelayStats as RelayStats
+from mediator._outbox_tables import DEAD as DEAD
+from mediator._outbox_tables import PENDING as PENDING
+from mediator._outbox_tables import SENT as SENT
+from mediator._outbox_tables import OutboxTables as OutboxTables
+
+__all__ = [
+    "DEAD",
+    "DEFAULT_INBOX_WINDOW",
+    "PENDING",
+    "PUBLISH_FAILED",
+    "SENT",
+    "Inbox",
+    "InboxEntry",
+    "Outbox",
+    "OutboxError",
+    "OutboxRelay",
+    "OutboxTables",
+    "RelayRound",
+    "RelayStats",
+    "UnitOfWork",
+    "current_session",
+    "sqlite_engine",
+]
