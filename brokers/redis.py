@@ -421,6 +421,20 @@ class RedisPubSubBroker(_RedisBroker):
         self.channel_layout: ChannelLayout = channel_layout
         """``"name"`` or ``"diator"``: what the last part of a channel is."""
 
+    @classmethod
+    def diator_compatible(
+        cls, client: Redis, channel_prefix: str = "python_diator_channel", **options: Any
+    ) -> Self:
+        """A broker publishing where diator's did, for the readers of diator's
+        channels while a migration is under way: diator's default prefix and
+        ``channel_layout="diator"`` (``{prefix}:{message_type}:{message_id}``).
+
+        ```python
+        broker = RedisMessageBroker.diator_compatible(redis_client)
+        ```
+        """
+        return cls(client, channel_prefix, channel_layout="diator", **options)
+
     def channel(self, message: Message) -> str:
         """The channel `message` is published on."""
         last = str(message.message_id) if self.channel_layout == "diator" else message.message_name

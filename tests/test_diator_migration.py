@@ -759,8 +759,8 @@ def test_the_guides_diator_app_changes_only_imports_event_decorators_and_the_bro
         "import attrs",
         "@attrs.frozen(kw_only=True)",
         "@attrs.frozen(kw_only=True)",
-        "    broker = RedisMessageBroker(redis_client, channel_prefix=channel_prefix, "
-        'channel_layout="diator")',
+        "    broker = RedisMessageBroker.diator_compatible(redis_client, "
+        "channel_prefix=channel_prefix)",
     ]
 
 
@@ -810,7 +810,6 @@ async def test_set_copies_the_list_it_is_given_where_diator_kept_it() -> None:
 # -- Redis: diator's channels during the migration --------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="no diator-compatible preset on the Redis broker")
 def test_the_diator_preset_publishes_on_diators_default_channels(redis_client: redis.Redis) -> None:
     broker = RedisMessageBroker.diator_compatible(redis_client)
     event = Greeted(name="ada")
@@ -822,7 +821,6 @@ def test_the_diator_preset_publishes_on_diators_default_channels(redis_client: r
     )
 
 
-@pytest.mark.xfail(strict=True, reason="no diator-compatible preset on the Redis broker")
 async def test_diator_readers_and_our_consumers_both_receive_from_the_preset(
     redis_client: redis.Redis, key_prefix: str
 ) -> None:
