@@ -30,6 +30,8 @@ import redis
 import redis.asyncio
 import redis.exceptions
 
+from tests.kafka_support import kafka_server as kafka_server  # the Kafka fixture, by re-export
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
 _PROBE_TIMEOUT = 1.0  # seconds, per PING attempt
 _STARTUP_TIMEOUT = 10.0  # seconds, for a private server to answer PING

@@ -134,10 +134,17 @@ async def _close_rabbitmq_connections(transport: Transport) -> int:
     return await close_connections(transport.prefix)  # type: ignore[attr-defined]
 
 
+async def _abort_kafka_sockets(transport: Transport) -> int:
+    """Abort every socket of the test's aiokafka clients (producer, admin,
+    each consumer), as a network failure would."""
+    return transport.kill_connections()  # type: ignore[attr-defined, no-any-return]
+
+
 FAULTS: dict[str, Callable[[Transport], Awaitable[int]]] = {
     "redis-pubsub": _kill_redis_connections,
     "redis-streams": _kill_redis_connections,
     "rabbitmq": _close_rabbitmq_connections,
+    "kafka": _abort_kafka_sockets,
 }
 """Kill the transport's live connections; returns how many were killed."""
 
@@ -169,8 +176,14 @@ async def _delete_rabbitmq_queue(transport: Transport) -> None:
             await back.wait()
 
 
+async def _delete_kafka_topics(transport: Transport) -> None:
+    """Delete the test's topics (DeleteTopics through an admin client)."""
+    assert await transport.delete_topics() >= 1  # type: ignore[attr-defined]
+
+
 DELETE_DESTINATION: dict[str, Callable[[Transport], Awaitable[None]]] = {
     "rabbitmq": _delete_rabbitmq_queue,
+    "kafka": _delete_kafka_topics,
 }
 """Delete what a group subscription reads; Redis transports delete their keys."""
 
