@@ -78,6 +78,7 @@ def test_applications_transport_authors_and_tests_each_have_their_module() -> No
     ("module", "name"),
     [
         ("mediator.container", "DIContainer"),
+        ("mediator.container", "RodiContainer"),
         ("brokers.memory", "InMemoryMessageBroker"),
         ("brokers.redis", "RedisMessageBroker"),
         ("brokers.redis", "RedisStreamBroker"),
@@ -88,4 +89,10 @@ def test_applications_transport_authors_and_tests_each_have_their_module() -> No
 def test_module_level_names(module: str, name: str) -> None:
     imported = importlib.import_module(module)
     assert name in imported.__all__
-    assert getattr(imported, name).__name__ == name
+    assert isinstance(getattr(imported, name), type)
+
+
+def test_redis_pubsub_keeps_diators_name() -> None:
+    from brokers.redis import RedisMessageBroker, RedisPubSubBroker
+
+    assert RedisMessageBroker is RedisPubSubBroker
