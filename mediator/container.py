@@ -179,7 +179,8 @@ def _require_rodi() -> None:
         import rodi  # noqa: F401
     except ImportError as exc:
         raise ImportError(
-            "mediator.container.RodiContainer needs the `rodi` library: pip install rodi"
+            "mediator.container.RodiContainer needs the `rodi` library: "
+            "pip install 'mediator-toolkit[rodi]'"
         ) from exc
 
 

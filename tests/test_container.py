@@ -284,7 +284,8 @@ def test_without_rodi_installed_the_adapter_says_what_to_install(
         RodiContainer()
 
     assert str(missing.value) == (
-        "mediator.container.RodiContainer needs the `rodi` library: pip install rodi"
+        "mediator.container.RodiContainer needs the `rodi` library: "
+        "pip install 'mediator-toolkit[rodi]'"
     )
 
 
