@@ -6,7 +6,9 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
+from typing import Protocol
 
 import attrs
 
@@ -14,7 +16,7 @@ from mediator._broker import Delivery, SubscribingBroker, Subscription
 from mediator._container import Container, Resolver, as_container
 from mediator._context import _message
 from mediator._emitter import EventEmitter
-from mediator._event_map import EventMap
+from mediator._event_map import EventBinding, EventMap, HandlerCall
 from mediator._events import Event
 from mediator._exceptions import MessageDecodeError, SubscriptionLostError
 from mediator._limits import quote
@@ -23,7 +25,7 @@ from mediator._policies import DeadLetter, ErrorPolicy, Retry
 from mediator._recovery import run_bindings
 from mediator._transport import close_all
 
-__all__ = ["ConsumerStats", "EventConsumer", "Settled"]
+__all__ = ["ConsumerInbox", "ConsumerStats", "EventConsumer", "Settled"]
 
 logger = logging.getLogger("mediator.consumer")
 
@@ -53,11 +55,13 @@ class ConsumerStats:
     """Dead letters per reason: a `DecodeFailure` value, "handler_failed" or "rejected"."""
     in_flight: int = 0
     """Deliveries being handled right now."""
+    duplicates: int = 0
+    """Deliveries an inbox recognised as handled before: acknowledged, not handled."""
 
     @property
     def settled(self) -> int:
         """Deliveries settled one way or another."""
-        return self.handled + self.released + self.dead_lettered
+        return self.handled + self.released + self.dead_lettered + self.duplicates
 
 
 @attrs.frozen
@@ -66,13 +70,39 @@ class _Outcome:
     rejected: str | None = None
     release: str | None = None
     fail: BaseException | None = None
+    duplicate: bool = False
 
 
 _HANDLED = _Outcome()
+_DUPLICATE = _Outcome(duplicate=True)
+
+
+class _Undone(Exception):
+    """Leaves an inbox's transaction with a delivery that did not succeed, so
+    that its writes (the inbox record with them) are rolled back."""
+
+    def __init__(self, outcome: _Outcome) -> None:
+        self.outcome = outcome
 
 _Report = tuple[str, str | None]
 """How a delivery was settled ("handled", "released", "dead_lettered") and why."""
 _HANDLED_REPORT: _Report = ("handled", None)
+_DUPLICATE_REPORT: _Report = ("duplicate", None)
+
+
+class ConsumerInbox(Protocol):
+    """What ``EventConsumer(inbox=...)`` needs; `mediator.outbox.Inbox` is one."""
+
+    def handling(self, message: Message) -> AbstractAsyncContextManager[bool]:
+        """The transaction of one delivery. Entering records the message id and
+        gives False when it was recorded before (a duplicate); leaving commits,
+        leaving with an exception rolls back."""
+        ...
+
+    def attempt(self) -> AbstractAsyncContextManager[object]:
+        """One handler call inside that transaction (a savepoint): leaving with
+        an exception undoes the call's writes only."""
+        ...
 
 
 @attrs.frozen(kw_only=True)
@@ -80,7 +110,8 @@ class Settled:
     """One delivery, settled: what `EventConsumer.add_listener` callbacks get."""
 
     outcome: str
-    """"handled" (acknowledged), "released" (given back) or "dead_lettered"."""
+    """"handled" (acknowledged), "released" (given back), "dead_lettered", or
+    "duplicate" (acknowledged unhandled: the inbox saw its id before)."""
     reason: str | None
     """Why it was released or dead-lettered (a dead-letter reason, or the
     release's cause); None when handled."""
@@ -122,6 +153,12 @@ class EventConsumer:
     Events that handlers raise are emitted through `event_emitter` (by
     default one over the same map, container and broker), carrying the
     consumed message's correlation id and its id as causation id.
+
+    With an `inbox` (`mediator.outbox.Inbox`), each delivery is handled in
+    one database transaction that records its message id: committed when
+    every handler succeeded, rolled back otherwise. A message id recorded
+    before is acknowledged without being handled and counted in
+    `stats.duplicates`.
     """
 
     def __init__(
@@ -137,6 +174,7 @@ class EventConsumer:
         incoming: Sequence[Callable[[Message], None]] = (),
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_deliveries: int = 10,
+        inbox: ConsumerInbox | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
@@ -152,6 +190,8 @@ class EventConsumer:
             default_policy or event_map.default_policy or Retry(then=DeadLetter())
         )
         self._incoming = tuple(incoming)
+        self._inbox = inbox
+        self._inbox_bindings: dict[type[Event], tuple[EventBinding, ...]] = {}
         self._max_concurrency = max_concurrency
         self._max_deliveries = max_deliveries
         self._drain_timeout = drain_timeout
@@ -406,6 +446,8 @@ class EventConsumer:
                         "message %s rejected by %r: %s", message.message_id, hook, quote(repr(exc))
                     )
                     return _Outcome(rejected=repr(exc))
+            if self._inbox is not None:
+                return await self._dispatch_once(message, event)
             if self._container is None:
                 return await self._dispatch(event, None)
             async with self._container.scope() as resolver:
@@ -413,11 +455,61 @@ class EventConsumer:
         finally:
             _message.reset(token)
 
+    async def _dispatch_once(self, message: Message, event: Event) -> _Outcome:
+        """`_dispatch` in the inbox's transaction, kept only if it succeeded."""
+        assert self._inbox is not None
+        try:
+            async with self._inbox.handling(message) as first:
+                if not first:
+                    return _DUPLICATE
+                bindings = self._attempts_of(type(event))
+                if self._container is None:
+                    outcome = await self._dispatch(event, None, bindings)
+                else:
+                    async with self._container.scope() as resolver:
+                        outcome = await self._dispatch(event, resolver, bindings)
+                if outcome is not _HANDLED:
+                    raise _Undone(outcome)
+        except _Undone as undone:
+            return undone.outcome
+        except Exception as exc:
+            # The database refused to begin or to commit: nothing was kept.
+            logger.exception("the inbox transaction of message %s failed", message.message_id)
+            return _Outcome(release=f"its inbox transaction failed: {exc!r}")
+        return _HANDLED
+
+    def _attempts_of(self, event_type: type[Event]) -> tuple[EventBinding, ...]:
+        """The bindings of `event_type`, each call in an inbox attempt (a
+        savepoint), so that a handler that raised leaves no writes behind:
+        its retry starts clean, and under LogAndContinue nothing half-done is kept."""
+        bindings = self._inbox_bindings.get(event_type)
+        if bindings is None:
+            assert self._inbox is not None
+            attempt = self._inbox.attempt
+
+            def in_attempt(call: HandlerCall) -> HandlerCall:
+                async def attempted(event: Event, resolver: Resolver | None) -> list[Event] | None:
+                    async with attempt():
+                        return await call(event, resolver)
+
+                return attempted
+
+            bindings = tuple(
+                attrs.evolve(binding, call=in_attempt(binding.call))
+                for binding in self.event_map.handlers_for(event_type)
+            )
+            self._inbox_bindings[event_type] = bindings
+        return bindings
+
     async def _settle(self, delivery: Delivery, outcome: _Outcome, message_id: str) -> _Report:
         if outcome is _HANDLED:
             await delivery.ack()
             self.stats.handled += 1
             return _HANDLED_REPORT
+        if outcome is _DUPLICATE:
+            await delivery.ack()
+            self.stats.duplicates += 1
+            return _DUPLICATE_REPORT
         if outcome.fail is not None:
             self._fail(outcome.fail, "a fail-fast handler failed")
             return await self._release(
@@ -430,10 +522,15 @@ class EventConsumer:
         assert outcome.dead_letter is not None
         return await self._dead_letter(delivery, HANDLER_FAILED, outcome.dead_letter)
 
-    async def _dispatch(self, event: Event, resolver: Resolver | None) -> _Outcome:
-        dispatched = await run_bindings(
-            self.event_map.handlers_for(type(event)), event, resolver, self._policy
-        )
+    async def _dispatch(
+        self,
+        event: Event,
+        resolver: Resolver | None,
+        bindings: tuple[EventBinding, ...] | None = None,
+    ) -> _Outcome:
+        if bindings is None:
+            bindings = self.event_map.handlers_for(type(event))
+        dispatched = await run_bindings(bindings, event, resolver, self._policy)
         self.stats.retried += dispatched.retries
         if dispatched.fail is not None:
             return _Outcome(fail=dispatched.fail)

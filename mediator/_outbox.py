@@ -293,7 +293,8 @@ class Outbox:
             wake()
 
     def _on_commit(self, session: Any) -> None:
-        self._committed()
+        if not session.in_nested_transaction():  # not a savepoint's release
+            self._committed()
 
     def _wake_me(self, wake: Callable[[], None]) -> Callable[[], None]:
         """Call `wake` after each commit that wrote rows; returns the undo."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from contextlib import AbstractAsyncContextManager
 from contextvars import Token
 from types import TracebackType
 from typing import Any
@@ -16,7 +17,15 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from mediator._limits import quote
 from mediator._message import Message
-from mediator._outbox import IMMEDIATE, Outbox, OutboxError, _Work, _work, utcnow
+from mediator._outbox import (
+    IMMEDIATE,
+    Outbox,
+    OutboxError,
+    _Work,
+    _work,
+    current_session,
+    utcnow,
+)
 
 __all__ = ["DEFAULT_INBOX_WINDOW", "Inbox"]
 
@@ -105,6 +114,12 @@ class Inbox:
         a duplicate. Leaving the block commits when it succeeded (and `first`),
         and rolls back when it raised."""
         return InboxEntry(self, message)
+
+    def attempt(self) -> AbstractAsyncContextManager[object]:
+        """A savepoint around one handler call of the delivery in progress (the
+        consumer opens one per call and per retry): a handler that raised
+        leaves none of its writes behind."""
+        return current_session().begin_nested()
 
     async def seen(self, message_id: Any) -> bool:
         """Whether `message_id` is recorded for this consumer."""
