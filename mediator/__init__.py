@@ -42,6 +42,9 @@ from mediator._exceptions import PublishError as PublishError
 from mediator._exceptions import RequestBindingError as RequestBindingError
 from mediator._exceptions import SubscriptionLostError as SubscriptionLostError
 from mediator._exceptions import TransportError as TransportError
+from mediator._interceptors import Consuming as Consuming
+from mediator._interceptors import Interceptor as Interceptor
+from mediator._interceptors import Publishing as Publishing
 from mediator._mediator import Mediator as Mediator
 from mediator._message import DEFAULT_MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE
 from mediator._message import Message as Message
@@ -77,6 +80,7 @@ __all__ = [
     "BatchMessageBroker",
     "BrokerUnavailableError",
     "ConsumerStats",
+    "Consuming",
     "Container",
     "CredentialError",
     "DeadLetter",
@@ -98,6 +102,7 @@ __all__ = [
     "FailFast",
     "Handle",
     "Ignore",
+    "Interceptor",
     "LogAndContinue",
     "LoggingMiddleware",
     "Mediator",
@@ -112,6 +117,7 @@ __all__ = [
     "NoMessageBrokerError",
     "NotificationEvent",
     "PublishError",
+    "Publishing",
     "RaisesEvents",
     "Request",
     "RequestBindingError",

@@ -13,6 +13,7 @@ from mediator._context import outgoing_headers
 from mediator._event_map import EventBinding, EventMap
 from mediator._events import Event, message_type_of
 from mediator._exceptions import EventCycleError, NoMessageBrokerError
+from mediator._interceptors import Interceptor, Publishing, intercept_publish, overrides
 from mediator._message import Message, MessageCodec
 from mediator._policies import ErrorPolicy, FailFast
 from mediator._recovery import run_bindings
@@ -41,6 +42,8 @@ class EventEmitter:
     events were raised while handling a consumed message, a `causation_id`
     naming that message. Each function in `outgoing` then sees the envelope
     and returns it, changed or not (``attrs.evolve(message, headers=...)``).
+    Each batch is published inside the `publishing` of every `Interceptor`
+    in `interceptors` (tracing is one).
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class EventEmitter:
         *,
         max_concurrency: int = 1,
         outgoing: Sequence[Callable[[Message], Message]] = (),
+        interceptors: Sequence[Interceptor] = (),
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
@@ -74,6 +78,7 @@ class EventEmitter:
         self._max_concurrency = max_concurrency
         self._send_messages = getattr(message_broker, "send_messages", None)
         self._outgoing = tuple(outgoing)
+        self._interceptors = overrides(interceptors, "publishing")
         self._policy: ErrorPolicy = self.event_map.default_policy or FailFast()
 
     async def emit(self, event: Event) -> None:
@@ -193,6 +198,15 @@ class EventEmitter:
             raise NoMessageBrokerError(
                 "EventEmitter.publish needs a message broker; pass EventEmitter(message_broker=...)"
             )
+        if self._interceptors:
+            await intercept_publish(
+                self._interceptors, Publishing(messages=messages, broker=broker), self._send
+            )
+        else:
+            await self._send(messages)
+
+    async def _send(self, messages: Sequence[Message]) -> None:
+        broker: Any = self.message_broker
         send_messages: Any = self._send_messages
         if send_messages is not None and len(messages) > 1:
             await send_messages(messages)

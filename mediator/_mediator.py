@@ -19,6 +19,7 @@ from mediator._events import (
     uses_native_events,
 )
 from mediator._exceptions import MediatorError, RequestBindingError
+from mediator._interceptors import Interceptor, intercept_send
 from mediator._middlewares import MiddlewareChain
 from mediator._requests import Request, RequestMap, StreamRequest
 
@@ -67,7 +68,15 @@ class Mediator:
     one handler instance to concurrent sends (see `RaisesEvents`).
     """
 
-    __slots__ = ("_chain", "_container", "_emitter", "_request_map", "_routes", "_unit_of_work")
+    __slots__ = (
+        "_chain",
+        "_container",
+        "_emitter",
+        "_interceptors",
+        "_request_map",
+        "_routes",
+        "_unit_of_work",
+    )
 
     def __init__(
         self,
@@ -77,6 +86,7 @@ class Mediator:
         middleware_chain: MiddlewareChain | None = None,
         *,
         unit_of_work: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
+        interceptors: Sequence[Interceptor] = (),
     ) -> None:
         # diator's positional order; a value in the wrong slot is refused here, not at a send.
         self._container = as_container(container, "Mediator")
@@ -104,6 +114,8 @@ class Mediator:
         self._unit_of_work = unit_of_work
         """Entered around each whole send (handler, local events, publish): one
         transaction per send with `mediator.outbox`. None costs nothing."""
+        self._interceptors = tuple(interceptors)
+        """Their `sending` is entered around each whole send, outermost; none costs nothing."""
 
     @property
     def event_emitter(self) -> EventEmitter | None:
@@ -212,6 +224,8 @@ class Mediator:
                 async with unit_of_work():
                     return await handle(request)
 
+        if self._interceptors:
+            run = intercept_send(self._interceptors, run)
         self._routes[request_type] = run
         return run
 

@@ -19,6 +19,7 @@ from mediator._container import Container
 from mediator._emitter import EventEmitter
 from mediator._event_map import EventMap
 from mediator._events import DomainEvent, Event, message_type_of
+from mediator._interceptors import Interceptor
 from mediator._mediator import Mediator
 from mediator._message import Message
 from mediator._middlewares import MiddlewareChain
@@ -110,6 +111,7 @@ class Service:
         default_policy: ErrorPolicy | None = None,
         outgoing: Sequence[Callable[[Message], Message]] = (),
         incoming: Sequence[Callable[[Message], None]] = (),
+        interceptors: Sequence[Interceptor] = (),
     ) -> None:
         if drain_timeout < 0:
             raise ValueError(f"Service(drain_timeout={drain_timeout}): must be 0 or more seconds")
@@ -127,6 +129,8 @@ class Service:
         self._broker = broker
         self._outgoing = tuple(outgoing)
         self._incoming = tuple(incoming)
+        self.interceptors: list[Interceptor] = list(interceptors)
+        """Around every send, publish and delivery (`Interceptor`); add before start."""
         self._subscriptions: list[tuple[str, str | None, EventMap]] = []
         self._startup: list[Hook] = []
         self._shutdown_hooks: list[Hook] = []
@@ -171,6 +175,7 @@ class Service:
                 container=self.container,
                 message_broker=self._broker,
                 outgoing=self._outgoing,
+                interceptors=self.interceptors,
             )
         return self._emitter
 
@@ -188,6 +193,7 @@ class Service:
                 event_emitter=self.event_emitter,
                 container=self.container,
                 middleware_chain=self.middleware_chain,
+                interceptors=self.interceptors,
             )
         return self._mediator
 
@@ -386,6 +392,7 @@ class Service:
                         container=self.container,
                         message_broker=self._broker,
                         outgoing=self._outgoing,
+                        interceptors=self.interceptors,
                     )
                 )
                 consumer = EventConsumer(
@@ -397,6 +404,7 @@ class Service:
                     drain_timeout=self.drain_timeout,
                     default_policy=self.default_policy,
                     incoming=self._incoming,
+                    interceptors=self.interceptors,
                 )
                 entry = built[id(spec.event_map)] = (consumer, [])
             # Recorded only: the consumer opens it when it starts.

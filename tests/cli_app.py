@@ -7,7 +7,8 @@ which worker. Settings come from the environment: ``CLI_APP_PREFIX`` (the
 channel prefix), ``CLI_APP_BROKER`` (its broker URL, default ``memory://``;
 on Redis Streams, entries a stopped member had read are claimed after half
 a second rather than 30), ``REDIS_URL`` (where the records go),
-``CLI_APP_WORK`` (seconds each event takes to bill), ``CLI_APP_GATE``
+``CLI_APP_TRACE`` (when set, every span is written to stdout as one JSON
+line), ``CLI_APP_WORK`` (seconds each event takes to bill), ``CLI_APP_GATE``
 (events with an order id from this one on wait, before billing, for a token
 a test pushes to the list ``{prefix}:gate``).
 """
@@ -43,6 +44,20 @@ service = Service(
 )
 service.subscribe("{prefix}:notification_event:Order*", group="billing")
 records: list[Redis] = []
+
+if os.environ.get("CLI_APP_TRACE"):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+
+    from mediator.otel import OpenTelemetry
+
+    tracing = TracerProvider()
+    tracing.add_span_processor(
+        SimpleSpanProcessor(
+            ConsoleSpanExporter(formatter=lambda span: span.to_json(indent=None) + "\n")
+        )
+    )
+    service.interceptors.append(OpenTelemetry(tracer_provider=tracing))
 
 
 @service.on_startup

@@ -40,6 +40,10 @@ async def client(redis_url: str, key_prefix: str) -> AsyncIterator[Redis]:
     await redis.aclose()
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def stream_broker(client: Redis, prefix: str, **options: object) -> RedisStreamBroker:
     settings: dict[str, object] = {
         "discovery_interval": 0.05,
@@ -489,6 +493,41 @@ async def test_a_server_error_is_waited_out_and_reading_goes_on(
     finally:
         await client.aclose()
         await admin.aclose()
+
+
+async def test_reading_goes_on_where_redis_refuses_scripts(private_redis: str) -> None:
+    # Batches are read through a script while entries wait; a user whose ACL
+    # forbids scripts reads them with plain XREADGROUP instead.
+    async with Redis.from_url(private_redis) as admin:
+        await admin.acl_setuser(
+            "noscripts",
+            enabled=True,
+            passwords=["+secret"],
+            keys=["*"],
+            channels=["*"],
+            commands=["+@all", "-eval", "-evalsha", "-script", "-fcall"],
+        )
+    url = private_redis.replace("redis://", "redis://noscripts:secret@", 1)
+    client = Redis.from_url(url)
+    recorder = Recorder()
+    broker = stream_broker(client, "mtk-acl")
+    consumer = EventConsumer(broker=broker, event_map=recorder.events())
+    await consumer.subscribe("mtk-acl:notification_event:*", group="billing")
+    try:
+        async with consumer:
+            for batch in range(3):
+                await publish(broker, *range(batch * 50, batch * 50 + 50))
+                await consumer.wait_until(lambda s, n=batch: s.handled >= 50 * (n + 1))
+            assert consumer.running
+        assert sorted(recorder.seen) == list(range(150))
+        assert (await client.xpending("mtk-acl:notification_event:OrderPlaced", "billing"))[
+            "pending"
+        ] == 0
+        async with Redis.from_url(private_redis) as admin:
+            refused = {_text(entry["object"]) for entry in await admin.acl_log()}
+        assert refused & {"eval", "evalsha"}, "the script was tried, and refused"
+    finally:
+        await client.aclose()
 
 
 async def test_a_consumer_whose_pattern_matches_no_stream_stops_at_once(

@@ -4,15 +4,21 @@ order with the work in flight drained, and says when it failed."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import attrs
 import pytest
 
 from brokers.memory import InMemoryMessageBroker
 from mediator import (
+    Consuming,
     EventMap,
     FailFast,
+    Interceptor,
     NotificationEvent,
+    Publishing,
     Request,
     RequestHandler,
     RequestMap,
@@ -302,3 +308,51 @@ async def test_subscribing_or_swapping_the_broker_while_running_is_refused() -> 
             service.subscribe("x:*")
         with pytest.raises(RuntimeError, match="before start"):
             service.broker = InMemoryMessageBroker()
+
+
+tenant: ContextVar[str | None] = ContextVar("tenant", default=None)
+
+
+class TenantHeader(Interceptor):
+    """Carries the tenant in force into every envelope, and back into context."""
+
+    @contextmanager
+    def publishing(self, publishing: Publishing) -> Iterator[None]:
+        current = tenant.get()
+        if current is not None:
+            publishing.messages = [
+                attrs.evolve(m, headers={**m.headers, "tenant": current})
+                for m in publishing.messages
+            ]
+        yield
+
+    @contextmanager
+    def consuming(self, consuming: Consuming) -> Iterator[None]:
+        token = tenant.set(consuming.message.headers.get("tenant"))
+        try:
+            yield
+        finally:
+            tenant.reset(token)
+
+
+async def test_an_interceptor_carries_a_header_from_publish_to_the_consumers_context() -> None:
+    broker = InMemoryMessageBroker(channel_prefix="shop")
+    events = EventMap()
+    seen: list[tuple[int, str | None]] = []
+
+    @events.bind(OrderPlaced)
+    async def bill(event: OrderPlaced) -> None:
+        seen.append((event.order_id, tenant.get()))
+
+    service = Service(broker, event_map=events, interceptors=[TenantHeader()])
+    service.subscribe("shop:notification_event:*")
+    async with service:
+        token = tenant.set("acme")
+        try:
+            await service.event_emitter.emit(OrderPlaced(order_id=1))
+        finally:
+            tenant.reset(token)
+        await service.event_emitter.emit(OrderPlaced(order_id=2))  # no tenant in force
+        await wait_until(service.consumers[0], lambda stats: stats.handled == 2)
+    assert sorted(seen) == [(1, "acme"), (2, None)]
+    assert [m.headers.get("tenant") for m in broker.messages] == ["acme", None]

@@ -1,0 +1,203 @@
+"""OpenTelemetry tracing and metrics, following the messaging semantic conventions.
+
+```python
+from mediator.otel import OpenTelemetry
+
+service = Service(broker, name="shop", interceptors=[OpenTelemetry()])
+```
+
+Needs the ``otel`` extra (opentelemetry-api only); configure an SDK (or the
+``opentelemetry-instrument`` agent) in the application to export anything.
+Without this interceptor nothing is traced and nothing costs anything.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import attrs
+
+try:
+    from opentelemetry import metrics, propagate, trace
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "mediator.otel needs opentelemetry-api: pip install 'mediator-toolkit[otel]'"
+    ) from exc
+
+from mediator._interceptors import Consuming, Interceptor, Publishing
+from mediator._message import Message, channel_for
+
+__all__ = ["DURATION_BUCKETS", "OpenTelemetry", "messaging_system"]
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
+"""The bucket boundaries (seconds) the conventions give for messaging durations."""
+
+_SYSTEMS = {
+    "InMemoryMessageBroker": "memory",
+    "RedisPubSubBroker": "redis",
+    "RedisStreamBroker": "redis",
+    "RabbitMQMessageBroker": "rabbitmq",
+    "KafkaMessageBroker": "kafka",
+    "AzureMessageBroker": "servicebus",
+}
+
+
+def messaging_system(broker: object) -> str:
+    """The ``messaging.system`` of `broker`: the conventions' name where there
+    is one (``rabbitmq``, ``kafka``, ``servicebus``), else ``redis``, ``memory``,
+    or the class name in lower case."""
+    for cls in type(broker).__mro__:
+        system = _SYSTEMS.get(cls.__name__)
+        if system is not None:
+            return system
+    wrapped = getattr(broker, "broker", None)  # a wrapper such as CapturingBroker
+    if wrapped is not None and wrapped is not broker:
+        return messaging_system(wrapped)
+    return type(broker).__name__.lower()
+
+
+class OpenTelemetry(Interceptor):
+    """Spans and metrics for every send, publish and delivery.
+
+    - ``send {Request}`` (internal) around each `Mediator.send`, handler,
+      local events and publishing included;
+    - ``publish {channel}`` (producer) around each published batch (just
+      ``publish`` when a batch spans channels), with ``messaging.system``,
+      ``messaging.destination.name``, ``messaging.operation.name`` and
+      ``.type``, ``messaging.message.id`` for one message and
+      ``messaging.batch.message_count`` for several;
+    - ``process {channel}`` (consumer) around the handling and settling of
+      each delivery, with ``messaging.consumer.group.name`` when it has a
+      group; a delivery released or dead-lettered ends with an error status.
+
+    The publish span's context travels in every envelope's headers as W3C
+    ``traceparent`` (and ``tracestate``), written by the global propagator,
+    so the process span in another process, on any transport, continues the
+    producer's trace. Metrics: ``messaging.client.operation.duration`` per
+    publish and ``messaging.process.duration`` per delivery (seconds), and
+    the counters ``messaging.client.sent.messages`` and
+    ``messaging.client.consumed.messages``.
+    """
+
+    def __init__(
+        self,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
+        self.tracer = trace.get_tracer("mediator", tracer_provider=tracer_provider)
+        meter = metrics.get_meter("mediator", meter_provider=meter_provider)
+        self.operation_duration = meter.create_histogram(
+            "messaging.client.operation.duration",
+            unit="s",
+            description="Duration of a messaging operation a producer or consumer started.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.process_duration = meter.create_histogram(
+            "messaging.process.duration",
+            unit="s",
+            description="Duration of processing operation.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.sent_messages = meter.create_counter(
+            "messaging.client.sent.messages",
+            unit="{message}",
+            description="Number of messages producer attempted to send to the broker.",
+        )
+        self.consumed_messages = meter.create_counter(
+            "messaging.client.consumed.messages",
+            unit="{message}",
+            description="Number of messages that were delivered to the application.",
+        )
+
+    @contextmanager
+    def sending(self, request: object) -> Iterator[None]:
+        name = type(request).__qualname__
+        with self.tracer.start_as_current_span(
+            f"send {name}", kind=SpanKind.INTERNAL, attributes={"mediator.request.type": name}
+        ):
+            yield
+
+    @contextmanager
+    def publishing(self, publishing: Publishing) -> Iterator[None]:
+        messages = publishing.messages
+        prefix = getattr(publishing.broker, "channel_prefix", "")
+        channels = {channel_for(prefix, message) for message in messages}
+        destination = channels.pop() if len(channels) == 1 else None
+        attributes: dict[str, Any] = {
+            "messaging.system": messaging_system(publishing.broker),
+            "messaging.operation.name": "publish",
+            "messaging.operation.type": "send",
+        }
+        if destination is not None:
+            attributes["messaging.destination.name"] = destination
+        metric_attributes = dict(attributes)
+        if len(messages) == 1:
+            attributes["messaging.message.id"] = str(messages[0].message_id)
+        else:
+            attributes["messaging.batch.message_count"] = len(messages)
+        name = f"publish {destination}" if destination is not None else "publish"
+        started = time.perf_counter()
+        with self.tracer.start_as_current_span(
+            name, kind=SpanKind.PRODUCER, attributes=attributes
+        ) as span:
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)
+            if carrier:
+                publishing.messages = [_with_headers(message, carrier) for message in messages]
+            try:
+                yield
+            except BaseException as exc:
+                metric_attributes["error.type"] = type(exc).__qualname__
+                span.set_attribute("error.type", type(exc).__qualname__)
+                raise
+            finally:
+                self.operation_duration.record(time.perf_counter() - started, metric_attributes)
+                self.sent_messages.add(len(messages), metric_attributes)
+
+    @contextmanager
+    def consuming(self, consuming: Consuming) -> Iterator[None]:
+        message = consuming.message
+        attributes: dict[str, Any] = {
+            "messaging.system": messaging_system(consuming.broker),
+            "messaging.operation.name": "process",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": consuming.channel,
+        }
+        if consuming.group is not None:
+            attributes["messaging.consumer.group.name"] = consuming.group
+        metric_attributes = dict(attributes)
+        attributes["messaging.message.id"] = str(message.message_id)
+        if consuming.delivery_count > 1:
+            attributes["mediator.delivery_count"] = consuming.delivery_count
+        parent = propagate.extract(message.headers)
+        started = time.perf_counter()
+        with self.tracer.start_as_current_span(
+            f"process {consuming.channel}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+        ) as span:
+            try:
+                yield
+            except BaseException as exc:
+                metric_attributes["error.type"] = type(exc).__qualname__
+                raise
+            finally:
+                if consuming.outcome is not None:
+                    span.set_attribute("mediator.outcome", consuming.outcome)
+                if consuming.outcome in ("released", "dead_lettered"):
+                    error = consuming.reason or consuming.outcome
+                    metric_attributes["error.type"] = consuming.outcome
+                    span.set_attribute("error.type", consuming.outcome)
+                    span.set_status(Status(StatusCode.ERROR, error))
+                self.process_duration.record(time.perf_counter() - started, metric_attributes)
+                self.consumed_messages.add(1, metric_attributes)
+
+
+def _with_headers(message: Message, headers: Mapping[str, str]) -> Message:
+    return attrs.evolve(message, headers={**message.headers, **headers})
