@@ -7,7 +7,7 @@ Redis's address comes from ``REDIS_URL`` (default ``redis://127.0.0.1:6379``).
 Every channel is under a prefix unique to the run (``bench-<hex>``); the keys
 left under it (dead letters) are deleted at the end.
 
-Budgets (DESIGN.md):
+Budgets (the project's; this script prints each verdict):
 
 - publishing a NotificationEvent: at least 0.9x the rate of a raw redis-py
   ``await client.publish(channel, data)`` loop sending the same bytes
@@ -67,7 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _timing import Body
 
-from brokers.redis import RedisMessageBroker, RedisStreamBroker
+from brokers.redis import RedisPubSubBroker, RedisStreamBroker
 from mediator import (
     EventConsumer,
     EventEmitter,
@@ -161,7 +161,7 @@ def counting_writes() -> Iterator[list[int]]:
 
 
 async def publishing(client: Redis, prefix: str, n: int, batches: int, repeats: int) -> None:
-    broker = RedisMessageBroker(client, channel_prefix=prefix)
+    broker = RedisPubSubBroker(client, channel_prefix=prefix)
     message = envelope(1)
     channel, data = broker.channel(message), encode_message(message)
     event = Tick(number=1)
@@ -323,7 +323,7 @@ async def through_consumer(
     async def handler(event: Tick) -> None:
         tick()
 
-    broker = RedisMessageBroker(client, channel_prefix=prefix)
+    broker = RedisPubSubBroker(client, channel_prefix=prefix)
     consumer = EventConsumer(broker=broker, event_map=events)
     await consumer.subscribe(f"{prefix}:notification_event:*")
     async with consumer:  # every subscription is live here
