@@ -18,17 +18,34 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import sys
+import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from random import Random
 from typing import Any, NoReturn
 
+import attrs
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from mediator import (
+    EventConsumer,
+    EventEmitter,
+    EventMap,
+    Mediator,
+    Request,
+    RequestHandler,
+    RequestMap,
+)
 from mediator.outbox import Outbox, sqlite_engine
+from mediator.testing import Settled
 
+ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 KINDS = ("sqlite", "postgresql")
 _PROBE_TIMEOUT = 3.0
@@ -143,3 +160,170 @@ async def observed(check: Callable[[], Awaitable[bool]], *, timeout: float = 10.
 def only(*kinds: str) -> pytest.MarkDecorator:
     """Run a test on these kinds of database only."""
     return pytest.mark.parametrize("db", kinds, indirect=True)
+
+
+# -- the kill -9 soak (the test runs it small, bench/bench_outbox.py large) --------------
+
+
+@attrs.frozen(kw_only=True)
+class SoakResult:
+    sends: int
+    seen: int
+    lost: int
+    duplicates: int
+    kills: int
+    seconds: float
+
+    def __str__(self) -> str:
+        return (
+            f"{self.sends} sends, relay killed {self.kills} times: consumer saw {self.seen} "
+            f"message ids, lost {self.lost}, duplicates {self.duplicates}, "
+            f"{self.seconds:.1f} s"
+        )
+
+
+class _Progress:
+    """Message ids the consumer handled, and waits on how many are distinct."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[uuid.UUID] = Counter()
+        self._waiters: list[tuple[int, asyncio.Event]] = []
+
+    def handled(self, settled: Settled) -> None:
+        if settled.outcome != "handled" or settled.message is None:
+            return
+        self.counts[settled.message.message_id] += 1
+        reached = len(self.counts)
+        for count, event in self._waiters:
+            if reached >= count:
+                event.set()
+
+    async def at_least(self, count: int, timeout: float) -> None:
+        if len(self.counts) >= count:
+            return
+        event = asyncio.Event()
+        self._waiters.append((count, event))
+        try:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        finally:
+            self._waiters.remove((count, event))
+
+
+async def _start_relay(command: list[str], log: Path) -> asyncio.subprocess.Process:
+    with log.open("ab") as output:
+        return await asyncio.create_subprocess_exec(
+            *command,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=output,
+        )
+
+
+async def soak(
+    db: Database,
+    redis_url: str,
+    channel_prefix: str,
+    *,
+    sends: int,
+    kills: int,
+    log: Path,
+    window: int = 200,
+    seed: int | None = None,
+) -> SoakResult:
+    """`sends` sends through `db`'s outbox while a relay process publishing to
+    Redis Streams is killed with SIGKILL `kills` times, at random points of
+    the consumer's progress, and started again each time; then the relay is
+    stopped with SIGTERM (it must exit 0) and the consumer's count compared.
+
+    The sender keeps at most `window` messages ahead of the consumer, so the
+    sends go on while the relay dies and comes back.
+    """
+    from tests.outbox_processes import Paid, stream_broker
+
+    started = time.monotonic()
+    random = Random(seed)
+    events = EventMap()
+    progress = _Progress()
+    events.bind(Paid, _ignore)
+    broker = stream_broker(redis_url, channel_prefix)
+    consumer = EventConsumer(broker=broker, event_map=events, max_concurrency=64)
+    consumer.add_listener(progress.handled)
+    await consumer.subscribe(f"{channel_prefix}:notification_event:*", group="soak")
+    requests = RequestMap()
+    requests.bind(Pay, PayHandler)
+    mediator = Mediator(
+        request_map=requests,
+        event_emitter=EventEmitter(event_map=events, message_broker=db.outbox),
+        unit_of_work=db.outbox.unit_of_work,
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "tests.outbox_processes",
+        "relay",
+        db.url,
+        db.prefix,
+        redis_url,
+        channel_prefix,
+    ]
+    points = sorted(random.sample(range(sends // 20, sends - sends // 20), kills))
+    killed = 0
+    relay = await _start_relay(command, log)
+
+    async def kill_at_random_points() -> None:
+        nonlocal relay, killed
+        for point in points:
+            await progress.at_least(point, timeout=60.0)
+            relay.send_signal(signal.SIGKILL)
+            await relay.wait()
+            killed += 1
+            relay = await _start_relay(command, log)
+
+    async def send_all() -> None:
+        for n in range(sends):
+            await progress.at_least(n - window, timeout=60.0)
+            await mediator.send(Pay(order_id=n))
+
+    try:
+        async with consumer:
+            await asyncio.gather(kill_at_random_points(), send_all())
+            await progress.at_least(sends, timeout=60.0)
+            relay.send_signal(signal.SIGTERM)
+            returncode = await asyncio.wait_for(relay.wait(), 30.0)
+            if returncode != 0:
+                raise AssertionError(
+                    f"the relay exited with {returncode} on SIGTERM; its log: {log}"
+                )
+    finally:
+        if relay.returncode is None:
+            relay.kill()
+            await relay.wait()
+        await broker.stop()
+        await broker.client.aclose()
+    seen = len(progress.counts)
+    return SoakResult(
+        sends=sends,
+        seen=seen,
+        lost=sends - seen,
+        duplicates=sum(progress.counts.values()) - seen,
+        kills=killed,
+        seconds=time.monotonic() - started,
+    )
+
+
+@attrs.frozen(kw_only=True)
+class Pay(Request[None]):
+    order_id: int
+
+
+class PayHandler(RequestHandler[Pay, None]):
+    async def handle(self, request: Pay) -> None:
+        from tests.outbox_processes import Paid
+
+        self.events.append(Paid(order_id=request.order_id))
+
+
+async def _ignore(event: Any) -> None:
+    return None

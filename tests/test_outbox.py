@@ -42,10 +42,11 @@ from mediator.outbox import (
     Outbox,
     OutboxError,
     OutboxRelay,
+    RelayRound,
     current_session,
 )
 from mediator.testing import CapturingBroker
-from tests.outbox_support import KINDS, Database, observed, only, open_database
+from tests.outbox_support import KINDS, Database, observed, only, open_database, soak
 
 NO_WAIT = Backoff(initial=0.001, multiplier=2.0, maximum=0.005, jitter=0.0)
 """Retries due at once, so tests never wait for a backoff."""
@@ -501,13 +502,17 @@ async def test_two_relays_share_the_rows_without_duplicates(db: Database) -> Non
     ids = await send_pings(db.outbox, 600)
     broker = Refusing()
     relays = [relay_of(db.outbox, broker, batch_size=20, name=f"relay-{i}") for i in (1, 2)]
+    all_published = asyncio.Event()
+
+    def count(_: RelayRound) -> None:
+        if sum(relay.stats.published for relay in relays) >= 600:
+            all_published.set()
+
     for relay in relays:
+        relay.add_listener(count)
         await relay.start()
     try:
-        for relay in relays:
-            await relay.wait_until(
-                lambda _: sum(r.stats.published for r in relays) == 600, timeout=30.0
-            )
+        await asyncio.wait_for(all_published.wait(), 30.0)
     finally:
         for relay in relays:
             await relay.stop()
@@ -600,3 +605,20 @@ async def test_writers_of_one_partition_key_commit_in_the_order_of_their_rows(
     await asyncio.gather(holder, writer)
     assert await outbox.message_ids() == [first.event_id, second.event_id]
 
+
+
+# -- kill -9 -----------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(150)
+async def test_a_relay_process_killed_with_sigkill_ten_times_loses_nothing(
+    db: Database, redis_url: str, key_prefix: str, tmp_path: Path, record_property: Any
+) -> None:
+    result = await soak(
+        db, redis_url, key_prefix, sends=1000, kills=10, log=tmp_path / "relay.log"
+    )
+    print(f"soak on {db.kind}: {result}")
+    record_property("soak", str(result))
+    assert result.kills == 10
+    assert result.lost == 0, result
+    assert await db.outbox.counts() == {PENDING: 0, SENT: 1000, DEAD: 0}
