@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from types import TracebackType
 from typing import Protocol
 
@@ -19,6 +19,7 @@ from mediator._emitter import EventEmitter
 from mediator._event_map import EventBinding, EventMap, HandlerCall
 from mediator._events import Event
 from mediator._exceptions import MessageDecodeError, SubscriptionLostError
+from mediator._interceptors import Consuming, Interceptor, consuming_scope, overrides
 from mediator._limits import quote
 from mediator._message import DEFAULT_MAX_MESSAGE_SIZE, Message, MessageCodec
 from mediator._policies import DeadLetter, ErrorPolicy, Retry
@@ -74,6 +75,7 @@ class _Outcome:
 
 
 _HANDLED = _Outcome()
+_NO_SCOPE = nullcontext()
 _DUPLICATE = _Outcome(duplicate=True)
 
 
@@ -150,6 +152,10 @@ class EventConsumer:
     it takes no new deliveries, gives in-flight ones `drain_timeout` seconds
     to finish, then cancels them and releases their deliveries.
 
+    Each decoded delivery is handled and settled inside the `consuming` of
+    every `Interceptor` in `interceptors`, which may read its headers and
+    set context for the handlers (tracing is one).
+
     Events that handlers raise are emitted through `event_emitter` (by
     default one over the same map, container and broker), carrying the
     consumed message's correlation id and its id as causation id.
@@ -172,6 +178,7 @@ class EventConsumer:
         drain_timeout: float = 10.0,
         default_policy: ErrorPolicy | None = None,
         incoming: Sequence[Callable[[Message], None]] = (),
+        interceptors: Sequence[Interceptor] = (),
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_deliveries: int = 10,
         inbox: ConsumerInbox | None = None,
@@ -190,6 +197,7 @@ class EventConsumer:
             default_policy or event_map.default_policy or Retry(then=DeadLetter())
         )
         self._incoming = tuple(incoming)
+        self._interceptors = overrides(interceptors, "consuming")
         self._inbox = inbox
         self._inbox_bindings: dict[type[Event], tuple[EventBinding, ...]] = {}
         self._max_concurrency = max_concurrency
@@ -370,7 +378,7 @@ class EventConsumer:
                 slots.release()
                 self._fail(exc, f"subscription {quote(subscription.pattern, 200)} failed")
                 return
-            task = asyncio.create_task(self._process(delivery))
+            task = asyncio.create_task(self._process(delivery, subscription.group))
             self._in_flight.add(task)
             task.add_done_callback(self._finished)
 
@@ -381,7 +389,7 @@ class EventConsumer:
         if not task.cancelled() and task.exception() is not None:
             logger.error("delivery task failed", exc_info=task.exception())
 
-    async def _process(self, delivery: Delivery) -> None:
+    async def _process(self, delivery: Delivery, group: str | None = None) -> None:
         stats = self.stats
         stats.received += 1
         stats.in_flight += 1
@@ -401,14 +409,28 @@ class EventConsumer:
                 report = await self._dead_letter(delivery, exc.reason.value, exc.detail)
                 return
             message_id = str(message.message_id)
-            try:
-                outcome = await self._handle(message, event)
-            except asyncio.CancelledError:
-                report = await self._release(
-                    delivery, "stopped before its handlers finished", message_id
+            consuming: Consuming | None = None
+            scope: AbstractContextManager[object] = _NO_SCOPE
+            if self._interceptors:
+                consuming = Consuming(
+                    message=message,
+                    channel=delivery.channel,
+                    group=group,
+                    broker=self.broker,
+                    delivery_count=delivery.delivery_count,
                 )
-                raise
-            report = await self._settle(delivery, outcome, message_id)
+                scope = consuming_scope(self._interceptors, consuming)
+            with scope:
+                try:
+                    outcome = await self._handle(message, event)
+                except asyncio.CancelledError:
+                    report = await self._release(
+                        delivery, "stopped before its handlers finished", message_id
+                    )
+                    raise
+                report = await self._settle(delivery, outcome, message_id)
+                if consuming is not None:
+                    consuming.outcome, consuming.reason = report
         except asyncio.CancelledError:
             raise
         except Exception as exc:
