@@ -732,15 +732,17 @@ class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
 
     async def _receive(self) -> list[RedisStreamDelivery]:
         broker = self._stream_broker
-        deliveries, self._ready = self._ready, []
         now = asyncio.get_running_loop().time()
         try:
             if now >= self._next_discovery:
                 await self._discover("0")
                 self._next_discovery = now + broker.discovery_interval
+            claimed: list[RedisStreamDelivery] = []
             if now >= self._next_claim:
-                deliveries += await self._claim()
+                claimed = await self._claim()
                 self._next_claim = now + broker.claim_interval
+            # What a reconnect read is taken only now: nothing read is dropped.
+            deliveries, self._ready = self._ready + claimed, []
             if deliveries:
                 pass
             elif self._reading:
@@ -931,12 +933,10 @@ class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
                 if isinstance(pending, Exception)
                 else {p["message_id"]: p["times_delivered"] for p in pending}
             )
-            held = self._held.setdefault(key, set())
             for entry_id, fields in claimed[key]:
                 delivery = RedisStreamDelivery(
                     self, key, entry_id, fields.get(b"data", b""), counts.get(entry_id, 2)
                 )
-                held.add(entry_id)
                 if delivery.delivery_count > broker.max_deliveries:
                     await delivery.dead_letter(
                         "too_many_deliveries",
@@ -944,6 +944,10 @@ class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
                     )
                     continue
                 deliveries.append(delivery)
+        # Held (renewed) only once handed out: a claim that failed half-way
+        # leaves its entries to be claimed again.
+        for delivery in deliveries:
+            self._held.setdefault(delivery.channel, set()).add(delivery.entry_id)
         return deliveries
 
     async def _remove_idle_members(self, key: str, members: Any) -> None:
