@@ -109,6 +109,15 @@ def intercept_send(
     active = overrides(interceptors, "sending")
     if not active:
         return run
+    if len(active) == 1:
+        # The common case (tracing alone) without an ExitStack per send.
+        sending = active[0].sending
+
+        async def intercepted_once(request: Any) -> Any:
+            with sending(request):
+                return await run(request)
+
+        return intercepted_once
 
     async def intercepted(request: Any) -> Any:
         with ExitStack() as stack:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import attrs
@@ -32,6 +32,11 @@ from mediator._interceptors import Consuming, Interceptor, Publishing
 from mediator._message import Message, channel_for
 
 __all__ = ["DURATION_BUCKETS", "OpenTelemetry", "messaging_system"]
+
+_NOTHING: AbstractContextManager[None] = nullcontext()
+_NO_PROVIDER = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+_UNKNOWN = object()
+"""The global provider before an SDK sets one: spans would go nowhere."""
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 """The bucket boundaries (seconds) the conventions give for messaging durations."""
@@ -90,6 +95,8 @@ class OpenTelemetry(Interceptor):
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
         self.tracer = trace.get_tracer("mediator", tracer_provider=tracer_provider)
+        self._given_provider = tracer_provider is not None
+        trace.get_tracer_provider()  # loads one named by OTEL_PYTHON_TRACER_PROVIDER, if any
         meter = metrics.get_meter("mediator", meter_provider=meter_provider)
         self.operation_duration = meter.create_histogram(
             "messaging.client.operation.duration",
@@ -114,8 +121,32 @@ class OpenTelemetry(Interceptor):
             description="Number of messages that were delivered to the application.",
         )
 
+    def tracing(self) -> bool:
+        """Whether spans go anywhere: a provider was given, or an SDK set the
+        global one. While neither holds, no span is started at all."""
+        if self._given_provider:
+            return True
+        # The API's module global, read without get_tracer_provider()'s
+        # environment lookup, so an unconfigured send stays cheap.
+        provider = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)
+        if provider is None:
+            return False
+        if provider is _UNKNOWN and isinstance(trace.get_tracer_provider(), _NO_PROVIDER):
+            return False
+        self._given_provider = True  # an SDK set the global provider; it stays set
+        return True
+
+    def sending(self, request: object) -> AbstractContextManager[None]:
+        return self._send_span(request) if self.tracing() else _NOTHING
+
+    def publishing(self, publishing: Publishing) -> AbstractContextManager[None]:
+        return self._publish_span(publishing) if self.tracing() else self._publish_timed(publishing)
+
+    def consuming(self, consuming: Consuming) -> AbstractContextManager[None]:
+        return self._process_span(consuming)
+
     @contextmanager
-    def sending(self, request: object) -> Iterator[None]:
+    def _send_span(self, request: object) -> Iterator[None]:
         name = type(request).__qualname__
         with self.tracer.start_as_current_span(
             f"send {name}", kind=SpanKind.INTERNAL, attributes={"mediator.request.type": name}
@@ -123,7 +154,22 @@ class OpenTelemetry(Interceptor):
             yield
 
     @contextmanager
-    def publishing(self, publishing: Publishing) -> Iterator[None]:
+    def _publish_timed(self, publishing: Publishing) -> Iterator[None]:
+        # Metrics without spans: what a publish costs when tracing is off.
+        attributes = self._publish_attributes(publishing)[1]
+        started = time.perf_counter()
+        try:
+            yield
+        except BaseException as exc:
+            attributes["error.type"] = type(exc).__qualname__
+            raise
+        finally:
+            self.operation_duration.record(time.perf_counter() - started, attributes)
+            self.sent_messages.add(len(publishing.messages), attributes)
+
+    def _publish_attributes(
+        self, publishing: Publishing
+    ) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
         messages = publishing.messages
         prefix = getattr(publishing.broker, "channel_prefix", "")
         channels = {channel_for(prefix, message) for message in messages}
@@ -140,6 +186,12 @@ class OpenTelemetry(Interceptor):
             attributes["messaging.message.id"] = str(messages[0].message_id)
         else:
             attributes["messaging.batch.message_count"] = len(messages)
+        return destination, metric_attributes, attributes
+
+    @contextmanager
+    def _publish_span(self, publishing: Publishing) -> Iterator[None]:
+        messages = publishing.messages
+        destination, metric_attributes, attributes = self._publish_attributes(publishing)
         name = f"publish {destination}" if destination is not None else "publish"
         started = time.perf_counter()
         with self.tracer.start_as_current_span(
@@ -160,7 +212,7 @@ class OpenTelemetry(Interceptor):
                 self.sent_messages.add(len(messages), metric_attributes)
 
     @contextmanager
-    def consuming(self, consuming: Consuming) -> Iterator[None]:
+    def _process_span(self, consuming: Consuming) -> Iterator[None]:
         message = consuming.message
         attributes: dict[str, Any] = {
             "messaging.system": messaging_system(consuming.broker),

@@ -297,4 +297,4 @@ async def test_without_interceptors_the_send_path_is_the_plain_one() -> None:
     service.broker = service.broker  # type: ignore[assignment]  # a fresh mediator
     await service.mediator.send(PlaceOrder(order_id=2))
     [route] = service.mediator._routes.values()
-    assert route.__qualname__.endswith("intercepted")
+    assert "intercepted" in route.__qualname__
