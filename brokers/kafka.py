@@ -213,11 +213,11 @@ class _Partition:
         "channel",
         "committed",
         "done",
+        "full",
         "in_flight",
         "matches",
         "next_offset",
         "owned",
-        "paused",
         "queued",
         "revoked",
         "tp",
@@ -242,7 +242,8 @@ class _Partition:
         """False once another member may read it: settling it changes nothing."""
         self.revoked = False
         """In a rebalance: nothing handed out until the new assignment says whose it is."""
-        self.paused = False
+        self.full = False
+        """Holding `prefetch` records: not fetched from until half of them are gone."""
         self.queued = False
 
     def position(self) -> int | None:
@@ -342,6 +343,12 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
         self._partitions: dict[Partition, _Partition] = {}
         self._ready: deque[_Partition] = deque()
         self._wakeup = asyncio.Event()
+        self._room = asyncio.Event()
+        self._paused: tuple[Partition, ...] = ()
+        self._full_since: float | None = None
+        poll_interval = broker.consumer_options.get("max_poll_interval_ms", 300_000) / 1000
+        self._keepalive = poll_interval / 4
+        """Seconds every partition may be full before polling with all paused."""
         self._joined = asyncio.Event()
         self._failure: BaseException | None = None
         self._initial: dict[str, list[int]] | None = None
@@ -362,6 +369,7 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
                     self._initial = topics
                 self._consumer = consumer
                 self._failure = None
+                self._paused = ()
                 if self.group is None:
                     await self._assign(consumer, topics)
                 else:
@@ -395,6 +403,7 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
         self._topics = topics
         tps = [TopicPartition(topic, p) for topic, ids in sorted(topics.items()) for p in ids]
         consumer.assign(tps)
+        self._paused = ()
         previous, kept = self._partitions, {}
         to_end: list[Partition] = []
         for tp in tps:
@@ -405,7 +414,6 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
                     to_end.append(tp)
             elif part.next_offset >= 0:
                 consumer.seek(tp, part.next_offset)
-            part.paused = False
             kept[tp] = part
         for tp, part in previous.items():
             if tp not in kept:
@@ -431,13 +439,14 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
 
     async def _assigned(self, assigned: set[Partition]) -> None:
         consumer = self._consumer
+        self._paused = ()  # a new assignment: aiokafka paused none of it
         try:
             previous, kept = self._partitions, {}
             for tp, part in previous.items():
                 if tp in assigned:
                     # Ours again: go on from what was fetched, not the commit.
                     kept[tp] = part
-                    part.paused = part.revoked = False
+                    part.revoked = False
                     if part.next_offset >= 0:
                         consumer.seek(tp, part.next_offset)
                     self._queue(part)
@@ -490,8 +499,9 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
     # -- fetching ----------------------------------------------------------
 
     async def _fetch(self, consumer: Any) -> None:
-        """Fetch ahead, commit every `commit_interval` and, without a group,
-        look for new topics every `discovery_interval`."""
+        """Fetch ahead from the partitions with room, commit every
+        `commit_interval` and, without a group, look for new topics every
+        `discovery_interval`."""
         broker = self._owner
         loop = asyncio.get_running_loop()
         poll_ms = int(min(broker.commit_interval, broker.discovery_interval, 0.5) * 1000)
@@ -499,9 +509,9 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
         next_discovery = loop.time() + broker.discovery_interval
         try:
             while True:
-                batches = await consumer.getmany(timeout_ms=poll_ms)
+                batches = await self._poll(consumer, poll_ms)
                 if batches:
-                    self._take_in(consumer, batches)
+                    self._take_in(batches)
                 now = loop.time()
                 if now >= next_commit:
                     next_commit = now + broker.commit_interval
@@ -515,7 +525,53 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
             self._failure = exc
             self._wakeup.set()
 
-    def _take_in(self, consumer: Any, batches: Mapping[Partition, list[Any]]) -> None:
+    async def _poll(self, consumer: Any, poll_ms: int) -> Mapping[Partition, list[Any]]:
+        """The next records of the partitions that are not full; a partition
+        that has room again cuts the wait short."""
+        parts = self._partitions
+        open_ = [tp for tp, part in parts.items() if not part.full]
+        if len(open_) == len(parts):
+            self._full_since = None
+            if self._paused:
+                # Only what is still assigned: a rebalance may be under way.
+                assigned = consumer.assignment()
+                consumer.resume(*(tp for tp in self._paused if tp in assigned))
+                self._paused = ()
+            return await consumer.getmany(timeout_ms=poll_ms, max_records=self._prefetch)  # type: ignore[no-any-return]
+        if open_:
+            getting = asyncio.ensure_future(
+                consumer.getmany(*open_, timeout_ms=poll_ms, max_records=self._prefetch)
+            )
+        else:
+            now = asyncio.get_running_loop().time()
+            if self._full_since is None:
+                self._full_since = now
+            if now - self._full_since < self._keepalive:
+                getting = asyncio.ensure_future(asyncio.sleep(poll_ms / 1000, {}))
+            else:
+                # Full for long (slow handlers): poll with every partition
+                # paused, or the group takes this member for stuck
+                # (max_poll_interval_ms). Pausing drops what aiokafka fetched.
+                if not self._paused:
+                    assigned = consumer.assignment()
+                    self._paused = tuple(tp for tp in parts if tp in assigned)
+                    consumer.pause(*self._paused)
+                getting = asyncio.ensure_future(consumer.getmany(timeout_ms=poll_ms))
+        self._room.clear()
+        room = asyncio.ensure_future(self._room.wait())
+        try:
+            await asyncio.wait((getting, room), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            room.cancel()
+            if not getting.done():
+                getting.cancel()
+                await asyncio.wait((getting,))
+        if getting.cancelled():
+            return {}
+        batches: Mapping[Partition, list[Any]] = getting.result()
+        return batches
+
+    def _take_in(self, batches: Mapping[Partition, list[Any]]) -> None:
         parts, prefetch = self._partitions, self._prefetch
         for tp, records in batches.items():
             part = parts.get(tp)
@@ -536,9 +592,8 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
                 waiting.append(KafkaDelivery(self, part, record))
                 after = offset + 1
             part.next_offset = after
-            if not part.paused and len(waiting) + part.in_flight >= prefetch:
-                consumer.pause(tp)
-                part.paused = True
+            if len(waiting) + part.in_flight >= prefetch:
+                part.full = True
             self._queue(part)
 
     async def _discover(self, consumer: Any) -> None:
@@ -612,10 +667,9 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
         return taken
 
     def _maybe_resume(self, part: _Partition) -> None:
-        if part.paused and len(part.waiting) + part.in_flight < self._prefetch:
-            part.paused = False
-            if self._consumer is not None:
-                self._consumer.resume(part.tp)
+        if part.full and len(part.waiting) + part.in_flight <= self._prefetch // 2:
+            part.full = False
+            self._room.set()
 
     def _settled(self, delivery: KafkaDelivery) -> None:
         part = delivery._partition
@@ -850,11 +904,16 @@ class KafkaMessageBroker(BrokerLifecycle):
         ]
         futures: list[asyncio.Future[Any]] = []
         try:
-            await self._ensure_topics({record[0] for record in records})
-            producer = await self._started_producer()
+            if any(record[0] not in self._known for record in records):
+                await self._ensure_topics({record[0] for record in records})
+            producer = self._producer or await self._started_producer()
+            send = producer.send
             for topic, value, key, headers in records:
-                futures.append(await producer.send(topic, value, key=key, headers=headers))
-            await asyncio.gather(*futures)
+                futures.append(await send(topic, value, key=key, headers=headers))
+            if len(futures) == 1:
+                await futures[0]  # no gathering future: one loop turn less
+            else:
+                await asyncio.gather(*futures)
         except MediatorError:
             raise
         except Exception as exc:
