@@ -1,0 +1,415 @@
+"""Kafka: the broker and EventConsumer against raw aiokafka and against
+FastStream's KafkaBroker, doing the same work on the same broker, in one run.
+
+    python bench/bench_kafka.py [--quick]
+
+Kafka is the cluster at ``KAFKA_BOOTSTRAP_SERVERS``, or a private Tansu
+(memory storage) this run starts on a free port and stops. Every topic is
+named under a prefix unique to the run (``bench-<hex>``) and deleted at
+the end. Tansu has no idempotent producer: there, no side uses one; on a
+cluster, every side does.
+
+Budgets (DESIGN.md):
+
+- publishing: at least 0.9x raw aiokafka doing the same work: the same
+  bytes, key and headers to the same topic with ``acks="all"``, one event
+  at a time (each acknowledged before the next) and the ten events of one
+  send as one batch (all handed to the producer, then all awaited);
+- consuming in a group: at least 0.5x a raw aiokafka consumer in a group
+  that ``getmany``s, ``orjson.loads`` each value, calls a plain handler and
+  commits after each fetched batch (Kafka hands hundreds of records per
+  fetch, so the raw loop's per-record cost is a few microseconds);
+- ahead of FastStream's KafkaBroker doing the same work: publishing the
+  same bytes with the same key and headers, acknowledged; consuming in a
+  group with a typed (pydantic) handler and ``AckPolicy.ACK``, which
+  commits after each record's handler.
+
+Publishing sides take turns in short rounds (see `interleaved`).
+Consumption is timed from the first handled record to the last over a
+topic filled beforehand with the same records (one topic and group per side
+and round); our side commits every `commit_interval` below the lowest
+unhandled offset. Each line prints the median seconds per record of each
+side and our rate as a multiple of the other's (higher is better): the
+median of the ratios of rounds run side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import attrs
+import orjson
+import pydantic
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from brokers.kafka import KafkaMessageBroker
+from mediator import EventConsumer, EventMap, Message, MessageCodec, NotificationEvent
+from mediator import encode_message as encode
+from tests.kafka_support import start_tansu
+
+HEADERS = {"correlation_id": uuid.uuid4().hex}
+BATCH = 10
+"""Events in one send: one batch."""
+PARTITIONS = 4
+KEYS = 64
+"""Distinct partition keys among the records."""
+
+Body = Callable[[int], Awaitable[None]]
+
+
+@attrs.frozen(kw_only=True)
+class Tick(NotificationEvent, partition_key="key"):
+    number: int
+    key: int
+
+
+class TickPayload(pydantic.BaseModel):
+    event_id: uuid.UUID
+    event_timestamp: datetime
+    number: int
+    key: int
+
+
+class TickEnvelope(pydantic.BaseModel):
+    """The envelope as FastStream decodes it: the same fields, typed."""
+
+    message_type: str
+    message_name: str
+    message_id: uuid.UUID
+    payload: TickPayload
+    headers: dict[str, str] = {}
+
+
+@attrs.frozen
+class Server:
+    bootstrap_servers: str
+    idempotence: bool
+    group_options: dict[str, int]
+    """Consumer options every side's group uses (fast joins on Tansu)."""
+
+
+def envelope(number: int) -> Message:
+    return MessageCodec.to_message(Tick(number=number, key=number % KEYS), HEADERS)
+
+
+def record_of(message: Message) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """Value, key and headers, as the broker writes them."""
+    key = (message.partition_key or "").encode()
+    return encode(message), key, [(k, v.encode()) for k, v in message.headers.items()]
+
+
+def line(title: str, base: list[float], cand: list[float], floor: float | None, than: str) -> float:
+    """Median seconds per record of each side and our rate as a multiple of
+    the other's (the median of the ratios of rounds run side by side)."""
+    rate = statistics.median(b / c for b, c in zip(base, cand, strict=True))
+    verdict = "(no budget)"
+    if floor is not None:
+        verdict = f"(budget >= {floor}) " + ("ok" if rate >= floor else "OVER BUDGET")
+    print(
+        f"{title:<54} {than:<10} {statistics.median(base) * 1e6:8.1f} us  "
+        f"mediator {statistics.median(cand) * 1e6:8.1f} us  rate {rate:6.3f}x {verdict}"
+    )
+    return rate
+
+
+async def interleaved(bodies: list[Body], n: int, repeats: int) -> list[list[float]]:
+    """Seconds per operation of each body in each of `repeats` rounds of `n`,
+    the bodies taking turns, in reverse order every other round: the broker's
+    latency drifts, and runs made side by side drift together."""
+    for body in bodies:
+        await body(max(1, n // 5))
+    times: list[list[float]] = [[] for _ in bodies]
+    order = list(enumerate(bodies))
+    for _ in range(repeats):
+        for index, body in order:
+            started = time.perf_counter()
+            await body(n)
+            times[index].append((time.perf_counter() - started) / n)
+        order.reverse()
+    return times
+
+
+# -- publishing ------------------------------------------------------------------
+
+
+async def publishing(server: Server, prefix: str, n: int, batches: int, repeats: int) -> None:
+    broker = KafkaMessageBroker(
+        server.bootstrap_servers,
+        channel_prefix=prefix,
+        idempotence=server.idempotence,
+        partitions=PARTITIONS,
+    )
+    message = envelope(1)
+    messages = [envelope(number) for number in range(BATCH)]
+    await broker.send_messages(messages)  # the topic exists and the producer runs from here
+    topic = broker.topic_for(message)
+    raw = AIOKafkaProducer(
+        bootstrap_servers=server.bootstrap_servers,
+        acks="all",
+        enable_idempotence=server.idempotence,
+    )
+    await raw.start()
+    faststream = KafkaBroker(
+        server.bootstrap_servers,
+        acks="all",
+        enable_idempotence=server.idempotence,
+        logger=None,
+    )
+    await faststream.connect()
+    value, key, headers = record_of(message)
+
+    async def raw_publish(n: int) -> None:
+        send = raw.send
+        for _ in range(n):
+            await (await send(topic, value, key=key, headers=headers))
+
+    async def send_message(n: int) -> None:
+        send = broker.send_message
+        for _ in range(n):
+            await send(message)
+
+    async def fs_publish(n: int) -> None:
+        publish = faststream.publish
+        for _ in range(n):
+            await publish(value, topic, key=key, headers=HEADERS)
+
+    raw_times, ours, fs = await interleaved([raw_publish, send_message, fs_publish], n, repeats)
+    line("publish one event, acknowledged: send_message", raw_times, ours, 0.9, "raw")
+    line("", fs, ours, 1.0, "FastStream")
+
+    outgoing = [record_of(m) for m in messages]
+
+    async def raw_batch(n: int) -> None:
+        for _ in range(n):
+            futures = [await raw.send(topic, v, key=k, headers=h) for v, k, h in outgoing]
+            await asyncio.gather(*futures)
+
+    async def send_messages(n: int) -> None:
+        for _ in range(n):
+            await broker.send_messages(messages)
+
+    async def fs_batch(n: int) -> None:
+        for _ in range(n):
+            await asyncio.gather(
+                *(faststream.publish(v, topic, key=k, headers=HEADERS) for v, k, _ in outgoing)
+            )
+
+    raw_times, ours, fs = await interleaved([raw_batch, send_messages, fs_batch], batches, repeats)
+    per_record = [[t / BATCH for t in side] for side in (raw_times, ours, fs)]
+    line(
+        f"publish the {BATCH} events of one send: send_messages",
+        per_record[0],
+        per_record[1],
+        0.9,
+        "raw",
+    )
+    line("", per_record[2], per_record[1], 1.0, "FastStream")
+
+    await faststream.stop()
+    await raw.stop()
+    await broker.stop()
+
+
+# -- consuming in a group ----------------------------------------------------------
+
+
+class Progress:
+    """Handled-record count, with the times of the first and the last."""
+
+    __slots__ = ("count", "done", "first", "last", "total")
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.count = 0
+        self.first = self.last = 0.0
+        self.done = asyncio.Event()
+
+    def tick(self) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.first = time.perf_counter()
+        if self.count == self.total:
+            self.last = time.perf_counter()
+            self.done.set()
+
+    def per_record(self) -> float:
+        return (self.last - self.first) / (self.total - 1)
+
+
+async def fill(server: Server, admin: Any, topic: str, m: int) -> None:
+    """Create `topic` and write `m` records to it, 500 handed over at a time."""
+    await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
+    producer = AIOKafkaProducer(
+        bootstrap_servers=server.bootstrap_servers,
+        acks="all",
+        enable_idempotence=server.idempotence,
+    )
+    await producer.start()
+    try:
+        for start in range(0, m, 500):
+            futures = []
+            for number in range(start, min(m, start + 500)):
+                value, key, headers = record_of(envelope(number))
+                futures.append(await producer.send(topic, value, key=key, headers=headers))
+            await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def raw_consume(server: Server, topic: str, m: int) -> float:
+    """A group member: getmany, orjson.loads, a plain handler call, one commit per batch."""
+    progress = Progress(m)
+    tick = progress.tick
+
+    async def handler(envelope: dict[str, Any]) -> None:
+        tick()
+
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=server.bootstrap_servers,
+        group_id=f"{topic}.raw",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **server.group_options,
+    )
+    await consumer.start()
+    try:
+        loads = orjson.loads
+        while progress.count < m:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    await handler(loads(record.value))
+            if batches:
+                await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batches.items()})
+    finally:
+        await consumer.stop()
+    return progress.per_record()
+
+
+async def through_consumer(server: Server, prefix: str, m: int, ordered: bool) -> float:
+    """EventConsumer in group "bench": decode to Tick, call its handler, commit after it."""
+    progress = Progress(m)
+    tick = progress.tick
+    events = EventMap()
+
+    @events.bind(Tick)
+    async def handler(event: Tick) -> None:
+        tick()
+
+    broker = KafkaMessageBroker(
+        server.bootstrap_servers,
+        channel_prefix=prefix,
+        idempotence=server.idempotence,
+        start_from="beginning",
+        ordered=ordered,
+        prefetch=500,
+        consumer_options=server.group_options,
+    )
+    consumer = EventConsumer(broker=broker, event_map=events)
+    await consumer.subscribe(f"{prefix}:notification_event:*", group="bench")
+    async with consumer:
+        await progress.done.wait()
+    await broker.stop()
+    assert consumer.stats.handled == m, consumer.stats
+    return progress.per_record()
+
+
+async def faststream_consume(server: Server, topic: str, m: int) -> float:
+    """KafkaBroker in a group: a typed (pydantic) handler, AckPolicy.ACK."""
+    progress = Progress(m)
+    tick = progress.tick
+    broker = KafkaBroker(server.bootstrap_servers, logger=None)
+
+    @broker.subscriber(
+        topic,
+        group_id=f"{topic}.fs",
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.ACK,
+        **server.group_options,
+    )
+    async def handler(envelope: TickEnvelope) -> None:
+        tick()
+
+    await broker.start()
+    await progress.done.wait()
+    await broker.stop()
+    return progress.per_record()
+
+
+async def consuming(server: Server, admin: Any, prefix: str, m: int, repeats: int) -> None:
+    sides = ("raw", "ours", "unordered", "fs")
+    times: dict[str, list[float]] = {side: [] for side in sides}
+    for run in range(repeats + 1):  # the first round warms up
+        names = {side: f"{prefix}-{side}{run}" for side in sides}
+        topics = {side: f"{name}.notification_event.Tick" for side, name in names.items()}
+        for topic in topics.values():
+            await fill(server, admin, topic, m)
+        bodies: dict[str, Callable[[], Awaitable[float]]] = {
+            "raw": functools.partial(raw_consume, server, topics["raw"], m),
+            "ours": functools.partial(through_consumer, server, names["ours"], m, True),
+            "unordered": functools.partial(through_consumer, server, names["unordered"], m, False),
+            "fs": functools.partial(faststream_consume, server, topics["fs"], m),
+        }
+        order = list(sides) if run % 2 else list(reversed(sides))
+        results = {side: await bodies[side]() for side in order}
+        await admin.delete_topics(list(topics.values()))
+        if run:
+            for side in sides:
+                times[side].append(results[side])
+    title = f"consume {m} in a group: EventConsumer, typed, committed"
+    line(title, times["raw"], times["ours"], 0.5, "raw")
+    line("", times["fs"], times["ours"], 1.0, "FastStream")
+    line("  the same, ordered=False", times["raw"], times["unordered"], None, "raw")
+
+
+async def main(quick: bool) -> None:
+    prefix = f"bench-{uuid.uuid4().hex[:12]}"
+    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    tansu = None
+    if configured:
+        server = Server(configured, idempotence=True, group_options={})
+    else:
+        started = start_tansu(Path(tempfile.mkdtemp(prefix="bench-kafka-")))
+        if isinstance(started, str):
+            sys.exit(f"no KAFKA_BOOTSTRAP_SERVERS and Tansu did not start: {started}")
+        tansu = started
+        # Tansu holds a join for half the session timeout.
+        options = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300}
+        server = Server(tansu.bootstrap_servers, idempotence=False, group_options=options)
+    admin = AIOKafkaAdminClient(bootstrap_servers=server.bootstrap_servers)
+    await admin.start()
+    try:
+        if quick:
+            await publishing(server, prefix, n=100, batches=20, repeats=5)
+            await consuming(server, admin, prefix, m=2_000, repeats=1)
+        else:
+            await publishing(server, prefix, n=500, batches=100, repeats=15)
+            await consuming(server, admin, prefix, m=20_000, repeats=5)
+    finally:
+        left = [topic for topic in await admin.list_topics() if topic.startswith(prefix)]
+        if left:
+            await admin.delete_topics(left)
+        await admin.close()
+        if tansu is not None:
+            tansu.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(quick="--quick" in sys.argv))
