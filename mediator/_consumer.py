@@ -7,7 +7,6 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
-from types import TracebackType
 from typing import Protocol
 
 import attrs
@@ -24,6 +23,7 @@ from mediator._limits import quote
 from mediator._message import DEFAULT_MAX_MESSAGE_SIZE, Message, MessageCodec
 from mediator._policies import DeadLetter, ErrorPolicy, Retry
 from mediator._recovery import run_bindings
+from mediator._running import RunsUntilStopped
 from mediator._transport import close_all
 
 __all__ = ["ConsumerInbox", "ConsumerStats", "EventConsumer", "Settled"]
@@ -125,7 +125,7 @@ class Settled:
     """The decoded event; None when it could not be decoded."""
 
 
-class EventConsumer:
+class EventConsumer(RunsUntilStopped):
     """Receives events from a broker and runs the handlers bound in an EventMap.
 
     ```python
@@ -252,51 +252,10 @@ class EventConsumer:
             await self._shutdown()
             raise
 
-    async def run(self) -> None:
-        """Start, then handle messages until `stop()` is called, the task
-        running it is cancelled, or the consumer fails (a fail-fast handler,
-        or a subscription the transport could not keep), whose exception
-        this raises. Each way out drains in-flight work and closes the
-        subscriptions before it returns."""
-        await self.start()
-        assert self._stop_requested is not None
-        try:
-            await self._stop_requested.wait()
-        finally:
-            # Also when the task running run() is cancelled: stop taking,
-            # drain, close, as a task group cleans up its children.
-            await self._shutdown()
-        self._raise_failure()
-
-    async def stop(self) -> None:
-        """Stop taking deliveries, drain the ones in flight, close subscriptions."""
-        if self._stop_requested is not None:
-            self._stop_requested.set()
-        await self._shutdown()
-
-    async def __aenter__(self) -> EventConsumer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-        if exc is None:
-            self._raise_failure()
-
     @property
     def running(self) -> bool:
         """Whether the consumer is taking deliveries."""
         return self._running and self._failure is None
-
-    def _raise_failure(self) -> None:
-        failure, self._failure = self._failure, None
-        if failure is not None:
-            raise failure
 
     def _stop_taking(self) -> list[asyncio.Task[None]]:
         readers = list(self._readers)
@@ -600,10 +559,7 @@ class EventConsumer:
 
     def _fail(self, error: BaseException, why: str) -> None:
         logger.error("%s; stopping the consumer", why, exc_info=error)
-        if self._failure is None:
-            self._failure = error
-        if self._stop_requested is not None:
-            self._stop_requested.set()
+        self._record_failure(error)
         # Stop taking deliveries now; in-flight ones finish in stop()/run().
         self._stop_taking()
 

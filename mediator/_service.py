@@ -8,7 +8,6 @@ import inspect
 import logging
 import textwrap
 from collections.abc import Callable, Coroutine, Sequence
-from types import TracebackType
 from typing import Any, TypeVar
 
 import attrs
@@ -25,6 +24,7 @@ from mediator._message import Message
 from mediator._middlewares import MiddlewareChain
 from mediator._policies import ErrorPolicy
 from mediator._requests import RequestMap
+from mediator._running import RunsUntilStopped
 
 __all__ = [
     "Service",
@@ -70,7 +70,7 @@ class SubscriptionSpec:
     """The map whose handlers receive what matches."""
 
 
-class Service:
+class Service(RunsUntilStopped):
     """Everything one process runs: the broker, the request and event maps,
     the consumers and their subscriptions, background tasks (an outbox
     relay), start-up and shut-down hooks.
@@ -344,38 +344,6 @@ class Service:
             describe_broker(self._broker),
         )
 
-    async def run(self) -> None:
-        """Start, then run until `stop()` is called, the task running it is
-        cancelled, or a consumer or background task fails (whose error this
-        raises); stops everything on each way out."""
-        await self.start()
-        assert self._stop_requested is not None
-        try:
-            await self._stop_requested.wait()
-        finally:
-            await self._shutdown()
-        self._raise_failure()
-
-    async def stop(self) -> None:
-        """Stop everything in order (see the class docs); returns when done."""
-        if self._stop_requested is not None:
-            self._stop_requested.set()
-        await self._shutdown()
-
-    async def __aenter__(self) -> Service:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-        if exc is None:
-            self._raise_failure()
-
     # -- inside --------------------------------------------------------------
 
     async def _build_consumers(self) -> list[tuple[EventConsumer, list[SubscriptionSpec]]]:
@@ -423,15 +391,7 @@ class Service:
         if error is None:
             return  # a background task that finished its work
         logger.error("%s failed; stopping service %s", task.get_name(), self.name, exc_info=error)
-        if self._failure is None:
-            self._failure = error
-        if self._stop_requested is not None:
-            self._stop_requested.set()
-
-    def _raise_failure(self) -> None:
-        failure, self._failure = self._failure, None
-        if failure is not None:
-            raise failure
+        self._record_failure(error)
 
     async def _shutdown(self, *, announce: bool = True) -> None:
         # Every caller (run(), each stop(), a failed start) waits for the same stop.
