@@ -84,6 +84,7 @@ def test_applications_transport_authors_and_tests_each_have_their_module() -> No
         ("brokers.redis", "RedisStreamBroker"),
         ("brokers.azure", "AzureMessageBroker"),
         ("brokers.rabbitmq", "RabbitMQMessageBroker"),
+        ("brokers.kafka", "KafkaMessageBroker"),
     ],
 )
 def test_module_level_names(module: str, name: str) -> None:
