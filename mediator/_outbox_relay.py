@@ -128,7 +128,7 @@ class OutboxRelay:
         *,
         name: str | None = None,
         batch_size: int = 100,
-        max_attempts: int = 10,
+        max_attempts: int = 20,
         backoff: Backoff | None = None,
         lease: float = 30.0,
         poll_interval: float = 1.0,

@@ -607,6 +607,28 @@ async def test_writers_of_one_partition_key_commit_in_the_order_of_their_rows(
 
 
 
+
+# -- the documentation and the example -----------------------------------------------------
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+def test_the_documented_sql_is_the_sql_the_tables_are_made_with(dialect: str) -> None:
+    from mediator.outbox import OutboxTables
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "outbox.md").read_text()
+    assert OutboxTables().sql(dialect) in page
+
+
+def test_the_sqlite_example_commits_publishes_and_rolls_back() -> None:
+    from tests.examples_runner import run_ok
+
+    assert run_ok("outbox_sqlite.py") == [
+        "placed order 1",
+        "billing: order 1, 4200 cents",
+        "refused an order of -5 cents: its row and its event were rolled back together",
+        "orders: 1, outbox rows: {'pending': 0, 'sent': 1, 'dead': 0}",
+    ]
+
 # -- kill -9 -----------------------------------------------------------------------------
 
 
