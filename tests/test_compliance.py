@@ -53,12 +53,6 @@ KNOWN_FAULTS: dict[tuple[str, str], str] = {
     ("test_connections_killed_mid_stream", "redis-pubsub"): (
         "the first publish on a pooled connection the server killed raises PublishError"
     ),
-    ("test_a_destination_deleted_under_a_consumer_comes_back", "redis-streams"): (
-        "a deleted stream stops the consumer (issue 9, fault 5)"
-    ),
-    ("test_a_handler_slower_than_the_redelivery_window_runs_once", "redis-streams"): (
-        "XAUTOCLAIM hands an entry still being handled to another member"
-    ),
 }
 """Faults this suite found and that are not mended yet: strict xfail, so the
 fix turns the test green only once the entry here is removed."""
