@@ -29,6 +29,7 @@ __all__ = [
     "Reconnection",
     "being_cancelled",
     "close_all",
+    "describe_error",
     "map_errors",
 ]
 
@@ -78,6 +79,13 @@ def map_errors(
             if isinstance(exc, source):
                 raise target(f"{what} failed: {quote(str(exc) or repr(exc))}") from exc
         raise
+
+
+def describe_error(error: BaseException) -> str:
+    """``Type: message`` of `error`, bounded for a log line; its repr when
+    it has no message (some clients' reprs drop the server's words)."""
+    text = str(error)
+    return quote(f"{type(error).__name__}: {text}" if text else repr(error))
 
 
 async def close_all(closables: Iterable[Any], what: str = "subscription") -> None:
@@ -145,7 +153,7 @@ class Reconnection:
         self._logger.warning(
             "%s (%s); %s in %.2fs (attempt %d)",
             what,
-            quote(repr(error)),
+            describe_error(error),
             then,
             delay,
             self._attempt,
@@ -375,11 +383,17 @@ class ReconnectingSubscription(abc.ABC, Generic[D]):
         retry = Reconnection(self.logger, self.backoff)
         loop = asyncio.get_running_loop()
         while not self.closed:
+            # Some clients swallow a cancellation that lands as a command
+            # completes (asyncio.wait_for on 3.11); the task still says so.
+            if being_cancelled():
+                raise asyncio.CancelledError
             try:
                 if not self._connected:
                     await self._connect()
                     self._connected = True
                     if self._lost_at is not None:
+                        # A transport whose link can open without working
+                        # checks it inside _connect, so this line is true.
                         self.logger.warning(
                             "%r is back after %.1fs away", self, loop.time() - self._lost_at
                         )
@@ -407,7 +421,7 @@ class ReconnectingSubscription(abc.ABC, Generic[D]):
             except Exception as exc:
                 # Neither transient nor mapped: never let the SDK's own error
                 # out raw, and say which subscription it ended.
-                raise SubscriptionLostError(f"{self!r} failed: {quote(repr(exc))}") from exc
+                raise SubscriptionLostError(f"{self!r} failed: {describe_error(exc)}") from exc
             retry.succeeded()
             for delivery in batch:
                 yield delivery

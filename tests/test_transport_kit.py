@@ -51,7 +51,7 @@ async def test_a_transient_error_reconnects_and_says_when_it_is_back(
     subscription = Script([["a"], ConnectionResetError("gone"), ["b"]])
     assert [d async for d in subscription] == ["a", "b"]
     assert subscription.connects == 2
-    assert "lost <Script shop:*> (ConnectionResetError('gone')); reconnecting" in caplog.text
+    assert "lost <Script shop:*> (ConnectionResetError: gone); reconnecting" in caplog.text
     assert "<Script shop:*> is back after" in caplog.text
 
 
