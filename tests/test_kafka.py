@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import subprocess
@@ -389,6 +390,43 @@ async def test_a_slow_record_holds_its_partitions_commit_and_comes_back_after_a_
     async with again:
         await again.wait_until(lambda s: 0 in handled and s.handled >= 10)
     assert (await committed())[partition] == 10
+
+
+async def test_handlers_slower_than_max_poll_interval_keep_their_member_in_the_group(
+    kafka: KafkaTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="aiokafka.consumer.group_coordinator")
+    keys = keys_on_distinct_partitions(3, kafka.broker.partitions)
+    counts: Counter[int] = Counter()
+
+    async def handle(event: Step) -> None:
+        if event.n < 3:
+            # The slowness under test: every partition holds its `prefetch`
+            # records meanwhile, so nothing is fetched for longer than
+            # max_poll_interval_ms.
+            await asyncio.sleep(2)
+        counts[event.n] += 1
+
+    events = EventMap()
+    events.bind(Step, handle)
+    options = kafka.server.broker_options()["consumer_options"]
+    broker = kafka.new_broker(
+        prefetch=2, consumer_options={**options, "max_poll_interval_ms": 1000}
+    )
+    consumer = EventConsumer(broker=broker, event_map=events)
+    await consumer.subscribe(f"{kafka.prefix}:notification_event:*", group="slow")
+    async with consumer:
+        await EventEmitter(message_broker=kafka.new_broker()).emit_all(
+            [Step(key=keys[n % 3], n=n) for n in range(12)]
+        )
+        await consumer.wait_until(lambda s: s.handled >= 12, timeout=30)
+    taken = [
+        r.getMessage()
+        for r in caplog.records
+        if r.getMessage().startswith("Revoking previously assigned partitions frozenset({")
+    ]
+    assert taken == [], "the group took the member for stuck"
+    assert counts == dict.fromkeys(range(12), 1)
 
 
 async def test_a_poison_record_ends_in_the_dead_letter_topic_with_its_source(
