@@ -873,7 +873,8 @@ class KafkaMessageBroker(BrokerLifecycle):
             topic = f"{self.channel_prefix}.{message.message_type}.{message.message_name}"
             if not _TOPIC.fullmatch(topic):
                 raise PublishError(
-                    f"{message.message_name!r} makes the topic name {quote(topic, 300)}, which "
+                    f"{quote(repr(message.message_name), 200)} makes the topic name "
+                    f"{quote(topic, 300)}, which "
                     "Kafka refuses: topic names hold letters, digits, '.', '_' and '-' only, at "
                     "most 249 of them; give the event class a name= that fits"
                 )
