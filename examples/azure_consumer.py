@@ -24,6 +24,7 @@ import sys
 
 from brokers.azure import AzureMessageBroker
 from mediator import EventConsumer
+from mediator.testing import wait_until
 from shop import billing_events
 
 
@@ -42,7 +43,7 @@ async def main() -> None:
         await consumer.subscribe(f"{topic}:notification_event:Order*")  # from `subscription`
         async with consumer:  # the receiver is open from here
             try:
-                await consumer.wait_until(lambda stats: stats.handled >= count, timeout=30)
+                await wait_until(consumer, lambda stats: stats.handled >= count, timeout=30)
             except TimeoutError:
                 sys.exit(f"handled {consumer.stats.handled} of {count} events in 30 s")
 

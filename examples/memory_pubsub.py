@@ -16,6 +16,7 @@ import asyncio
 
 from brokers.memory import InMemoryMessageBroker
 from mediator import EventConsumer, EventEmitter, Mediator
+from mediator.testing import wait_until
 from shop import billing_events, place_orders, shop_requests
 
 
@@ -29,7 +30,7 @@ async def main() -> None:
     await billing.subscribe("shop:notification_event:Order*")
     async with billing:  # live from here: nothing published below is missed
         await place_orders(mediator)
-        await billing.wait_until(lambda stats: stats.handled >= 3)
+        await wait_until(billing, lambda stats: stats.handled >= 3)
 
     stats = billing.stats
     print(f"received {stats.received}, handled {stats.handled}")

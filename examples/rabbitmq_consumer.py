@@ -22,6 +22,7 @@ import sys
 
 from brokers.rabbitmq import RabbitMQMessageBroker
 from mediator import EventConsumer
+from mediator.testing import wait_until
 from shop import billing_events
 
 
@@ -38,7 +39,7 @@ async def main() -> None:
         async with consumer:  # the queue is declared, bound and consumed from here
             print(f"billing reads {broker.group_queue('billing')}", file=sys.stderr, flush=True)
             try:
-                await consumer.wait_until(lambda stats: stats.handled >= count, timeout=30)
+                await wait_until(consumer, lambda stats: stats.handled >= count, timeout=30)
             except TimeoutError:
                 sys.exit(f"handled {consumer.stats.handled} of {count} events in 30 s")
 

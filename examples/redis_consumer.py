@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from brokers.redis import RedisStreamBroker
 from mediator import EventConsumer
+from mediator.testing import wait_until
 from shop import billing_events
 
 
@@ -35,7 +36,7 @@ async def main() -> None:
         await consumer.subscribe(f"{prefix}:notification_event:Order*", group="billing")
         async with consumer:  # the group exists on every matching stream from here
             try:
-                await consumer.wait_until(lambda stats: stats.handled >= count, timeout=30)
+                await wait_until(consumer, lambda stats: stats.handled >= count, timeout=30)
             except TimeoutError:
                 sys.exit(f"handled {consumer.stats.handled} of {count} events in 30 s")
 

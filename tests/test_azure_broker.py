@@ -42,6 +42,7 @@ from mediator import (
     correlation_scope,
     encode_message,
 )
+from mediator.testing import wait_until
 
 TOPIC = "orders"
 
@@ -184,7 +185,7 @@ async def consume(
     await consumer.subscribe(f"{TOPIC}:notification_event:*", group="billing")
     async with consumer:
         await EventEmitter(message_broker=broker).emit(OrderPlaced(order_id=1))
-        await consumer.wait_until(until, timeout=15)
+        await wait_until(consumer, until, timeout=15)
     return consumer
 
 
@@ -251,7 +252,7 @@ async def test_a_released_message_is_abandoned_and_comes_back_counted(
     await consumer.subscribe(f"{TOPIC}:notification_event:*", group="billing")
     async with consumer:
         await original([MessageCodec.to_message(OrderPlaced(order_id=1))])
-        await consumer.wait_until(lambda s: s.handled >= 1, timeout=15)
+        await wait_until(consumer, lambda s: s.handled >= 1, timeout=15)
     assert [s.outcome for s in peer.settlements()] == ["abandoned", "completed"]
     assert consumer.stats.released == 1
 
@@ -278,7 +279,7 @@ async def test_a_lost_lock_is_logged_and_left_to_redelivery(
         await asyncio.wait_for(entered.wait(), timeout=15)
         peer.expire_locks()  # the lock runs out while the handler works
         gate.set()
-        await consumer.wait_until(lambda s: s.handled >= 2, timeout=15)
+        await wait_until(consumer, lambda s: s.handled >= 2, timeout=15)
     assert seen == [3, 3]  # delivered again after the lost lock
     assert any("lost the lock" in r.getMessage() for r in caplog.records)
 
@@ -453,7 +454,7 @@ async def test_a_failed_receive_reopens_the_receiver_and_nothing_is_lost(
         await EventEmitter(message_broker=broker).emit_all(
             [OrderPlaced(order_id=n) for n in (1, 2)]
         )
-        await consumer.wait_until(lambda s: s.handled >= 2, timeout=15)
+        await wait_until(consumer, lambda s: s.handled >= 2, timeout=15)
     assert sorted(handled) == [1, 2]
     assert failures == []
     assert any("reconnecting" in r.getMessage() for r in caplog.records)
@@ -508,12 +509,12 @@ async def test_a_delivery_held_across_a_reopen_never_settles_another_message(
             failures.append(ServiceBusConnectionError(message="connection reset by the test"))
             await failed.wait()
         await emitter.emit(OrderPlaced(order_id=2))
-        await consumer.wait_until(lambda s: s.handled >= 1, timeout=15)
+        await wait_until(consumer, lambda s: s.handled >= 1, timeout=15)
         gate.set()
-        await consumer.wait_until(lambda s: s.handled >= 2, timeout=15)
+        await wait_until(consumer, lambda s: s.handled >= 2, timeout=15)
         # Its receiver is gone, so its lock runs out and it comes back.
         peer.expire_locks()
-        await consumer.wait_until(lambda s: s.handled >= 3, timeout=15)
+        await wait_until(consumer, lambda s: s.handled >= 3, timeout=15)
     assert handled == [2, 1, 1]
     assert [s.outcome for s in peer.settlements()] == ["completed", "completed"]
     assert peer.message_count(TOPIC, "billing") == 0
@@ -588,7 +589,7 @@ async def test_log_lines_quote_at_most_a_kib_of_a_message(
     await consumer.subscribe(PATTERN, group="billing")
     async with consumer:
         await EventEmitter(message_broker=broker).emit(OrderPlaced(order_id=1))
-        await consumer.wait_until(lambda s: s.handled >= 1, timeout=15)
+        await wait_until(consumer, lambda s: s.handled >= 1, timeout=15)
     ours = [r.getMessage() for r in caplog.records if r.name.startswith("mediator")]
     assert any("elsewhere:" in line for line in ours)
     assert max(len(line) for line in ours) <= 4096
@@ -624,7 +625,7 @@ async def test_dead_letters_reads_the_sub_queue_back_oldest_first(
         await EventEmitter(message_broker=broker).emit_all(
             [OrderPlaced(order_id=1), OrderPlaced(order_id=2)]
         )
-        await consumer.wait_until(lambda s: s.dead_lettered >= 2, timeout=15)
+        await wait_until(consumer, lambda s: s.dead_lettered >= 2, timeout=15)
     records = await broker.dead_letters("billing")
     assert [r.reason for r in records] == ["handler_failed", "handler_failed"]
     assert ["order 1 refused" in records[0].description, "order 2" in records[1].description] == [

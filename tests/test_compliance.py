@@ -29,6 +29,7 @@ from mediator import (
     FailFast,
     NotificationEvent,
 )
+from mediator.testing import wait_until
 from tests.bad_inputs import CASES, PROBE_NAME, Probe, probe_event_map, valid
 from tests.transports import FACTORIES, Transport
 
@@ -208,8 +209,8 @@ async def test_every_kind_of_bad_input_is_dead_lettered_with_its_reason(
         for case in CASES:
             await transport.publish_raw(channel, case.build(PROBE_NAME))
         await transport.publish_raw(channel, valid(PROBE_NAME))
-        await consumer.wait_until(
-            lambda s: s.handled >= 1 and s.dead_lettered >= len(CASES), timeout=60
+        await wait_until(
+            consumer, lambda s: s.handled >= 1 and s.dead_lettered >= len(CASES), timeout=60
         )
         assert consumer.running
     assert handled == [7]
@@ -270,7 +271,7 @@ async def test_a_poison_message_is_dead_lettered_after_the_delivery_limit(
     await consumer.subscribe(f"{transport.broker.channel_prefix}:notification_event:*")
     async with consumer:
         await publish(transport, Tick(n=1))
-        await consumer.wait_until(lambda s: s.dead_lettered >= 1, timeout=30)
+        await wait_until(consumer, lambda s: s.dead_lettered >= 1, timeout=30)
         assert consumer.running
     assert consumer.stats.dead_lettered_by_reason == {"too_many_deliveries": 1}
     assert consumer.stats.released == 2

@@ -32,6 +32,7 @@ from mediator import (
     current_message,
     encode_message,
 )
+from mediator.testing import wait_until
 from tests.transports import FACTORIES, Transport
 
 NO_WAIT = Backoff(initial=0, jitter=0)
@@ -101,7 +102,7 @@ async def test_several_patterns_on_one_consumer(transport: Transport) -> None:
             CustomerState(customer_id=3, name="ada"),
             OrderPaid(order_id=1),
         )
-        await consumer.wait_until(lambda s: s.handled >= 3)
+        await wait_until(consumer, lambda s: s.handled >= 3)
     assert sorted(type(e).__name__ for e in inbox.events) == [
         "CustomerState",
         "OrderPaid",
@@ -120,7 +121,7 @@ async def test_overlapping_patterns_deliver_once_per_subscription(transport: Tra
     await consumer.subscribe(f"{p}:notification_event:*", transport.own_group("second"))
     async with consumer:
         await publish(transport, OrderPlaced(order_id=7))
-        await consumer.wait_until(lambda s: s.handled >= 2)
+        await wait_until(consumer, lambda s: s.handled >= 2)
     assert [e.order_id for e in inbox.events] == [7, 7]  # type: ignore[attr-defined]
 
 
@@ -132,7 +133,7 @@ async def test_subscribing_while_running_is_live_when_it_returns(transport: Tran
     async with consumer:
         await consumer.subscribe(f"{prefix_of(transport)}:notification_event:OrderPlaced")
         await publish(transport, OrderPlaced(order_id=1))
-        await consumer.wait_until(lambda s: s.handled >= 1)
+        await wait_until(consumer, lambda s: s.handled >= 1)
     assert len(inbox.events) == 1
 
 
@@ -156,10 +157,10 @@ async def test_consumer_groups_share_and_every_group_gets_everything(
         await consumer.start()
     try:
         await publish(transport, *[OrderPlaced(order_id=n) for n in range(6)])
-        await consumers[2].wait_until(lambda s: s.handled >= 6)
+        await wait_until(consumers[2], lambda s: s.handled >= 6)
         for consumer in consumers[:2]:
-            await consumer.wait_until(
-                lambda s: consumers[0].stats.handled + consumers[1].stats.handled >= 6
+            await wait_until(
+                consumer, lambda s: consumers[0].stats.handled + consumers[1].stats.handled >= 6
             )
     finally:
         for consumer in consumers:
@@ -206,7 +207,7 @@ async def test_bad_input_is_dead_lettered_and_the_next_message_handled(
     async with consumer:
         await transport.publish_raw(channel, BAD_INPUT[kind])
         await publish(transport, OrderPlaced(order_id=2))
-        await consumer.wait_until(lambda s: s.handled >= 1 and s.dead_lettered >= 1)
+        await wait_until(consumer, lambda s: s.handled >= 1 and s.dead_lettered >= 1)
     assert [e.order_id for e in inbox.events] == [2]  # type: ignore[attr-defined]
     assert consumer.stats.dead_lettered_by_reason == {kind: 1}
     assert [reason for reason, _ in await transport.dead_letters()] == [kind]
@@ -229,7 +230,7 @@ async def run_with_policy(
     await consumer.subscribe(f"{prefix_of(transport)}:notification_event:*")
     async with consumer:
         await publish(transport, OrderPlaced(order_id=1))
-        await consumer.wait_until(lambda s: s.settled >= 1)
+        await wait_until(consumer, lambda s: s.settled >= 1)
     return consumer, calls
 
 
@@ -422,8 +423,8 @@ async def test_headers_interceptors_and_correlation_flow(transport: Transport) -
         await transport.publish_raw(
             f"{p}:notification_event:OrderPlaced", valid_envelope(10)
         )  # no tenant header: rejected by the incoming hook
-        await watcher.wait_until(lambda s: s.handled >= 1)
-        await consumer.wait_until(lambda s: s.settled >= 2)
+        await wait_until(watcher, lambda s: s.handled >= 1)
+        await wait_until(consumer, lambda s: s.settled >= 2)
 
     assert seen_headers == [{"correlation_id": "request-42", "tenant": "acme"}]
     assert consumer.stats.dead_lettered_by_reason == {"rejected": 1}
@@ -446,7 +447,7 @@ async def test_follow_ups_carry_correlation_and_causation_ids() -> None:
     async with consumer:
         with correlation_scope("corr-1"):
             await EventEmitter(message_broker=broker).emit(OrderPlaced(order_id=1))
-        await consumer.wait_until(lambda s: s.handled >= 1)
+        await wait_until(consumer, lambda s: s.handled >= 1)
     placed, paid_message = broker.messages
     assert placed.headers == {"correlation_id": "corr-1"}
     assert paid_message.headers == {
@@ -484,7 +485,7 @@ async def test_a_full_buffer_makes_the_publisher_wait_instead_of_growing() -> No
         assert consumer.stats.in_flight == 1
         gate.set()
         await asyncio.wait_for(blocked, timeout=5)
-        await consumer.wait_until(lambda s: s.handled >= 4)
+        await wait_until(consumer, lambda s: s.handled >= 4)
     assert handled == [1, 2, 3, 4]
 
 
@@ -537,7 +538,7 @@ async def test_a_message_released_too_often_is_dead_lettered() -> None:
     await consumer.subscribe("loop:notification_event:*")
     async with consumer:
         await EventEmitter(message_broker=broker).emit(OrderPlaced(order_id=1))
-        await consumer.wait_until(lambda s: s.dead_lettered >= 1)
+        await wait_until(consumer, lambda s: s.dead_lettered >= 1)
     assert consumer.stats.released == 2
     assert consumer.stats.dead_lettered_by_reason == {"too_many_deliveries": 1}
     assert (await broker.dead_letters())[0].delivery_count == 3

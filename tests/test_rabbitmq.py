@@ -36,6 +36,7 @@ from mediator import (
     encode_message,
     event_name,
 )
+from mediator.testing import wait_until
 from mediator.transport import GlobPattern
 from tests.rabbitmq_support import (
     amqp_url,
@@ -192,7 +193,7 @@ async def test_a_group_queue_is_a_durable_quorum_queue_that_keeps_messages_while
         again = EventConsumer(broker=broker, event_map=events)
         await again.subscribe(glob, group="billing")
         async with again:
-            await again.wait_until(lambda s: s.handled >= 2, timeout=10)
+            await wait_until(again, lambda s: s.handled >= 2, timeout=10)
 
     assert sorted(seen) == [1, 2]
     queue, arguments = (
@@ -258,7 +259,7 @@ GLOBS = [
 
 
 async def settle(consumer: EventConsumer, count: int) -> None:
-    await consumer.wait_until(lambda stats: stats.settled >= count, timeout=10)
+    await wait_until(consumer, lambda stats: stats.settled >= count, timeout=10)
 
 
 async def test_each_glob_means_on_rabbitmq_what_it_means_on_redis(
@@ -335,7 +336,7 @@ async def test_the_subscriptions_of_a_group_share_its_queue_and_split_it_by_glob
                 ]
             )
             # First in the queue: acknowledged unmatched before anything after it.
-            await consumer.wait_until(lambda s: s.handled >= 40, timeout=10)
+            await wait_until(consumer, lambda s: s.handled >= 40, timeout=10)
         dead = await broker.dead_letters()
 
     assert sorted(orders) == list(range(20))  # each once, whichever channel took it
@@ -383,7 +384,7 @@ async def test_a_connection_closed_by_the_server_mid_stream_loses_nothing_on_a_g
             async with asyncio.timeout(30):
                 await back.wait()
                 await producer
-            await consumer.wait_until(lambda s: len(counts) >= total, timeout=30)
+            await wait_until(consumer, lambda s: len(counts) >= total, timeout=30)
             assert consumer.running
     lost = set(range(total)) - counts.keys()
     duplicates = sum(n - 1 for n in counts.values())
@@ -420,9 +421,9 @@ async def test_a_delivery_in_flight_when_its_channel_dies_is_not_settled_on_the_
             async with asyncio.timeout(30):
                 await back.wait()
             gate.set()  # the handler finishes; its ack belongs to the dead channel
-            await consumer.wait_until(lambda s: s.handled >= 2, timeout=30)
+            await wait_until(consumer, lambda s: s.handled >= 2, timeout=30)
             await EventEmitter(message_broker=broker).emit(OrderPlaced(order_id=2))
-            await consumer.wait_until(lambda s: s.handled >= 3, timeout=10)
+            await wait_until(consumer, lambda s: s.handled >= 3, timeout=10)
             assert consumer.running
     # Delivered again (RabbitMQ put it back), and the ack on the new channel
     # never took another message's tag: order 2 arrived and was handled once.
@@ -449,7 +450,7 @@ async def test_a_poison_message_reaches_the_dead_letter_queue_with_quorum_delive
         await consumer.subscribe(f"{names.prefix}:notification_event:*", group="audit")
         async with consumer:
             await EventEmitter(message_broker=broker).emit(OrderPlaced(order_id=5))
-            await consumer.wait_until(lambda s: s.dead_lettered >= 1, timeout=30)
+            await wait_until(consumer, lambda s: s.dead_lettered >= 1, timeout=30)
         [record] = await broker.dead_letters()
         assert await broker.dead_letters() == [record]  # read back, still there
 
@@ -571,7 +572,7 @@ async def test_bad_subscriptions_say_what_to_change(
 
 
 async def dead_lettered(consumer: EventConsumer, count: int) -> None:
-    await consumer.wait_until(lambda stats: stats.dead_lettered >= count, timeout=10)
+    await wait_until(consumer, lambda stats: stats.dead_lettered >= count, timeout=10)
 
 
 async def test_dead_letters_read_back_oldest_first_and_stay(

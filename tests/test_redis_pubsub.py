@@ -48,6 +48,7 @@ from mediator import (
     RequestMap,
     correlation_scope,
 )
+from mediator.testing import wait_until
 
 WAIT = 10.0  # seconds: the bound of every wait for something that should happen now
 
@@ -416,7 +417,7 @@ async def test_a_consumer_whose_follow_ups_cannot_be_published_says_so(
         await consumer.subscribe(f"{key_prefix}:notification_event:OrderPlaced")
         async with consumer:
             await EventEmitter(message_broker=broker).emit(OrderPlaced(order_id=4))
-            await consumer.wait_until(lambda s: s.settled >= 1, timeout=WAIT)
+            await wait_until(consumer, lambda s: s.settled >= 1, timeout=WAIT)
     finally:
         await dead_client.aclose()
 
@@ -509,7 +510,7 @@ async def test_the_consumer_resubscribes_after_its_connection_is_killed(
         await consumer.start()  # live when it returns; run() keeps it going
         runner = asyncio.create_task(consumer.run())
         await publisher.emit_all([OrderPlaced(order_id=n) for n in range(5)])
-        await consumer.wait_until(seen_all(seen, range(5)), timeout=WAIT)
+        await wait_until(consumer, seen_all(seen, range(5)), timeout=WAIT)
 
         killed_ids: list[str] = []
         for round_ in range(1, 3):  # two faults: the second reconnect starts afresh
@@ -523,7 +524,7 @@ async def test_the_consumer_resubscribes_after_its_connection_is_killed(
             for probe in range(first_probe, first_probe + 60):
                 await publisher.emit(OrderPlaced(order_id=probe))
                 try:
-                    await consumer.wait_until(seen_any(seen, at_least=first_probe), 0.5)
+                    await wait_until(consumer, seen_any(seen, at_least=first_probe), 0.5)
                 except TimeoutError:
                     continue
                 break
@@ -533,7 +534,7 @@ async def test_the_consumer_resubscribes_after_its_connection_is_killed(
             # Subscribed again: everything published now is handled.
             after = range(first_probe + 100, first_probe + 110)
             await publisher.emit_all([OrderPlaced(order_id=n) for n in after])
-            await consumer.wait_until(seen_all(seen, after), timeout=WAIT)
+            await wait_until(consumer, seen_all(seen, after), timeout=WAIT)
 
             assert not runner.done(), "the consumer kept running"
             assert consumer.running
@@ -678,7 +679,7 @@ async def test_undecodable_messages_land_in_the_capped_dead_letter_stream(
     async with consumer:
         for data in bad:
             await redis_client.publish(channel, data)
-        await consumer.wait_until(lambda s: s.dead_lettered >= len(bad), timeout=WAIT)
+        await wait_until(consumer, lambda s: s.dead_lettered >= len(bad), timeout=WAIT)
 
     # The same key spelling and record shape as the Streams broker.
     assert broker.dead_letter_key == f"{key_prefix}:dead-letter"
@@ -703,7 +704,7 @@ async def test_an_oversize_message_is_dead_lettered_as_a_bounded_prefix_with_siz
     await consumer.subscribe(channel)
     async with consumer:
         await redis_client.publish(channel, body)
-        await consumer.wait_until(lambda s: s.dead_lettered >= 1, timeout=WAIT)
+        await wait_until(consumer, lambda s: s.dead_lettered >= 1, timeout=WAIT)
     [(_, fields)] = await redis_client.xrange(broker.dead_letter_key)
     assert len(fields[b"data"]) == 64 * 1024  # what Redis holds: the first 64 KiB
     [record] = await broker.dead_letters()

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from brokers.redis import RedisStreamBroker, RedisStreamDelivery
 from mediator import EventConsumer, EventEmitter, EventMap, NotificationEvent
+from mediator.testing import wait_until
 from tests.conftest import _start_private_server, _stop, _unavailable
 
 WAIT = 10.0  # seconds: the bound of every wait for something that should happen now
@@ -195,7 +196,7 @@ async def test_a_stopped_members_pending_entries_are_claimed_by_another(
     second = EventConsumer(broker=stream_broker(client, key_prefix), event_map=second_events)
     await second.subscribe(pattern, group="billing")
     async with second:
-        await second.wait_until(lambda s: s.handled >= 10 - len(finished_by_first), timeout=10)
+        await wait_until(second, lambda s: s.handled >= 10 - len(finished_by_first), timeout=10)
 
     assert sorted(finished_by_first + handled_by_second) == list(range(10))  # nothing lost
     duplicates = set(started_by_first) & set(handled_by_second)
@@ -255,7 +256,7 @@ async def test_the_consumer_resumes_after_its_connection_is_killed(
     with caplog.at_level(logging.WARNING, logger="mediator.brokers.redis"):
         async with consumer:
             await publish(broker, 1)
-            await consumer.wait_until(lambda s: s.handled >= 1)
+            await wait_until(consumer, lambda s: s.handled >= 1)
             killed = 0
             for entry in await redis_client.client_list():
                 if entry.get("name") == key_prefix and entry.get("cmd") == "xreadgroup":
@@ -263,7 +264,7 @@ async def test_the_consumer_resumes_after_its_connection_is_killed(
                     killed += 1
             # Published while (possibly) disconnected: at-least-once keeps them.
             await publish(broker, 2, 3, 4)
-            await consumer.wait_until(lambda s: s.handled >= 4, timeout=10)
+            await wait_until(consumer, lambda s: s.handled >= 4, timeout=10)
     assert killed >= 1
     assert sorted(handled) == [1, 2, 3, 4]
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -296,7 +297,7 @@ async def test_a_new_group_starts_where_it_is_told(
     await consumer.subscribe(f"{key_prefix}:notification_event:*", group=f"from-{start_from}")
     async with consumer:
         await publish(broker, 2)
-        await consumer.wait_until(lambda s: s.handled >= len(expected))
+        await wait_until(consumer, lambda s: s.handled >= len(expected))
     assert handled == expected
 
 
@@ -343,7 +344,7 @@ async def test_an_entry_without_our_field_is_dead_lettered_and_reading_goes_on(
         await client.xadd(stream, {"something": "else"})  # another producer's entry
         await client.sadd(broker.registry_key, stream)
         await publish(broker, 7)
-        await consumer.wait_until(lambda s: s.handled >= 1 and s.dead_lettered >= 1)
+        await wait_until(consumer, lambda s: s.handled >= 1 and s.dead_lettered >= 1)
     assert handled == [7]
     assert consumer.stats.dead_lettered_by_reason == {"not_json": 1}
 
@@ -371,7 +372,7 @@ async def test_acknowledgements_go_out_while_the_reader_waits(
     stream = f"{key_prefix}:notification_event:OrderPlaced"
     async with consumer:
         await publish(broker, 1, 2, 3)
-        await consumer.wait_until(lambda s: s.handled >= 3)
+        await wait_until(consumer, lambda s: s.handled >= 3)
 
         async def all_acknowledged() -> bool:
             return (await client.xpending(stream, "billing"))["pending"] == 0
@@ -426,7 +427,7 @@ async def test_a_stream_deleted_under_a_waiting_consumer_is_read_again_from_its_
     with LogWatch() as log:
         async with consumer:
             await publish(broker, 1)
-            await consumer.wait_until(lambda s: s.handled >= 1)
+            await wait_until(consumer, lambda s: s.handled >= 1)
             await until_redis(blocked_in_xreadgroup(redis_client, key_prefix))
             if deleted == "the stream":
                 await redis_client.delete(stream)
@@ -435,7 +436,7 @@ async def test_a_stream_deleted_under_a_waiting_consumer_is_read_again_from_its_
             await log.until(lambda line: "UNBLOCKED" in line, logging.WARNING)
             # The stream comes back with the next publish and is read from its start.
             await publish(broker, 2, 3)
-            await consumer.wait_until(lambda s: s.handled >= 3)
+            await wait_until(consumer, lambda s: s.handled >= 3)
             assert consumer.running
     assert recorder.seen == [1, 2, 3]
     assert not [line for line in log.lines() if "fail-fast" in line]
@@ -458,7 +459,7 @@ async def test_a_server_error_is_waited_out_and_reading_goes_on(
             async with consumer:
                 if fault != "BUSY":
                     await publish(broker, 1)
-                    await consumer.wait_until(lambda s: s.handled >= 1)
+                    await wait_until(consumer, lambda s: s.handled >= 1)
                 if fault == "READONLY":  # a failover turned the server into a replica
                     await admin.replicaof("127.0.0.1", "1")
                 elif fault == "OOM":  # full, and the stream is deleted: no group can be made
@@ -487,7 +488,7 @@ async def test_a_server_error_is_waited_out_and_reading_goes_on(
                     await admin.delete(stream)
                 await publish(broker, 2)
                 expected = [2] if fault == "BUSY" else [1, 2]
-                await consumer.wait_until(lambda s: s.handled >= len(expected))
+                await wait_until(consumer, lambda s: s.handled >= len(expected))
                 assert consumer.running
         assert recorder.seen == expected
     finally:
@@ -517,7 +518,7 @@ async def test_reading_goes_on_where_redis_refuses_scripts(private_redis: str) -
         async with consumer:
             for batch in range(3):
                 await publish(broker, *range(batch * 50, batch * 50 + 50))
-                await consumer.wait_until(lambda s, n=batch: s.handled >= 50 * (n + 1))
+                await wait_until(consumer, lambda s, n=batch: s.handled >= 50 * (n + 1))
             assert consumer.running
         assert sorted(recorder.seen) == list(range(150))
         assert (await client.xpending("mtk-acl:notification_event:OrderPlaced", "billing"))[
@@ -559,7 +560,7 @@ async def test_a_closed_group_subscription_leaves_no_member_behind(
         await consumer.subscribe(f"{key_prefix}:notification_event:*", group="billing")
         async with consumer:
             await publish(broker, run)
-            await consumer.wait_until(lambda s: s.handled >= 1)
+            await wait_until(consumer, lambda s: s.handled >= 1)
     assert recorder.seen == [0, 1, 2]
     [group] = await client.xinfo_groups(stream)
     assert (group["name"], group["pending"], group["consumers"]) == (b"billing", 0, 0)
@@ -601,7 +602,7 @@ async def test_a_private_group_is_removed_from_every_stream_it_read(
         await publish(broker, 2)
         # ... and one found after start
         await EventEmitter(message_broker=broker).emit(OrderPaid(order_id=3))
-        await consumer.wait_until(lambda s: s.handled >= 2)
+        await wait_until(consumer, lambda s: s.handled >= 2)
     assert sorted(recorder.seen) == [2, 3]
     for stream in ("OrderPlaced", "OrderPaid"):
         assert await client.xinfo_groups(f"{key_prefix}:notification_event:{stream}") == []
@@ -625,7 +626,7 @@ async def test_idle_members_with_nothing_pending_are_removed(
         async with consumer:
             await log.until(lambda line: "'holder'" in line and "removed" in line)
             await log.until(lambda line: "'ghost'" in line and "removed" in line)
-            await consumer.wait_until(lambda s: s.handled >= 1)
+            await wait_until(consumer, lambda s: s.handled >= 1)
             names = [m["name"] for m in await client.xinfo_consumers(stream, "billing")]
             assert b"ghost" not in names
             assert b"holder" not in names
@@ -646,7 +647,7 @@ async def test_an_oversize_entry_is_dead_lettered_as_a_bounded_prefix_with_size_
     async with consumer:
         await client.xadd(stream, {"data": body})
         await client.sadd(broker.registry_key, stream)
-        await consumer.wait_until(lambda s: s.dead_lettered >= 1)
+        await wait_until(consumer, lambda s: s.dead_lettered >= 1)
     [(_, fields)] = await client.xrange(broker.dead_letter_key)
     assert len(fields[b"data"]) == 64 * 1024  # what Redis holds: the first 64 KiB
     [record] = await broker.dead_letters()

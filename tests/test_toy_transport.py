@@ -13,6 +13,7 @@ import pytest
 
 from examples.toy_transport import ToyBroker, ToyServer
 from mediator import EventConsumer, EventEmitter, EventMap, NotificationEvent
+from mediator.testing import wait_until
 from mediator.transport import (
     CredentialError,
     DeadLetterRecord,
@@ -126,11 +127,11 @@ async def test_a_broken_connection_is_logged_and_the_subscription_comes_back(
         await consumer.subscribe("shop:notification_event:Order*", group="billing")
         async with consumer:
             await publisher.emit(OrderPlaced(order_id=1))
-            await consumer.wait_until(lambda stats: stats.handled >= 1)
+            await wait_until(consumer, lambda stats: stats.handled >= 1)
 
             server.break_connection()  # every link drops; the group's queue stays
             await publisher.emit(OrderPlaced(order_id=2))  # waits there for the reconnect
-            await consumer.wait_until(lambda stats: stats.handled >= 2)
+            await wait_until(consumer, lambda stats: stats.handled >= 2)
             assert consumer.running
 
     assert billed == [1, 2]
@@ -154,7 +155,7 @@ async def test_bad_input_is_dead_lettered_with_its_reason_and_the_next_message_i
         link.publish([("shop:notification_event:OrderPlaced", bad)])
         await EventEmitter(message_broker=broker).emit(OrderPlaced(order_id=7))
         await ledger.wait_for(1)
-        await consumer.wait_until(lambda stats: stats.dead_lettered >= 1)
+        await wait_until(consumer, lambda stats: stats.dead_lettered >= 1)
     assert ledger.entries == [("billing", 7)]
     assert consumer.stats.dead_lettered_by_reason == {"not_json": 1}
     [record] = await broker.dead_letters()
