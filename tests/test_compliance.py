@@ -13,9 +13,13 @@ must be 0; duplicates are counted and reported in the assertion message.
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import cast
 
 import attrs
 import pytest
@@ -28,9 +32,11 @@ from mediator import (
     EventMap,
     FailFast,
     NotificationEvent,
+    PublishError,
 )
 from mediator.testing import wait_until
 from tests.bad_inputs import CASES, PROBE_NAME, Probe, probe_event_map, valid
+from tests.conftest import _free_port, _ping, _stop
 from tests.transports import FACTORIES, Transport
 
 
@@ -332,3 +338,110 @@ async def test_a_handler_slower_than_the_redelivery_window_runs_once(
         await publish(transport, Tick(n=2))  # a marker behind it
         await seen.until({2})
     assert seen.counts[1] == 1, f"handled {seen.counts[1]} times"
+
+
+# -- a restarted server ------------------------------------------------------------
+
+NO_RESTART = {
+    "memory": "no server",
+    "azure": "the loopback AMQP peer cannot restart under a live client yet",
+    "rabbitmq": "the RabbitMQ server is shared by every test run on the machine",
+    "kafka": "Tansu keeps memory storage only: a restart is a new, empty broker",
+}
+
+
+class PrivateRedis:
+    """A redis-server of this test's own, restartable on the same port; it
+    writes every command to its append-only file, so a restart keeps what
+    was acknowledged (as a persistent production server does)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            pytest.fail("the restart test needs redis-server on PATH", pytrace=False)
+        self.workdir = workdir
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        assert self.binary is not None
+        with (self.workdir / "redis.log").open("ab") as log:
+            return subprocess.Popen(
+                [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.workdir)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    async def start(self) -> None:
+        self.proc = self._spawn()
+        async with asyncio.timeout(10):
+            while _ping(self.url) is not None:
+                assert self.proc.poll() is None, "redis-server exited at start"
+                await asyncio.sleep(0.02)  # a bounded poll of a process starting
+
+    async def stop(self) -> None:
+        if self.proc is not None:
+            proc, self.proc = self.proc, None
+            await asyncio.to_thread(_stop, proc)
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+
+async def publish_through_outage(transport: Transport, *events: NotificationEvent) -> None:
+    """Publish as a producer that retries would: a PublishError while the
+    server is down is tried again after a short pause."""
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                await publish(transport, *events)
+                return
+            except PublishError:
+                await asyncio.sleep(0.05)  # the producer's own retry pause
+
+
+@transports(without=NO_RESTART)
+async def test_a_restarted_server_is_survived(transport: Transport, tmp_path: Path) -> None:
+    from tests.transports import RedisPubSubTransport, RedisStreamsTransport
+
+    server = PrivateRedis(tmp_path)
+    await server.start()
+    prefix = transport.broker.channel_prefix
+    own = cast(
+        Transport,
+        RedisStreamsTransport(prefix, server.url)
+        if transport.name == "redis-streams"
+        else RedisPubSubTransport(prefix, server.url),
+    )
+    try:
+        seen = Seen()
+        events = EventMap()
+        events.bind(Tick, seen)
+        consumer = EventConsumer(broker=own.broker, event_map=events)
+        group = "compliance" if own.has_groups else None
+        await consumer.subscribe(f"{own.broker.channel_prefix}:notification_event:*", group)
+        async with consumer:
+            await publish(own, *(Tick(n=n) for n in range(50)))
+            await seen.until({0})
+            await server.restart()
+            if at_least_once(own):
+                await publish_through_outage(own, *(Tick(n=n) for n in range(50, 100)))
+                await seen.until(set(range(100)))
+            else:
+                probe = 100
+                while True:
+                    await publish_through_outage(own, Tick(n=probe))
+                    try:
+                        await seen.until({probe}, timeout=0.5)
+                        break
+                    except TimeoutError:
+                        probe += 1
+                        assert probe < 200, "the subscription never came back"
+            assert consumer.running
+        if at_least_once(own):
+            assert seen.lost(set(range(100))) == set(), f"duplicates: {seen.duplicates()}"
+    finally:
+        await own.close()  # type: ignore[attr-defined]
+        await server.stop()
