@@ -210,6 +210,11 @@ class _Progress:
             self._waiters.remove((count, event))
 
 
+async def _tail(log: Path) -> str:
+    content = await asyncio.to_thread(log.read_text, errors="replace")
+    return content[-3000:]
+
+
 async def _start_relay(command: list[str], log: Path) -> asyncio.subprocess.Process:
     with log.open("ab") as output:
         return await asyncio.create_subprocess_exec(
@@ -288,13 +293,22 @@ async def soak(
 
     try:
         async with consumer:
-            await asyncio.gather(kill_at_random_points(), send_all())
-            await progress.at_least(sends, timeout=60.0)
+            try:
+                await asyncio.gather(kill_at_random_points(), send_all())
+                await progress.at_least(sends, timeout=60.0)
+            except TimeoutError:
+                raise AssertionError(
+                    f"the soak stalled: {len(progress.counts)} of {sends} message ids seen, "
+                    f"{killed} kills, outbox rows {await db.outbox.counts()}, relay exit code "
+                    f"{relay.returncode}, consumer {consumer.stats}; the relay's log ends: "
+                    f"{await _tail(log)}"
+                ) from None
             relay.send_signal(signal.SIGTERM)
             returncode = await asyncio.wait_for(relay.wait(), 30.0)
             if returncode != 0:
                 raise AssertionError(
-                    f"the relay exited with {returncode} on SIGTERM; its log: {log}"
+                    f"the relay exited with {returncode} on SIGTERM; its log ends: "
+                    f"{await _tail(log)}"
                 )
     finally:
         if relay.returncode is None:
