@@ -274,8 +274,8 @@ class Outbox:
         ```
 
         The units of work inside the block join `session` and never commit
-        or roll back: that is yours to do. Relays in this process are woken
-        when the session commits.
+        or roll back: that is yours to do. `session` must be on the outbox's
+        database. Relays in this process are woken when the session commits.
         """
         if _work.get() is not None:
             raise OutboxError(

@@ -158,6 +158,11 @@ class OutboxRelay:
                 f"OutboxRelay({outbox!r}, broker={broker!r}): the relay publishes the outbox's "
                 "rows to a real broker; pass one from brokers/, not the outbox itself"
             )
+        if name is not None and not 0 < len(name) <= 255:
+            raise ValueError(
+                f"OutboxRelay(name={name[:40]!r}...): name the relay with 1 to 255 characters "
+                "(it is stored in locked_by)"
+            )
         self.outbox = outbox
         self.broker = broker
         self.name = name or _relay_name()

@@ -306,6 +306,23 @@ def test_the_outbox_refuses_what_it_cannot_use() -> None:
     outbox = Outbox(create_async_engine("sqlite+aiosqlite:///unused.db"))
     with pytest.raises(ValueError, match="not the outbox itself"):
         OutboxRelay(outbox, outbox)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"OutboxRelay\(lease=0\): must be above 0"):
+        OutboxRelay(outbox, InMemoryMessageBroker(), lease=0)
+    with pytest.raises(ValueError, match="1 to 255 characters"):
+        OutboxRelay(outbox, InMemoryMessageBroker(), name="x" * 256)
+
+
+def test_the_outbox_module_exports_exactly_its_all() -> None:
+    import types
+
+    import mediator.outbox
+
+    public = {
+        name
+        for name, value in vars(mediator.outbox).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert set(mediator.outbox.__all__) == public
 
 
 def test_importing_the_outbox_without_sqlalchemy_names_the_extra() -> None:
