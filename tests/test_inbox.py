@@ -59,6 +59,9 @@ class Billing:
     def __init__(self, db: Database, table: str, broker: Any, **options: Any) -> None:
         self.calls = 0
         self.fail_next = 0
+        self.gate: asyncio.Event | None = None
+        """When set, the first call waits for it after its write (a slow handler)."""
+        self.entered = asyncio.Event()
         events = EventMap()
         billing = self
 
@@ -69,6 +72,9 @@ class Billing:
                 text(f"INSERT INTO {table} (order_id) VALUES (:order_id)"),
                 {"order_id": paid.order_id},
             )
+            if billing.gate is not None and billing.calls == 1:
+                billing.entered.set()
+                await billing.gate.wait()
             if billing.fail_next:
                 billing.fail_next -= 1
                 raise RuntimeError(f"payment of order {paid.order_id} failed after its write")
@@ -175,6 +181,32 @@ async def test_a_consumer_killed_after_its_commit_is_not_handled_twice_on_redeli
     assert (stats.handled, stats.duplicates) == (0, 1)
     assert survivor.calls == 0
     assert await payments(db, table) == [42]
+
+
+async def test_a_lock_lost_on_azure_while_the_handler_works_is_one_side_effect(
+    db: Database, request: pytest.FixtureRequest
+) -> None:
+    table = await payments_table(db)
+    async with FACTORIES["azure"](f"mtk-i{uuid.uuid4().hex[:8]}", request) as transport:
+        billing = Billing(db, table, transport.broker)
+        billing.gate = asyncio.Event()
+        prefix = transport.broker.channel_prefix
+        await billing.consumer.subscribe(
+            f"{prefix}:notification_event:*", group=transport.own_group("billing")
+        )
+        async with billing.consumer:
+            await transport.broker.send_message(MessageCodec.to_message(Paid(order_id=3)))
+            await asyncio.wait_for(billing.entered.wait(), 15)
+            # The lock runs out while the handler works: Service Bus delivers
+            # the message again, to whichever receiver asks first.
+            transport.peer.expire_locks()  # type: ignore[attr-defined]
+            billing.gate.set()
+            stats = await billing.consumer.wait_until(
+                lambda stats: stats.duplicates == 1, timeout=20.0
+            )
+    assert billing.calls == 1
+    assert stats.dead_lettered == 0
+    assert await payments(db, table) == [3]
 
 
 async def test_a_delivery_whose_handler_fails_keeps_nothing(db: Database) -> None:
