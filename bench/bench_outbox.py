@@ -31,6 +31,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 from sqlalchemy import text
@@ -102,7 +103,9 @@ async def bench_send(db: Database, n: int, repeats: int) -> None:
             order_id = next(ids)
             async with outbox.sessions() as session:
                 connection = await session.connection(execution_options=options)
-                await connection.execute(insert_order, {"id": order_id})
+                # The row as the handler writes it (through the session), the
+                # event row as the outbox does (through its connection).
+                await session.execute(insert_order, {"id": order_id})
                 # The envelope as the emitter writes it: a correlation id header.
                 message = MessageCodec.to_message(
                     OrderPlaced(order_id=order_id), {"correlation_id": os.urandom(16).hex()}
@@ -146,15 +149,39 @@ async def fill(outbox: Outbox, count: int) -> list[uuid.UUID]:
 
 
 async def bench_relay_throughput(db: Database, rows: int) -> None:
+    await relay_through(db, rows, InMemoryMessageBroker(history=10), "in-memory broker")
+    redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379"
+    from redis.asyncio import Redis
+
+    from brokers.redis import RedisStreamBroker
+
+    client = Redis.from_url(redis_url)
+    prefix = f"mtk-bench-{uuid.uuid4().hex[:8]}"
+    try:
+        await client.ping()
+    except Exception as exc:
+        print(f"{db.kind}: relay throughput to Redis Streams: left out, no Redis ({exc})")
+        await client.aclose()
+        return
+    try:
+        broker = RedisStreamBroker(client=client, channel_prefix=prefix)
+        await relay_through(db, rows, broker, "Redis Streams")
+    finally:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+async def relay_through(db: Database, rows: int, broker: Any, name: str) -> None:
     await fill(db.outbox, rows)
-    broker = InMemoryMessageBroker(history=10)
     relay = OutboxRelay(db.outbox, broker, batch_size=100)
     started = time.perf_counter()
     while (await relay.run_once()).claimed:
         pass
     elapsed = time.perf_counter() - started
     print(
-        f"{db.kind}: relay throughput, batch 100, in-memory broker: "
+        f"{db.kind}: relay throughput, batch 100, {name + ':':<18} "
         f"{rows / elapsed:9.0f} rows/s ({rows} rows in {elapsed:.2f} s)"
     )
 
