@@ -674,37 +674,6 @@ class OutboxRelay:
 
         return remove
 
-    async def wait_until(
-        self, predicate: Callable[[RelayStats], bool], timeout: float = 5.0
-    ) -> RelayStats:
-        """Wait until `predicate(relay.stats)` holds, checked after every
-        round; raises TimeoutError naming the counters after `timeout` s.
-
-        ```python
-        await relay.wait_until(lambda stats: stats.published >= 3)
-        ```
-        """
-        if predicate(self.stats):
-            return self.stats
-        reached = asyncio.Event()
-
-        def check(_: RelayRound) -> None:
-            if predicate(self.stats):
-                reached.set()
-
-        remove = self.add_listener(check)
-        try:
-            async with asyncio.timeout(timeout):
-                await reached.wait()
-        except TimeoutError:
-            raise TimeoutError(
-                f"waited {timeout} s on {self!r} (running: {self.running}); its counters: "
-                f"{self.stats}"
-            ) from None
-        finally:
-            remove()
-        return self.stats
-
 
 def _describe(error: BaseException) -> str:
     return quote(f"{type(error).__name__}: {error}")

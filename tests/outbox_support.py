@@ -42,7 +42,7 @@ from mediator import (
     RequestHandler,
     RequestMap,
 )
-from mediator.outbox import Outbox, sqlite_engine
+from mediator.outbox import Outbox, OutboxRelay, RelayRound, RelayStats, sqlite_engine
 from mediator.testing import Settled
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,6 +155,33 @@ async def observed(check: Callable[[], Awaitable[bool]], *, timeout: float = 10.
             if await check():
                 return
             await asyncio.sleep(0.02)
+
+
+async def relayed(
+    relay: OutboxRelay, predicate: Callable[[RelayStats], bool], timeout: float = 10.0
+) -> RelayStats:
+    """Wait until `predicate(relay.stats)` holds, checked after each of the
+    relay's rounds; TimeoutError naming its counters after `timeout` s."""
+    if predicate(relay.stats):
+        return relay.stats
+    reached = asyncio.Event()
+
+    def check(_: RelayRound) -> None:
+        if predicate(relay.stats):
+            reached.set()
+
+    remove = relay.add_listener(check)
+    try:
+        async with asyncio.timeout(timeout):
+            await reached.wait()
+    except TimeoutError:
+        raise TimeoutError(
+            f"waited {timeout} s on {relay!r} (running: {relay.running}); its counters: "
+            f"{relay.stats}"
+        ) from None
+    finally:
+        remove()
+    return relay.stats
 
 
 def only(*kinds: str) -> pytest.MarkDecorator:

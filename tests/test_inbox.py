@@ -25,7 +25,7 @@ from mediator import (
     Retry,
 )
 from mediator.outbox import Inbox, OutboxError, current_session
-from mediator.testing import CapturingBroker
+from mediator.testing import CapturingBroker, wait_until
 from tests.outbox_processes import Paid, stream_broker
 from tests.outbox_support import KINDS, Database, open_database
 from tests.transports import FACTORIES, Transport
@@ -121,8 +121,8 @@ async def test_copies_of_one_message_have_one_side_effect(
         # publishing, or a transport redelivering, would hand it over.
         await transport.broker.send_messages([message, message])
         await transport.broker.send_message(message)
-        stats = await billing.consumer.wait_until(
-            lambda stats: stats.handled + stats.duplicates == 3, timeout=20.0
+        stats = await wait_until(
+            billing.consumer, lambda stats: stats.handled + stats.duplicates == 3, timeout=20.0
         )
     assert (stats.handled, stats.duplicates, stats.dead_lettered) == (1, 2, 0)
     assert await payments(db, table) == [1]
@@ -169,8 +169,8 @@ async def test_a_consumer_killed_after_its_commit_is_not_handled_twice_on_redeli
         survivor = Billing(db, table, broker)
         await survivor.consumer.subscribe(f"{key_prefix}:notification_event:*", group="billing")
         async with survivor.consumer:
-            stats = await survivor.consumer.wait_until(
-                lambda stats: stats.duplicates == 1, timeout=30.0
+            stats = await wait_until(
+                survivor.consumer, lambda stats: stats.duplicates == 1, timeout=30.0
             )
     finally:
         if crashing.returncode is None:
@@ -201,8 +201,8 @@ async def test_a_lock_lost_on_azure_while_the_handler_works_is_one_side_effect(
             # the message again, to whichever receiver asks first.
             transport.peer.expire_locks()  # type: ignore[attr-defined]
             billing.gate.set()
-            stats = await billing.consumer.wait_until(
-                lambda stats: stats.duplicates == 1, timeout=20.0
+            stats = await wait_until(
+                billing.consumer, lambda stats: stats.duplicates == 1, timeout=20.0
             )
     assert billing.calls == 1
     assert stats.dead_lettered == 0
@@ -220,12 +220,12 @@ async def test_a_delivery_whose_handler_fails_keeps_nothing(db: Database) -> Non
     message = MessageCodec.to_message(Paid(order_id=5))
     async with billing.consumer:
         await broker.send_message(message)
-        await billing.consumer.wait_until(lambda stats: stats.dead_lettered == 1)
+        await wait_until(billing.consumer, lambda stats: stats.dead_lettered == 1)
         # Rolled back, its record with it: the same message is handled when it comes again.
         assert await payments(db, table) == []
         assert not await billing.inbox.seen(message.message_id)
         await broker.send_message(message)
-        stats = await billing.consumer.wait_until(lambda stats: stats.handled == 1)
+        stats = await wait_until(billing.consumer, lambda stats: stats.handled == 1)
     assert stats.duplicates == 0
     assert await payments(db, table) == [5]
 
@@ -249,7 +249,7 @@ async def test_a_handler_call_that_raised_leaves_none_of_its_writes(
     await billing.consumer.subscribe("billing:notification_event:*")
     async with billing.consumer:
         await broker.send_message(MessageCodec.to_message(Paid(order_id=6)))
-        await billing.consumer.wait_until(lambda stats: stats.handled == 1)
+        await wait_until(billing.consumer, lambda stats: stats.handled == 1)
     # The failed call wrote a row and raised: its savepoint took the row back.
     expected = [6] if isinstance(policy, Retry) else []
     assert await payments(db, table) == expected
@@ -281,7 +281,7 @@ async def test_follow_up_events_commit_with_the_delivery_through_the_outbox(
     await consumer.subscribe("billing:notification_event:Paid")
     async with consumer:
         await broker.send_message(MessageCodec.to_message(Paid(order_id=8)))
-        await consumer.wait_until(lambda stats: stats.handled == 1)
+        await wait_until(consumer, lambda stats: stats.handled == 1)
     assert await payments(db, table) == [8]
     [ping_id] = await db.outbox.message_ids()
     published = CapturingBroker(InMemoryMessageBroker())
@@ -303,12 +303,12 @@ async def test_records_expire_after_the_window(db: Database) -> None:
     message = MessageCodec.to_message(Paid(order_id=9))
     async with billing.consumer:
         await broker.send_message(message)
-        await billing.consumer.wait_until(lambda stats: stats.handled == 1)
+        await wait_until(billing.consumer, lambda stats: stats.handled == 1)
         await billing.inbox.expire()
         assert not await billing.inbox.seen(message.message_id)
         # Past the window a copy is a new message: handled again.
         await broker.send_message(message)
-        stats = await billing.consumer.wait_until(lambda stats: stats.handled == 2)
+        stats = await wait_until(billing.consumer, lambda stats: stats.handled == 2)
     assert stats.duplicates == 0
     assert await payments(db, table) == [9, 9]
 

@@ -46,7 +46,15 @@ from mediator.outbox import (
     current_session,
 )
 from mediator.testing import CapturingBroker
-from tests.outbox_support import KINDS, Database, observed, only, open_database, soak
+from tests.outbox_support import (
+    KINDS,
+    Database,
+    observed,
+    only,
+    open_database,
+    relayed,
+    soak,
+)
 
 NO_WAIT = Backoff(initial=0.001, multiplier=2.0, maximum=0.005, jitter=0.0)
 """Retries due at once, so tests never wait for a backoff."""
@@ -227,7 +235,7 @@ async def test_nothing_reaches_the_broker_before_the_commit(shop: Shop) -> None:
     shop.local_checks.append(look_from_outside)
     async with relay_of(shop.outbox, broker, poll_interval=60.0) as relay:
         await shop.mediator.send(PlaceOrder(order_id=3))
-        await relay.wait_until(lambda stats: stats.published == 1)
+        await relayed(relay, lambda stats: stats.published == 1)
     assert seen_inside == [(0, 0)]
     assert [m.payload["order_id"] for m in broker.messages] == [3]
 
@@ -255,7 +263,7 @@ async def test_your_own_session_and_transaction_can_be_handed_in(shop: Shop) -> 
                 await shop.mediator.send(PlaceOrder(order_id=11))
             assert await shop.outbox.counts() == {PENDING: 0, SENT: 0, DEAD: 0}
         # Committed by us: the relay is woken by the session's commit.
-        await relay.wait_until(lambda stats: stats.published == 1)
+        await relayed(relay, lambda stats: stats.published == 1)
         assert await shop.order_ids() == [10, 11]
 
         async with sessions() as session:
@@ -399,7 +407,7 @@ async def test_a_poison_row_goes_dead_after_max_attempts_and_the_rows_behind_it_
     broker = Refusing(refuse=lambda m: m.message_id == poison)
     relay = relay_of(db.outbox, broker, batch_size=100, max_attempts=3)
     async with relay:
-        await relay.wait_until(lambda stats: stats.dead == 1 and stats.published == 5)
+        await relayed(relay, lambda stats: stats.dead == 1 and stats.published == 5)
     assert [m.message_id for m in broker.published] == [i for i in ids if i != poison]
     assert await db.outbox.counts() == {PENDING: 0, SENT: 5, DEAD: 1}
     [dead] = await db.outbox.dead_letters()
@@ -435,7 +443,7 @@ async def test_a_failed_row_holds_the_later_rows_of_its_partition_key_only(
     broker = Refusing(refuse=refuse)
     relay = relay_of(outbox, broker, max_attempts=5)
     async with relay:
-        await relay.wait_until(lambda stats: stats.published == 3)
+        await relayed(relay, lambda stats: stats.published == 3)
     published = [(m.payload["order_id"], m.message_id) for m in broker.published]
     # Order 2 went out while order 1's first event was failing; order 1's
     # second event waited for its first.
@@ -461,7 +469,7 @@ async def test_an_outage_is_retried_and_loses_nothing(db: Database) -> None:
     broker = Refusing(refuse=refuse)
     relay = relay_of(db.outbox, broker, batch_size=10, max_attempts=10)
     async with relay:
-        await relay.wait_until(lambda stats: stats.published == 30)
+        await relayed(relay, lambda stats: stats.published == 30)
     assert sorted(m.message_id for m in broker.published) == sorted(ids)
     assert relay.stats.dead == 0
     assert relay.stats.retried >= 1
@@ -492,7 +500,7 @@ async def test_a_relay_in_another_process_is_woken_without_polling(db: Database)
         assert relay.listening is (db.kind == "postgresql")
         elsewhere = Outbox(db.new_engine(), prefix=db.prefix)
         ids = await send_pings(elsewhere, 3)
-        await relay.wait_until(lambda stats: stats.published == 3, timeout=10.0)
+        await relayed(relay, lambda stats: stats.published == 3, timeout=10.0)
     assert [m.message_id for m in broker.published] == ids
 
 
@@ -574,7 +582,7 @@ async def test_the_rows_of_a_relay_that_died_are_taken_over_when_its_lease_expir
         broker = Refusing()
         heir = relay_of(db.outbox, broker, poll_interval=0.05, name="heir")
         async with heir:
-            await heir.wait_until(lambda stats: stats.published == 5, timeout=10.0)
+            await relayed(heir, lambda stats: stats.published == 5, timeout=10.0)
         assert [m.message_id for m in broker.published] == ids
     finally:
         hanging.cancel()
@@ -623,8 +631,6 @@ async def test_writers_of_one_partition_key_commit_in_the_order_of_their_rows(
     assert await outbox.message_ids() == [first.event_id, second.event_id]
 
 
-
-
 # -- the documentation and the example -----------------------------------------------------
 
 
@@ -646,6 +652,7 @@ def test_the_sqlite_example_commits_publishes_and_rolls_back() -> None:
         "orders: 1, outbox rows: {'pending': 0, 'sent': 1, 'dead': 0}",
     ]
 
+
 # -- kill -9 -----------------------------------------------------------------------------
 
 
@@ -653,9 +660,7 @@ def test_the_sqlite_example_commits_publishes_and_rolls_back() -> None:
 async def test_a_relay_process_killed_with_sigkill_ten_times_loses_nothing(
     db: Database, redis_url: str, key_prefix: str, tmp_path: Path, record_property: Any
 ) -> None:
-    result = await soak(
-        db, redis_url, key_prefix, sends=1000, kills=10, log=tmp_path / "relay.log"
-    )
+    result = await soak(db, redis_url, key_prefix, sends=1000, kills=10, log=tmp_path / "relay.log")
     print(f"soak on {db.kind}: {result}")
     record_property("soak", str(result))
     assert result.kills == 10
