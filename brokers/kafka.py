@@ -537,11 +537,9 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
                 assigned = consumer.assignment()
                 consumer.resume(*(tp for tp in self._paused if tp in assigned))
                 self._paused = ()
-            return await consumer.getmany(timeout_ms=poll_ms, max_records=self._prefetch)  # type: ignore[no-any-return]
+            return await consumer.getmany(timeout_ms=poll_ms)  # type: ignore[no-any-return]
         if open_:
-            getting = asyncio.ensure_future(
-                consumer.getmany(*open_, timeout_ms=poll_ms, max_records=self._prefetch)
-            )
+            getting = asyncio.ensure_future(consumer.getmany(*open_, timeout_ms=poll_ms))
         else:
             now = asyncio.get_running_loop().time()
             if self._full_since is None:
@@ -834,7 +832,8 @@ class KafkaMessageBroker(BrokerLifecycle):
         self.commit_interval = commit_interval
         """Seconds between a group subscription's commits."""
         self.prefetch = prefetch
-        """Records per partition fetched ahead of the handlers, at most."""
+        """Records a partition holds ahead of its handlers before it is fetched
+        from again (plus what one fetch brings, max_partition_fetch_bytes)."""
         self.dead_letter_limit = dead_letter_limit
         """The most dead letters `dead_letters()` returns (the newest)."""
         self.timeout = timeout
