@@ -66,6 +66,11 @@ class Mediator:
     they were raised, then cleared. Nothing is emitted when `handle` raises.
     Events belong to the send that raised them, even when a container hands
     one handler instance to concurrent sends (see `RaisesEvents`).
+
+    `unit_of_work`, when given, is entered around each whole send (handler,
+    local event handlers and publishing), so the outbox makes a send one
+    database transaction: ``Mediator(..., unit_of_work=outbox.unit_of_work)``
+    (see `mediator.outbox`). Without it the send path pays nothing for it.
     """
 
     __slots__ = (
