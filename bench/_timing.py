@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Awaitable, Callable
 
@@ -39,3 +40,39 @@ async def compare(
         f"ratio {ratio:5.2f} (budget <= {budget}) {verdict}"
     )
     return ratio
+
+
+async def interleaved(bodies: list[Body], n: int, repeats: int) -> list[list[float]]:
+    """Seconds per operation of each body in each of `repeats` rounds of `n`
+    operations, the bodies taking turns, in reverse order every other round.
+    On a busy machine a server's round trip drifts by more than our overhead;
+    runs made side by side drift together, so the median of their ratios is
+    steady where best-of-N is not."""
+    for body in bodies:
+        await body(max(1, n // 5))
+    times: list[list[float]] = [[] for _ in bodies]
+    order = list(enumerate(bodies))
+    for _ in range(repeats):
+        for index, body in order:
+            started = time.perf_counter()
+            await body(n)
+            times[index].append((time.perf_counter() - started) / n)
+        order.reverse()
+    return times
+
+
+def rate_line(
+    title: str, base: list[float], cand: list[float], floor: float | None, than: str = "raw"
+) -> float:
+    """Print one figure: the median seconds per operation of each side, and
+    our rate as a multiple of `than`'s (higher is better: the median of the
+    ratios of rounds run side by side), against `floor`; return the rate."""
+    rate = statistics.median(b / c for b, c in zip(base, cand, strict=True))
+    verdict = "(no budget)"
+    if floor is not None:
+        verdict = f"(budget >= {floor}) " + ("ok" if rate >= floor else "OVER BUDGET")
+    print(
+        f"{title:<58} {than:<10} {statistics.median(base) * 1e6:8.2f} us  "
+        f"mediator {statistics.median(cand) * 1e6:8.2f} us  rate {rate:6.3f}x {verdict}"
+    )
+    return rate

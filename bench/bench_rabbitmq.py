@@ -35,12 +35,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import statistics
 import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -52,6 +52,10 @@ from faststream import AckPolicy
 from faststream.rabbit import Channel, ExchangeType, QueueType, RabbitBroker
 from faststream.rabbit import RabbitExchange as FSExchange
 from faststream.rabbit import RabbitQueue as FSQueue
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _timing import Body, interleaved, rate_line
 
 from brokers.rabbitmq import RabbitMQMessageBroker
 from mediator import (
@@ -69,8 +73,6 @@ PREFETCH = 16
 BATCH = 10
 """Events in one send: one batch."""
 QUORUM = {"x-queue-type": "quorum"}
-
-Body = Callable[[int], Awaitable[None]]
 
 
 @attrs.frozen(kw_only=True)
@@ -108,37 +110,6 @@ def raw_message(message: Message) -> aio_pika.Message:
         type=message.message_name,
         headers=dict(message.headers),
     )
-
-
-def line(title: str, base: list[float], cand: list[float], floor: float | None, than: str) -> float:
-    """Median seconds per message of each side and our rate as a multiple of
-    the other's (the median of the ratios of rounds run side by side)."""
-    rate = statistics.median(b / c for b, c in zip(base, cand, strict=True))
-    verdict = "(no budget)"
-    if floor is not None:
-        verdict = f"(budget >= {floor}) " + ("ok" if rate >= floor else "OVER BUDGET")
-    print(
-        f"{title:<52} {than:<10} {statistics.median(base) * 1e6:8.1f} us  "
-        f"mediator {statistics.median(cand) * 1e6:8.1f} us  rate {rate:5.3f}x {verdict}"
-    )
-    return rate
-
-
-async def interleaved(bodies: list[Body], n: int, repeats: int) -> list[list[float]]:
-    """Seconds per operation of each body in each of `repeats` rounds of `n`,
-    the bodies taking turns, in reverse order every other round: the server's
-    latency drifts, and runs made side by side drift together."""
-    for body in bodies:
-        await body(max(1, n // 5))
-    times: list[list[float]] = [[] for _ in bodies]
-    order = list(enumerate(bodies))
-    for _ in range(repeats):
-        for index, body in order:
-            started = time.perf_counter()
-            await body(n)
-            times[index].append((time.perf_counter() - started) / n)
-        order.reverse()
-    return times
 
 
 # -- publishing ------------------------------------------------------------------
@@ -194,8 +165,8 @@ async def publishing(
 
     bodies = [await purged(b) for b in (raw_publish, send_message, fs_publish)]
     raw, ours, fs = await interleaved(bodies, n, repeats)
-    line("publish one event, confirmed: send_message", raw, ours, 0.9, "raw")
-    line("", fs, ours, 1.0, "FastStream")
+    rate_line("publish one event, confirmed: send_message", raw, ours, 0.9, "raw")
+    rate_line("", fs, ours, 1.0, "FastStream")
 
     messages = [envelope(number) for number in range(BATCH)]
     outgoing = [(broker.routing_key(m), encode_message(m), m) for m in messages]
@@ -232,14 +203,14 @@ async def publishing(
     bodies = [await purged(b) for b in (raw_batch, send_messages, fs_batch)]
     raw, ours, fs = await interleaved(bodies, batches, repeats)
     per_message = [[t / BATCH for t in side] for side in (raw, ours, fs)]
-    line(
+    rate_line(
         f"publish the {BATCH} events of one send: send_messages",
         per_message[0],
         per_message[1],
         0.9,
         "raw",
     )
-    line("", per_message[2], per_message[1], 1.0, "FastStream")
+    rate_line("", per_message[2], per_message[1], 1.0, "FastStream")
 
     await faststream.stop()
     await sink.delete(if_unused=False, if_empty=False)
@@ -416,8 +387,10 @@ async def consuming(
             raw_times.append(results[0])
             our_times.append(results[1])
             fs_times.append(results[2])
-    line(f"consume {m} in a group: EventConsumer, typed, ack", raw_times, our_times, 0.8, "raw")
-    line("", fs_times, our_times, 1.0, "FastStream")
+    rate_line(
+        f"consume {m} in a group: EventConsumer, typed, ack", raw_times, our_times, 0.8, "raw"
+    )
+    rate_line("", fs_times, our_times, 1.0, "FastStream")
 
 
 async def _ours(connection: AbstractRobustConnection, prefix: str, m: int) -> float:

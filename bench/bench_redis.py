@@ -65,7 +65,7 @@ from redis.asyncio.connection import AbstractConnection
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _timing import Body
+from _timing import interleaved, rate_line
 
 from brokers.redis import RedisPubSubBroker, RedisStreamBroker
 from mediator import (
@@ -95,38 +95,6 @@ class Tick(NotificationEvent):
 
 def envelope(number: int) -> Message:
     return MessageCodec.to_message(Tick(number=number), HEADERS)
-
-
-def line(title: str, base: list[float], cand: list[float], floor: float | None) -> None:
-    """One figure: median seconds per operation of each side, and our rate as a multiple
-    of the raw rate (higher is better), the median of the ratios of runs made side by
-    side, against `floor`."""
-    rate = statistics.median(b / c for b, c in zip(base, cand, strict=True))
-    verdict = "(no budget)"
-    if floor is not None:
-        verdict = f"(budget >= {floor}) " + ("ok" if rate >= floor else "OVER BUDGET")
-    print(
-        f"{title:<58} baseline {statistics.median(base) * 1e6:7.2f} us  "
-        f"mediator {statistics.median(cand) * 1e6:7.2f} us  rate {rate:5.3f}x raw {verdict}"
-    )
-
-
-async def interleaved(bodies: list[Body], n: int, repeats: int) -> list[list[float]]:
-    """Seconds per operation of each body in each of `repeats` rounds of `n` operations,
-    the bodies taking turns, in reverse order every other round. On a busy machine the
-    round trip to Redis drifts by more than our overhead; runs made side by side drift
-    together, so the median of their ratios is steady where best-of-N is not."""
-    for body in bodies:
-        await body(n)
-    times: list[list[float]] = [[] for _ in bodies]
-    order = list(enumerate(bodies))
-    for _ in range(repeats):
-        for index, body in order:
-            started = time.perf_counter()
-            await body(n)
-            times[index].append((time.perf_counter() - started) / n)
-        order.reverse()
-    return times
 
 
 def rss_mib() -> float:
@@ -182,8 +150,8 @@ async def publishing(client: Redis, prefix: str, n: int, batches: int, repeats: 
             await emitter.emit(event)
 
     raw, ours, emitted = await interleaved([raw_publish, send_message, emit], n, repeats)
-    line("publish one NotificationEvent: send_message", raw, ours, 0.9)
-    line("  EventEmitter.emit(event): envelope, headers, encode", raw, emitted, None)
+    rate_line("publish one NotificationEvent: send_message", raw, ours, 0.9)
+    rate_line("  EventEmitter.emit(event): envelope, headers, encode", raw, emitted, None)
 
     k = 10
     messages = [envelope(number) for number in range(k)]
@@ -202,7 +170,7 @@ async def publishing(client: Redis, prefix: str, n: int, batches: int, repeats: 
             await send(messages)
 
     raw_batch, ours_batch = await interleaved([raw_pipeline, send_messages], batches, repeats)
-    line(f"publish the {k} events of one send: send_messages", raw_batch, ours_batch, 0.9)
+    rate_line(f"publish the {k} events of one send: send_messages", raw_batch, ours_batch, 0.9)
 
     with counting_writes() as batch_writes:
         await broker.send_messages(messages)
@@ -352,7 +320,7 @@ async def consuming(
         if run:
             base.append(raw / m)
             cand.append(ours / m)
-    line(f"consume {m} by pattern: EventConsumer, typed handler", base, cand, 0.8)
+    rate_line(f"consume {m} by pattern: EventConsumer, typed handler", base, cand, 0.8)
 
     points = (long_m // 10, long_m // 2, long_m)
     _, samples = await through_consumer(client, publisher, f"{prefix}-long", datas, long_m, points)
@@ -458,7 +426,7 @@ async def stream_consuming(
         if run:
             base.append(raw / m)
             cand.append(ours / m)
-    line(f"consume {m} from Streams in a group: EventConsumer, typed", base, cand, 0.7)
+    rate_line(f"consume {m} from Streams in a group: EventConsumer, typed", base, cand, 0.7)
 
 
 async def main(quick: bool) -> None:
