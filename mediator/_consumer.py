@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
@@ -85,6 +86,7 @@ class _Undone(Exception):
 
     def __init__(self, outcome: _Outcome) -> None:
         self.outcome = outcome
+
 
 _Report = tuple[str, str | None]
 """How a delivery was settled ("handled", "released", "dead_lettered") and why."""
@@ -367,7 +369,8 @@ class EventConsumer(RunsUntilStopped):
                 )
                 report = await self._dead_letter(delivery, exc.reason.value, exc.detail)
                 return
-            message_id = str(message.message_id)
+            # Formatted only if a log line needs it: str() of a UUID is not free.
+            message_id = message.message_id
             consuming: Consuming | None = None
             scope: AbstractContextManager[object] = _NO_SCOPE
             if self._interceptors:
@@ -401,7 +404,7 @@ class EventConsumer(RunsUntilStopped):
             report = await self._release(
                 delivery,
                 f"unexpected error: {exc!r}",
-                None if message is None else str(message.message_id),
+                None if message is None else message.message_id,
             )
         finally:
             stats.in_flight -= 1
@@ -482,7 +485,9 @@ class EventConsumer(RunsUntilStopped):
             self._inbox_bindings[event_type] = bindings
         return bindings
 
-    async def _settle(self, delivery: Delivery, outcome: _Outcome, message_id: str) -> _Report:
+    async def _settle(
+        self, delivery: Delivery, outcome: _Outcome, message_id: uuid.UUID
+    ) -> _Report:
         if outcome is _HANDLED:
             await delivery.ack()
             self.stats.handled += 1
@@ -533,7 +538,7 @@ class EventConsumer(RunsUntilStopped):
         self.stats.dead_lettered_by_reason[reason] += 1
         return ("dead_lettered", reason)
 
-    async def _release(self, delivery: Delivery, why: str, message_id: str | None) -> _Report:
+    async def _release(self, delivery: Delivery, why: str, message_id: uuid.UUID | None) -> _Report:
         if delivery.delivery_count >= self._max_deliveries:
             logger.error(
                 "dead-lettering message %s from %s after %d deliveries: %s",
