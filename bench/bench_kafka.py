@@ -400,7 +400,7 @@ async def main(quick: bool) -> None:
             await publishing(server, prefix, n=100, batches=20, repeats=5)
             await consuming(server, admin, prefix, m=2_000, repeats=1)
         else:
-            await publishing(server, prefix, n=500, batches=100, repeats=15)
+            await publishing(server, prefix, n=300, batches=60, repeats=31)
             await consuming(server, admin, prefix, m=20_000, repeats=5)
     finally:
         left = [topic for topic in await admin.list_topics() if topic.startswith(prefix)]
