@@ -48,7 +48,7 @@ import contextlib
 import logging
 import re
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
@@ -80,7 +80,6 @@ from mediator.transport import (
     PublishError,
     ReconnectingSubscription,
     encode_message,
-    map_errors,
     quote,
 )
 
@@ -203,6 +202,24 @@ def _servers(url: str) -> list[str]:
 
 def _header_value(value: str | bytes) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
+
+
+@contextlib.contextmanager
+def _kafka_errors(doing: str, servers: Sequence[str]) -> Iterator[None]:
+    """aiokafka's errors (and a timeout) as the library's, saying what to check."""
+    try:
+        yield
+    except _AUTH_ERRORS as exc:
+        raise CredentialError(
+            f"Kafka refused the credential or the right while {doing} ({quote(repr(exc))}); "
+            "check client_options (security_protocol, sasl_*, ssl_context) and the ACLs"
+        ) from exc
+    except (kafka_errors.KafkaError, OSError) as exc:
+        what = "no answer in time" if isinstance(exc, TimeoutError) else quote(repr(exc))
+        raise BrokerUnavailableError(
+            f"{doing} on Kafka at {','.join(servers)} failed ({what}); check bootstrap_servers "
+            "and that the brokers run, or raise timeout="
+        ) from exc
 
 
 class _Partition:
@@ -1032,15 +1049,8 @@ class KafkaMessageBroker(BrokerLifecycle):
         given it its partitions."""
         subscription = KafkaSubscription(self, pattern, group)
         try:
-            with map_errors(
-                f"subscribing to {quote(pattern, 200)} on Kafka at "
-                f"{','.join(self.bootstrap_servers)}",
-                {
-                    _AUTH_ERRORS: CredentialError,
-                    TimeoutError: BrokerUnavailableError,
-                    (kafka_errors.KafkaError, OSError): BrokerUnavailableError,
-                },
-            ):
+            doing = f"subscribing to {quote(repr(pattern), 200)}"
+            with _kafka_errors(doing, self.bootstrap_servers):
                 await subscription.open()
         except BaseException:
             await subscription.close()
@@ -1070,13 +1080,7 @@ class KafkaMessageBroker(BrokerLifecycle):
     async def dead_letters(self) -> list[DeadLetterRecord]:
         """The newest `dead_letter_limit` records of ``{prefix}.dead-letter``,
         oldest first (as far as the topic's retention kept them)."""
-        with map_errors(
-            f"reading {self.dead_letter_topic} on Kafka",
-            {
-                _AUTH_ERRORS: CredentialError,
-                (kafka_errors.KafkaError, OSError): BrokerUnavailableError,
-            },
-        ):
+        with _kafka_errors(f"reading {self.dead_letter_topic}", self.bootstrap_servers):
             async with asyncio.timeout(self.timeout):
                 return await self._read_dead_letters()
 
@@ -1126,13 +1130,7 @@ class KafkaMessageBroker(BrokerLifecycle):
     # -- lifecycle ---------------------------------------------------------
 
     async def _open(self) -> None:
-        with map_errors(
-            f"connecting to Kafka at {','.join(self.bootstrap_servers)}",
-            {
-                _AUTH_ERRORS: CredentialError,
-                (kafka_errors.KafkaError, OSError): BrokerUnavailableError,
-            },
-        ):
+        with _kafka_errors("connecting", self.bootstrap_servers):
             async with asyncio.timeout(self.timeout):
                 await self._admin()
 

@@ -765,8 +765,8 @@ async def test_publish_failures_reach_the_caller_with_what_to_do(
 
 async def test_an_unreachable_broker_fails_start_and_subscribe_with_the_address() -> None:
     broker = KafkaMessageBroker("127.0.0.1:1", timeout=5)
-    with pytest.raises(BrokerUnavailableError, match=r"127\.0\.0\.1:1"):
+    with pytest.raises(BrokerUnavailableError, match=r"127\.0\.0\.1:1.*check bootstrap_servers"):
         await broker.start()
-    with pytest.raises(BrokerUnavailableError, match=r"subscribing .*127\.0\.0\.1:1"):
+    with pytest.raises(BrokerUnavailableError, match=r"subscribing to 'app:\*' on .*:1 "):
         await broker.subscribe("app:*")
     await broker.stop()
