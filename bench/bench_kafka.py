@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -56,7 +55,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _timing import interleaved, rate_line
 
 from brokers.kafka import KafkaMessageBroker
 from mediator import EventConsumer, EventMap, Message, MessageCodec, NotificationEvent
@@ -69,8 +71,6 @@ BATCH = 10
 PARTITIONS = 4
 KEYS = 64
 """Distinct partition keys among the records."""
-
-Body = Callable[[int], Awaitable[None]]
 
 
 @attrs.frozen(kw_only=True)
@@ -112,37 +112,6 @@ def record_of(message: Message) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
     """Value, key and headers, as the broker writes them."""
     key = (message.partition_key or "").encode()
     return encode(message), key, [(k, v.encode()) for k, v in message.headers.items()]
-
-
-def line(title: str, base: list[float], cand: list[float], floor: float | None, than: str) -> float:
-    """Median seconds per record of each side and our rate as a multiple of
-    the other's (the median of the ratios of rounds run side by side)."""
-    rate = statistics.median(b / c for b, c in zip(base, cand, strict=True))
-    verdict = "(no budget)"
-    if floor is not None:
-        verdict = f"(budget >= {floor}) " + ("ok" if rate >= floor else "OVER BUDGET")
-    print(
-        f"{title:<54} {than:<10} {statistics.median(base) * 1e6:8.1f} us  "
-        f"mediator {statistics.median(cand) * 1e6:8.1f} us  rate {rate:6.3f}x {verdict}"
-    )
-    return rate
-
-
-async def interleaved(bodies: list[Body], n: int, repeats: int) -> list[list[float]]:
-    """Seconds per operation of each body in each of `repeats` rounds of `n`,
-    the bodies taking turns, in reverse order every other round: the broker's
-    latency drifts, and runs made side by side drift together."""
-    for body in bodies:
-        await body(max(1, n // 5))
-    times: list[list[float]] = [[] for _ in bodies]
-    order = list(enumerate(bodies))
-    for _ in range(repeats):
-        for index, body in order:
-            started = time.perf_counter()
-            await body(n)
-            times[index].append((time.perf_counter() - started) / n)
-        order.reverse()
-    return times
 
 
 # -- publishing ------------------------------------------------------------------
@@ -190,8 +159,8 @@ async def publishing(server: Server, prefix: str, n: int, batches: int, repeats:
             await publish(value, topic, key=key, headers=HEADERS)
 
     raw_times, ours, fs = await interleaved([raw_publish, send_message, fs_publish], n, repeats)
-    line("publish one event, acknowledged: send_message", raw_times, ours, 0.9, "raw")
-    line("", fs, ours, 1.0, "FastStream")
+    rate_line("publish one event, acknowledged: send_message", raw_times, ours, 0.9, "raw")
+    rate_line("", fs, ours, 1.0, "FastStream")
 
     outgoing = [record_of(m) for m in messages]
 
@@ -212,14 +181,14 @@ async def publishing(server: Server, prefix: str, n: int, batches: int, repeats:
 
     raw_times, ours, fs = await interleaved([raw_batch, send_messages, fs_batch], batches, repeats)
     per_record = [[t / BATCH for t in side] for side in (raw_times, ours, fs)]
-    line(
+    rate_line(
         f"publish the {BATCH} events of one send: send_messages",
         per_record[0],
         per_record[1],
         0.9,
         "raw",
     )
-    line("", per_record[2], per_record[1], 1.0, "FastStream")
+    rate_line("", per_record[2], per_record[1], 1.0, "FastStream")
 
     await faststream.stop()
     await raw.stop()
@@ -374,9 +343,9 @@ async def consuming(server: Server, admin: Any, prefix: str, m: int, repeats: in
             for side in sides:
                 times[side].append(results[side])
     title = f"consume {m} in a group: EventConsumer, typed, committed"
-    line(title, times["raw"], times["ours"], 0.5, "raw")
-    line("", times["fs"], times["ours"], 1.0, "FastStream")
-    line("  the same, ordered=False", times["raw"], times["unordered"], None, "raw")
+    rate_line(title, times["raw"], times["ours"], 0.5, "raw")
+    rate_line("", times["fs"], times["ours"], 1.0, "FastStream")
+    rate_line("  the same, ordered=False", times["raw"], times["unordered"], None, "raw")
 
 
 async def main(quick: bool) -> None:

@@ -21,6 +21,7 @@ import sys
 
 from brokers.kafka import KafkaMessageBroker
 from mediator import EventConsumer
+from mediator.testing import wait_until
 from shop import billing_events
 
 
@@ -38,7 +39,7 @@ async def main() -> None:
         await consumer.subscribe(f"{prefix}:notification_event:Order*", group="billing")
         async with consumer:  # the group has its partitions from here
             try:
-                await consumer.wait_until(lambda stats: stats.handled >= count, timeout=30)
+                await wait_until(consumer, lambda stats: stats.handled >= count, timeout=30)
             except TimeoutError:
                 sys.exit(f"handled {consumer.stats.handled} of {count} events in 30 s")
 

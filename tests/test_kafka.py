@@ -44,6 +44,7 @@ from mediator import (
     correlation_scope,
     encode_message,
 )
+from mediator.testing import wait_until
 from mediator.transport import GlobPattern
 from tests.kafka_support import KafkaServer, start_tansu, unavailable
 from tests.transports import KafkaTransport
@@ -299,7 +300,7 @@ async def test_records_of_one_key_are_handled_in_order_and_partitions_concurrent
     steps = [Step(key=key, n=n) for n in range(50) for key in (first, second)]
     async with consumer:
         await EventEmitter(message_broker=kafka.new_broker()).emit_all(steps)
-        await consumer.wait_until(lambda s: s.handled >= 100, timeout=20)
+        await wait_until(consumer, lambda s: s.handled >= 100, timeout=20)
     assert order == {first: list(range(50)), second: list(range(50))}
 
 
@@ -339,7 +340,7 @@ async def test_a_partitions_next_record_waits_for_the_one_in_flight_unless_unord
         else:
             await until((key, 1))  # unordered: it runs beside the one held
         gate.set()
-        await consumer.wait_until(lambda s: s.handled >= 3)
+        await wait_until(consumer, lambda s: s.handled >= 3)
     assert started.index((key, 0)) < started.index((key, 1))
 
 
@@ -366,7 +367,7 @@ async def test_a_slow_record_holds_its_partitions_commit_and_comes_back_after_a_
         await EventEmitter(message_broker=kafka.new_broker()).emit_all(
             [Step(key="one", n=n) for n in range(10)]
         )
-        await consumer.wait_until(lambda s: s.handled >= 9)
+        await wait_until(consumer, lambda s: s.handled >= 9)
         assert held.is_set()
     assert sorted(handled) == list(range(1, 10))
 
@@ -388,7 +389,7 @@ async def test_a_slow_record_holds_its_partitions_commit_and_comes_back_after_a_
     again = EventConsumer(broker=kafka.new_broker(ordered=False), event_map=events)
     await again.subscribe(f"{kafka.prefix}:notification_event:Step", group="holding")
     async with again:
-        await again.wait_until(lambda s: 0 in handled and s.handled >= 10)
+        await wait_until(again, lambda s: 0 in handled and s.handled >= 10)
     assert (await committed())[partition] == 10
 
 
@@ -419,7 +420,7 @@ async def test_handlers_slower_than_max_poll_interval_keep_their_member_in_the_g
         await EventEmitter(message_broker=kafka.new_broker()).emit_all(
             [Step(key=keys[n % 3], n=n) for n in range(12)]
         )
-        await consumer.wait_until(lambda s: s.handled >= 12, timeout=30)
+        await wait_until(consumer, lambda s: s.handled >= 12, timeout=30)
     taken = [
         r.getMessage()
         for r in caplog.records
@@ -445,7 +446,7 @@ async def test_a_poison_record_ends_in_the_dead_letter_topic_with_its_source(
     await consumer.subscribe(f"{kafka.prefix}:notification_event:*", group="poisoned")
     async with consumer:
         await EventEmitter(message_broker=kafka.new_broker()).emit(Step(key="p", n=7))
-        await consumer.wait_until(lambda s: s.dead_lettered >= 1)
+        await wait_until(consumer, lambda s: s.dead_lettered >= 1)
     assert consumer.stats.released == 2
 
     topic = f"{kafka.prefix}.notification_event.Step"
@@ -484,7 +485,7 @@ async def test_a_dead_letter_keeps_a_bounded_value_with_the_size_and_hash_of_the
     body = b"not json " * 20_000
     async with consumer:
         await kafka.publish_raw(channel, body)
-        await consumer.wait_until(lambda s: s.dead_lettered >= 1)
+        await wait_until(consumer, lambda s: s.dead_lettered >= 1)
     [record] = await kafka.broker.dead_letters()
     assert record.reason == "not_json"
     assert record.data == body[: 64 * 1024]
