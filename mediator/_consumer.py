@@ -31,6 +31,10 @@ __all__ = ["ConsumerInbox", "ConsumerStats", "EventConsumer", "Settled"]
 
 logger = logging.getLogger("mediator.consumer")
 
+CONSUMER_CREATED: list[Callable[[EventConsumer], None]] = []
+"""Called with every EventConsumer as it is built; empty unless a tool
+(`mediator.testing`, once imported) watches consumers from their start."""
+
 HANDLER_FAILED = "handler_failed"
 """Dead-letter reason of a message whose handler failed past its policy."""
 REJECTED = "rejected"
@@ -214,6 +218,8 @@ class EventConsumer(RunsUntilStopped):
         self._stop_requested: asyncio.Event | None = None
         self._failure: BaseException | None = None
         self._listeners: list[Callable[[Settled], None]] = []
+        for hook in CONSUMER_CREATED:
+            hook(self)
         self._draining: asyncio.Future[None] | None = None
 
     # -- subscriptions -----------------------------------------------------

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from mediator._broker import MessageBroker
-from mediator._consumer import ConsumerStats, EventConsumer, Settled
+from mediator._consumer import CONSUMER_CREATED, ConsumerStats, EventConsumer, Settled
 from mediator._events import Event
 from mediator._limits import quote
 from mediator._message import Message
@@ -46,6 +47,26 @@ E = TypeVar("E", bound=Event)
 
 _RECENT = 20
 """How many settled deliveries a `WaitTimeout` lists."""
+_HISTORY = 10_000
+"""How many handled events each consumer's history keeps for `wait_for_event`."""
+
+_handled: weakref.WeakKeyDictionary[EventConsumer, deque[Event]] = weakref.WeakKeyDictionary()
+
+
+def _watch_from_the_start(consumer: EventConsumer) -> None:
+    # Every consumer built once this module is imported keeps its handled
+    # events, so a wait that starts after the event arrived still sees it.
+    history: deque[Event] = deque(maxlen=_HISTORY)
+    _handled[consumer] = history
+
+    def record(settled: Settled) -> None:
+        if settled.outcome == "handled" and settled.event is not None:
+            history.append(settled.event)
+
+    consumer.add_listener(record)
+
+
+CONSUMER_CREATED.append(_watch_from_the_start)
 
 
 class WaitTimeout(TimeoutError):
@@ -137,8 +158,13 @@ async def wait_for_event(
     where: Callable[[E], bool] | None = None,
     timeout: float = 5.0,
 ) -> E:
-    """Wait until the consumer has handled an `event_type` event (matching
-    `where`, if given) from now on, and return it.
+    """Return the first `event_type` event (matching `where`, if given) the
+    consumer handled, waiting for it if it has not been handled yet.
+
+    "First" counts from when the consumer was built, for every consumer
+    built after `mediator.testing` was imported (it keeps the last 10,000
+    handled events of each), so it does not matter whether the event arrived
+    before or after the wait began; otherwise it counts from the call.
 
     ```python
     paid = await wait_for_event(consumer, OrderPaid, where=lambda e: e.order_id == 7)
@@ -146,14 +172,16 @@ async def wait_for_event(
     """
     found: list[E] = []
 
-    def done(settled: Settled | None) -> bool:
-        if settled is None or settled.outcome != "handled":
-            return False
-        event = settled.event
+    def matches(event: Event | None) -> bool:
         if isinstance(event, event_type) and (where is None or where(event)):
             found.append(event)
             return True
         return False
+
+    def done(settled: Settled | None) -> bool:
+        if settled is None:
+            return any(matches(event) for event in _handled.get(consumer, ()))
+        return settled.outcome == "handled" and matches(settled.event)
 
     what = f"a handled {event_type.__qualname__}"
     if where is not None:

@@ -56,3 +56,14 @@ async def test_wait_until_checks_before_waiting(consumer: EventConsumer) -> None
     assert stats.received == 0
     with pytest.raises(WaitTimeout, match=r"stats: .*s\.handled >= 1"):
         await wait_until(consumer, lambda s: s.handled >= 1, timeout=0.01)
+
+
+async def test_wait_for_event_sees_an_event_handled_before_the_wait(
+    consumer: EventConsumer,
+) -> None:
+    emitter = EventEmitter(message_broker=consumer.broker)
+    async with consumer:
+        await emitter.emit(Paid(order_id=7))
+        await wait_until(consumer, lambda s: s.handled >= 1)
+        paid = await wait_for_event(consumer, Paid, timeout=0.01)
+    assert paid.order_id == 7
