@@ -9,7 +9,7 @@ named under a prefix unique to the run (``bench-<hex>``) and deleted at
 the end. Tansu has no idempotent producer: there, no side uses one; on a
 cluster, every side does.
 
-Budgets (DESIGN.md):
+Budgets (README.md, "Benchmarks"):
 
 - publishing: at least 0.9x raw aiokafka doing the same work: the same
   bytes, key and headers to the same topic with ``acks="all"``, one event

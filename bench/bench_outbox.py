@@ -3,7 +3,7 @@ time from a commit to its publish; on SQLite and PostgreSQL, in one run.
 
     python bench/bench_outbox.py [--quick] [--soak SENDS]
 
-Budget (DESIGN.md, "Budgets"): a send that writes a row and one broker-bound
+Budget (README.md, "Benchmarks"): a send that writes a row and one broker-bound
 event through the outbox costs at most 1.3 x the same send written by hand:
 one transaction inserting the row and the event's envelope into the outbox
 table. Reported, with no budget: relay throughput (rows claimed, published to

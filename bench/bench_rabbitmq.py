@@ -7,7 +7,7 @@ RabbitMQ's address comes from ``AMQP_URL`` (default
 ``amqp://guest:guest@127.0.0.1:5672/``). Every exchange and queue is named
 under a prefix unique to the run (``bench-<hex>``) and deleted at the end.
 
-Budgets (DESIGN.md, "Every other transport"):
+Budgets (README.md, "Benchmarks"):
 
 - publishing: at least 0.9x raw aio-pika doing the same work: the same
   bytes to the same topic exchange, persistent, mandatory, with publisher
