@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -76,3 +77,29 @@ def rate_line(
         f"mediator {statistics.median(cand) * 1e6:8.2f} us  rate {rate:6.3f}x {verdict}"
     )
     return rate
+
+
+class Progress:
+    """How many of `total` messages a consumer handled, with the times of the
+    first and the last: the consume benches time from the first delivery, so
+    that subscribing and the first fetch are not counted."""
+
+    __slots__ = ("count", "done", "first", "last", "total")
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.count = 0
+        self.first = self.last = 0.0
+        self.done = asyncio.Event()
+
+    def tick(self) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.first = time.perf_counter()
+        if self.count == self.total:
+            self.last = time.perf_counter()
+            self.done.set()
+
+    def per_message(self) -> float:
+        """Seconds per message between the first and the last."""
+        return (self.last - self.first) / (self.total - 1)

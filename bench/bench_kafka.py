@@ -40,7 +40,6 @@ import functools
 import os
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -58,7 +57,7 @@ from faststream.kafka import KafkaBroker
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _timing import interleaved, rate_line
+from _timing import Progress, interleaved, rate_line
 
 from brokers.kafka import KafkaMessageBroker
 from mediator import EventConsumer, EventMap, Message, MessageCodec, NotificationEvent
@@ -198,29 +197,6 @@ async def publishing(server: Server, prefix: str, n: int, batches: int, repeats:
 # -- consuming in a group ----------------------------------------------------------
 
 
-class Progress:
-    """Handled-record count, with the times of the first and the last."""
-
-    __slots__ = ("count", "done", "first", "last", "total")
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.count = 0
-        self.first = self.last = 0.0
-        self.done = asyncio.Event()
-
-    def tick(self) -> None:
-        self.count += 1
-        if self.count == 1:
-            self.first = time.perf_counter()
-        if self.count == self.total:
-            self.last = time.perf_counter()
-            self.done.set()
-
-    def per_record(self) -> float:
-        return (self.last - self.first) / (self.total - 1)
-
-
 async def fill(server: Server, admin: Any, topic: str, m: int) -> None:
     """Create `topic` and write `m` records to it, 500 handed over at a time."""
     await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
@@ -269,7 +245,7 @@ async def raw_consume(server: Server, topic: str, m: int) -> float:
                 await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batches.items()})
     finally:
         await consumer.stop()
-    return progress.per_record()
+    return progress.per_message()
 
 
 async def through_consumer(server: Server, prefix: str, m: int, ordered: bool) -> float:
@@ -297,7 +273,7 @@ async def through_consumer(server: Server, prefix: str, m: int, ordered: bool) -
         await progress.done.wait()
     await broker.stop()
     assert consumer.stats.handled == m, consumer.stats
-    return progress.per_record()
+    return progress.per_message()
 
 
 async def faststream_consume(server: Server, topic: str, m: int) -> float:
@@ -319,7 +295,7 @@ async def faststream_consume(server: Server, topic: str, m: int) -> float:
     await broker.start()
     await progress.done.wait()
     await broker.stop()
-    return progress.per_record()
+    return progress.per_message()
 
 
 async def consuming(server: Server, admin: Any, prefix: str, m: int, repeats: int) -> None:

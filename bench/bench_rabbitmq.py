@@ -36,7 +36,6 @@ import asyncio
 import functools
 import os
 import sys
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -55,7 +54,7 @@ from faststream.rabbit import RabbitQueue as FSQueue
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _timing import Body, interleaved, rate_line
+from _timing import Body, Progress, interleaved, rate_line
 
 from brokers.rabbitmq import RabbitMQMessageBroker
 from mediator import (
@@ -219,29 +218,6 @@ async def publishing(
 
 
 # -- consuming in a group ----------------------------------------------------------
-
-
-class Progress:
-    """Handled-message count, with the times of the first and the last."""
-
-    __slots__ = ("count", "done", "first", "last", "total")
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.count = 0
-        self.first = self.last = 0.0
-        self.done = asyncio.Event()
-
-    def tick(self) -> None:
-        self.count += 1
-        if self.count == 1:
-            self.first = time.perf_counter()
-        if self.count == self.total:
-            self.last = time.perf_counter()
-            self.done.set()
-
-    def per_message(self) -> float:
-        return (self.last - self.first) / (self.total - 1)
 
 
 async def fill(
