@@ -134,6 +134,23 @@ def counting_map(counted: list[int]) -> EventMap:
     return events
 
 
+def mediator_of(
+    bindings: dict[type[Any], type[Any]],
+    container: Any,
+    counted: list[int],
+    broker: InMemoryMessageBroker | None = None,
+) -> Mediator:
+    """A Mediator over `bindings` whose StockCounted events are counted into `counted`."""
+    requests = RequestMap()
+    for request_type, handler_type in bindings.items():
+        requests.bind(request_type, handler_type)
+    return Mediator(
+        request_map=requests,
+        event_emitter=EventEmitter(event_map=counting_map(counted), message_broker=broker),
+        container=container,
+    )
+
+
 @pytest.mark.parametrize("failing", ["first", "second"])
 async def test_a_singleton_request_handler_emits_only_the_events_of_its_own_send(
     failing: Failing,
@@ -141,13 +158,7 @@ async def test_a_singleton_request_handler_emits_only_the_events_of_its_own_send
     shared = PlaceOrderHandler()
     broker = InMemoryMessageBroker()
     counted: list[int] = []
-    requests = RequestMap()
-    requests.bind(PlaceOrder, PlaceOrderHandler)
-    mediator = Mediator(
-        request_map=requests,
-        event_emitter=EventEmitter(event_map=counting_map(counted), message_broker=broker),
-        container=Singletons(shared),
-    )
+    mediator = mediator_of({PlaceOrder: PlaceOrderHandler}, Singletons(shared), counted, broker)
     failed_id, ok_id = failing_ids(failing)
 
     outcomes = await run_both(
@@ -167,13 +178,7 @@ async def test_a_singleton_request_handler_emits_its_events_once_per_send() -> N
     shared = PlaceOrderHandler()
     broker = InMemoryMessageBroker()
     counted: list[int] = []
-    requests = RequestMap()
-    requests.bind(PlaceOrder, PlaceOrderHandler)
-    mediator = Mediator(
-        request_map=requests,
-        event_emitter=EventEmitter(event_map=counting_map(counted), message_broker=broker),
-        container=Singletons(shared),
-    )
+    mediator = mediator_of({PlaceOrder: PlaceOrderHandler}, Singletons(shared), counted, broker)
 
     assert await run_both(
         mediator.send(PlaceOrder(order_id=1)), mediator.send(PlaceOrder(order_id=2))
@@ -201,13 +206,7 @@ class DiatorStyleHandler:
 async def test_a_shared_diator_style_handler_is_read_and_emptied_after_each_send() -> None:
     shared = DiatorStyleHandler()
     counted: list[int] = []
-    requests = RequestMap()
-    requests.bind(PlaceOrder, DiatorStyleHandler)
-    mediator = Mediator(
-        request_map=requests,
-        event_emitter=EventEmitter(event_map=counting_map(counted)),
-        container=Singletons(shared),
-    )
+    mediator = mediator_of({PlaceOrder: DiatorStyleHandler}, Singletons(shared), counted)
     await mediator.send(PlaceOrder(order_id=1))
     await mediator.send(PlaceOrder(order_id=2))
     assert counted == [1, 2]
@@ -241,13 +240,10 @@ class SoloPlaceOrderHandler(RequestHandler[PlaceOrder, int]):
 async def test_a_send_inside_a_handler_keeps_the_events_of_each_send_apart() -> None:
     outer = OuterHandler()
     counted: list[int] = []
-    requests = RequestMap()
-    requests.bind(Outer, OuterHandler)
-    requests.bind(PlaceOrder, SoloPlaceOrderHandler)
-    mediator = Mediator(
-        request_map=requests,
-        event_emitter=EventEmitter(event_map=counting_map(counted)),
-        container=Singletons(outer, SoloPlaceOrderHandler()),
+    mediator = mediator_of(
+        {Outer: OuterHandler, PlaceOrder: SoloPlaceOrderHandler},
+        Singletons(outer, SoloPlaceOrderHandler()),
+        counted,
     )
     outer.mediator = mediator
     await mediator.send(Outer())
@@ -334,13 +330,7 @@ async def test_a_singleton_streaming_handler_emits_only_the_events_of_its_own_st
     shared = ListOrdersHandler()
     broker = InMemoryMessageBroker()
     counted: list[int] = []
-    requests = RequestMap()
-    requests.bind(ListOrders, ListOrdersHandler)
-    mediator = Mediator(
-        request_map=requests,
-        event_emitter=EventEmitter(event_map=counting_map(counted), message_broker=broker),
-        container=Singletons(shared),
-    )
+    mediator = mediator_of({ListOrders: ListOrdersHandler}, Singletons(shared), counted, broker)
     failed_id, ok_id = failing_ids(failing)
 
     outcomes = await run_both(
@@ -374,13 +364,7 @@ class WatchOrdersHandler(StreamingRequestHandler[ListOrders, int]):
 async def test_a_stream_closed_early_cleans_up_at_once_and_its_late_events_are_dropped() -> None:
     shared = WatchOrdersHandler()
     counted: list[int] = []
-    requests = RequestMap()
-    requests.bind(ListOrders, WatchOrdersHandler)
-    mediator = Mediator(
-        request_map=requests,
-        event_emitter=EventEmitter(event_map=counting_map(counted)),
-        container=Singletons(shared),
-    )
+    mediator = mediator_of({ListOrders: WatchOrdersHandler}, Singletons(shared), counted)
     for order_id in (1, 2):
         async with contextlib.aclosing(mediator.stream(ListOrders(order_id=order_id))) as items:
             async for _ in items:
@@ -411,13 +395,7 @@ class Substituting(Singletons):
 async def test_a_container_may_resolve_a_subclass_that_keeps_its_own_events() -> None:
     shared = PlaceOrderKeepingItsOwnEvents()
     counted: list[int] = []
-    requests = RequestMap()
-    requests.bind(PlaceOrder, SoloPlaceOrderHandler)
-    mediator = Mediator(
-        request_map=requests,
-        event_emitter=EventEmitter(event_map=counting_map(counted)),
-        container=Substituting(shared),
-    )
+    mediator = mediator_of({PlaceOrder: SoloPlaceOrderHandler}, Substituting(shared), counted)
     await mediator.send(PlaceOrder(order_id=1))
     await mediator.send(PlaceOrder(order_id=2))
     assert counted == [1, 2]
