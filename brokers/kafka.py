@@ -236,6 +236,7 @@ class _Partition:
         "next_offset",
         "owned",
         "queued",
+        "recheck",
         "revoked",
         "tp",
         "unsettled",
@@ -262,6 +263,8 @@ class _Partition:
         self.full = False
         """Holding `prefetch` records: not fetched from until half of them are gone."""
         self.queued = False
+        self.recheck = False
+        """A look at whether to queue it is due at the loop's next turn."""
 
     def position(self) -> int | None:
         """The offset to commit: every record below it was handled."""
@@ -298,6 +301,13 @@ class KafkaDelivery(DeliveryBase):
         """aiokafka's ``ConsumerRecord``: topic, partition, offset, key, headers, timestamp."""
         self._subscription = subscription
         self._partition = partition
+
+    def next_in_order(self) -> KafkaDelivery | None:
+        """The record after this one in its partition, when records are
+        handled in order and it has been fetched: taken now, for the task
+        that handled this one to handle next (`EventConsumer` does); None
+        otherwise. Call it only once this delivery is settled."""
+        return self._subscription._next_after(self._partition)
 
     async def _ack(self) -> None:
         self._subscription._settled(self)
@@ -692,8 +702,34 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
             return  # revoked meanwhile: its new reader commits it
         part.in_flight -= 1
         part.settle(delivery.record.offset)
-        self._queue(part)
         self._maybe_resume(part)
+        if not self._ordered:
+            self._queue(part)
+        elif part.waiting and not part.recheck:
+            # The task that handled it usually takes the next record at once
+            # (`next_in_order`); the reader is woken for the partition only
+            # if nobody has by the loop's next turn.
+            part.recheck = True
+            asyncio.get_running_loop().call_soon(self._recheck, part)
+
+    def _recheck(self, part: _Partition) -> None:
+        part.recheck = False
+        self._queue(part)
+
+    def _next_after(self, part: _Partition) -> KafkaDelivery | None:
+        if (
+            not self._ordered
+            or part.in_flight
+            or not part.waiting
+            or not part.owned
+            or part.revoked
+            or self.closed
+        ):
+            return None
+        part.in_flight = 1
+        delivery = part.waiting.popleft()
+        self._maybe_resume(part)
+        return delivery
 
     def _queue(self, part: _Partition, first: bool = False) -> None:
         """Make `part` ready to hand out its next record, if it has one."""

@@ -43,6 +43,10 @@ TOO_MANY_DELIVERIES = "too_many_deliveries"
 """Dead-letter reason of a message released `max_deliveries` times already."""
 
 
+_YIELD_EVERY = 64
+"""Deliveries one task handles in a row before it lets other tasks run."""
+
+
 @attrs.define
 class ConsumerStats:
     """Counters for health checks; read them from `EventConsumer.stats`."""
@@ -357,6 +361,33 @@ class EventConsumer(RunsUntilStopped):
             logger.error("delivery task failed", exc_info=task.exception())
 
     async def _process(self, delivery: Delivery, group: str | None = None) -> None:
+        """Handle `delivery`, then, while the consumer runs, each delivery its
+        transport says must follow it (`next_in_order`, e.g. the next record
+        of a Kafka partition) in the same task: no task, slot or wake-up of
+        the reader per delivery where order makes them wait for each other
+        anyway."""
+        await self._process_one(delivery, group)
+        chained = 0
+        while True:
+            take_next: Callable[[], Delivery | None] | None = getattr(
+                delivery, "next_in_order", None
+            )
+            if take_next is None:
+                return
+            chained += 1
+            if chained % _YIELD_EVERY == 0:
+                # Handlers that never wait would otherwise hold the loop for
+                # a whole partition's backlog.
+                await asyncio.sleep(0)
+            if not self._running or self._failure is not None:
+                return  # left with the transport: not taken, not settled
+            following = take_next()
+            if following is None:
+                return
+            delivery = following
+            await self._process_one(delivery, group)
+
+    async def _process_one(self, delivery: Delivery, group: str | None) -> None:
         stats = self.stats
         stats.received += 1
         stats.in_flight += 1

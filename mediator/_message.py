@@ -58,6 +58,29 @@ class _RawEnvelope(msgspec.Struct):
 
 
 _RAW_ENVELOPE = msgspec.json.Decoder(_RawEnvelope)
+
+
+def _envelope_decoder(event_type: type[Any]) -> tuple[msgspec.json.Decoder[Any], str | None]:
+    """A decoder of a whole envelope whose payload is an `event_type`, and
+    the message type that class travels as (None: it never does)."""
+    envelope = msgspec.defstruct(
+        f"{event_type.__name__}Envelope",
+        [
+            ("message_type", str),
+            ("message_name", str),
+            ("message_id", uuid.UUID),
+            ("payload", event_type),
+            ("headers", dict[str, str] | None, None),
+        ],
+    )
+    return msgspec.json.Decoder(envelope), message_type_of(event_type)
+
+
+def _payload_bytes(data: bytes) -> bytes:
+    """The payload's text exactly as it stands in the envelope `data`."""
+    return bytes(_RAW_ENVELOPE.decode(data).payload)
+
+
 _JSON: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
 _TOP_LEVEL = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
@@ -279,11 +302,22 @@ class RawPayload(Mapping[str, Any]):
     over the dict it already parsed to check the message; without one, the
     bytes are parsed on first access."""
 
-    __slots__ = ("_data", "raw")
+    __slots__ = ("_data", "_raw")
 
-    def __init__(self, raw: bytes, data: dict[str, Any] | None = None) -> None:
-        self.raw = raw
+    def __init__(self, raw: bytes | None, data: dict[str, Any] | None = None) -> None:
+        if raw is None and data is None:
+            raise ValueError("a RawPayload needs its bytes, its parsed dict, or both")
+        self._raw = raw
         self._data = data
+
+    @property
+    def raw(self) -> bytes:
+        """The payload's JSON text. Given only the dict (parsed from text
+        that orjson writes back byte for byte), it is that dict written again."""
+        raw = self._raw
+        if raw is None:
+            raw = self._raw = orjson.dumps(self._data)
+        return raw
 
     def _parsed(self) -> dict[str, Any]:
         if self._data is None:
@@ -393,7 +427,7 @@ class MessageCodec:
     ) -> None:
         self._event_class = event_class
         self.max_size = max_size
-        self._decoders: dict[type[Event], msgspec.json.Decoder[Any]] = {}
+        self._decoders: dict[type[Event], tuple[msgspec.json.Decoder[Any], str | None]] = {}
 
     @staticmethod
     def to_message(event: Event, headers: Mapping[str, str] | None = None) -> Message:
@@ -476,35 +510,37 @@ class MessageCodec:
             again = orjson.dumps(tree)
         except (orjson.JSONDecodeError, orjson.JSONEncodeError):
             return None
-        if again != data and (
+        same = again == data
+        if not same and (
             _maybe_duplicates(data, again) or _LONG_NUMBER in data.translate(_DIGITS_AS_ZERO)
         ):
             return None
-        try:
-            envelope = _RAW_ENVELOPE.decode(data)
-        except (msgspec.DecodeError, RecursionError):
+        if type(tree) is not dict:
             return None
-        payload = tree["payload"]
+        name, payload = tree.get("message_name"), tree.get("payload")
         # A typed decode fills defaults, so the required keys are looked up.
         if (
-            type(payload) is not dict
+            type(name) is not str
+            or type(payload) is not dict
             or "event_timestamp" not in payload
             or "event_id" not in payload
-            or envelope.message_type not in MESSAGE_TYPES
         ):
             return None
-        event_type = self._event_class(envelope.message_name)
-        if event_type is None or message_type_of(event_type) != envelope.message_type:
+        event_type = self._event_class(name)
+        if event_type is None:
             return None
-        decoder = self._decoders.get(event_type)
-        if decoder is None:
-            decoder = self._decoders[event_type] = msgspec.json.Decoder(event_type)
-        raw = bytes(envelope.payload)
+        decoding = self._decoders.get(event_type)
+        if decoding is None:
+            decoding = self._decoders[event_type] = _envelope_decoder(event_type)
+        decoder, message_type = decoding
+        # One typed parse of the whole envelope: its fields and the event.
         try:
-            event: Event = decoder.decode(raw)
+            envelope = decoder.decode(data)
         except (msgspec.DecodeError, RecursionError):
             return None
-        if event.event_id != envelope.message_id:
+        event: Event = envelope.payload
+        message_id = envelope.message_id
+        if envelope.message_type != message_type or event.event_id.int != message_id.int:
             return None
         stamp = event.event_timestamp
         if stamp.tzinfo is not UTC:
@@ -515,10 +551,12 @@ class MessageCodec:
                 return None
         message = Message(
             message_type=envelope.message_type,
-            message_name=envelope.message_name,
-            message_id=envelope.message_id,
+            message_name=name,
+            message_id=message_id,
             # The dict parsed above: reading the payload costs nothing more.
-            payload=RawPayload(raw, payload),
+            # Its bytes are the ones received when the text came back
+            # unchanged; otherwise they are cut out of the text.
+            payload=RawPayload(None if same else _payload_bytes(data), payload),
             headers=envelope.headers or {},
         )
         return message, event

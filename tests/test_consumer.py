@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import attrs
 import orjson
@@ -33,6 +35,8 @@ from mediator import (
     encode_message,
 )
 from mediator.testing import wait_until
+from mediator.transport import DeliveryBase
+from brokers.memory import InMemoryMessageBroker
 from tests.transports import FACTORIES, Transport
 
 NO_WAIT = Backoff(initial=0, jitter=0)
@@ -550,3 +554,103 @@ async def test_a_message_released_too_often_is_dead_lettered() -> None:
     assert consumer.stats.released == 2
     assert consumer.stats.dead_lettered_by_reason == {"too_many_deliveries": 1}
     assert (await broker.dead_letters())[0].delivery_count == 3
+
+
+class ChainedDelivery(DeliveryBase):
+    """A delivery of a transport that hands records on in order (as Kafka's
+    ordered partitions do): the next one comes from `next_in_order`."""
+
+    __slots__ = ("queue",)
+
+    def __init__(self, data: bytes, queue: collections.deque[ChainedDelivery]) -> None:
+        super().__init__("chain:notification_event:OrderPlaced", data)
+        self.queue = queue
+
+    def next_in_order(self) -> ChainedDelivery | None:
+        assert self.settled is not None, "the next one is asked for only once this one is settled"
+        return self.queue.popleft() if self.queue else None
+
+    async def _ack(self) -> None:
+        pass
+
+    async def _release(self) -> None:
+        pass
+
+    async def _dead_letter(self, reason: str, description: str) -> None:
+        pass
+
+
+class ChainBroker(InMemoryMessageBroker):
+    """Its one subscription yields the head of `queue`; the rest follow it."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(channel_prefix="chain")
+        self.queue: collections.deque[ChainedDelivery] = collections.deque()
+        self.all = [
+            ChainedDelivery(valid_envelope(order_id), self.queue) for order_id in range(count)
+        ]
+        self.queue.extend(self.all[1:])
+
+    async def subscribe(self, pattern: str, *, group: str | None = None) -> Any:
+        head = self.all[0]
+
+        class Subscription:
+            def __init__(self) -> None:
+                self.pattern, self.group = pattern, group
+                self.closed = asyncio.Event()
+
+            async def __aiter__(self) -> AsyncIterator[ChainedDelivery]:
+                yield head
+                await self.closed.wait()
+
+            async def close(self) -> None:
+                self.closed.set()
+
+        return Subscription()
+
+
+async def test_deliveries_handed_on_in_order_are_handled_in_order_by_one_task() -> None:
+    broker = ChainBroker(count=200)
+    seen: list[tuple[int, asyncio.Task[Any] | None]] = []
+
+    async def handle(event: OrderPlaced) -> None:
+        seen.append((event.order_id, asyncio.current_task()))
+
+    events = EventMap()
+    events.bind(OrderPlaced, handle)
+    consumer = EventConsumer(broker=broker, event_map=events)
+    await consumer.subscribe("chain:notification_event:*")
+    async with consumer:
+        await wait_until(consumer, lambda s: s.handled >= 200)
+    assert [order_id for order_id, _ in seen] == list(range(200))
+    assert len({task for _, task in seen}) == 1
+    assert all(delivery.settled == "ack" for delivery in broker.all)
+
+
+async def test_a_stopping_consumer_takes_no_more_of_a_chain() -> None:
+    broker = ChainBroker(count=5)
+    entered, gate = asyncio.Event(), asyncio.Event()
+    handled: list[int] = []
+
+    async def handle(event: OrderPlaced) -> None:
+        if event.order_id == 1:
+            entered.set()
+            await gate.wait()
+        handled.append(event.order_id)
+
+    events = EventMap()
+    events.bind(OrderPlaced, handle)
+    consumer = EventConsumer(broker=broker, event_map=events)
+    await consumer.subscribe("chain:notification_event:*")
+    await consumer.start()
+    await asyncio.wait_for(entered.wait(), timeout=5)
+    stopping = asyncio.create_task(consumer.stop())
+    async with asyncio.timeout(5):
+        while consumer.running:  # until stop() has begun its drain
+            await asyncio.sleep(0)
+    gate.set()
+    await asyncio.wait_for(stopping, timeout=5)
+    assert handled == [0, 1]
+    # Left with the transport: neither handled nor settled.
+    assert [delivery.settled for delivery in broker.all] == ["ack", "ack", None, None, None]
+    assert len(broker.queue) == 3
