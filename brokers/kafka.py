@@ -296,7 +296,11 @@ class KafkaDelivery(DeliveryBase):
         record: Any,
         delivery_count: int = 1,
     ) -> None:
-        super().__init__(partition.channel, record.value or b"", delivery_count)
+        # DeliveryBase's fields set here: one is built for every record.
+        self.channel = partition.channel
+        self.data = record.value or b""
+        self.delivery_count = delivery_count
+        self.settled = None
         self.record = record
         """aiokafka's ``ConsumerRecord``: topic, partition, offset, key, headers, timestamp."""
         self._subscription = subscription

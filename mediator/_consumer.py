@@ -21,9 +21,9 @@ from mediator._events import Event
 from mediator._exceptions import MessageDecodeError, SubscriptionLostError
 from mediator._interceptors import Consuming, Interceptor, consuming_scope, overrides
 from mediator._limits import quote
-from mediator._message import DEFAULT_MAX_MESSAGE_SIZE, Message, MessageCodec
+from mediator._message import DEFAULT_MAX_MESSAGE_SIZE, Message, MessageCodec, Received
 from mediator._policies import DeadLetter, ErrorPolicy, Retry
-from mediator._recovery import run_bindings
+from mediator._recovery import NOTHING, Dispatched, run_bindings
 from mediator._running import RunsUntilStopped
 from mediator._transport import close_all
 
@@ -210,6 +210,8 @@ class EventConsumer(RunsUntilStopped):
         self._interceptors = overrides(interceptors, "consuming")
         self._inbox = inbox
         self._inbox_bindings: dict[type[Event], tuple[EventBinding, ...]] = {}
+        self._plain = not (self._interceptors or self._incoming or inbox or self._container)
+        """Nothing to run around the handlers: `_process_one` takes its short path."""
         self._max_concurrency = max_concurrency
         self._max_deliveries = max_deliveries
         self._drain_timeout = drain_timeout
@@ -391,12 +393,12 @@ class EventConsumer(RunsUntilStopped):
         stats = self.stats
         stats.received += 1
         stats.in_flight += 1
-        message: Message | None = None
+        received: Received | None = None
         event: Event | None = None
         report: _Report | None = None
         try:
             try:
-                message, event = self._codec.decode(delivery.data)
+                received, event = self._codec.decode_received(delivery.data)
             except MessageDecodeError as exc:
                 logger.warning(
                     "dead-lettering message %s from %s: %s",
@@ -407,7 +409,31 @@ class EventConsumer(RunsUntilStopped):
                 report = await self._dead_letter(delivery, exc.reason.value, exc.detail)
                 return
             # Formatted only if a log line needs it: str() of a UUID is not free.
-            message_id = message.message_id
+            message_id = received.message_id
+            if self._plain:
+                # No interceptor, hook, inbox or container: the handlers and
+                # the settlement, nothing around them. The message is not
+                # reset afterwards: this task's context is its own (see
+                # `_read`) and the next delivery it handles replaces it.
+                _message.set(received)
+                try:
+                    dispatched = await run_bindings(
+                        self.event_map.handlers_for(type(event)), event, None, self._policy
+                    )
+                except asyncio.CancelledError:
+                    report = await self._release(
+                        delivery, "stopped before its handlers finished", message_id
+                    )
+                    raise
+                if dispatched is NOTHING:
+                    await delivery.ack()
+                    stats.handled += 1
+                    report = _HANDLED_REPORT
+                    return
+                outcome = await self._outcome_of(dispatched, event, None)
+                report = await self._settle(delivery, outcome, message_id)
+                return
+            message = received.message()
             consuming: Consuming | None = None
             scope: AbstractContextManager[object] = _NO_SCOPE
             if self._interceptors:
@@ -435,13 +461,13 @@ class EventConsumer(RunsUntilStopped):
         except Exception as exc:
             logger.exception(
                 "handling message %s from %s failed unexpectedly",
-                None if message is None else message.message_id,
+                None if received is None else received.message_id,
                 quote(delivery.channel, 200),
             )
             report = await self._release(
                 delivery,
                 f"unexpected error: {exc!r}",
-                None if message is None else message.message_id,
+                None if received is None else received.message_id,
             )
         finally:
             stats.in_flight -= 1
@@ -450,7 +476,7 @@ class EventConsumer(RunsUntilStopped):
                     outcome=report[0],
                     reason=report[1],
                     channel=delivery.channel,
-                    message=message,
+                    message=None if received is None else received.message(),
                     event=event,
                 )
                 for listener in tuple(self._listeners):
@@ -554,6 +580,12 @@ class EventConsumer(RunsUntilStopped):
         if bindings is None:
             bindings = self.event_map.handlers_for(type(event))
         dispatched = await run_bindings(bindings, event, resolver, self._policy)
+        return await self._outcome_of(dispatched, event, resolver)
+
+    async def _outcome_of(
+        self, dispatched: Dispatched, event: Event, resolver: Resolver | None
+    ) -> _Outcome:
+        """What handling came to, once the follow-up events are published."""
         self.stats.retried += dispatched.retries
         if dispatched.fail is not None:
             return _Outcome(fail=dispatched.fail)

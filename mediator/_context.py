@@ -7,11 +7,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-from mediator._message import Message
+from mediator._message import Message, Received
 
 __all__ = ["correlation_scope", "current_correlation_id", "current_message"]
 
-_message: ContextVar[Message | None] = ContextVar("mediator_current_message", default=None)
+_message: ContextVar[Message | Received | None] = ContextVar(
+    "mediator_current_message", default=None
+)
+"""The consumed message being handled; a consumer may set the `Received`
+form, whose `Message` is built only if someone asks for it."""
 _correlation: ContextVar[str | None] = ContextVar("mediator_correlation_id", default=None)
 
 
@@ -21,7 +25,10 @@ def current_message() -> Message | None:
     Consumer-side handlers read headers through it:
     ``tenant = current_message().headers["tenant"]``.
     """
-    return _message.get()
+    current = _message.get()
+    if isinstance(current, Received):
+        return current.message()
+    return current
 
 
 def current_correlation_id() -> str | None:

@@ -14,6 +14,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -407,6 +408,64 @@ def encode_message(message: Message) -> bytes:
     )
 
 
+class Received:
+    """A decoded envelope whose `Message` is built on first use: a consumer
+    with nothing around its handlers reads the message id and the headers
+    (for the correlation of follow-ups), and building the rest costs about
+    as much as the typed parse of the whole envelope."""
+
+    __slots__ = ("_envelope", "_message", "_payload", "_text")
+
+    def __init__(self, envelope: Any, payload: dict[str, Any], text: bytes | None) -> None:
+        self._envelope = envelope
+        """The typed parse: message_type, message_name, message_id, headers."""
+        self._payload = payload
+        """The payload as orjson parsed it."""
+        self._text = text
+        """The envelope's text when orjson writes the payload differently, so
+        that its bytes are cut out of it; None when they are the same."""
+        self._message: Message | None = None
+
+    @classmethod
+    def of(cls, message: Message) -> Received:
+        """One around a `Message` built already."""
+        received = cls.__new__(cls)
+        received._message = message
+        return received
+
+    @property
+    def message_id(self) -> uuid.UUID:
+        if self._message is not None:
+            return self._message.message_id
+        return self._envelope.message_id  # type: ignore[no-any-return]
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        if self._message is not None:
+            return self._message.headers
+        return self._envelope.headers or _NO_HEADERS
+
+    def message(self) -> Message:
+        """The `Message`, built once."""
+        message = self._message
+        if message is None:
+            envelope, text = self._envelope, self._text
+            message = self._message = Message(
+                message_type=envelope.message_type,
+                message_name=envelope.message_name,
+                message_id=envelope.message_id,
+                # The dict orjson parsed: reading the payload costs nothing
+                # more. Its bytes are the ones received when orjson writes
+                # them back unchanged; otherwise they are cut out of the text.
+                payload=RawPayload(None if text is None else _payload_bytes(text), self._payload),
+                headers=envelope.headers or {},
+            )
+        return message
+
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
 class MessageCodec:
     """Turns events into envelopes and received bytes back into events.
 
@@ -449,12 +508,17 @@ class MessageCodec:
 
     def decode(self, data: bytes | str) -> tuple[Message, Event]:
         """Parse and validate `data`, returning the envelope and its event."""
+        received, event = self.decode_received(data)
+        return received.message(), event
+
+    def decode_received(self, data: bytes | str) -> tuple[Received, Event]:
+        """`decode`, with the `Message` built only if asked for."""
         data = self._admit(data)
         fast = self._decode_fast(data)
         if fast is not None:
             return fast
         message = self._message_of(data)
-        return message, self.to_event(message)
+        return Received.of(message), self.to_event(message)
 
     def decode_message(self, data: bytes | str) -> Message:
         """Parse and validate the envelope only."""
@@ -483,7 +547,7 @@ class MessageCodec:
             f"{bound}{size} bytes exceeds the limit of {self.max_size} bytes",
         )
 
-    def _decode_fast(self, data: bytes) -> tuple[Message, Event] | None:
+    def _decode_fast(self, data: bytes) -> tuple[Received, Event] | None:
         """The common case in typed parses straight from the bytes; None sends
         anything unusual through the checks that name the reason."""
         # Bad input must never reach a typed decode that would accept it, so
@@ -549,17 +613,7 @@ class MessageCodec:
                 event = attrs.evolve(event, event_timestamp=as_utc(stamp))
             except ValueError:
                 return None
-        message = Message(
-            message_type=envelope.message_type,
-            message_name=name,
-            message_id=message_id,
-            # The dict parsed above: reading the payload costs nothing more.
-            # Its bytes are the ones received when the text came back
-            # unchanged; otherwise they are cut out of the text.
-            payload=RawPayload(None if same else _payload_bytes(data), payload),
-            headers=envelope.headers or {},
-        )
-        return message, event
+        return Received(envelope, payload, None if same else data), event
 
     def _message_of(self, data: bytes) -> Message:
         """The envelope of admitted `data`, each check naming its reason."""

@@ -14,7 +14,7 @@ from mediator._event_map import EventBinding
 from mediator._events import Event
 from mediator._policies import DeadLetter, ErrorPolicy, FailFast, FinalPolicy, Ignore, Retry
 
-__all__ = ["Dispatched", "Recovery", "recover", "run_bindings"]
+__all__ = ["NOTHING", "Dispatched", "Recovery", "recover", "run_bindings"]
 
 logger = logging.getLogger("mediator.events")
 
@@ -86,7 +86,9 @@ class Dispatched:
         """Handler calls repeated under `Retry`."""
 
 
-_NOTHING = Dispatched()
+NOTHING = Dispatched()
+"""What `run_bindings` returns when every handler succeeded at once and
+raised no events: one object, so a caller tests the common case with ``is``."""
 
 
 async def run_bindings(
@@ -128,5 +130,5 @@ async def run_bindings(
                 follow_ups = []
             follow_ups.extend(more)
     if follow_ups is None and dead_letter is None and not retries:
-        return _NOTHING  # the common case allocates nothing
+        return NOTHING  # the common case allocates nothing
     return Dispatched(follow_ups or (), None, dead_letter, retries)

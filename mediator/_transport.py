@@ -270,7 +270,9 @@ class DeliveryBase(abc.ABC):
 
     async def ack(self) -> None:
         """Done: the message will not be delivered again."""
-        self._settling("ack")
+        if self.settled is not None:
+            self._settling("ack")  # raises, naming the first settlement
+        self.settled = "ack"
         await self._ack()
 
     async def release(self) -> None:
