@@ -311,7 +311,29 @@ class KafkaDelivery(DeliveryBase):
         handled in order and it has been fetched: taken now, for the task
         that handled this one to handle next (`EventConsumer` does); None
         otherwise. Call it only once this delivery is settled."""
-        return self._subscription._next_after(self._partition)
+        part = self._partition
+        subscription = self._subscription
+        if (
+            part.in_flight
+            or not part.waiting
+            or not subscription._ordered
+            or not part.owned
+            or part.revoked
+            or subscription.closed
+        ):
+            return None
+        part.in_flight = 1
+        delivery = part.waiting.popleft()
+        if part.full:
+            subscription._maybe_resume(part)
+        return delivery
+
+    async def ack(self) -> None:
+        # DeliveryBase.ack without the hop through _ack: one per record.
+        if self.settled is not None:
+            self._settling("ack")  # raises, naming the first settlement
+        self.settled = "ack"
+        self._subscription._settled(self)
 
     async def _ack(self) -> None:
         self._subscription._settled(self)
@@ -705,8 +727,13 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
         if not part.owned:
             return  # revoked meanwhile: its new reader commits it
         part.in_flight -= 1
-        part.settle(delivery.record.offset)
-        self._maybe_resume(part)
+        offset, unsettled = delivery.record.offset, part.unsettled
+        if unsettled and unsettled[0] == offset and not part.done:
+            unsettled.popleft()  # the lowest one, as in order: nothing else moves
+        else:
+            part.settle(offset)
+        if part.full:
+            self._maybe_resume(part)
         if not self._ordered:
             self._queue(part)
         elif part.waiting and not part.recheck:
@@ -719,21 +746,6 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
     def _recheck(self, part: _Partition) -> None:
         part.recheck = False
         self._queue(part)
-
-    def _next_after(self, part: _Partition) -> KafkaDelivery | None:
-        if (
-            not self._ordered
-            or part.in_flight
-            or not part.waiting
-            or not part.owned
-            or part.revoked
-            or self.closed
-        ):
-            return None
-        part.in_flight = 1
-        delivery = part.waiting.popleft()
-        self._maybe_resume(part)
-        return delivery
 
     def _queue(self, part: _Partition, first: bool = False) -> None:
         """Make `part` ready to hand out its next record, if it has one."""

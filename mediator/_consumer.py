@@ -408,21 +408,30 @@ class EventConsumer(RunsUntilStopped):
                 )
                 report = await self._dead_letter(delivery, exc.reason.value, exc.detail)
                 return
-            # Formatted only if a log line needs it: str() of a UUID is not free.
-            message_id = received.message_id
             if self._plain:
                 # No interceptor, hook, inbox or container: the handlers and
                 # the settlement, nothing around them. The message is not
                 # reset afterwards: this task's context is its own (see
                 # `_read`) and the next delivery it handles replaces it.
                 _message.set(received)
+                bindings = self.event_map.handlers_for(type(event))
                 try:
-                    dispatched = await run_bindings(
-                        self.event_map.handlers_for(type(event)), event, None, self._policy
-                    )
+                    if len(bindings) == 1:
+                        # One handler, called here; run_bindings takes over
+                        # only if it raised.
+                        try:
+                            more = await bindings[0].call(event, None)
+                        except Exception as exc:
+                            dispatched = await run_bindings(
+                                bindings, event, None, self._policy, first_error=exc
+                            )
+                        else:
+                            dispatched = Dispatched(more) if more else NOTHING
+                    else:
+                        dispatched = await run_bindings(bindings, event, None, self._policy)
                 except asyncio.CancelledError:
                     report = await self._release(
-                        delivery, "stopped before its handlers finished", message_id
+                        delivery, "stopped before its handlers finished", received.message_id
                     )
                     raise
                 if dispatched is NOTHING:
@@ -431,8 +440,10 @@ class EventConsumer(RunsUntilStopped):
                     report = _HANDLED_REPORT
                     return
                 outcome = await self._outcome_of(dispatched, event, None)
-                report = await self._settle(delivery, outcome, message_id)
+                report = await self._settle(delivery, outcome, received.message_id)
                 return
+            # Formatted only if a log line needs it: str() of a UUID is not free.
+            message_id = received.message_id
             message = received.message()
             consuming: Consuming | None = None
             scope: AbstractContextManager[object] = _NO_SCOPE

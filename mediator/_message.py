@@ -513,7 +513,8 @@ class MessageCodec:
 
     def decode_received(self, data: bytes | str) -> tuple[Received, Event]:
         """`decode`, with the `Message` built only if asked for."""
-        data = self._admit(data)
+        if type(data) is not bytes or len(data) > self.max_size:
+            data = self._admit(data)  # raises when too large
         fast = self._decode_fast(data)
         if fast is not None:
             return fast

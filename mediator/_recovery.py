@@ -96,19 +96,28 @@ async def run_bindings(
     event: Event,
     resolver: Resolver | None,
     default_policy: ErrorPolicy,
+    first_error: Exception | None = None,
 ) -> Dispatched:
     """Call each binding on `event` in order, each failure under the
     binding's policy (else `default_policy`); stop at a fail-fast failure.
-    LogAndContinue and DeadLetter failures are logged at ERROR, Ignore at DEBUG."""
+    LogAndContinue and DeadLetter failures are logged at ERROR, Ignore at DEBUG.
+
+    `first_error`: the first binding was called already and raised it (a
+    caller that tries the common case inline goes on here)."""
     follow_ups: list[Event] | None = None
     dead_letter: str | None = None
     retries = 0
+    failed = first_error
     for binding in bindings:
-        try:
-            more = await binding.call(event, resolver)
-        except Exception as exc:
+        if failed is None:
+            try:
+                more = await binding.call(event, resolver)
+            except Exception as exc:
+                failed = exc
+        if failed is not None:
+            raised, failed = failed, None
             policy = binding.policy or default_policy
-            recovery = await recover(binding, event, resolver, policy, exc)
+            recovery = await recover(binding, event, resolver, policy, raised)
             retries += recovery.retries
             more = recovery.follow_ups
             final, error = recovery.final, recovery.error
