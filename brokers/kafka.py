@@ -238,16 +238,23 @@ class _Partition:
         "queued",
         "recheck",
         "revoked",
+        "subscription",
         "tp",
         "unsettled",
         "waiting",
     )
 
-    def __init__(self, tp: Partition, channel: str | None, matches: bool) -> None:
+    def __init__(
+        self, subscription: KafkaSubscription, tp: Partition, channel: str | None, matches: bool
+    ) -> None:
+        self.subscription = subscription
         self.tp = tp
         self.channel = channel or tp[0]
         self.matches = matches
-        self.waiting: deque[KafkaDelivery] = deque()
+        self.waiting: deque[Any] = deque()
+        """Records fetched and not handed out yet, in order: aiokafka's
+        records, made deliveries as they are handed out (so that thousands
+        of them are not built at once), and deliveries given back."""
         self.unsettled: deque[int] = deque()
         """Offsets fetched and not handled yet, lowest first."""
         self.done: set[int] = set()
@@ -265,6 +272,13 @@ class _Partition:
         self.queued = False
         self.recheck = False
         """A look at whether to queue it is due at the loop's next turn."""
+
+    def take(self) -> KafkaDelivery:
+        """The next waiting record, as a delivery."""
+        item = self.waiting.popleft()
+        if type(item) is KafkaDelivery:
+            return item  # given back
+        return KafkaDelivery(self.subscription, self, item)
 
     def position(self) -> int | None:
         """The offset to commit: every record below it was handled."""
@@ -323,7 +337,7 @@ class KafkaDelivery(DeliveryBase):
         ):
             return None
         part.in_flight = 1
-        delivery = part.waiting.popleft()
+        delivery = part.take()
         if part.full:
             subscription._maybe_resume(part)
         return delivery
@@ -447,7 +461,7 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
 
     def _new_partition(self, tp: Partition) -> _Partition:
         channel = channel_of_topic(tp[0])
-        return _Partition(tp, channel, channel is not None and self._glob.matches(channel))
+        return _Partition(self, tp, channel, channel is not None and self._glob.matches(channel))
 
     async def _assign(self, consumer: Any, topics: dict[str, list[int]]) -> None:
         """Without a group: read every partition of `topics`, resuming those
@@ -640,7 +654,7 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
                 if offset < after:
                     continue  # fetched again after a seek: already held
                 unsettled.append(offset)
-                waiting.append(KafkaDelivery(self, part, record))
+                waiting.append(record)
                 after = offset + 1
             part.next_offset = after
             if len(waiting) + part.in_flight >= prefetch:
@@ -708,12 +722,12 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
             if self._ordered:
                 if part.in_flight:
                     continue
-                taken.append(part.waiting.popleft())
+                taken.append(part.take())
                 part.in_flight = 1
             else:
                 part.in_flight += len(part.waiting)
-                taken.extend(part.waiting)
-                part.waiting.clear()
+                while part.waiting:
+                    taken.append(part.take())
             self._maybe_resume(part)
         return taken
 
