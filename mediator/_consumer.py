@@ -368,26 +368,95 @@ class EventConsumer(RunsUntilStopped):
         of a Kafka partition) in the same task: no task, slot or wake-up of
         the reader per delivery where order makes them wait for each other
         anyway."""
-        await self._process_one(delivery, group)
+        if self._plain:
+            await self._process_plain(delivery)
+            return
         chained = 0
         while True:
-            take_next: Callable[[], Delivery | None] | None = getattr(
-                delivery, "next_in_order", None
-            )
-            if take_next is None:
-                return
+            await self._process_one(delivery, group)
             chained += 1
             if chained % _YIELD_EVERY == 0:
                 # Handlers that never wait would otherwise hold the loop for
                 # a whole partition's backlog.
                 await asyncio.sleep(0)
-            if not self._running or self._failure is not None:
-                return  # left with the transport: not taken, not settled
-            following = take_next()
+            following = self._following(delivery)
             if following is None:
                 return
             delivery = following
-            await self._process_one(delivery, group)
+
+    def _following(self, delivery: Delivery) -> Delivery | None:
+        """The delivery to handle next in this task, taken from its transport
+        now; None when there is none or the consumer stops (what is not
+        taken stays with the transport, unsettled)."""
+        take_next: Callable[[], Delivery | None] | None = getattr(delivery, "next_in_order", None)
+        if take_next is None or not self._running or self._failure is not None:
+            return None
+        return take_next()
+
+    async def _process_plain(self, delivery: Delivery) -> None:
+        """`_process` with nothing around the handlers (no interceptor, hook,
+        inbox or container), written out in one loop: it runs for every
+        record of a partition. The current message is set in this task's own
+        context (see `_read`) and not reset: the next delivery replaces it."""
+        stats = self.stats
+        decode = self._codec.decode_received
+        handlers_for = self.event_map.handlers_for
+        chained = 0
+        while True:
+            stats.received += 1
+            stats.in_flight += 1
+            received: Received | None = None
+            event: Event | None = None
+            report: _Report | None = None
+            try:
+                try:
+                    received, event = decode(delivery.data)
+                except MessageDecodeError as exc:
+                    report = await self._undecodable(delivery, exc)
+                else:
+                    _message.set(received)
+                    bindings = handlers_for(type(event))
+                    try:
+                        if len(bindings) == 1:
+                            # One handler, called here; run_bindings takes
+                            # over only if it raised.
+                            try:
+                                more = await bindings[0].call(event, None)
+                            except Exception as exc:
+                                dispatched = await run_bindings(
+                                    bindings, event, None, self._policy, first_error=exc
+                                )
+                            else:
+                                dispatched = Dispatched(more) if more else NOTHING
+                        else:
+                            dispatched = await run_bindings(bindings, event, None, self._policy)
+                    except asyncio.CancelledError:
+                        report = await self._release(
+                            delivery, "stopped before its handlers finished", received.message_id
+                        )
+                        raise
+                    if dispatched is NOTHING:
+                        await delivery.ack()
+                        stats.handled += 1
+                        report = _HANDLED_REPORT
+                    else:
+                        outcome = await self._outcome_of(dispatched, event, None)
+                        report = await self._settle(delivery, outcome, received.message_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                report = await self._unexpected(delivery, received, exc)
+            finally:
+                stats.in_flight -= 1
+                if self._listeners and report is not None:
+                    self._report(report, delivery, received, event)
+            chained += 1
+            if chained % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            following = self._following(delivery)
+            if following is None:
+                return
+            delivery = following
 
     async def _process_one(self, delivery: Delivery, group: str | None) -> None:
         stats = self.stats
@@ -400,47 +469,7 @@ class EventConsumer(RunsUntilStopped):
             try:
                 received, event = self._codec.decode_received(delivery.data)
             except MessageDecodeError as exc:
-                logger.warning(
-                    "dead-lettering message %s from %s: %s",
-                    exc.message_id,
-                    quote(delivery.channel, 200),
-                    quote(str(exc)),
-                )
-                report = await self._dead_letter(delivery, exc.reason.value, exc.detail)
-                return
-            if self._plain:
-                # No interceptor, hook, inbox or container: the handlers and
-                # the settlement, nothing around them. The message is not
-                # reset afterwards: this task's context is its own (see
-                # `_read`) and the next delivery it handles replaces it.
-                _message.set(received)
-                bindings = self.event_map.handlers_for(type(event))
-                try:
-                    if len(bindings) == 1:
-                        # One handler, called here; run_bindings takes over
-                        # only if it raised.
-                        try:
-                            more = await bindings[0].call(event, None)
-                        except Exception as exc:
-                            dispatched = await run_bindings(
-                                bindings, event, None, self._policy, first_error=exc
-                            )
-                        else:
-                            dispatched = Dispatched(more) if more else NOTHING
-                    else:
-                        dispatched = await run_bindings(bindings, event, None, self._policy)
-                except asyncio.CancelledError:
-                    report = await self._release(
-                        delivery, "stopped before its handlers finished", received.message_id
-                    )
-                    raise
-                if dispatched is NOTHING:
-                    await delivery.ack()
-                    stats.handled += 1
-                    report = _HANDLED_REPORT
-                    return
-                outcome = await self._outcome_of(dispatched, event, None)
-                report = await self._settle(delivery, outcome, received.message_id)
+                report = await self._undecodable(delivery, exc)
                 return
             # Formatted only if a log line needs it: str() of a UUID is not free.
             message_id = received.message_id
@@ -470,28 +499,44 @@ class EventConsumer(RunsUntilStopped):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            logger.exception(
-                "handling message %s from %s failed unexpectedly",
-                None if received is None else received.message_id,
-                quote(delivery.channel, 200),
-            )
-            report = await self._release(
-                delivery,
-                f"unexpected error: {exc!r}",
-                None if received is None else received.message_id,
-            )
+            report = await self._unexpected(delivery, received, exc)
         finally:
             stats.in_flight -= 1
             if self._listeners and report is not None:
-                settled = Settled(
-                    outcome=report[0],
-                    reason=report[1],
-                    channel=delivery.channel,
-                    message=None if received is None else received.message(),
-                    event=event,
-                )
-                for listener in tuple(self._listeners):
-                    listener(settled)
+                self._report(report, delivery, received, event)
+
+    async def _undecodable(self, delivery: Delivery, error: MessageDecodeError) -> _Report:
+        logger.warning(
+            "dead-lettering message %s from %s: %s",
+            error.message_id,
+            quote(delivery.channel, 200),
+            quote(str(error)),
+        )
+        return await self._dead_letter(delivery, error.reason.value, error.detail)
+
+    async def _unexpected(
+        self, delivery: Delivery, received: Received | None, error: Exception
+    ) -> _Report:
+        message_id = None if received is None else received.message_id
+        logger.exception(
+            "handling message %s from %s failed unexpectedly",
+            message_id,
+            quote(delivery.channel, 200),
+        )
+        return await self._release(delivery, f"unexpected error: {error!r}", message_id)
+
+    def _report(
+        self, report: _Report, delivery: Delivery, received: Received | None, event: Event | None
+    ) -> None:
+        settled = Settled(
+            outcome=report[0],
+            reason=report[1],
+            channel=delivery.channel,
+            message=None if received is None else received.message(),
+            event=event,
+        )
+        for listener in tuple(self._listeners):
+            listener(settled)
 
     async def _handle(self, message: Message, event: Event) -> _Outcome:
         token = _message.set(message)
