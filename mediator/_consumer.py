@@ -420,14 +420,19 @@ class EventConsumer(RunsUntilStopped):
                         if len(bindings) == 1:
                             # One handler, called here; run_bindings takes
                             # over only if it raised.
+                            binding = bindings[0]
+                            function = binding.function
                             try:
-                                more = await bindings[0].call(event, None)
+                                if function is not None:
+                                    more = await function(event)
+                                else:
+                                    more = await binding.call(event, None)
                             except Exception as exc:
                                 dispatched = await run_bindings(
                                     bindings, event, None, self._policy, first_error=exc
                                 )
                             else:
-                                dispatched = Dispatched(more) if more else NOTHING
+                                dispatched = Dispatched(list(more)) if more else NOTHING
                         else:
                             dispatched = await run_bindings(bindings, event, None, self._policy)
                     except asyncio.CancelledError:
@@ -598,7 +603,7 @@ class EventConsumer(RunsUntilStopped):
                 return attempted
 
             bindings = tuple(
-                attrs.evolve(binding, call=in_attempt(binding.call))
+                attrs.evolve(binding, call=in_attempt(binding.call), function=None)
                 for binding in self.event_map.handlers_for(event_type)
             )
             self._inbox_bindings[event_type] = bindings

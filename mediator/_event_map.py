@@ -73,6 +73,11 @@ class EventBinding:
     """None: the dispatcher's default (the map's, else fail-fast locally and
     retry-then-dead-letter in a consumer)."""
     call: HandlerCall = attrs.field(repr=False)
+    function: Callable[[Any], Awaitable[Iterable[Event] | None]] | None = attrs.field(
+        default=None, repr=False
+    )
+    """The handler when it is an async function (or async callable object):
+    what `call` awaits, for a caller that calls it directly."""
 
     @property
     def handler_name(self) -> str:
@@ -165,6 +170,7 @@ class EventMap:
             handler=handler,
             policy=policy,
             call=self._call(target, handler),
+            function=None if isinstance(handler, type) else handler,
         )
         if isinstance(resolved_target, type):
             self.register(resolved_target)

@@ -473,7 +473,8 @@ class MessageCodec:
     `EventMap.event_class`) returns for a name; a message never names code to
     import. It is strict about what it builds (a missing field or a value of
     the wrong JSON type is refused; no coercion) and tolerant about extra
-    fields, which it ignores. Every failure is a `MessageDecodeError`.
+    fields, which it ignores. Every failure is a `MessageDecodeError`. A name
+    that `event_class` resolves keeps its class (as an `EventMap`'s names do).
     """
 
     __slots__ = ("_decoders", "_event_class", "max_size")
@@ -486,7 +487,8 @@ class MessageCodec:
     ) -> None:
         self._event_class = event_class
         self.max_size = max_size
-        self._decoders: dict[type[Event], tuple[msgspec.json.Decoder[Any], str | None]] = {}
+        self._decoders: dict[str, tuple[msgspec.json.Decoder[Any], str | None]] = {}
+        """The envelope decoder of each registered name seen, and its message type."""
 
     @staticmethod
     def to_message(event: Event, headers: Mapping[str, str] | None = None) -> Message:
@@ -591,12 +593,13 @@ class MessageCodec:
             or "event_id" not in payload
         ):
             return None
-        event_type = self._event_class(name)
-        if event_type is None:
-            return None
-        decoding = self._decoders.get(event_type)
+        decoding = self._decoders.get(name)
         if decoding is None:
-            decoding = self._decoders[event_type] = _envelope_decoder(event_type)
+            event_type = self._event_class(name)
+            if event_type is None:
+                return None
+            # Kept per name: a name, once registered, names the same class.
+            decoding = self._decoders[name] = _envelope_decoder(event_type)
         decoder, message_type = decoding
         # One typed parse of the whole envelope: its fields and the event.
         try:
