@@ -44,7 +44,9 @@ TOO_MANY_DELIVERIES = "too_many_deliveries"
 
 
 _YIELD_EVERY = 64
-"""Deliveries one task handles in a row before it lets other tasks run."""
+"""Deliveries one task handles in a row before it lets other tasks run:
+handlers that never wait would otherwise hold the loop for a whole
+partition's backlog."""
 
 
 @attrs.define
@@ -372,17 +374,13 @@ class EventConsumer(RunsUntilStopped):
             await self._process_plain(delivery)
             return
         chained = 0
-        while True:
-            await self._process_one(delivery, group)
+        current: Delivery | None = delivery
+        while current is not None:
+            await self._process_one(current, group)
             chained += 1
             if chained % _YIELD_EVERY == 0:
-                # Handlers that never wait would otherwise hold the loop for
-                # a whole partition's backlog.
                 await asyncio.sleep(0)
-            following = self._following(delivery)
-            if following is None:
-                return
-            delivery = following
+            current = self._following(current)
 
     def _following(self, delivery: Delivery) -> Delivery | None:
         """The delivery to handle next in this task, taken from its transport
@@ -402,7 +400,9 @@ class EventConsumer(RunsUntilStopped):
         decode = self._codec.decode_received
         handlers_for = self.event_map.handlers_for
         chained = 0
-        while True:
+        current: Delivery | None = delivery
+        while current is not None:
+            delivery = current
             stats.received += 1
             stats.in_flight += 1
             received: Received | None = None
@@ -458,10 +458,7 @@ class EventConsumer(RunsUntilStopped):
             chained += 1
             if chained % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
-            following = self._following(delivery)
-            if following is None:
-                return
-            delivery = following
+            current = self._following(delivery)
 
     async def _process_one(self, delivery: Delivery, group: str | None) -> None:
         stats = self.stats
