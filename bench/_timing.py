@@ -84,22 +84,31 @@ class Progress:
     first and the last: the consume benches time from the first delivery, so
     that subscribing and the first fetch are not counted."""
 
-    __slots__ = ("count", "done", "first", "last", "total")
+    __slots__ = ("count", "cpu_first", "cpu_last", "done", "first", "last", "total")
 
     def __init__(self, total: int) -> None:
         self.total = total
         self.count = 0
         self.first = self.last = 0.0
+        self.cpu_first = self.cpu_last = 0.0
         self.done = asyncio.Event()
 
     def tick(self) -> None:
         self.count += 1
         if self.count == 1:
             self.first = time.perf_counter()
+            self.cpu_first = time.process_time()
         if self.count == self.total:
             self.last = time.perf_counter()
+            self.cpu_last = time.process_time()
             self.done.set()
 
     def per_message(self) -> float:
         """Seconds per message between the first and the last."""
         return (self.last - self.first) / (self.total - 1)
+
+    def cpu_per_message(self) -> float:
+        """CPU seconds of this process per message between the first and the
+        last: what the consumer itself spent, without the waits on its broker
+        that make a short window's wall time jump from run to run."""
+        return (self.cpu_last - self.cpu_first) / (self.total - 1)
