@@ -370,10 +370,12 @@ async def main(quick: bool) -> None:
     prefix = f"bench-{uuid.uuid4().hex[:12]}"
     configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     tansu = None
+    # Tansu's log goes here; removed at the end, and at exit if it never started.
+    workdir = tempfile.TemporaryDirectory(prefix="bench-kafka-")
     if configured:
         server = Server(configured, idempotence=True, group_options={})
     else:
-        started = start_tansu(Path(tempfile.mkdtemp(prefix="bench-kafka-")))
+        started = start_tansu(Path(workdir.name))
         if isinstance(started, str):
             sys.exit(f"no KAFKA_BOOTSTRAP_SERVERS and Tansu did not start: {started}")
         tansu = started
@@ -396,6 +398,7 @@ async def main(quick: bool) -> None:
         await admin.close()
         if tansu is not None:
             tansu.stop()
+        workdir.cleanup()
 
 
 if __name__ == "__main__":
