@@ -56,11 +56,7 @@ def transports(*, without: dict[str, str] | None = None) -> pytest.MarkDecorator
     return pytest.mark.parametrize("transport", names, indirect=True)
 
 
-KNOWN_FAULTS: dict[tuple[str, str], str] = {
-    ("test_connections_killed_mid_stream", "redis-pubsub"): (
-        "the first publish on a pooled connection the server killed raises PublishError"
-    ),
-}
+KNOWN_FAULTS: dict[tuple[str, str], str] = {}
 """Faults this suite found and that are not mended yet: strict xfail, so the
 fix turns the test green only once the entry here is removed."""
 

@@ -569,6 +569,52 @@ async def test_the_consumer_resubscribes_after_its_connection_is_killed(
         await consumer_client.aclose()
 
 
+@pytest.mark.parametrize("batch", [1, 3], ids=["one", "batch"])
+async def test_a_publish_right_after_the_server_killed_the_pooled_connections_is_delivered_once(
+    redis_url: str, redis_client: Redis, key_prefix: str, batch: int
+) -> None:
+    """A connection the server closed before the publish began never carries it:
+    the command did not reach the server, so a new connection takes it, with
+    redis-py's own retries turned off (they are not what makes this hold). Each
+    message arrives exactly once, as at-most-once requires."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    client_name = f"{key_prefix}-publisher"
+    publisher_client = Redis.from_url(redis_url, client_name=client_name, retry=Retry(NoBackoff(), 0))
+    emitter = EventEmitter(
+        message_broker=RedisPubSubBroker(client=publisher_client, channel_prefix=key_prefix)
+    )
+    listener = redis_client.pubsub()
+    await listener.psubscribe(f"{key_prefix}:notification_event:*")
+    try:
+        await emitter.emit(OrderPlaced(order_id=0))  # the pool now holds an idle connection
+        for round_ in range(1, 4):
+            ids = [
+                entry["id"]
+                for entry in await redis_client.client_list()
+                if entry["name"] == client_name
+            ]
+            assert ids, "the publisher's pooled connection is open"
+            for client_id in ids:
+                assert await redis_client.client_kill_filter(_id=client_id) == 1
+            await emitter.emit_all(
+                [OrderPlaced(order_id=round_ * 10 + n) for n in range(batch)]
+            )
+        wanted = [0] + [round_ * 10 + n for round_ in range(1, 4) for n in range(batch)]
+        received: list[int] = []
+        async with asyncio.timeout(WAIT):
+            while len(received) < len(wanted):
+                message = await listener.get_message(ignore_subscribe_messages=True, timeout=1)
+                if message is not None:
+                    received.append(orjson.loads(message["data"])["payload"]["order_id"])
+        assert received == wanted
+        assert await listener.get_message(ignore_subscribe_messages=True, timeout=0.2) is None
+    finally:
+        await listener.aclose()
+        await publisher_client.aclose()
+
+
 async def test_stopping_while_resubscribing_closes_the_new_subscription_connection(
     redis_url: str,
     redis_client: Redis,
