@@ -581,7 +581,9 @@ async def test_a_publish_right_after_the_server_killed_the_pooled_connections_is
     from redis.backoff import NoBackoff
 
     client_name = f"{key_prefix}-publisher"
-    publisher_client = Redis.from_url(redis_url, client_name=client_name, retry=Retry(NoBackoff(), 0))
+    publisher_client = Redis.from_url(
+        redis_url, client_name=client_name, retry=Retry(NoBackoff(), 0)
+    )
     emitter = EventEmitter(
         message_broker=RedisPubSubBroker(client=publisher_client, channel_prefix=key_prefix)
     )
