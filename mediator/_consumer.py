@@ -16,7 +16,7 @@ from mediator._broker import Delivery, SubscribingBroker, Subscription
 from mediator._container import Container, Resolver, as_container
 from mediator._context import _message
 from mediator._emitter import EventEmitter
-from mediator._event_map import EventBinding, EventMap, HandlerCall
+from mediator._event_map import EventBinding, EventMap, HandlerCall, follow_ups_of
 from mediator._events import Event
 from mediator._exceptions import MessageDecodeError, SubscriptionLostError
 from mediator._interceptors import Consuming, Interceptor, consuming_scope, overrides
@@ -26,14 +26,11 @@ from mediator._policies import DeadLetter, ErrorPolicy, Retry
 from mediator._recovery import NOTHING, Dispatched, run_bindings
 from mediator._running import RunsUntilStopped
 from mediator._transport import close_all
+from mediator._waiting import describe, watch
 
 __all__ = ["ConsumerInbox", "ConsumerStats", "EventConsumer", "Settled"]
 
 logger = logging.getLogger("mediator.consumer")
-
-CONSUMER_CREATED: list[Callable[[EventConsumer], None]] = []
-"""Called with every EventConsumer as it is built; empty unless a tool
-(`mediator.testing`, once imported) watches consumers from their start."""
 
 HANDLER_FAILED = "handler_failed"
 """Dead-letter reason of a message whose handler failed past its policy."""
@@ -226,8 +223,6 @@ class EventConsumer(RunsUntilStopped):
         self._stop_requested: asyncio.Event | None = None
         self._failure: BaseException | None = None
         self._listeners: list[Callable[[Settled], None]] = []
-        for hook in CONSUMER_CREATED:
-            hook(self)
         self._draining: asyncio.Future[None] | None = None
 
     # -- subscriptions -----------------------------------------------------
@@ -416,6 +411,7 @@ class EventConsumer(RunsUntilStopped):
                 else:
                     _message.set(received)
                     bindings = handlers_for(type(event))
+                    outcome: _Outcome | None = None
                     try:
                         if len(bindings) == 1:
                             # One handler, called here; run_bindings takes
@@ -425,6 +421,8 @@ class EventConsumer(RunsUntilStopped):
                             try:
                                 if function is not None:
                                     more = await function(event)
+                                    if more is not None:
+                                        more = follow_ups_of(more, function)
                                 else:
                                     more = await binding.call(event, None)
                             except Exception as exc:
@@ -432,20 +430,21 @@ class EventConsumer(RunsUntilStopped):
                                     bindings, event, None, self._policy, first_error=exc
                                 )
                             else:
-                                dispatched = Dispatched(list(more)) if more else NOTHING
+                                dispatched = Dispatched(more) if more else NOTHING
                         else:
                             dispatched = await run_bindings(bindings, event, None, self._policy)
+                        if dispatched is not NOTHING:
+                            outcome = await self._outcome_of(dispatched, event, None)
                     except asyncio.CancelledError:
                         report = await self._release(
                             delivery, "stopped before its handlers finished", received.message_id
                         )
                         raise
-                    if dispatched is NOTHING:
+                    if outcome is None:
                         await delivery.ack()
                         stats.handled += 1
                         report = _HANDLED_REPORT
                     else:
-                        outcome = await self._outcome_of(dispatched, event, None)
                         report = await self._settle(delivery, outcome, received.message_id)
             except asyncio.CancelledError:
                 raise
@@ -716,8 +715,13 @@ class EventConsumer(RunsUntilStopped):
     async def wait_until(
         self, predicate: Callable[[ConsumerStats], bool], timeout: float = 5.0
     ) -> ConsumerStats:
-        """Shortcut for `mediator.testing.wait_until(consumer, predicate, timeout)`."""
-        from mediator.testing import wait_until
+        """Wait until `predicate(self.stats)` holds, checked again after every
+        settled delivery; returns the stats. Raises `WaitTimeout` (a
+        TimeoutError) saying what was awaited and what was settled meanwhile.
 
-        stats: ConsumerStats = await wait_until(self, predicate, timeout)
-        return stats
+        ```python
+        await consumer.wait_until(lambda stats: stats.handled >= 3, timeout=10)
+        ```
+        """
+        await watch(self, lambda _: predicate(self.stats), f"stats: {describe(predicate)}", timeout)
+        return self.stats

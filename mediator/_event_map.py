@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar, overload
 
 import attrs
@@ -24,7 +24,7 @@ from mediator._exceptions import EventBindingError
 from mediator._patterns import GlobPattern
 from mediator._policies import ErrorPolicy
 
-__all__ = ["EventBinding", "EventMap"]
+__all__ = ["EventBinding", "EventMap", "follow_ups_of"]
 
 H = TypeVar("H")
 
@@ -55,10 +55,33 @@ def _class_call(handler_type: type[Any]) -> HandlerCall:
     return call
 
 
-def _function_call(function: Callable[[Any], Awaitable[Iterable[Event] | None]]) -> HandlerCall:
+def follow_ups_of(returned: object, function: object) -> list[Event] | None:
+    """What a function handler returned, as its follow-up events: None, one
+    event, or an iterable of events. Anything else raises TypeError naming the
+    handler, which the binding's error policy then handles like any failure."""
+    if returned is None:
+        return None
+    if isinstance(returned, Event):
+        return [returned]
+    if isinstance(returned, Iterable) and not isinstance(returned, str | bytes | Mapping):
+        follow_ups = list(returned)
+        for item in follow_ups:
+            if not isinstance(item, Event):
+                break
+        else:
+            return follow_ups or None
+        what = f"an iterable holding {type(item).__qualname__}"
+    else:
+        what = type(returned).__qualname__
+    name = getattr(function, "__qualname__", repr(function))
+    raise TypeError(
+        f"event handler {name} returned {what}; return an event, a list of events or None"
+    )
+
+
+def _function_call(function: Callable[[Any], Awaitable[object]]) -> HandlerCall:
     async def call(event: Event, resolver: Resolver | None) -> list[Event] | None:
-        follow_ups = await function(event)
-        return list(follow_ups) if follow_ups else None
+        return follow_ups_of(await function(event), function)
 
     return call
 
@@ -73,7 +96,7 @@ class EventBinding:
     """None: the dispatcher's default (the map's, else fail-fast locally and
     retry-then-dead-letter in a consumer)."""
     call: HandlerCall = attrs.field(repr=False)
-    function: Callable[[Any], Awaitable[Iterable[Event] | None]] | None = attrs.field(
+    function: Callable[[Any], Awaitable[object]] | None = attrs.field(
         default=None, repr=False
     )
     """The handler when it is an async function (or async callable object):

@@ -20,43 +20,48 @@ what was awaited and what the consumer settled meanwhile, instead of hanging.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from mediator._broker import MessageBroker
-from mediator._consumer import CONSUMER_CREATED, ConsumerStats, EventConsumer, Settled
+from mediator._consumer import ConsumerStats, EventConsumer, Settled
 from mediator._events import Event
-from mediator._limits import quote
 from mediator._message import Message
 from mediator._transport import DeadLetterRecord
+from mediator._waiting import WaitTimeout, describe, watch
 
 __all__ = [
     "CapturingBroker",
     "Settled",
     "WaitTimeout",
     "dead_letters",
+    "keep_handled",
     "wait_for_event",
     "wait_until",
 ]
 
 E = TypeVar("E", bound=Event)
 
-_RECENT = 20
-"""How many settled deliveries a `WaitTimeout` lists."""
 _HISTORY = 10_000
 """How many handled events each consumer's history keeps for `wait_for_event`."""
 
 _handled: weakref.WeakKeyDictionary[EventConsumer, deque[Event]] = weakref.WeakKeyDictionary()
 
 
-def _watch_from_the_start(consumer: EventConsumer) -> None:
-    # Every consumer built once this module is imported keeps its handled
-    # events, so a wait that starts after the event arrived still sees it.
-    history: deque[Event] = deque(maxlen=_HISTORY)
+def keep_handled(consumer: EventConsumer, *, limit: int = _HISTORY) -> EventConsumer:
+    """Keep the last `limit` events `consumer` handles, so that
+    `wait_for_event` also finds one handled before the wait began. Call it
+    right after building the consumer; returns the consumer.
+
+    ```python
+    consumer = keep_handled(EventConsumer(broker=broker, event_map=events))
+    ```
+    """
+    if consumer in _handled:
+        return consumer
+    history: deque[Event] = deque(maxlen=limit)
     _handled[consumer] = history
 
     def record(settled: Settled) -> None:
@@ -64,75 +69,7 @@ def _watch_from_the_start(consumer: EventConsumer) -> None:
             history.append(settled.event)
 
     consumer.add_listener(record)
-
-
-CONSUMER_CREATED.append(_watch_from_the_start)
-
-
-class WaitTimeout(TimeoutError):
-    """A wait in `mediator.testing` ran out of time; the message says what
-    was awaited, the consumer's counters and the last deliveries it settled."""
-
-
-def _describe(predicate: Callable[..., Any]) -> str:
-    try:
-        source = inspect.getsource(predicate).strip()
-    except (OSError, TypeError):
-        source = getattr(predicate, "__qualname__", repr(predicate))
-    return quote(source, 300)
-
-
-def _timeout(
-    what: str, timeout: float, consumer: EventConsumer, recent: Sequence[Settled]
-) -> WaitTimeout:
-    stats = consumer.stats
-    lines = [
-        f"waited {timeout} s for {what}",
-        f"the consumer received {stats.received}, handled {stats.handled}, released "
-        f"{stats.released}, dead-lettered {stats.dead_lettered} "
-        f"{dict(stats.dead_lettered_by_reason) or ''}, in flight {stats.in_flight}; "
-        f"running: {consumer.running}",
-    ]
-    if recent:
-        lines.append("last settled:")
-        for settled in recent:
-            name = "?" if settled.message is None else settled.message.message_name
-            ident = "?" if settled.message is None else settled.message.message_id
-            why = "" if settled.reason is None else f" ({quote(settled.reason, 200)})"
-            lines.append(f"  {settled.outcome}: {quote(name, 100)} {ident}{why}")
-    else:
-        lines.append("nothing was settled while waiting")
-    return WaitTimeout("\n".join(lines))
-
-
-async def _watch(
-    consumer: EventConsumer,
-    done: Callable[[Settled | None], bool],
-    what: str,
-    timeout: float,
-) -> None:
-    """Wait until `done(settled)` holds; `done(None)` is asked first."""
-    if done(None):
-        return
-    changed = asyncio.Event()
-    recent: deque[Settled] = deque(maxlen=_RECENT)
-    finished = False
-
-    def listener(settled: Settled) -> None:
-        nonlocal finished
-        recent.append(settled)
-        if not finished and done(settled):
-            finished = True
-            changed.set()
-
-    remove = consumer.add_listener(listener)
-    try:
-        async with asyncio.timeout(timeout):
-            await changed.wait()
-    except TimeoutError:
-        raise _timeout(what, timeout, consumer, list(recent)) from None
-    finally:
-        remove()
+    return consumer
 
 
 async def wait_until(
@@ -145,10 +82,7 @@ async def wait_until(
     await wait_until(consumer, lambda stats: stats.handled >= 3)
     ```
     """
-    await _watch(
-        consumer, lambda _: predicate(consumer.stats), f"stats: {_describe(predicate)}", timeout
-    )
-    return consumer.stats
+    return await consumer.wait_until(predicate, timeout)
 
 
 async def wait_for_event(
@@ -161,10 +95,9 @@ async def wait_for_event(
     """Return the first `event_type` event (matching `where`, if given) the
     consumer handled, waiting for it if it has not been handled yet.
 
-    "First" counts from when the consumer was built, for every consumer
-    built after `mediator.testing` was imported (it keeps the last 10,000
-    handled events of each), so it does not matter whether the event arrived
-    before or after the wait began; otherwise it counts from the call.
+    "First" counts from `keep_handled(consumer)` for a consumer given to it
+    (so it does not matter whether the event arrived before or after the
+    wait began), and from the call for any other consumer.
 
     ```python
     paid = await wait_for_event(consumer, OrderPaid, where=lambda e: e.order_id == 7)
@@ -185,8 +118,8 @@ async def wait_for_event(
 
     what = f"a handled {event_type.__qualname__}"
     if where is not None:
-        what += f" where {_describe(where)}"
-    await _watch(consumer, done, what, timeout)
+        what += f" where {describe(where)}"
+    await watch(consumer, done, what, timeout)
     return found[0]
 
 

@@ -20,7 +20,7 @@ from mediator import (
     NotificationEvent,
     SubscribingBroker,
 )
-from mediator.testing import wait_for_event
+from mediator.testing import keep_handled, wait_for_event
 
 
 @attrs.frozen(kw_only=True)
@@ -36,7 +36,7 @@ async def _round_trip(broker: SubscribingBroker, group: str | None) -> None:
     async def handle(event: Pinged) -> None:
         return None
 
-    consumer = EventConsumer(broker=broker, event_map=events)
+    consumer = keep_handled(EventConsumer(broker=broker, event_map=events))
     await consumer.subscribe(f"{broker.channel_prefix}:notification_event:*", group=group)
     await broker.start()
     try:

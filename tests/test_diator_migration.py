@@ -54,7 +54,7 @@ from mediator import (
     RequestMap,
 )
 from mediator.container import DIContainer, RodiContainer
-from mediator.testing import wait_for_event, wait_until
+from mediator.testing import keep_handled, wait_for_event, wait_until
 
 T = TypeVar("T")
 
@@ -467,7 +467,7 @@ async def test_a_resolve_only_container_builds_the_handlers_of_a_consumer() -> N
     container = ResolveOnlyContainer()
     _, events = greet_maps()
     broker = InMemoryMessageBroker(channel_prefix="greet")
-    consumer = EventConsumer(broker=broker, event_map=events, container=container)
+    consumer = keep_handled(EventConsumer(broker=broker, event_map=events, container=container))
     await consumer.subscribe("greet:notification_event:*")
     async with consumer:
         await EventEmitter(event_map=events, message_broker=broker).emit(Greeted(name="bob"))

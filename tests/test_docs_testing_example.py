@@ -24,7 +24,7 @@ from mediator import (
     correlation_scope,
     encode_message,
 )
-from mediator.testing import dead_letters, wait_for_event, wait_until
+from mediator.testing import dead_letters, keep_handled, wait_for_event, wait_until
 
 # -- the application's code (normally imported from your package) ----------
 
@@ -91,6 +91,7 @@ async def consumer(
         # The production default, without the waits between attempts.
         default_policy=Retry(attempts=3, backoff=Backoff(initial=0, jitter=0), then=DeadLetter()),
     )
+    keep_handled(consumer)  # wait_for_event also finds what was handled before it
     await consumer.subscribe(ORDERS)
     async with consumer:  # the subscription is live from here
         yield consumer

@@ -26,7 +26,7 @@ from mediator import (
     ServiceStarted,
     ServiceStopping,
 )
-from mediator.testing import wait_for_event, wait_until
+from mediator.testing import keep_handled, wait_for_event, wait_until
 
 
 @attrs.frozen(kw_only=True)
@@ -116,6 +116,7 @@ async def test_a_service_starts_in_order_handles_messages_and_stops_in_reverse_o
         assert service.running
         assert service.ready
         [consumer] = service.consumers
+        keep_handled(consumer)
         await service.mediator.send(PlaceOrder(order_id=7))
         await wait_for_event(consumer, OrderPlaced)
     assert log == [

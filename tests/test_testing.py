@@ -7,7 +7,14 @@ import pytest
 
 from brokers.memory import InMemoryMessageBroker
 from mediator import EventConsumer, EventEmitter, EventMap, NotificationEvent
-from mediator.testing import CapturingBroker, WaitTimeout, dead_letters, wait_for_event, wait_until
+from mediator.testing import (
+    CapturingBroker,
+    WaitTimeout,
+    dead_letters,
+    keep_handled,
+    wait_for_event,
+    wait_until,
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -24,7 +31,7 @@ async def consumer() -> EventConsumer:
     async def handle(event: Paid) -> None:
         return None
 
-    consumer = EventConsumer(broker=broker, event_map=events)  # type: ignore[arg-type]
+    consumer = keep_handled(EventConsumer(broker=broker, event_map=events))  # type: ignore[arg-type]
     await consumer.subscribe("t:*")
     return consumer
 
