@@ -6,7 +6,7 @@ import importlib
 import os
 import re
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from mediator import SubscribingBroker
 
@@ -33,9 +33,14 @@ Bus connection string (``Endpoint=sb://...``) is taken too."""
 _AZURE = re.compile(r"(?:^|;)\s*Endpoint\s*=\s*sb://", re.IGNORECASE)
 
 
+_SECRET_NAME = re.compile(r"pass|secret|token|key|sig|credential|auth", re.IGNORECASE)
+"""Query parameters whose value is masked: their name holds one of these."""
+
+
 def redact(url: str) -> str:
-    """`url` with its password (or a connection string's key) replaced by ``***``,
-    for messages and logs."""
+    """`url` with its password, every secret-looking query value
+    (``password=``, ``sasl_plain_password=``, ``token=``, ...) or a connection
+    string's key replaced by ``***``, for messages and logs."""
     if _AZURE.search(url):
         return re.sub(
             r"(SharedAccessKey|SharedAccessSignature)\s*=[^;]*", r"\1=***", url, flags=re.I
@@ -44,11 +49,19 @@ def redact(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<unparsable URL>"
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    if parts.password is not None:
+        host = parts.netloc.rpartition("@")[2]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+    if parts.query:
+        parts = parts._replace(query=re.sub(r"[^&;]+", _mask_parameter, parts.query))
+    return urlunsplit(parts)
+
+
+def _mask_parameter(parameter: re.Match[str]) -> str:
+    name, equals, _ = parameter[0].partition("=")
+    if equals and _SECRET_NAME.search(unquote_plus(name)):
+        return f"{name}=***"
+    return parameter[0]
 
 
 def from_url(url: str, *, channel_prefix: str | None = None, **options: Any) -> SubscribingBroker:

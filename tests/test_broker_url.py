@@ -204,6 +204,26 @@ def test_the_password_of_a_bad_url_is_not_repeated() -> None:
     assert "hunter2" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("url", "kept"),
+    [
+        ("redis://h:6379/0?password=s3cret", "redis://h:6379/0?password=***"),
+        (
+            "kafka://h:9092?security_protocol=SASL_SSL&sasl_plain_password=s3cret",
+            "kafka://h:9092?security_protocol=SASL_SSL&sasl_plain_password=***",
+        ),
+        ("redis://u:s3cret@h:6379?password=s3cret", "redis://u:***@h:6379?password=***"),
+        ("amqps://h/?auth_token=s3cret&heartbeat=30", "amqps://h/?auth_token=***&heartbeat=30"),
+        ("rediss://h?ssl_keyfile_password=s3cret", "rediss://h?ssl_keyfile_password=***"),
+        ("kafka://h:9092?SASL_PLAIN_PASSWORD=s3cret", "kafka://h:9092?SASL_PLAIN_PASSWORD=***"),
+        ("redis://h?pass%77ord=s3cret", "redis://h?pass%77ord=***"),
+        ("redis://h:6379/0?db=2", "redis://h:6379/0?db=2"),
+    ],
+)
+def test_redact_masks_secrets_in_the_query_too(url: str, kept: str) -> None:
+    assert brokers.redact(url) == kept
+
+
 def test_a_missing_extra_is_named_by_the_transport_module(monkeypatch: pytest.MonkeyPatch) -> None:
     # As if redis-py were not installed: the module's own ImportError reaches the caller.
     monkeypatch.setitem(sys.modules, "redis", None)
