@@ -333,10 +333,10 @@ class RedisPubSubSubscription(ReconnectingSubscription[RedisPubSubDelivery]):
                 raise _lost(exc) from exc
         except BaseException:
             # Cancelled or failed half-way: never leave a subscribed connection behind.
-            await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
+            await asyncio.shield(pubsub.aclose())
             raise
         if self.closed:  # closed while subscribing
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
             return
         self._pubsub, self._connection = pubsub, connection
 
@@ -373,7 +373,7 @@ class RedisPubSubSubscription(ReconnectingSubscription[RedisPubSubDelivery]):
         pubsub, self._pubsub, self._connection = self._pubsub, None, None
         if pubsub is not None:
             try:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
             except Exception:  # the connection is gone already
                 logger.debug("closing a broken Redis subscription failed", exc_info=True)
 
@@ -489,6 +489,10 @@ _ACK_DELAY = 0.05
 (well under `claim_idle`: a member's acknowledged entries are not renewed)."""
 _PLAIN_FOR = 60.0
 """Seconds reads go without the script after Redis refused to run it."""
+_CLAIM_CALLS = 10
+"""``XAUTOCLAIM`` calls per stream in one claim pass: a pass claims at most
+10 x `batch_size` entries of a stream and looks at no more than 100 x
+`batch_size` of its pending entries (Redis looks at 10 x COUNT per call)."""
 _SOLO = "solo:"
 """The group name prefix of an ungrouped subscription's private group."""
 
@@ -596,7 +600,8 @@ class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
       read from its first entry (its group is created at ``0``).
     - Entries idle in the group's pending list longer than `claim_idle` (a
       crashed or stopped member's, or released ones) are claimed every
-      `claim_interval`; entries this subscription holds are kept from
+      `claim_interval`, following each stream's ``XAUTOCLAIM`` cursor
+      (`_CLAIM_CALLS` per pass); entries this subscription holds are kept from
       being claimed by renewing them (``XCLAIM ... JUSTID``) meanwhile.
     - Acknowledgements are collected and sent as one ``XACK`` per stream,
       in the same round trip as the next ``XREADGROUP``, or after a few
@@ -645,6 +650,8 @@ class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
         """Deliveries a reconnect read, for the next `_receive`."""
         self._next_discovery = 0.0
         self._next_claim = 0.0
+        self._claim_from: dict[str, str] = {}
+        """Where each stream's next XAUTOCLAIM starts: the cursor the last one returned."""
 
     # -- the link --------------------------------------------------------------
 
@@ -739,8 +746,9 @@ class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
                 self._next_discovery = now + broker.discovery_interval
             claimed: list[RedisStreamDelivery] = []
             if now >= self._next_claim:
-                claimed = await self._claim()
-                self._next_claim = now + broker.claim_interval
+                claimed, more = await self._claim()
+                # A pass cut short by its bound goes on at the next receive.
+                self._next_claim = now if more else now + broker.claim_interval
             # What a reconnect read is taken only now: nothing read is dropped.
             deliveries, self._ready = self._ready + claimed, []
             if deliveries:
@@ -878,45 +886,60 @@ class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
 
     # -- claiming, renewing, cleaning up ------------------------------------------
 
-    async def _claim(self) -> list[RedisStreamDelivery]:
+    async def _claim(self) -> tuple[list[RedisStreamDelivery], bool]:
         """Claim entries idle past `claim_idle` (a crashed member's, or
-        released), and remove idle members that hold nothing."""
+        released), and remove idle members that hold nothing.
+
+        Follows each stream's ``XAUTOCLAIM`` cursor, from pass to pass too,
+        for up to `_CLAIM_CALLS` calls per stream; also returns whether a
+        stream's cursor was still short of the end of its pending list."""
         broker = self._stream_broker
-        keys = list(self._reading)
-        if not keys:
-            return []
         idle_ms = int(broker.claim_idle * 1000)
-        async with self._client.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.xautoclaim(
-                    key,
-                    self._group,
-                    self.consumer,
-                    idle_ms,
-                    start_id="0-0",
-                    count=broker.batch_size,
-                )
-                pipe.xinfo_consumers(key, self._group)
-            results = await pipe.execute(raise_on_error=False)
-        claimed: dict[str, list[tuple[bytes, Any]]] = {}
-        for index, key in enumerate(keys):
-            reply, members = results[2 * index], results[2 * index + 1]
-            if isinstance(reply, Exception) or isinstance(members, Exception):
-                continue  # a vanished group shows in the next read
-            entries = [(entry_id, fields) for entry_id, fields in reply[1] if fields]
-            if entries:
-                claimed[key] = entries
-            await self._remove_idle_members(key, members)
-        return await self._claimed(claimed) if claimed else []
+        claimed: list[tuple[str, list[tuple[bytes, Any]]]] = []
+        going = list(self._reading)
+        for call in range(_CLAIM_CALLS):
+            if not going:
+                break
+            keys, going = going, []
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.xautoclaim(
+                        key,
+                        self._group,
+                        self.consumer,
+                        idle_ms,
+                        start_id=self._claim_from.get(key, "0-0"),
+                        count=broker.batch_size,
+                    )
+                    if call == 0:
+                        pipe.xinfo_consumers(key, self._group)
+                results = await pipe.execute(raise_on_error=False)
+            step = 2 if call == 0 else 1
+            for index, key in enumerate(keys):
+                reply = results[step * index]
+                members = results[step * index + 1] if call == 0 else None
+                if isinstance(reply, Exception) or isinstance(members, Exception):
+                    continue  # a vanished group shows in the next read
+                # Redis 7 takes entries deleted from the stream off the pending list
+                # and lists their ids third; 6.2 returns them as nil, skipped here.
+                cursor = self._claim_from[key] = _text(reply[0])
+                entries = [(entry_id, fields) for entry_id, fields in reply[1] if fields]
+                if entries:
+                    claimed.append((key, entries))
+                if cursor != "0-0":
+                    going.append(key)
+                if members is not None:
+                    await self._remove_idle_members(key, members)
+        return (await self._claimed(claimed) if claimed else []), bool(going)
 
     async def _claimed(
-        self, claimed: dict[str, list[tuple[bytes, Any]]]
+        self, claimed: list[tuple[str, list[tuple[bytes, Any]]]]
     ) -> list[RedisStreamDelivery]:
+        """Deliveries of what each XAUTOCLAIM returned, with their counts;
+        those delivered too often are dead-lettered instead."""
         broker = self._stream_broker
-        keys = list(claimed)
         async with self._client.pipeline(transaction=False) as pipe:
-            for key in keys:
-                entries = claimed[key]
+            for key, entries in claimed:
                 pipe.xpending_range(
                     key,
                     self._group,
@@ -927,13 +950,13 @@ class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
                 )
             pendings = await pipe.execute(raise_on_error=False)
         deliveries: list[RedisStreamDelivery] = []
-        for key, pending in zip(keys, pendings, strict=True):
+        for (key, entries), pending in zip(claimed, pendings, strict=True):
             counts: dict[bytes, int] = (
                 {}
                 if isinstance(pending, Exception)
                 else {p["message_id"]: p["times_delivered"] for p in pending}
             )
-            for entry_id, fields in claimed[key]:
+            for entry_id, fields in entries:
                 delivery = RedisStreamDelivery(
                     self, key, entry_id, fields.get(b"data", b""), counts.get(entry_id, 2)
                 )

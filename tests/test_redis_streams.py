@@ -15,7 +15,7 @@ import attrs
 import pytest
 from redis.asyncio import Redis
 
-from brokers.redis import RedisStreamBroker, RedisStreamDelivery
+from brokers.redis import _CLAIM_CALLS, RedisStreamBroker, RedisStreamDelivery
 from mediator import EventConsumer, EventEmitter, EventMap, NotificationEvent
 from mediator.testing import wait_until
 from tests.conftest import _start_private_server, _stop, _unavailable
@@ -656,3 +656,36 @@ async def test_an_oversize_entry_is_dead_lettered_as_a_bounded_prefix_with_size_
     assert record.size == len(body)
     assert record.sha256 == hashlib.sha256(body).hexdigest()
     assert record.truncated
+
+
+# -- claiming behind live pending entries (issue 18, item 6) ----------------------------
+
+
+@pytest.mark.parametrize(
+    "live",
+    # One XAUTOCLAIM looks at 10 x batch_size (2) pending entries at most, and
+    # one claim pass sends _CLAIM_CALLS of them per stream.
+    [30, 10 * 2 * _CLAIM_CALLS + 10],
+    ids=["beyond-one-call", "beyond-one-pass"],
+)
+async def test_idle_entries_behind_many_live_pending_ones_are_all_claimed(
+    client: Redis, key_prefix: str, live: int
+) -> None:
+    broker = stream_broker(client, key_prefix, batch_size=2, claim_idle=60.0, claim_interval=0.05)
+    await publish(broker, *range(live + 30))
+    stream = f"{key_prefix}:notification_event:OrderPlaced"
+    await client.xgroup_create(stream, "billing", id="0")
+    await client.xreadgroup("billing", "live", {stream: ">"}, count=live)  # delivered just now
+    [[_, dead]] = await client.xreadgroup("billing", "dead", {stream: ">"}, count=30)
+    # The dead member's entries, behind the live ones, have been idle for an hour.
+    ids = [entry_id for entry_id, _ in dead]
+    await client.xclaim(stream, "billing", "dead", 0, ids, idle=3_600_000, justid=True)
+    recorder = Recorder()
+    consumer = EventConsumer(broker=broker, event_map=recorder.events())
+    await consumer.subscribe(f"{key_prefix}:notification_event:*", group="billing")
+    async with consumer:
+        await wait_until(consumer, lambda s: s.handled >= 30, timeout=WAIT)
+    assert sorted(recorder.seen) == list(range(live, live + 30))  # none of the live member's
+    pending = {m["name"]: m["pending"] for m in await client.xinfo_consumers(stream, "billing")}
+    assert pending.get(b"dead", 0) == 0
+    assert pending[b"live"] == live
