@@ -40,6 +40,10 @@ TOO_MANY_DELIVERIES = "too_many_deliveries"
 """Dead-letter reason of a message released `max_deliveries` times already."""
 
 
+_CANCEL_GRACE = 1.0
+"""Seconds (at least; `drain_timeout` when longer) a stop waits for the
+deliveries it cancelled to settle before it goes on without them."""
+
 _YIELD_EVERY = 64
 """Deliveries one task handles in a row before it lets other tasks run:
 handlers that never wait would otherwise hold the loop for a whole
@@ -308,7 +312,17 @@ class EventConsumer(RunsUntilStopped):
                 task.cancel()
             if late:
                 logger.warning("cancelled %d deliveries still running after drain", len(late))
-                await asyncio.gather(*late, return_exceptions=True)
+                # Bounded too: a handler that swallows its cancellation, or a
+                # release stuck on a dead socket, must not hold the stop for ever.
+                _, stuck = await asyncio.wait(late, timeout=max(self._drain_timeout, _CANCEL_GRACE))
+                if stuck:
+                    logger.error(
+                        "%d deliveries did not end after being cancelled (a handler that "
+                        "swallows CancelledError, or a settlement that hangs); stopping "
+                        "without them: they stay unsettled, and an at-least-once broker "
+                        "delivers them again",
+                        len(stuck),
+                    )
         await self._close_subscriptions()
         # A reader its transport kept alive past cancellation ends with the close.
         await asyncio.gather(*readers, return_exceptions=True)
@@ -659,7 +673,22 @@ class EventConsumer(RunsUntilStopped):
     # -- settling ----------------------------------------------------------
 
     async def _dead_letter(self, delivery: Delivery, reason: str, description: str) -> _Report:
-        await delivery.dead_letter(reason, quote(description))
+        try:
+            await delivery.dead_letter(reason, quote(description))
+        except Exception as exc:
+            # Not written: the message must not be lost, so it goes back.
+            logger.error(
+                "could not dead-letter a message from %s (%s): %s; releasing it instead",
+                quote(delivery.channel, 200),
+                reason,
+                quote(repr(exc)),
+            )
+            try:
+                await delivery.release()
+            except Exception:
+                logger.exception("could not release a message from %s", delivery.channel)
+            self.stats.released += 1
+            return ("released", quote(f"dead-lettering it ({reason}) failed: {exc!r}"))
         self.stats.dead_lettered += 1
         self.stats.dead_lettered_by_reason[reason] += 1
         return ("dead_lettered", reason)

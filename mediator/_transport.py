@@ -281,9 +281,14 @@ class DeliveryBase(abc.ABC):
         await self._release()
 
     async def dead_letter(self, reason: str, description: str) -> None:
-        """Move the message to the transport's dead-letter place."""
+        """Move the message to the transport's dead-letter place. When that
+        fails the delivery is not settled: it can still be released."""
         self._settling("dead_letter")
-        await self._dead_letter(reason, description)
+        try:
+            await self._dead_letter(reason, description)
+        except Exception:
+            self.settled = None
+            raise
 
     @abc.abstractmethod
     async def _ack(self) -> None: ...

@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 import pytest
 
-from brokers.memory import InMemoryMessageBroker
+from brokers.memory import InMemoryMessageBroker, MemoryDelivery
 from mediator import (
     Backoff,
     Consuming,
@@ -232,3 +232,88 @@ asyncio.run(main())
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
+
+
+async def test_stop_returns_when_a_handler_swallows_its_cancellation(
+    around: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The drain has a deadline after the cancel too: a handler that ignores
+    cancellation (or a settle stuck on a dead socket) cannot hold stop() for ever."""
+    broker = InMemoryMessageBroker(channel_prefix="paths")
+    entered = asyncio.Event()
+    let_go = asyncio.Event()
+    cancellations = 0
+
+    async def stubborn(event: Shipped) -> None:
+        nonlocal cancellations
+        entered.set()
+        while not let_go.is_set():
+            try:
+                await let_go.wait()
+            except asyncio.CancelledError:
+                cancellations += 1  # swallowed: it goes on waiting
+
+    events = EventMap()
+    events.bind(Shipped, stubborn)
+    consumer = consumer_of(broker, events, around, drain_timeout=0.05)
+    await consumer.subscribe("paths:notification_event:*")
+    await consumer.start()
+    try:
+        await EventEmitter(message_broker=broker).emit(Shipped(order_id=7))
+        async with asyncio.timeout(WAIT):
+            await entered.wait()
+        async with asyncio.timeout(WAIT):
+            await consumer.stop()
+        assert cancellations >= 1
+        assert not consumer.running
+        assert any("did not end after being cancelled" in r.getMessage() for r in caplog.records), [
+            r.getMessage() for r in caplog.records
+        ]
+    finally:
+        let_go.set()
+
+
+async def test_a_failed_dead_letter_write_while_stopping_keeps_the_cancellation(
+    around: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery cancelled by a stop, already at its delivery limit, is
+    dead-lettered; when that write fails the stop still goes on (the
+    cancellation is not replaced by the write's error) and it is released."""
+    broker = InMemoryMessageBroker(channel_prefix="paths")
+    entered = asyncio.Event()
+
+    async def slow(event: Shipped) -> None:
+        entered.set()
+        await asyncio.Event().wait()
+
+    events = EventMap()
+    events.bind(Shipped, slow)
+    consumer = consumer_of(broker, events, around, drain_timeout=0.05, max_deliveries=1)
+    settled: list[Settled] = []
+    consumer.add_listener(settled.append)
+    await consumer.subscribe("paths:notification_event:*")
+
+    async def refused(self: MemoryDelivery, reason: str, description: str) -> None:
+        raise ConnectionError("the dead-letter store is down")
+
+    monkeypatch.setattr(MemoryDelivery, "_dead_letter", refused)
+    await consumer.start()  # live when it returns; run() keeps it going
+    runner = asyncio.create_task(consumer.run())
+    try:
+        await EventEmitter(message_broker=broker).emit(Shipped(order_id=7))
+        async with asyncio.timeout(WAIT):
+            await entered.wait()
+        async with asyncio.timeout(WAIT):
+            await consumer.stop()
+            await runner  # run() returns: the stop was not turned into the write's error
+    finally:
+        runner.cancel()
+    assert not consumer.running
+    assert consumer.stats.in_flight == 0
+    assert [(s.outcome, s.reason) for s in settled] == [
+        (
+            "released",
+            "dead-lettering it (too_many_deliveries) failed: "
+            "ConnectionError('the dead-letter store is down')",
+        )
+    ]
