@@ -77,6 +77,7 @@ from mediator.transport import (
     PublishError,
     ReconnectingSubscription,
     TransportError,
+    being_cancelled,
     channel_for,
     encode_message,
     map_errors,
@@ -215,29 +216,34 @@ class AzureDelivery(DeliveryBase):
         message_id = quote(str(self.message.message_id), 200)
         try:
             await settle(self.message)
-        except MessageLockLostError:
-            logger.warning(
-                "lost the lock of message %s before it was settled (%s); it will be delivered "
-                "again",
-                message_id,
-                outcome,
-            )
-        except ValueError as exc:
-            # The SDK's word for a closed receiver (reopened, or its client
-            # closed) or a message settled already: a lock lives on its own link.
-            logger.warning(
-                "cannot %s message %s: %s; it will be delivered again once its lock expires",
-                outcome,
-                message_id,
-                quote(str(exc), 200),
-            )
-        except ServiceBusError as exc:
-            logger.error(
-                "could not %s message %s (%s); it will be delivered again once its lock expires",
-                outcome,
-                message_id,
-                quote(repr(exc)),
-            )
+        except (ServiceBusError, ValueError) as exc:
+            if being_cancelled():
+                # Cancelled midway, though the SDK may report it as its own error.
+                raise asyncio.CancelledError from exc
+            if isinstance(exc, MessageLockLostError):
+                logger.warning(
+                    "lost the lock of message %s before it was settled (%s); it will be delivered "
+                    "again",
+                    message_id,
+                    outcome,
+                )
+            elif isinstance(exc, ValueError):
+                # The SDK's word for a closed receiver (reopened, or its client
+                # closed) or a message settled already: a lock lives on its own link.
+                logger.warning(
+                    "cannot %s message %s: %s; it will be delivered again once its lock expires",
+                    outcome,
+                    message_id,
+                    quote(str(exc), 200),
+                )
+            else:
+                logger.error(
+                    "could not %s message %s (%s); it will be delivered again once its lock "
+                    "expires",
+                    outcome,
+                    message_id,
+                    quote(repr(exc)),
+                )
 
 
 class AzureSubscription(ReconnectingSubscription[AzureDelivery]):

@@ -79,6 +79,7 @@ from mediator.transport import (
     Message,
     PublishError,
     ReconnectingSubscription,
+    being_cancelled,
     encode_message,
     quote,
 )
@@ -359,6 +360,9 @@ class KafkaDelivery(DeliveryBase):
         try:
             await self._subscription._owner._send_dead_letter(self, reason, description)
         except Exception as exc:
+            if being_cancelled():
+                # Cancelled midway, though aiokafka may report it as its own error.
+                raise asyncio.CancelledError from exc
             # Not written: deliver it again rather than let it block its
             # partition (its offset must not be committed unhandled).
             logger.error(

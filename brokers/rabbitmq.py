@@ -48,7 +48,7 @@ import functools
 import hashlib
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from typing import Any, ClassVar, NamedTuple, Self
 
 try:
@@ -78,6 +78,7 @@ from mediator.transport import (
     ReconnectingSubscription,
     SubscriptionLostError,
     TransportError,
+    being_cancelled,
     encode_message,
     map_errors,
     quote,
@@ -107,7 +108,9 @@ _CONNECTION_LOST = (
     amqp_errors.ChannelInvalidStateError,
     asyncio.CancelledError,
 )
-"""What a publish or a settlement fails with when its channel or connection went away."""
+"""What a publish or a settlement fails with when its channel or connection went away
+(a cancelled command future among them); `_raise_if_cancelled` tells a cancellation
+of the running task apart."""
 _FAILURES = (amqp_errors.AMQPError, amqp_errors.ChannelInvalidStateError, OSError, TimeoutError)
 """Every error aio-pika raises for a broker that refused or did not answer."""
 
@@ -244,6 +247,27 @@ def _amqp_errors(what: str, otherwise: type[TransportError]) -> Iterator[None]:
             raise refused from exc
 
 
+def _raise_if_cancelled(error: BaseException) -> None:
+    """Raise a cancellation of the running task that `error` stands for:
+    aiormq reports one that lands as a channel closes as the channel's error."""
+    if being_cancelled():
+        if isinstance(error, asyncio.CancelledError):
+            raise error
+        raise asyncio.CancelledError from error
+
+
+async def _settle(command: Awaitable[None]) -> BaseException | None:
+    """Await a settlement command; the error of a lost channel instead of
+    raising it. A cancellation of the running task is raised: the message is
+    then not settled here, and RabbitMQ delivers it again."""
+    try:
+        await command
+    except _CONNECTION_LOST as exc:
+        _raise_if_cancelled(exc)
+        return exc
+    return None
+
+
 # -- deliveries ------------------------------------------------------------------
 
 
@@ -254,7 +278,9 @@ class RabbitMQDelivery(DeliveryBase):
 
     A settlement on a channel that has closed since (a lost connection, a
     reconnect, the subscription closed) is logged, never raised: RabbitMQ
-    has put the message back already and delivers it again.
+    has put the message back already and delivers it again. A settlement
+    cancelled midway (``asyncio.timeout``, a stopping consumer) raises the
+    cancellation, and the message counts as unsettled.
     """
 
     __slots__ = ("_channel", "_subscription", "delivery_tag", "message")
@@ -275,17 +301,15 @@ class RabbitMQDelivery(DeliveryBase):
         self._subscription = subscription
 
     async def _ack(self) -> None:
-        try:
-            await self._channel.basic_ack(self.delivery_tag)
-        except _CONNECTION_LOST as exc:
-            self._unsettled("acknowledge", exc)
+        error = await _settle(self._channel.basic_ack(self.delivery_tag))
+        if error is not None:
+            self._unsettled("acknowledge", error)
 
     async def _release(self) -> None:
         self._subscription._remember_release(self)
-        try:
-            await self._channel.basic_nack(self.delivery_tag, requeue=True)
-        except _CONNECTION_LOST as exc:
-            self._unsettled("release", exc)
+        error = await _settle(self._channel.basic_nack(self.delivery_tag, requeue=True))
+        if error is not None:
+            self._unsettled("release", error)
 
     async def _dead_letter(self, reason: str, description: str) -> None:
         if self._channel.is_closed:
@@ -297,6 +321,7 @@ class RabbitMQDelivery(DeliveryBase):
         try:
             await self._subscription._owner._publish_dead_letter(record, self.message)
         except (TransportError, MessageTooLargeError) as exc:
+            _raise_if_cancelled(exc)
             logger.error(
                 "could not dead-letter message %s from %s (%s); releasing it to try again",
                 self._message_id(),
@@ -393,10 +418,9 @@ class RabbitMQSubscription(ReconnectingSubscription[RabbitMQDelivery]):
         if target is None:
             # Bound more broadly than the glob (or a pattern since dropped):
             # not for this group. Acknowledged, counted, never dead-lettered.
-            owner.unmatched += 1
             logger.debug("acknowledging a delivery from %s: matches no subscription", channel)
-            with contextlib.suppress(*_CONNECTION_LOST):
-                await message.channel.basic_ack(deliver.delivery_tag or 0)
+            if await _settle(message.channel.basic_ack(deliver.delivery_tag or 0)) is None:
+                owner.unmatched += 1
             return
         count = self._delivery_count(message, bool(deliver.redelivered))
         target._waiting.append(
@@ -830,6 +854,7 @@ class RabbitMQMessageBroker(BrokerLifecycle):
             except BrokerUnavailableError as exc:
                 raise PublishError(f"could not publish {_labels(outgoing)}: {exc}") from exc
             except _CONNECTION_LOST as exc:
+                _raise_if_cancelled(exc)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 results = [exc] * len(outgoing)
@@ -1045,13 +1070,9 @@ async def _publish_one(
             properties=outgoing.properties,
             mandatory=mandatory,
         )
-    except asyncio.CancelledError as exc:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
-        return exc  # the channel closed under it
     except (*_CONNECTION_LOST, amqp_errors.AMQPError) as exc:
-        return exc
+        _raise_if_cancelled(exc)
+        return exc  # a CancelledError here: the channel closed under it
     return None
 
 

@@ -8,16 +8,20 @@ through tests/transports.py; this file holds what is RabbitMQ's own.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aio_pika
+import aiormq
 import attrs
 import orjson
 import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aiormq.exceptions import ChannelInvalidStateError
 
 from brokers.rabbitmq import RabbitMQMessageBroker, binding_key
 from mediator import (
@@ -470,6 +474,146 @@ async def test_a_poison_message_reaches_the_dead_letter_queue_with_quorum_delive
     assert "audit store refuses" in str(headers["dead_letter_description"])
     assert raw.message_id is not None
     assert raw.type == "OrderPlaced"
+
+
+# -- settling under cancellation ----------------------------------------------------
+
+
+class StuckSettlement:
+    """Stands in for an aiormq channel command (``basic_ack``, ``basic_nack``,
+    ``basic_publish``): holds until it is cancelled, then fails as
+    `reported_as` says (aiormq raises the CancelledError, or its channel's
+    error when the channel closes under the command)."""
+
+    def __init__(self, reported_as: type[BaseException] = asyncio.CancelledError) -> None:
+        self.reported_as = reported_as
+        self.entered = asyncio.Event()
+        self.tasks: list[asyncio.Task[Any]] = []
+
+    async def __call__(self, *args: object, **kwargs: object) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.append(task)
+        self.entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            if self.reported_as is asyncio.CancelledError:
+                raise
+            raise self.reported_as("the channel closed under the command") from None
+
+
+@pytest.mark.parametrize("reported_as", [asyncio.CancelledError, ChannelInvalidStateError])
+@pytest.mark.parametrize("verb", ["ack", "release", "dead_letter"])
+async def test_a_settlement_stuck_past_its_timeout_raises_the_timeout(
+    connection: AbstractRobustConnection,
+    names: Names,
+    monkeypatch: pytest.MonkeyPatch,
+    verb: str,
+    reported_as: type[BaseException],
+) -> None:
+    names.groups.add("stuck")
+    stuck = StuckSettlement(reported_as)
+    async with new_broker(connection, names) as broker:
+        subscription = await broker.subscribe(f"{names.prefix}:notification_event:*", group="stuck")
+        await EventEmitter(message_broker=broker).emit(OrderPlaced(order_id=1))
+        async with asyncio.timeout(10):
+            delivery = await anext(aiter(subscription))
+        monkeypatch.setattr(delivery.message.channel, "basic_ack", stuck)
+        monkeypatch.setattr(delivery.message.channel, "basic_nack", stuck)
+        settle = {
+            "ack": delivery.ack,
+            "release": delivery.release,
+            "dead_letter": functools.partial(delivery.dead_letter, "rejected", "refused"),
+        }[verb]
+
+        async def expire_once_stuck(timeout: asyncio.Timeout) -> None:
+            await stuck.entered.wait()
+            timeout.reschedule(asyncio.get_running_loop().time())
+
+        async def settle_within_timeout() -> None:
+            # The timeout fires exactly while the settlement hangs.
+            async with asyncio.timeout(None) as timeout:
+                expiring = asyncio.create_task(expire_once_stuck(timeout))
+                try:
+                    await settle()
+                finally:
+                    expiring.cancel()
+
+        with pytest.raises(TimeoutError):
+            await settle_within_timeout()
+        assert stuck.entered.is_set()
+
+
+@pytest.mark.parametrize("reported_as", [asyncio.CancelledError, ChannelInvalidStateError])
+async def test_a_dead_letter_cancelled_while_publishing_raises_the_cancellation(
+    connection: AbstractRobustConnection,
+    names: Names,
+    monkeypatch: pytest.MonkeyPatch,
+    reported_as: type[BaseException],
+) -> None:
+    names.groups.add("stuck")
+    stuck = StuckSettlement(reported_as)
+    broker = RabbitMQMessageBroker(
+        connection, channel_prefix=names.prefix, connect_timeout=30, publish_timeout=3
+    )
+    async with broker:
+        subscription = await broker.subscribe(f"{names.prefix}:notification_event:*", group="stuck")
+        await EventEmitter(message_broker=broker).emit(OrderPlaced(order_id=1))
+        async with asyncio.timeout(10):
+            delivery = await anext(aiter(subscription))
+        monkeypatch.setattr(aiormq.Channel, "basic_publish", stuck)
+        dead_letter = asyncio.create_task(delivery.dead_letter("rejected", "refused"))
+        async with asyncio.timeout(10):
+            await stuck.entered.wait()
+        dead_letter.cancel()
+        await asyncio.wait([dead_letter])
+        assert dead_letter.cancelled()
+
+
+async def test_a_consumer_stopped_while_an_ack_hangs_does_not_count_it_handled(
+    connection: AbstractRobustConnection, names: Names, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names.groups.add("hang")
+    stuck = StuckSettlement()
+    monkeypatch.setattr(aiormq.Channel, "basic_ack", stuck)
+    settled: list[str] = []
+    events = EventMap()
+
+    @events.bind(OrderPlaced)
+    async def handle(event: OrderPlaced) -> None:
+        pass
+
+    async with new_broker(connection, names) as broker:
+        consumer = EventConsumer(broker=broker, event_map=events, drain_timeout=0.1)
+        consumer.add_listener(lambda s: settled.append(s.outcome))
+        await consumer.subscribe(f"{names.prefix}:notification_event:*", group="hang")
+        async with consumer:
+            await EventEmitter(message_broker=broker).emit(OrderPlaced(order_id=1))
+            async with asyncio.timeout(10):
+                await stuck.entered.wait()
+        # Stopping cancelled the ack: not handled, RabbitMQ delivers it again.
+    assert consumer.stats.handled == 0
+    assert settled == []
+
+
+async def test_an_unmatched_delivery_whose_ack_is_cancelled_is_not_counted(
+    connection: AbstractRobustConnection, names: Names, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names.groups.add("unmatched")
+    stuck = StuckSettlement()
+    monkeypatch.setattr(aiormq.Channel, "basic_ack", stuck)
+    async with new_broker(connection, names) as broker:
+        # Bound as notification_event.#: CustomerState arrives and matches no glob.
+        await broker.subscribe(f"{names.prefix}:notification_event:Order*", group="unmatched")
+        await EventEmitter(message_broker=broker).emit(CustomerState(customer_id=1))
+        async with asyncio.timeout(10):
+            await stuck.entered.wait()
+        [acking] = stuck.tasks
+        acking.cancel()
+        await asyncio.wait([acking])
+        assert acking.cancelled()
+        assert broker.unmatched == 0
 
 
 # -- publish errors ------------------------------------------------------------------

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -12,6 +15,7 @@ from mediator.transport import (
     BrokerUnavailableError,
     CredentialError,
     DeadLetterRecord,
+    DeliveryBase,
     ReconnectingSubscription,
     SubscriptionLostError,
     map_errors,
@@ -99,3 +103,115 @@ def test_quote_never_exceeds_its_limit(size: int) -> None:
     quoted = quote("x" * size)
     assert len(quoted) <= 1024
     assert quoted == "x" * size or quoted.endswith("more characters)")
+
+
+# -- settling under cancellation (the RabbitMQ cases run in test_rabbitmq.py) ------------
+
+
+class StuckCall:
+    """An SDK's settlement call that holds until it is cancelled, then
+    raises the CancelledError, or the error `reported_as` makes (a client
+    may report a cancellation as its own error)."""
+
+    def __init__(self, reported_as: Callable[[], BaseException] | None) -> None:
+        self.reported_as = reported_as
+        self.entered = asyncio.Event()
+
+    async def __call__(self, *args: object, **kwargs: object) -> None:
+        self.entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            if self.reported_as is None:
+                raise
+            raise self.reported_as() from None
+
+
+def kafka_delivery(call: StuckCall, settled: list[object]) -> DeliveryBase:
+    kafka = pytest.importorskip("brokers.kafka")
+    subscription = SimpleNamespace(
+        _owner=SimpleNamespace(_send_dead_letter=call),
+        _redeliver=settled.append,
+        _settled=settled.append,
+    )
+    partition = SimpleNamespace(channel="shop:notification_event:OrderPlaced")
+    record = SimpleNamespace(value=b"{}", topic="shop.OrderPlaced", partition=0, offset=7)
+    delivery: DeliveryBase = kafka.KafkaDelivery(subscription, partition, record)
+    return delivery
+
+
+def azure_delivery(call: StuckCall, settled: list[object]) -> DeliveryBase:
+    azure = pytest.importorskip("brokers.azure")
+    receiver = SimpleNamespace(
+        complete_message=call, abandon_message=call, dead_letter_message=call
+    )
+    message = SimpleNamespace(body=[b"{}"], delivery_count=0, message_id="order-1")
+    subscription = SimpleNamespace(_renewing=set())
+    delivery: DeliveryBase = azure.AzureDelivery(
+        subscription, receiver, message, "shop:notification_event:OrderPlaced"
+    )
+    return delivery
+
+
+def kafka_error() -> BaseException:
+    from aiokafka.errors import KafkaConnectionError  # type: ignore[import-untyped]
+
+    error: BaseException = KafkaConnectionError("connection closed")
+    return error
+
+
+def service_bus_error() -> BaseException:
+    from azure.servicebus.exceptions import ServiceBusConnectionError
+
+    return ServiceBusConnectionError(message="connection closed")
+
+
+def lock_lost() -> BaseException:
+    from azure.servicebus.exceptions import MessageLockLostError
+
+    return MessageLockLostError(message="lock lost")
+
+
+def link_closed() -> BaseException:
+    return ValueError("Link already closed.")
+
+
+SETTLE = {
+    "ack": lambda d: d.ack(),
+    "release": lambda d: d.release(),
+    "dead_letter": lambda d: d.dead_letter("rejected", "refused"),
+}
+
+
+@pytest.mark.parametrize(
+    ("make", "verb", "reported_as"),
+    [
+        pytest.param(kafka_delivery, "dead_letter", None, id="kafka-dead_letter"),
+        pytest.param(kafka_delivery, "dead_letter", kafka_error, id="kafka-dead_letter-as-error"),
+        *(
+            pytest.param(azure_delivery, verb, reported_as, id=f"azure-{verb}-{name}")
+            for verb in SETTLE
+            for name, reported_as in [
+                ("cancelled", None),
+                ("as-service-bus-error", service_bus_error),
+                ("as-lock-lost", lock_lost),
+                ("as-closed-link", link_closed),
+            ]
+        ),
+    ],
+)
+async def test_no_settle_verb_swallows_a_cancellation(
+    make: Callable[[StuckCall, list[object]], DeliveryBase],
+    verb: str,
+    reported_as: Callable[[], BaseException] | None,
+) -> None:
+    call = StuckCall(reported_as)
+    settled: list[object] = []
+    delivery = make(call, settled)
+    settling: asyncio.Task[Any] = asyncio.create_task(SETTLE[verb](delivery))
+    async with asyncio.timeout(10):
+        await call.entered.wait()
+    settling.cancel()
+    await asyncio.wait([settling])
+    assert settling.cancelled()
+    assert settled == []  # neither settled nor handed back by the transport
