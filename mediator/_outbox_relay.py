@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from types import TracebackType
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
@@ -23,6 +24,7 @@ from mediator._message import Message, MessageCodec
 from mediator._outbox import Outbox, utcnow
 from mediator._outbox_tables import DEAD, PENDING, SENT
 from mediator._policies import Backoff
+from mediator._running import RunsUntilStopped
 
 __all__ = ["OutboxRelay", "RelayRound", "RelayStats"]
 
@@ -53,6 +55,9 @@ class RelayStats:
     """Rows given back unpublished (behind a failed row of their key, or in an outage)."""
     cleaned: int = 0
     """Sent rows deleted once older than the retention."""
+    lost: int = 0
+    """Rows whose lease another relay had taken when their outcome was
+    recorded; the outcome was dropped (the row is that relay's)."""
     errors: int = 0
     """Rounds that failed on the database or unexpectedly, retried after a backoff."""
 
@@ -66,6 +71,8 @@ class RelayRound:
     retried: int = 0
     dead: int = 0
     released: int = 0
+    lost: int = 0
+    """Rows whose outcome was dropped: another relay holds them now."""
 
 
 _NOTHING = RelayRound()
@@ -89,7 +96,7 @@ def _positive(owner: str, **values: float | None) -> None:
             raise ValueError(f"{owner}({name}={value}): must be above 0")
 
 
-class OutboxRelay:
+class OutboxRelay(RunsUntilStopped):
     """Publishes the rows committed to an `Outbox` through `broker`.
 
     ```python
@@ -116,9 +123,15 @@ class OutboxRelay:
     at once by commits in this process, and every `poll_interval` seconds
     otherwise (the fallback when a notification is lost).
 
+    The lease is renewed every third of it while a batch is being published,
+    and every outcome is recorded only for the rows this relay still holds
+    (``locked_by`` = `name`, unique per relay): a relay that lost a row's
+    lease leaves it to the relay that took it, with a WARNING.
+
     Sent rows are deleted once older than `retention` seconds (None: kept),
     checked every `cleanup_interval` seconds. `stop()` lets the round in
-    progress finish (up to `drain_timeout` seconds), then returns.
+    progress finish (up to `drain_timeout` seconds), then returns; `run()`
+    raises the error that ended the relay's loop, if one did.
     """
 
     def __init__(
@@ -166,7 +179,7 @@ class OutboxRelay:
         self.outbox = outbox
         self.broker = broker
         self.name = name or _relay_name()
-        """The relay's name in ``locked_by``."""
+        """The relay's name in ``locked_by``; no two relays may share it."""
         self.batch_size = batch_size
         self.max_attempts = max_attempts
         self.backoff = backoff or Backoff(initial=1.0, multiplier=2.0, maximum=300.0)
@@ -184,8 +197,10 @@ class OutboxRelay:
         self._send_messages: Any = getattr(broker, "send_messages", None)
         self._listeners: list[Callable[[RelayRound], None]] = []
         self._task: asyncio.Task[None] | None = None
+        self._closing: asyncio.Future[None] | None = None
+        self._stop_requested: asyncio.Event | None = None
+        self._failure: BaseException | None = None
         self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
         self._unhook: Callable[[], None] | None = None
         self._listener: tuple[Any, Any] | None = None
         self._next_listen = 0.0
@@ -244,14 +259,25 @@ class OutboxRelay:
             self._claim = (
                 update(table).where(table.c.id.in_(due)).values(**lease).returning(*returned)
             )
+        # Every change of a claimed row is made only while this relay holds
+        # it: after its lease expired another relay may have claimed it.
+        held_ids = table.c.id.in_(bindparam("ids", expanding=True))
+        mine = (table.c.locked_by == bindparam("me"), table.c.status == PENDING)
+        self._renew = (
+            update(table)
+            .where(held_ids, *mine)
+            .values(locked_until=bindparam("until"))
+            .returning(table.c.id)
+        )
         self._mark_sent = (
             update(table)
-            .where(table.c.id.in_(bindparam("ids", expanding=True)))
+            .where(held_ids, *mine)
             .values(status=SENT, sent_at=bindparam("at"), locked_by=None, locked_until=None)
+            .returning(table.c.id)
         )
         self._mark_failed = (
             update(table)
-            .where(table.c.id == bindparam("row"), table.c.status == PENDING)
+            .where(table.c.id == bindparam("row"), *mine)
             .values(
                 status=bindparam("new_status"),
                 attempts=bindparam("new_attempts"),
@@ -262,12 +288,7 @@ class OutboxRelay:
             )
         )
         self._release = (
-            update(table)
-            .where(
-                table.c.id.in_(bindparam("ids", expanding=True)),
-                table.c.locked_by == bindparam("me"),
-            )
-            .values(locked_by=None, locked_until=None)
+            update(table).where(held_ids, *mine).values(locked_by=None, locked_until=None)
         )
         old_sent = (
             select(table.c.id)
@@ -289,56 +310,77 @@ class OutboxRelay:
     async def start(self) -> None:
         """Start relaying in a task of its own; returns once the relay listens
         for commits (PostgreSQL), or polls if it cannot yet."""
-        if self._task is not None and not self._task.done():
+        if self.running:
             return
-        self._stopping.clear()
+        await self._shutdown()  # what a loop that ended left behind
+        self._stop_requested = stopping = asyncio.Event()
+        self._failure = None
         if self.listen and self._listener is None:
             await self._start_listening()
         self._unhook = self.outbox._wake_me(self._wake.set)
-        self._task = asyncio.create_task(self._loop(), name=f"outbox relay {self.name}")
+        task = asyncio.create_task(self._loop(stopping), name=f"outbox relay {self.name}")
+        task.add_done_callback(functools.partial(self._ended, stopping))
+        self._task = task
 
-    async def stop(self) -> None:
-        """Stop after the round in progress (at most `drain_timeout` seconds;
-        a round still running then is cancelled, its rows left to their lease)."""
-        self._stopping.set()
+    def _ended(self, stopping: asyncio.Event, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            if stopping.is_set():
+                return  # cancelled by stop() after drain_timeout
+            error: BaseException = RuntimeError(
+                f"{self!r}: its task was cancelled while it ran (a broker raising "
+                "CancelledError?); its rows are taken again when their lease expires"
+            )
+        else:
+            failure = task.exception()
+            if failure is None:
+                return
+            error = failure
+        logger.error("outbox relay %s: its loop failed; stopping", self.name, exc_info=error)
+        self._record_failure(error)
+
+    async def _shutdown(self) -> None:
+        # Every caller (run(), each stop()) waits for the same drain.
+        if self._closing is None:
+            task = self._task
+            if task is None:
+                return
+            if task is asyncio.current_task():
+                # stop() from inside a round (a listener): the loop ends after it.
+                self._signal_stop()
+                return
+            self._closing = asyncio.ensure_future(self._close(task))
+        closing = self._closing
+        try:
+            await asyncio.shield(closing)
+        finally:
+            if self._closing is closing and closing.done():
+                self._closing = None
+
+    def _signal_stop(self) -> None:
+        if self._stop_requested is not None:
+            self._stop_requested.set()
         self._wake.set()
-        task, self._task = self._task, None
         if self._unhook is not None:
             self._unhook()
             self._unhook = None
-        if task is None or task is asyncio.current_task():
-            return
-        done, _ = await asyncio.wait({task}, timeout=self.drain_timeout)
-        if not done:
-            logger.warning(
-                "outbox relay %s: the round in progress outlasted drain_timeout=%s s; "
-                "cancelled, its rows are taken again when their lease expires",
-                self.name,
-                self.drain_timeout,
-            )
-            task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
-    async def run(self) -> None:
-        """Relay until `stop()` is called or the task running this is cancelled;
-        either way the round in progress finishes first."""
-        await self.start()
+    async def _close(self, task: asyncio.Task[None]) -> None:
+        self._signal_stop()
         try:
-            await self._stopping.wait()
+            done, _ = await asyncio.wait({task}, timeout=self.drain_timeout)
+            if not done:
+                logger.warning(
+                    "outbox relay %s: the round in progress outlasted drain_timeout=%s s; "
+                    "cancelled, its rows are taken again when their lease expires",
+                    self.name,
+                    self.drain_timeout,
+                )
+                task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         finally:
-            await self.stop()
-
-    async def __aenter__(self) -> OutboxRelay:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+            if self._task is task:
+                self._task = None
+            await self._stop_listening()
 
     @property
     def running(self) -> bool:
@@ -352,10 +394,10 @@ class OutboxRelay:
 
     # -- the loop ------------------------------------------------------------
 
-    async def _loop(self) -> None:
+    async def _loop(self, stopping: asyncio.Event) -> None:
         failures = 0  # rounds in a row that published nothing, or failed
         try:
-            while not self._stopping.is_set():
+            while not stopping.is_set():
                 if self.listen and self._listener is None:
                     await self._start_listening()
                 # Cleared before the round: a commit during it wakes the next one.
@@ -375,7 +417,7 @@ class OutboxRelay:
                         delay,
                         exc_info=not _is_database_error(exc),
                     )
-                    await self._pause(delay)
+                    await self._pause(delay, stopping)
                     continue
                 if done.claimed and (done.published or not done.retried):
                     failures = 0
@@ -383,18 +425,18 @@ class OutboxRelay:
                 if done.claimed:
                     # Nothing went out: the broker refuses everything for now.
                     failures += 1
-                    await self._pause(self.backoff.delay(failures))
+                    await self._pause(self.backoff.delay(failures), stopping)
                     continue
                 failures = 0
                 await self._idle()
         finally:
             await self._stop_listening()
 
-    async def _pause(self, seconds: float) -> None:
+    async def _pause(self, seconds: float, stopping: asyncio.Event) -> None:
         """Wait `seconds`, or less if the relay is stopped (commits do not wake it)."""
         try:
             async with asyncio.timeout(seconds):
-                await self._stopping.wait()
+                await stopping.wait()
         except TimeoutError:
             pass
 
@@ -439,7 +481,6 @@ class OutboxRelay:
         return rows
 
     async def _relay(self, rows: list[_Row]) -> RelayRound:
-        started = time.monotonic()
         ready: list[tuple[_Row, Message]] = []
         failed: list[tuple[_Row, str, bool]] = []  # (row, error, retry at all)
         for row in rows:
@@ -454,29 +495,82 @@ class OutboxRelay:
             ready.append((row, message))
         sent: list[_Row] = []
         released: list[_Row] = []
+        lost: set[int] = set()
         if ready:
-            try:
-                await self._publish([message for _, message in ready])
-            except Exception as exc:
-                if len(ready) == 1:
-                    failed.append((ready[0][0], _describe(exc), True))
+            async with self._renewing([row.id for row, _ in ready], lost):
+                try:
+                    await self._publish([message for _, message in ready])
+                except Exception as exc:
+                    if len(ready) == 1:
+                        failed.append((ready[0][0], _describe(exc), True))
+                    else:
+                        await self._one_by_one(ready, sent, failed, released)
                 else:
-                    await self._one_by_one(ready, sent, failed, released)
-            else:
-                sent = [row for row, _ in ready]
-        elapsed = time.monotonic() - started
-        if elapsed > self.lease.total_seconds():
-            logger.warning(
-                "outbox relay %s: publishing a batch took %.1f s, longer than the lease "
-                "(%.1f s); another relay may have published the same rows",
-                self.name,
-                elapsed,
-                self.lease.total_seconds(),
-            )
-        outcome = await self._record(sent, failed, released)
+                    sent = [row for row, _ in ready]
+        outcome = await self._record(sent, failed, released, lost)
         for listener in tuple(self._listeners):
             listener(outcome)
         return outcome
+
+    @asynccontextmanager
+    async def _renewing(self, ids: list[int], lost: set[int]) -> AsyncIterator[None]:
+        """Renew the lease of rows `ids` while the block publishes them; rows
+        found taken by another relay are added to `lost`."""
+        done = asyncio.Event()
+        renewing = asyncio.create_task(self._renew_leases(ids, lost, done))
+        try:
+            yield
+        except BaseException:
+            renewing.cancel()
+            raise
+        finally:
+            # A renewal under way finishes: cancelled, it would cost the connection.
+            done.set()
+            await asyncio.gather(renewing, return_exceptions=True)
+
+    async def _renew_leases(self, ids: list[int], lost: set[int], done: asyncio.Event) -> None:
+        # A third of the lease: one renewal can fail and the next still comes in time.
+        every = self.lease.total_seconds() / 3
+        while True:
+            try:
+                async with asyncio.timeout(every):
+                    await done.wait()
+                return
+            except TimeoutError:
+                pass
+            held = [row for row in ids if row not in lost]
+            if not held:
+                return
+            now = utcnow()
+            try:
+                async with self.outbox.writer.begin() as connection:
+                    result = await connection.execute(
+                        self._renew, {"ids": held, "me": self.name, "until": now + self.lease}
+                    )
+                    kept = set(result.scalars())
+            except Exception as exc:
+                logger.warning(
+                    "outbox relay %s: renewing the lease of %d row(s) failed (%s); "
+                    "trying again in %.2f s",
+                    self.name,
+                    len(held),
+                    quote(repr(exc)),
+                    every,
+                )
+                continue
+            for row in held:
+                if row not in kept:
+                    self._lost(row, lost, "while publishing it")
+
+    def _lost(self, row: int, lost: set[int], when: str) -> None:
+        lost.add(row)
+        logger.warning(
+            "outbox relay %s: row %d is no longer leased to it (%s): its lease expired and "
+            "another relay took it; the outcome here is dropped, the row is that relay's",
+            self.name,
+            row,
+            when,
+        )
 
     async def _publish(self, messages: Sequence[Message]) -> None:
         if self._send_messages is not None:
@@ -516,16 +610,54 @@ class OutboxRelay:
                 in_a_row = 0
 
     async def _record(
-        self, sent: list[_Row], failed: list[tuple[_Row, str, bool]], released: list[_Row]
+        self,
+        sent: list[_Row],
+        failed: list[tuple[_Row, str, bool]],
+        released: list[_Row],
+        lost: set[int],
     ) -> RelayRound:
         now = utcnow()
+        me = self.name
         updates: list[dict[str, Any]] = []
-        retried = dead = 0
         for row, error, retry in failed:
             attempts = row.attempts + 1
-            if retry and attempts < self.max_attempts:
+            retrying = retry and attempts < self.max_attempts
+            due = now + dt.timedelta(seconds=self.backoff.delay(attempts)) if retrying else now
+            updates.append(
+                {
+                    "row": row.id,
+                    "new_status": PENDING if retrying else DEAD,
+                    "new_attempts": attempts,
+                    "due": due,
+                    "error": error,
+                    "me": me,
+                }
+            )
+        recorded: set[int] = set()
+        async with self.outbox.writer.begin() as connection:
+            if sent:
+                ids = [r.id for r in sent]
+                result = await connection.execute(
+                    self._mark_sent, {"ids": ids, "at": now, "me": me}
+                )
+                recorded.update(result.scalars())
+            for values in updates:
+                result = await connection.execute(self._mark_failed, values)
+                if result.rowcount:
+                    recorded.add(values["row"])
+            if released:
+                ids = [r.id for r in released]
+                await connection.execute(self._release, {"ids": ids, "me": me})
+        for row in [*sent, *(row for row, _, _ in failed)]:
+            if row.id not in recorded and row.id not in lost:
+                self._lost(row.id, lost, "when recording its outcome")
+        retried = dead = 0
+        for (row, error, _), values in zip(failed, updates, strict=True):
+            if row.id not in recorded:
+                continue
+            attempts, due = values["new_attempts"], values["due"]
+            if values["new_status"] == PENDING:
                 retried += 1
-                due = now + dt.timedelta(seconds=self.backoff.delay(attempts))
                 if self._next_due is None or due < self._next_due:
                     self._next_due = due
                 logger.warning(
@@ -538,10 +670,8 @@ class OutboxRelay:
                     due.isoformat(),
                     error,
                 )
-                status = PENDING
             else:
                 dead += 1
-                due = now
                 logger.error(
                     "outbox relay %s: row %d is dead after %d attempt(s): %s",
                     self.name,
@@ -549,36 +679,20 @@ class OutboxRelay:
                     attempts,
                     error,
                 )
-                status = DEAD
-            updates.append(
-                {
-                    "row": row.id,
-                    "new_status": status,
-                    "new_attempts": attempts,
-                    "due": due,
-                    "error": error,
-                }
-            )
-        async with self.outbox.writer.begin() as connection:
-            if sent:
-                await connection.execute(self._mark_sent, {"ids": [r.id for r in sent], "at": now})
-            if updates:
-                await connection.execute(self._mark_failed, updates)
-            if released:
-                await connection.execute(
-                    self._release, {"ids": [r.id for r in released], "me": self.name}
-                )
+        published = sum(1 for row in sent if row.id in recorded)
         stats = self.stats
-        stats.published += len(sent)
+        stats.published += published
         stats.retried += retried
         stats.dead += dead
         stats.released += len(released)
+        stats.lost += len(lost)
         return RelayRound(
             claimed=len(sent) + len(failed) + len(released),
-            published=len(sent),
+            published=published,
             retried=retried,
             dead=dead,
             released=len(released),
+            lost=len(lost),
         )
 
     # -- cleanup ----------------------------------------------------------------

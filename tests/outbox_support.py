@@ -42,7 +42,7 @@ from mediator import (
     RequestHandler,
     RequestMap,
 )
-from mediator.outbox import Outbox, OutboxRelay, RelayRound, RelayStats, sqlite_engine
+from mediator.outbox import PENDING, Outbox, OutboxRelay, RelayRound, RelayStats, sqlite_engine
 from mediator.testing import Settled
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -330,6 +330,14 @@ async def soak(
                     f"{relay.returncode}, consumer {consumer.stats}; the relay's log ends: "
                     f"{await _tail(log)}"
                 ) from None
+
+            # The rows of the last relay killed may have reached the consumer
+            # and still be leased: the relay running now marks them once the
+            # lease expires.
+            async def all_marked() -> bool:
+                return (await db.outbox.counts())[PENDING] == 0
+
+            await observed(all_marked, timeout=30.0)
             relay.send_signal(signal.SIGTERM)
             returncode = await asyncio.wait_for(relay.wait(), 30.0)
             if returncode != 0:

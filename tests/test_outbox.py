@@ -7,6 +7,9 @@ it says which, with tables of its own.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import logging
+import re
 import subprocess
 import sys
 import uuid
@@ -17,7 +20,7 @@ from typing import Any
 
 import attrs
 import pytest
-from sqlalchemy import text
+from sqlalchemy import text, update
 from sqlalchemy.exc import IntegrityError
 
 from brokers.memory import InMemoryMessageBroker
@@ -574,19 +577,144 @@ async def test_the_rows_of_a_relay_that_died_are_taken_over_when_its_lease_expir
 ) -> None:
     ids = await send_pings(db.outbox, 5)
     stuck = Refusing()
-    stuck.gate = asyncio.Event()  # never set: this relay hangs mid-publish
+    stuck.gate = asyncio.Event()  # never set
     dead_relay = relay_of(db.outbox, stuck, lease=0.3, name="stuck")
-    hanging = asyncio.create_task(dead_relay.run_once())
-    try:
-        await asyncio.wait_for(stuck.publishing.wait(), 10)
-        broker = Refusing()
-        heir = relay_of(db.outbox, broker, poll_interval=0.05, name="heir")
-        async with heir:
-            await relayed(heir, lambda stats: stats.published == 5, timeout=10.0)
-        assert [m.message_id for m in broker.published] == ids
-    finally:
-        hanging.cancel()
-        await asyncio.gather(hanging, return_exceptions=True)
+    dying = asyncio.create_task(dead_relay.run_once())
+    await asyncio.wait_for(stuck.publishing.wait(), 10)
+    # It dies mid-publish: nothing renews its lease any more.
+    dying.cancel()
+    await asyncio.gather(dying, return_exceptions=True)
+    broker = Refusing()
+    heir = relay_of(db.outbox, broker, poll_interval=0.05, name="heir")
+    async with heir:
+        await relayed(heir, lambda stats: stats.published == 5, timeout=10.0)
+    assert [m.message_id for m in broker.published] == ids
+
+
+async def rows_of(db: Database) -> list[tuple[int, str, str | None, int]]:
+    """Each outbox row's (id, status, locked_by, attempts), in id order."""
+    async with db.engine.connect() as connection:
+        result = await connection.execute(
+            text(f"SELECT id, status, locked_by, attempts FROM {db.prefix}_outbox ORDER BY id")
+        )
+        return [(row[0], row[1], row[2], row[3]) for row in result]
+
+
+async def expire_the_lease_of(db: Database, relay: OutboxRelay) -> None:
+    """End the lease of `relay`'s rows now, as if it had stalled past it."""
+    table = db.outbox.tables.outbox
+    async with db.engine.begin() as connection:
+        await connection.execute(
+            update(table)
+            .where(table.c.locked_by == relay.name)
+            .values(locked_until=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
+        )
+
+
+@pytest.mark.parametrize("late", ["failure", "success"])
+async def test_a_relay_whose_lease_expired_leaves_the_row_to_the_relay_holding_it(
+    db: Database, late: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    ids = await send_pings(db.outbox, 1)
+    first_broker = Refusing(refuse=lambda m: late == "failure")
+    first_broker.gate = asyncio.Event()
+    first = relay_of(db.outbox, first_broker, name="first")
+    second_broker = Refusing()
+    second_broker.gate = asyncio.Event()
+    second = relay_of(db.outbox, second_broker, name="second")
+    third_broker = Refusing()
+    third = relay_of(db.outbox, third_broker, name="third")
+
+    first_round = asyncio.create_task(first.run_once())
+    await asyncio.wait_for(first_broker.publishing.wait(), 10)
+    await expire_the_lease_of(db, first)
+    second_round = asyncio.create_task(second.run_once())
+    await asyncio.wait_for(second_broker.publishing.wait(), 10)
+    [(row, _, _, _)] = await rows_of(db)
+
+    # The first relay's outcome comes after its lease: the row is the second's.
+    first_broker.gate.set()
+    await first_round
+    assert await rows_of(db) == [(row, PENDING, "second", 0)]
+    assert (await third.run_once()).claimed == 0
+    second_broker.gate.set()
+    assert (await second_round).published == 1
+    assert (await third.run_once()).claimed == 0
+
+    assert [m.message_id for m in second_broker.published] == ids
+    assert third_broker.published == []
+    assert await rows_of(db) == [(row, SENT, None, 0)]
+    assert first.stats.lost == 1
+    assert (first.stats.published, first.stats.retried) == (0, 0)
+    said = re.compile(rf"\brow {row}\b.*\blease\b")
+    lost = [
+        r for r in caplog.records if r.levelno == logging.WARNING and said.search(r.getMessage())
+    ]
+    assert len(lost) == 1, [r.getMessage() for r in caplog.records]
+    assert "first" in lost[0].getMessage()
+
+
+async def test_a_publish_in_flight_keeps_its_rows_leased(db: Database) -> None:
+    lease = 1.0
+    held_ids = await send_pings(db.outbox, 2)
+    held = Refusing()
+    held.gate = asyncio.Event()
+    healthy = relay_of(db.outbox, held, lease=lease, name="healthy")
+    publishing = asyncio.create_task(healthy.run_once())
+    await asyncio.wait_for(held.publishing.wait(), 10)
+    # A relay that dies holding a row claimed after those, under the same
+    # lease: once another relay can take it, an unrenewed lease of the
+    # healthy relay would have expired too.
+    [control] = await send_pings(db.outbox, 1, start=2)
+    stuck = Refusing()
+    stuck.gate = asyncio.Event()
+    dying = asyncio.create_task(relay_of(db.outbox, stuck, lease=lease, name="dies").run_once())
+    await asyncio.wait_for(stuck.publishing.wait(), 10)
+    dying.cancel()
+    await asyncio.gather(dying, return_exceptions=True)
+
+    other = Refusing()
+    heir = relay_of(db.outbox, other, poll_interval=0.02, name="heir")
+    async with heir:
+        await relayed(heir, lambda stats: stats.published >= 1)
+    assert [m.message_id for m in other.published] == [control]
+    held.gate.set()
+    assert (await publishing).published == 2
+    assert [m.message_id for m in held.published] == held_ids
+    assert await db.outbox.counts() == {PENDING: 0, SENT: 3, DEAD: 0}
+
+
+class Crashed(BaseException):
+    """What no round catches: it ends the relay's loop."""
+
+
+class Crashing(Refusing):
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.error = error
+
+    async def send_messages(self, messages: Sequence[Message]) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "raised", "match"),
+    [
+        pytest.param(Crashed("the broker's SDK gave up"), Crashed, "gave up", id="error"),
+        pytest.param(
+            asyncio.CancelledError(), RuntimeError, "cancelled while it ran", id="cancelled"
+        ),
+    ],
+)
+async def test_run_raises_what_ended_the_relays_loop(
+    db: Database, error: BaseException, raised: type[BaseException], match: str
+) -> None:
+    await send_pings(db.outbox, 1)
+    relay = relay_of(db.outbox, Crashing(error))
+    with pytest.raises(raised, match=match):
+        await asyncio.wait_for(relay.run(), 10)
+    assert not relay.running
+    assert not relay.listening
 
 
 @only("postgresql")
