@@ -555,6 +555,8 @@ class RedisStreamDelivery(DeliveryBase):
 
     __slots__ = ("_subscription", "entry_id")
 
+    holds_back_releases = True  # a released entry waits `claim_idle` to be claimed
+
     def __init__(
         self,
         subscription: RedisStreamSubscription,

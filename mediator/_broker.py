@@ -83,6 +83,13 @@ class Delivery(Protocol):
         an at-most-once transport drops it)."""
         ...
 
+    @property
+    def holds_back_releases(self) -> bool:
+        """Whether the broker itself waits before delivering a released message
+        again (Redis Streams: until the entry has been idle `claim_idle`); if
+        not, the consumer waits its redelivery backoff before releasing."""
+        ...
+
     async def dead_letter(self, reason: str, description: str) -> None:
         """Move the message to the transport's dead-letter place."""
         ...

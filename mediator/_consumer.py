@@ -22,7 +22,7 @@ from mediator._exceptions import MessageDecodeError, SubscriptionLostError
 from mediator._interceptors import Consuming, Interceptor, consuming_scope, overrides
 from mediator._limits import quote
 from mediator._message import DEFAULT_MAX_MESSAGE_SIZE, Message, MessageCodec, Received
-from mediator._policies import DeadLetter, ErrorPolicy, Retry
+from mediator._policies import Backoff, DeadLetter, ErrorPolicy, Retry
 from mediator._recovery import NOTHING, Dispatched, run_bindings
 from mediator._running import RunsUntilStopped
 from mediator._transport import close_all
@@ -39,6 +39,10 @@ REJECTED = "rejected"
 TOO_MANY_DELIVERIES = "too_many_deliveries"
 """Dead-letter reason of a message released `max_deliveries` times already."""
 
+
+DEFAULT_REDELIVERY_BACKOFF = Backoff(initial=0.5, multiplier=2.0, maximum=30.0, jitter=0.2)
+"""How long a released delivery waits before it goes back, by its delivery
+count: 0.5 s, 1 s, 2 s, ... up to 30 s, each ±20 %."""
 
 _CANCEL_GRACE = 1.0
 """Seconds (at least; `drain_timeout` when longer) a stop waits for the
@@ -194,6 +198,7 @@ class EventConsumer(RunsUntilStopped):
         interceptors: Sequence[Interceptor] = (),
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_deliveries: int = 10,
+        redelivery_backoff: Backoff = DEFAULT_REDELIVERY_BACKOFF,
         inbox: ConsumerInbox | None = None,
     ) -> None:
         if max_concurrency < 1:
@@ -217,6 +222,9 @@ class EventConsumer(RunsUntilStopped):
         """Nothing to run around the handlers: `_process_one` takes its short path."""
         self._max_concurrency = max_concurrency
         self._max_deliveries = max_deliveries
+        self._redelivery_backoff = redelivery_backoff
+        self._hurry: asyncio.Event | None = None
+        """Set when the consumer stops: releases waiting out their delay go now."""
         self._drain_timeout = drain_timeout
         self._wanted: list[tuple[str, str | None]] = []
         self._subscriptions: list[Subscription] = []
@@ -256,6 +264,7 @@ class EventConsumer(RunsUntilStopped):
         if self._running:
             return
         self._slots = asyncio.Semaphore(self._max_concurrency)
+        self._hurry = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._failure = None
         await self.broker.start()
@@ -297,6 +306,8 @@ class EventConsumer(RunsUntilStopped):
 
     async def _drain(self) -> None:
         self._running = False
+        if self._hurry is not None:
+            self._hurry.set()
         # Stop taking deliveries, let the ones in flight settle, and only then
         # close the subscriptions: on some transports (Service Bus) settling
         # needs the subscription's receiver.
@@ -451,7 +462,10 @@ class EventConsumer(RunsUntilStopped):
                             outcome = await self._outcome_of(dispatched, event, None)
                     except asyncio.CancelledError:
                         report = await self._release(
-                            delivery, "stopped before its handlers finished", received.message_id
+                            delivery,
+                            "stopped before its handlers finished",
+                            received.message_id,
+                            wait=False,
                         )
                         raise
                     if outcome is None:
@@ -505,7 +519,7 @@ class EventConsumer(RunsUntilStopped):
                     outcome = await self._handle(message, event)
                 except asyncio.CancelledError:
                     report = await self._release(
-                        delivery, "stopped before its handlers finished", message_id
+                        delivery, "stopped before its handlers finished", message_id, wait=False
                     )
                     raise
                 report = await self._settle(delivery, outcome, message_id)
@@ -633,7 +647,7 @@ class EventConsumer(RunsUntilStopped):
         if outcome.fail is not None:
             self._fail(outcome.fail, "a fail-fast handler failed")
             return await self._release(
-                delivery, f"fail-fast handler raised {outcome.fail!r}", message_id
+                delivery, f"fail-fast handler raised {outcome.fail!r}", message_id, wait=False
             )
         if outcome.release is not None:
             return await self._release(delivery, outcome.release, message_id)
@@ -683,17 +697,21 @@ class EventConsumer(RunsUntilStopped):
                 reason,
                 quote(repr(exc)),
             )
-            try:
-                await delivery.release()
-            except Exception:
-                logger.exception("could not release a message from %s", delivery.channel)
-            self.stats.released += 1
+            delay = 0.0
+            if self._running and not delivery.holds_back_releases:
+                delay = self._redelivery_backoff.delay(delivery.delivery_count)
+            await self._give_back(delivery, None, delay)
             return ("released", quote(f"dead-lettering it ({reason}) failed: {exc!r}"))
         self.stats.dead_lettered += 1
         self.stats.dead_lettered_by_reason[reason] += 1
         return ("dead_lettered", reason)
 
-    async def _release(self, delivery: Delivery, why: str, message_id: uuid.UUID | None) -> _Report:
+    async def _release(
+        self, delivery: Delivery, why: str, message_id: uuid.UUID | None, *, wait: bool = True
+    ) -> _Report:
+        """Give `delivery` back for redelivery, after the redelivery backoff
+        unless `wait` is False (the consumer is stopping) or the broker holds
+        released messages back itself; dead-letter it at the delivery limit."""
         if delivery.delivery_count >= self._max_deliveries:
             logger.error(
                 "dead-lettering message %s from %s after %d deliveries: %s",
@@ -703,19 +721,41 @@ class EventConsumer(RunsUntilStopped):
                 quote(why),
             )
             return await self._dead_letter(delivery, TOO_MANY_DELIVERIES, why)
+        delay = 0.0
+        if wait and self._running and not delivery.holds_back_releases:
+            delay = self._redelivery_backoff.delay(delivery.delivery_count)
         logger.info(
-            "releasing message %s from %s (%s): %s",
+            "releasing message %s from %s (%s) in %.2fs: %s",
             message_id,
             quote(delivery.channel, 200),
             self.broker.delivery_guarantee.value,
+            delay,
             quote(why),
         )
+        await self._give_back(delivery, message_id, delay)
+        return ("released", quote(why))
+
+    async def _give_back(
+        self, delivery: Delivery, message_id: uuid.UUID | None, delay: float = 0.0
+    ) -> None:
+        """Release `delivery` after `delay` seconds, or sooner if the consumer
+        stops meanwhile (a cancelled wait releases at once)."""
+        if delay > 0:
+            hurry = self._hurry
+            assert hurry is not None
+            try:
+                async with asyncio.timeout(delay):
+                    await hurry.wait()
+            except TimeoutError:
+                pass
+            except asyncio.CancelledError:
+                await self._give_back(delivery, message_id)
+                raise
         try:
             await delivery.release()
         except Exception:
             logger.exception("could not release message %s from %s", message_id, delivery.channel)
         self.stats.released += 1
-        return ("released", quote(why))
 
     def _fail(self, error: BaseException, why: str) -> None:
         logger.error("%s; stopping the consumer", why, exc_info=error)

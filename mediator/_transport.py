@@ -253,6 +253,9 @@ class DeliveryBase(abc.ABC):
 
     __slots__ = ("channel", "data", "delivery_count", "settled")
 
+    holds_back_releases: ClassVar[bool] = False
+    """True where the broker waits before delivering a released message again."""
+
     def __init__(self, channel: str, data: bytes, delivery_count: int = 1) -> None:
         self.channel = channel
         self.data = data

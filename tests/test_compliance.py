@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -31,6 +31,7 @@ from mediator import (
     EventEmitter,
     EventMap,
     FailFast,
+    Message,
     NotificationEvent,
     PublishError,
 )
@@ -47,6 +48,11 @@ class Tick(NotificationEvent):
 
 @attrs.frozen(kw_only=True)
 class Audited(DomainEvent):
+    n: int
+
+
+@attrs.frozen(kw_only=True)
+class Tock(NotificationEvent):
     n: int
 
 
@@ -254,6 +260,54 @@ async def test_connections_killed_mid_stream(transport: Transport) -> None:
     if at_least_once(transport):
         wanted = set(range(total))
         assert seen.lost(wanted) == set(), f"lost; duplicates: {seen.duplicates()}"
+
+
+class Downstream:
+    """The broker follow-up events go to, down for the first `outage` seconds."""
+
+    def __init__(self, outage: float) -> None:
+        self.back_at = asyncio.get_running_loop().time() + outage
+        self.refused = 0
+        self.sent: list[str] = []
+
+    async def send_message(self, message: Message) -> None:
+        await self.send_messages([message])
+
+    async def send_messages(self, messages: Sequence[Message]) -> None:
+        if asyncio.get_running_loop().time() < self.back_at:
+            self.refused += 1
+            raise PublishError("the downstream broker is down")
+        self.sent.extend(message.message_name for message in messages)
+
+
+@transports(without={"redis-pubsub": "at-most-once: a released message is dropped"})
+async def test_redeliveries_wait_out_a_short_outage_of_the_follow_up_broker(
+    transport: Transport,
+) -> None:
+    """A follow-up broker down for 2 s: the delivery is released and comes
+    back after a growing delay, so it is handled once the broker is back,
+    with the default delivery limit, instead of being dead-lettered."""
+
+    async def handle(event: Tick) -> list[Tock]:
+        return [Tock(n=event.n)]
+
+    events = EventMap()
+    events.bind(Tick, handle)
+    downstream = Downstream(outage=2.0)
+    consumer = EventConsumer(
+        broker=transport.broker,
+        event_map=events,
+        event_emitter=EventEmitter(event_map=events, message_broker=downstream),
+    )
+    await consumer.subscribe(f"{transport.broker.channel_prefix}:notification_event:Tick")
+    async with consumer:
+        await publish(transport, Tick(n=1))
+        await wait_until(consumer, lambda s: s.handled >= 1 or s.dead_lettered >= 1, timeout=60)
+    assert consumer.stats.dead_lettered == 0
+    assert consumer.stats.released >= 1
+    assert downstream.refused >= 1
+    assert downstream.sent == ["Tock"]
+    assert consumer.stats.released < 6, "each redelivery waited longer than the one before"
 
 
 @transports(without={"redis-pubsub": "at-most-once: a released message is dropped"})
