@@ -21,12 +21,12 @@ async def best_per_op(body: Body, n: int, repeats: int) -> float:
 
 
 async def compare(
-    title: str, baseline: Body, candidate: Body, budget: float, n: int, repeats: int
+    title: str, baseline: Body, candidate: Body, budget: float | None, n: int, repeats: int
 ) -> float:
     """Time both bodies interleaved and print `candidate / baseline` against `budget`.
 
     `budget` above 1 is a ceiling on the ratio of times; the ratio printed is
-    times, so lower is better.
+    times, so lower is better. None prints the ratio for reference only.
     """
     await baseline(n // 10)
     await candidate(n // 10)
@@ -35,10 +35,13 @@ async def compare(
         base = min(base, await best_per_op(baseline, n, 1))
         cand = min(cand, await best_per_op(candidate, n, 1))
     ratio = cand / base
-    verdict = "ok" if ratio <= budget else "OVER BUDGET"
+    if budget is None:
+        judged = "(reference, no budget)"
+    else:
+        judged = f"(budget <= {budget}) {'ok' if ratio <= budget else 'OVER BUDGET'}"
     print(
         f"{title:<58} baseline {base * 1e6:7.2f} us  mediator {cand * 1e6:7.2f} us  "
-        f"ratio {ratio:5.2f} (budget <= {budget}) {verdict}"
+        f"ratio {ratio:5.2f} {judged}"
     )
     return ratio
 
