@@ -83,6 +83,13 @@ class Delivery(Protocol):
         an at-most-once transport drops it)."""
         ...
 
+    def next_in_order(self) -> Delivery | None:
+        """Called once this delivery is settled: the delivery that must be
+        handled after it, in order (the next record of an ordered Kafka
+        partition), taken from the transport now; None for most transports.
+        The consumer handles it in the same task, with the same slot."""
+        ...
+
     @property
     def holds_back_releases(self) -> bool:
         """Whether the broker itself waits before delivering a released message

@@ -406,10 +406,9 @@ class EventConsumer(RunsUntilStopped):
         """The delivery to handle next in this task, taken from its transport
         now; None when there is none or the consumer stops (what is not
         taken stays with the transport, unsettled)."""
-        take_next: Callable[[], Delivery | None] | None = getattr(delivery, "next_in_order", None)
-        if take_next is None or not self._running or self._failure is not None:
+        if not self._running or self._failure is not None:
             return None
-        return take_next()
+        return delivery.next_in_order()
 
     async def _process_plain(self, delivery: Delivery) -> None:
         """`_process` with nothing around the handlers (no interceptor, hook,

@@ -263,6 +263,11 @@ class DeliveryBase(abc.ABC):
         self.settled: str | None = None
         """How it was settled: "ack", "release" or "dead_letter"; None until then."""
 
+    def next_in_order(self) -> DeliveryBase | None:
+        """The delivery to handle after this one in the same task; None here
+        (a transport that hands records on in order overrides it)."""
+        return None
+
     def _settling(self, outcome: str) -> None:
         if self.settled is not None:
             raise RuntimeError(
