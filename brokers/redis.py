@@ -25,6 +25,7 @@ import math
 import os
 import socket
 import uuid
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, Literal, Self
 
@@ -937,9 +938,8 @@ class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
     async def _claimed(
         self, claimed: list[tuple[str, list[tuple[bytes, Any]]]]
     ) -> list[RedisStreamDelivery]:
-        """Deliveries of what each XAUTOCLAIM returned, with their counts;
-        those delivered too often are dead-lettered instead."""
-        broker = self._stream_broker
+        """Deliveries of what each XAUTOCLAIM returned, with their counts (the
+        consumer dead-letters those delivered too often)."""
         async with self._client.pipeline(transaction=False) as pipe:
             for key, entries in claimed:
                 pipe.xpending_range(
@@ -962,12 +962,6 @@ class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
                 delivery = RedisStreamDelivery(
                     self, key, entry_id, fields.get(b"data", b""), counts.get(entry_id, 2)
                 )
-                if delivery.delivery_count > broker.max_deliveries:
-                    await delivery.dead_letter(
-                        "too_many_deliveries",
-                        f"delivered {delivery.delivery_count} times without being settled",
-                    )
-                    continue
                 deliveries.append(delivery)
         # Held (renewed) only once handed out: a claim that failed half-way
         # leaves its entries to be claimed again.
@@ -1164,9 +1158,9 @@ class RedisStreamBroker(_RedisBroker):
     Delivery guarantee: at-least-once. An entry stays in its group's pending
     list until a consumer acknowledges it (``XACK``) after its handlers
     finished; entries of a member that crashed or stopped are claimed by
-    another (``XAUTOCLAIM``) once idle for `claim_idle` seconds. An entry
-    delivered more than `max_deliveries` times goes to the dead-letter
-    stream ``{prefix}:dead-letter`` with the reason.
+    another (``XAUTOCLAIM``) once idle for `claim_idle` seconds. The
+    consumer dead-letters an entry delivered more than its `max_deliveries`
+    times to the stream ``{prefix}:dead-letter``, with the reason.
 
     ```python
     broker = RedisStreamBroker(client=Redis(), channel_prefix="shop", maxlen=100_000)
@@ -1197,7 +1191,7 @@ class RedisStreamBroker(_RedisBroker):
         discovery_interval: float = 1.0,
         block_ms: int = 1000,
         batch_size: int = 100,
-        max_deliveries: int = 10,
+        max_deliveries: int | None = None,
         dead_letter_limit: int = 10_000,
         idle_consumer_timeout: float | None = 3600.0,
     ) -> None:
@@ -1211,11 +1205,18 @@ class RedisStreamBroker(_RedisBroker):
             ("discovery_interval", discovery_interval),
             ("block_ms", block_ms),
             ("batch_size", batch_size),
-            ("max_deliveries", max_deliveries),
             ("idle_consumer_timeout", idle_consumer_timeout),
         ):
             if value is not None and value <= 0:
                 raise ValueError(f"RedisStreamBroker({name}={value}): must be above 0")
+        if max_deliveries is not None:
+            warnings.warn(
+                f"RedisStreamBroker(max_deliveries={max_deliveries}) is no longer used: the one "
+                "delivery limit is EventConsumer(max_deliveries=...), which also dead-letters "
+                "an entry delivered more often without being settled; pass it there",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         super().__init__(client, channel_prefix, dead_letter_limit)
         self.maxlen = maxlen
         """Trim each stream to about this many entries on every XADD; None: never."""
@@ -1231,8 +1232,6 @@ class RedisStreamBroker(_RedisBroker):
         """Milliseconds each XREADGROUP waits for new entries."""
         self.batch_size = batch_size
         """Entries per XREADGROUP and per XAUTOCLAIM."""
-        self.max_deliveries = max_deliveries
-        """Deliveries of an entry before a claim dead-letters it instead."""
         self.idle_consumer_timeout = idle_consumer_timeout
         """Seconds after which a group member with nothing pending is removed; None: never."""
         self.registry_key = f"{channel_prefix}:streams"

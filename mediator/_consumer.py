@@ -219,7 +219,7 @@ class EventConsumer(RunsUntilStopped):
         self._inbox = inbox
         self._inbox_bindings: dict[type[Event], tuple[EventBinding, ...]] = {}
         self._plain = not (self._interceptors or self._incoming or inbox or self._container)
-        """Nothing to run around the handlers: `_process_one` takes its short path."""
+        """Nothing to run around the handlers: `_process` calls them itself."""
         self._max_concurrency = max_concurrency
         self._max_deliveries = max_deliveries
         self._redelivery_backoff = redelivery_backoff
@@ -389,35 +389,20 @@ class EventConsumer(RunsUntilStopped):
         transport says must follow it (`next_in_order`, e.g. the next record
         of a Kafka partition) in the same task: no task, slot or wake-up of
         the reader per delivery where order makes them wait for each other
-        anyway."""
-        if self._plain:
-            await self._process_plain(delivery)
-            return
-        chained = 0
-        current: Delivery | None = delivery
-        while current is not None:
-            await self._process_one(current, group)
-            chained += 1
-            if chained % _YIELD_EVERY == 0:
-                await asyncio.sleep(0)
-            current = self._following(current)
+        anyway.
 
-    def _following(self, delivery: Delivery) -> Delivery | None:
-        """The delivery to handle next in this task, taken from its transport
-        now; None when there is none or the consumer stops (what is not
-        taken stays with the transport, unsettled)."""
-        if not self._running or self._failure is not None:
-            return None
-        return delivery.next_in_order()
-
-    async def _process_plain(self, delivery: Delivery) -> None:
-        """`_process` with nothing around the handlers (no interceptor, hook,
-        inbox or container), written out in one loop: it runs for every
-        record of a partition. The current message is set in this task's own
-        context (see `_read`) and not reset: the next delivery replaces it."""
+        One loop for every consumer: the delivery limit, decode, the
+        interceptors' scope (where there are any), the handlers, the
+        follow-ups, settlement. With nothing configured around the handlers
+        (no interceptor, hook, inbox or container) they are called right here,
+        and the current message is set in this task's own context without a
+        reset (see `_read`): the next delivery replaces it."""
         stats = self.stats
         decode = self._codec.decode_received
         handlers_for = self.event_map.handlers_for
+        plain = self._plain
+        interceptors = self._interceptors
+        limit = self._max_deliveries
         chained = 0
         current: Delivery | None = delivery
         while current is not None:
@@ -428,51 +413,73 @@ class EventConsumer(RunsUntilStopped):
             event: Event | None = None
             report: _Report | None = None
             try:
-                try:
-                    received, event = decode(delivery.data)
-                except MessageDecodeError as exc:
-                    report = await self._undecodable(delivery, exc)
+                if delivery.delivery_count > limit:
+                    report = await self._delivered_too_often(delivery)
                 else:
-                    _message.set(received)
-                    bindings = handlers_for(type(event))
-                    outcome: _Outcome | None = None
                     try:
-                        if len(bindings) == 1:
-                            # One handler, called here; run_bindings takes
-                            # over only if it raised.
-                            binding = bindings[0]
-                            function = binding.function
-                            try:
-                                if function is not None:
-                                    more = await function(event)
-                                    if more is not None:
-                                        more = follow_ups_of(more, function)
-                                else:
-                                    more = await binding.call(event, None)
-                            except Exception as exc:
-                                dispatched = await run_bindings(
-                                    bindings, event, None, self._policy, first_error=exc
-                                )
-                            else:
-                                dispatched = Dispatched(more) if more else NOTHING
-                        else:
-                            dispatched = await run_bindings(bindings, event, None, self._policy)
-                        if dispatched is not NOTHING:
-                            outcome = await self._outcome_of(dispatched, event, None)
-                    except asyncio.CancelledError:
-                        report = await self._release(
-                            delivery,
-                            "stopped before its handlers finished",
-                            received.message_id,
-                            wait=False,
-                        )
-                        raise
-                    if outcome is None:
-                        await delivery.ack()
-                        stats.handled += 1
-                        report = _HANDLED_REPORT
+                        received, event = decode(delivery.data)
+                    except MessageDecodeError as exc:
+                        report = await self._undecodable(delivery, exc)
                     else:
-                        report = await self._settle(delivery, outcome, received.message_id)
+                        consuming: Consuming | None = None
+                        scope: AbstractContextManager[object] = _NO_SCOPE
+                        if interceptors:
+                            consuming = Consuming(
+                                message=received.message(),
+                                channel=delivery.channel,
+                                group=group,
+                                broker=self.broker,
+                                delivery_count=delivery.delivery_count,
+                            )
+                            scope = consuming_scope(interceptors, consuming)
+                        with scope:
+                            outcome: _Outcome | None = None
+                            try:
+                                if not plain:
+                                    outcome = await self._handle(received.message(), event)
+                                else:
+                                    _message.set(received)
+                                    bindings = handlers_for(type(event))
+                                    if len(bindings) == 1:
+                                        # One handler, called here; run_bindings
+                                        # takes over only if it raised.
+                                        binding = bindings[0]
+                                        function = binding.function
+                                        try:
+                                            if function is not None:
+                                                more = await function(event)
+                                                if more is not None:
+                                                    more = follow_ups_of(more, function)
+                                            else:
+                                                more = await binding.call(event, None)
+                                        except Exception as exc:
+                                            dispatched = await run_bindings(
+                                                bindings, event, None, self._policy, first_error=exc
+                                            )
+                                        else:
+                                            dispatched = Dispatched(more) if more else NOTHING
+                                    else:
+                                        dispatched = await run_bindings(
+                                            bindings, event, None, self._policy
+                                        )
+                                    if dispatched is not NOTHING:
+                                        outcome = await self._outcome_of(dispatched, event, None)
+                            except asyncio.CancelledError:
+                                report = await self._release(
+                                    delivery,
+                                    "stopped before its handlers finished",
+                                    received.message_id,
+                                    wait=False,
+                                )
+                                raise
+                            if outcome is None or outcome is _HANDLED:
+                                await delivery.ack()
+                                stats.handled += 1
+                                report = _HANDLED_REPORT
+                            else:
+                                report = await self._settle(delivery, outcome, received.message_id)
+                            if consuming is not None:
+                                consuming.outcome, consuming.reason = report
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -486,52 +493,23 @@ class EventConsumer(RunsUntilStopped):
                 await asyncio.sleep(0)
             current = self._following(delivery)
 
-    async def _process_one(self, delivery: Delivery, group: str | None) -> None:
-        stats = self.stats
-        stats.received += 1
-        stats.in_flight += 1
-        received: Received | None = None
-        event: Event | None = None
-        report: _Report | None = None
-        try:
-            try:
-                received, event = self._codec.decode_received(delivery.data)
-            except MessageDecodeError as exc:
-                report = await self._undecodable(delivery, exc)
-                return
-            # Formatted only if a log line needs it: str() of a UUID is not free.
-            message_id = received.message_id
-            message = received.message()
-            consuming: Consuming | None = None
-            scope: AbstractContextManager[object] = _NO_SCOPE
-            if self._interceptors:
-                consuming = Consuming(
-                    message=message,
-                    channel=delivery.channel,
-                    group=group,
-                    broker=self.broker,
-                    delivery_count=delivery.delivery_count,
-                )
-                scope = consuming_scope(self._interceptors, consuming)
-            with scope:
-                try:
-                    outcome = await self._handle(message, event)
-                except asyncio.CancelledError:
-                    report = await self._release(
-                        delivery, "stopped before its handlers finished", message_id, wait=False
-                    )
-                    raise
-                report = await self._settle(delivery, outcome, message_id)
-                if consuming is not None:
-                    consuming.outcome, consuming.reason = report
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            report = await self._unexpected(delivery, received, exc)
-        finally:
-            stats.in_flight -= 1
-            if self._listeners and report is not None:
-                self._report(report, delivery, received, event)
+    def _following(self, delivery: Delivery) -> Delivery | None:
+        """The delivery to handle next in this task, taken from its transport
+        now; None when there is none or the consumer stops (what is not
+        taken stays with the transport, unsettled)."""
+        if not self._running or self._failure is not None:
+            return None
+        return delivery.next_in_order()
+
+    async def _delivered_too_often(self, delivery: Delivery) -> _Report:
+        """Dead-letter a delivery that came more than `max_deliveries` times
+        without being settled (the members handling it died or hung each time)."""
+        why = (
+            f"delivered {delivery.delivery_count} times without being settled (its handlers "
+            f"died or hung each time); the limit is max_deliveries={self._max_deliveries}"
+        )
+        logger.error("dead-lettering a message from %s: %s", quote(delivery.channel, 200), why)
+        return await self._dead_letter(delivery, TOO_MANY_DELIVERIES, why)
 
     async def _undecodable(self, delivery: Delivery, error: MessageDecodeError) -> _Report:
         logger.warning(

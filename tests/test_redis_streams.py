@@ -208,36 +208,50 @@ async def test_a_stopped_members_pending_entries_are_claimed_by_another(
 async def test_a_poison_message_ends_in_the_dead_letter_stream(
     client: Redis, key_prefix: str
 ) -> None:
-    broker = stream_broker(client, key_prefix, max_deliveries=3, claim_idle=0.05)
+    """Members that die mid-message never settle it; the consumer whose turn
+    comes after the limit dead-letters it unhandled (the one delivery limit
+    is the consumer's `max_deliveries`)."""
+    broker = stream_broker(client, key_prefix, claim_idle=0.05)
     pattern = f"{key_prefix}:*"
     counts: list[int] = []
-    for member in range(4):
+    for member in range(3):
         # Each round is a member that stops mid-message: it never settles it.
         subscription = await broker.subscribe(pattern, group="workers")
         if member == 0:
             await publish(broker, 1)
-        if member < 3:
-            delivery: RedisStreamDelivery = await asyncio.wait_for(
-                anext(aiter(subscription)), timeout=WAIT
-            )
-            counts.append(delivery.delivery_count)
-        else:
-            # The fourth claim dead-letters it; Redis waits for it (XREAD BLOCK).
-            reader = asyncio.create_task(anext(aiter(subscription)))
-            arrived = await client.xread({broker.dead_letter_key: "0"}, block=10_000)
-            assert arrived, "nothing reached the dead-letter stream"
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+        delivery: RedisStreamDelivery = await asyncio.wait_for(
+            anext(aiter(subscription)), timeout=WAIT
+        )
+        counts.append(delivery.delivery_count)
         await subscription.close()
-
     assert counts == [1, 2, 3]
+
+    handled: list[int] = []
+    events = EventMap()
+
+    @events.bind(OrderPlaced)
+    async def record(event: OrderPlaced) -> None:
+        handled.append(event.order_id)
+
+    consumer = EventConsumer(broker=broker, event_map=events, max_deliveries=3)
+    await consumer.subscribe(pattern, group="workers")
+    async with consumer:
+        await wait_until(consumer, lambda s: s.dead_lettered >= 1, timeout=WAIT)
+    assert handled == []
+    assert consumer.stats.dead_lettered_by_reason == {"too_many_deliveries": 1}
     [dead] = await broker.dead_letters()
     assert dead.reason == "too_many_deliveries"
+    assert "delivered 4 times without being settled" in dead.description
     assert dead.channel == f"{key_prefix}:notification_event:OrderPlaced"
     assert dead.delivery_count == 4
     assert b'"order_id":1' in dead.data
     pending = await client.xpending(dead.channel, "workers")
     assert pending["pending"] == 0  # acknowledged once dead-lettered
+
+
+def test_the_brokers_own_delivery_limit_is_gone_and_says_where_it_went(client: Redis) -> None:
+    with pytest.warns(DeprecationWarning, match=r"EventConsumer\(max_deliveries=\.\.\.\)"):
+        RedisStreamBroker(client, "mtk-unused", max_deliveries=3)
 
 
 async def test_the_consumer_resumes_after_its_connection_is_killed(
