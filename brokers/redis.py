@@ -1015,6 +1015,14 @@ class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
                     self,
                     _describe(exc),
                 )
+            except Exception:
+                # Not Redis's answer: say so loudly, and renew at the next turn
+                # (a dead renewal lets peers claim entries still being handled).
+                logger.exception(
+                    "%r could not renew the entries it holds; trying again in %.1fs",
+                    self,
+                    every,
+                )
 
     # -- settling --------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import logging
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -703,3 +704,43 @@ async def test_idle_entries_behind_many_live_pending_ones_are_all_claimed(
     pending = {m["name"]: m["pending"] for m in await client.xinfo_consumers(stream, "billing")}
     assert pending.get(b"dead", 0) == 0
     assert pending[b"live"] == live
+
+
+async def test_entry_renewal_goes_on_after_an_unexpected_error(
+    client: Redis,
+    key_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The task that renews held entries survives an error that is not a
+    Redis one (it ended silently, and peers then claimed entries still being
+    handled): it logs it and renews again at its next turn."""
+    from redis.asyncio.client import Pipeline
+
+    renewals = 0
+    renewed_again = asyncio.Event()
+    execute = Pipeline.execute
+
+    async def flaky(self: Pipeline, raise_on_error: bool = True) -> Any:
+        nonlocal renewals
+        if any(args[0] == "XCLAIM" for args, _ in self.command_stack):
+            renewals += 1
+            if renewals == 1:
+                raise RuntimeError("an error redis-py did not expect")
+            renewed_again.set()
+        return await execute(self, raise_on_error)
+
+    monkeypatch.setattr(Pipeline, "execute", flaky)
+    broker = stream_broker(client, key_prefix, claim_idle=0.15)
+    subscription = await broker.subscribe(f"{key_prefix}:*", group="workers")
+    try:
+        await publish(broker, 1)
+        held: RedisStreamDelivery = await asyncio.wait_for(anext(aiter(subscription)), timeout=WAIT)
+        async with asyncio.timeout(WAIT):
+            await renewed_again.wait()
+        [logged] = [r for r in caplog.records if "could not renew" in r.getMessage()]
+        assert logged.exc_info is not None
+        assert "an error redis-py did not expect" in str(logged.exc_info[1])
+        await held.ack()
+    finally:
+        await subscription.close()
