@@ -3,6 +3,7 @@ the handlers' own writes."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import time
@@ -63,8 +64,8 @@ class Inbox:
     `consumer` names the logical consumer (a service, a consumer group):
     every replica uses the same name, so they recognise each other's work.
     Records are deleted after `window` (default 24 hours), checked every
-    `cleanup_interval` seconds after a delivery; a copy arriving later than
-    that is handled again.
+    `cleanup_interval` seconds after a delivery, in a task beside the
+    deliveries; a copy arriving later than that is handled again.
     """
 
     def __init__(
@@ -104,6 +105,7 @@ class Inbox:
         )
         self._expire = delete(table).where(tuple_(table.c.consumer, table.c.message_id).in_(old))
         self._next_expiry = 0.0
+        self._expiring: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Inbox {self.consumer!r} in {self.outbox.tables.inbox.name}>"
@@ -144,14 +146,23 @@ class Inbox:
                 break
         return deleted
 
-    async def _expire_if_due(self) -> None:
-        if time.monotonic() < self._next_expiry:
+    def _expire_if_due(self) -> None:
+        """Start an expiry in a task of its own when one is due and none runs:
+        its deletes stay off the deliveries' path."""
+        if time.monotonic() < self._next_expiry or self._expiring is not None:
             return
         self._next_expiry = time.monotonic() + self.cleanup_interval
+        self._expiring = asyncio.get_running_loop().create_task(
+            self._expire_quietly(), name=f"expire {self!r}"
+        )
+
+    async def _expire_quietly(self) -> None:
         try:
             await self.expire()
         except Exception as exc:
             logger.warning("%r: expiring old records failed: %s", self, quote(repr(exc)))
+        finally:
+            self._expiring = None
 
 
 class InboxEntry:
@@ -226,4 +237,4 @@ class InboxEntry:
         if committed:
             if work.wrote:
                 work.outbox._committed()
-            await self._inbox._expire_if_due()
+            self._inbox._expire_if_due()

@@ -313,6 +313,39 @@ async def test_records_expire_after_the_window(db: Database) -> None:
     assert await payments(db, table) == [9, 9]
 
 
+async def test_expiring_old_records_runs_beside_the_deliveries_not_in_their_path(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deletes of expired records (up to 10 x 1,000 rows) run in a task of
+    their own: a delivery is settled without waiting for them."""
+    from brokers.memory import InMemoryMessageBroker
+
+    table = await payments_table(db)
+    broker = InMemoryMessageBroker(channel_prefix="billing")
+    billing = Billing(db, table, broker)
+    expiring = asyncio.Event()
+    may_finish = asyncio.Event()
+
+    async def slow_expire(self: Inbox) -> int:
+        expiring.set()
+        await may_finish.wait()
+        return 0
+
+    monkeypatch.setattr(Inbox, "expire", slow_expire)
+    await billing.consumer.subscribe("billing:notification_event:*")
+    try:
+        async with billing.consumer:
+            await broker.send_message(MessageCodec.to_message(Paid(order_id=1)))
+            async with asyncio.timeout(10):
+                await expiring.wait()
+            # The expiry hangs, and the delivery that started it is settled.
+            stats = await wait_until(billing.consumer, lambda stats: stats.handled == 1)
+            assert stats.in_flight == 0
+    finally:
+        may_finish.set()
+    assert await payments(db, table) == [1]
+
+
 def test_an_inbox_refuses_a_consumer_name_it_cannot_store(tmp_path: Path) -> None:
     from sqlalchemy.ext.asyncio import create_async_engine
 
