@@ -35,10 +35,12 @@ time, never skipped.
   from this subscription's copy, ahead of the later records of its
   partition; dead-letter writes it to ``{prefix}.dead-letter`` (which no
   subscription reads) with the reason, source topic, partition and offset in
-  the record headers, then marks it handled.
+  the record headers, then marks it handled; a write that fails raises
+  `PublishError` and leaves the record unsettled.
 
-Lifecycle, reconnection and settle-once come from `mediator.transport`; this
-module holds what aiokafka needs.
+Lifecycle, reconnection and settle-once come from `mediator.transport`; the
+per-partition bookkeeping from `brokers._kafka_partitions`; this module
+holds what aiokafka needs.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "brokers.kafka needs aiokafka: pip install 'mediator-toolkit[kafka]'"
     ) from exc
 
+from brokers._kafka_partitions import PartitionState
 from mediator._exceptions import MediatorError, MessageTooLargeError
 from mediator.transport import (
     DEAD_LETTER_BODY_LIMIT,
@@ -223,79 +226,23 @@ def _kafka_errors(doing: str, servers: Sequence[str]) -> Iterator[None]:
         ) from exc
 
 
-class _Partition:
-    """What a subscription knows of one partition it reads: the records
-    fetched and not handed out yet, and the offsets not handled yet, in order."""
+class _Partition(PartitionState[Any]):
+    """A partition a subscription reads: its bookkeeping (`PartitionState`,
+    holding aiokafka's records and deliveries given back), which one it is,
+    and its place in the subscription's queue of partitions to hand out."""
 
-    __slots__ = (
-        "channel",
-        "committed",
-        "done",
-        "full",
-        "in_flight",
-        "matches",
-        "next_offset",
-        "owned",
-        "queued",
-        "recheck",
-        "revoked",
-        "subscription",
-        "tp",
-        "unsettled",
-        "waiting",
-    )
+    __slots__ = ("channel", "queued", "recheck", "tp")
 
     def __init__(
-        self, subscription: KafkaSubscription, tp: Partition, channel: str | None, matches: bool
+        self, tp: Partition, channel: str | None, matches: bool, prefetch: int, ordered: bool
     ) -> None:
-        self.subscription = subscription
+        super().__init__(prefetch, ordered=ordered, matches=matches)
         self.tp = tp
         self.channel = channel or tp[0]
-        self.matches = matches
-        self.waiting: deque[Any] = deque()
-        """Records fetched and not handed out yet, in order: aiokafka's
-        records, made deliveries as they are handed out (so that thousands
-        of them are not built at once), and deliveries given back."""
-        self.unsettled: deque[int] = deque()
-        """Offsets fetched and not handled yet, lowest first."""
-        self.done: set[int] = set()
-        """Offsets handled while a lower one was still unsettled."""
-        self.next_offset = -1
-        """The offset after the last record fetched; -1 before the first."""
-        self.committed: int | None = None
-        self.in_flight = 0
-        self.owned = True
-        """False once another member may read it: settling it changes nothing."""
-        self.revoked = False
-        """In a rebalance: nothing handed out until the new assignment says whose it is."""
-        self.full = False
-        """Holding `prefetch` records: not fetched from until half of them are gone."""
         self.queued = False
+        """In the subscription's queue of partitions with a record to hand out."""
         self.recheck = False
         """A look at whether to queue it is due at the loop's next turn."""
-
-    def take(self) -> KafkaDelivery:
-        """The next waiting record, as a delivery."""
-        item = self.waiting.popleft()
-        if type(item) is KafkaDelivery:
-            return item  # given back
-        return KafkaDelivery(self.subscription, self, item)
-
-    def position(self) -> int | None:
-        """The offset to commit: every record below it was handled."""
-        if self.unsettled:
-            return self.unsettled[0]
-        return self.next_offset if self.next_offset >= 0 else None
-
-    def settle(self, offset: int) -> None:
-        unsettled = self.unsettled
-        if unsettled and unsettled[0] == offset:
-            unsettled.popleft()
-            done = self.done
-            while done and unsettled and unsettled[0] in done:
-                done.discard(unsettled.popleft())
-        else:
-            self.done.add(offset)
 
 
 class KafkaDelivery(DeliveryBase):
@@ -326,22 +273,16 @@ class KafkaDelivery(DeliveryBase):
         handled in order and it has been fetched: taken now, for the task
         that handled this one to handle next (`EventConsumer` does); None
         otherwise. Call it only once this delivery is settled."""
-        part = self._partition
         subscription = self._subscription
-        if (
-            part.in_flight
-            or not part.waiting
-            or not subscription._ordered
-            or not part.owned
-            or part.revoked
-            or subscription.closed
-        ):
+        if subscription.closed:
             return None
-        part.in_flight = 1
-        delivery = part.take()
-        if part.full:
-            subscription._maybe_resume(part)
-        return delivery
+        part = self._partition
+        item = part.take_next()
+        if item is None:
+            return None
+        if part.full and part.reopen():
+            subscription._room.set()
+        return item if type(item) is KafkaDelivery else KafkaDelivery(subscription, part, item)
 
     async def ack(self) -> None:
         # DeliveryBase.ack without the hop through _ack: one per record.
@@ -363,17 +304,16 @@ class KafkaDelivery(DeliveryBase):
             if being_cancelled():
                 # Cancelled midway, though aiokafka may report it as its own error.
                 raise asyncio.CancelledError from exc
-            # Not written: deliver it again rather than let it block its
-            # partition (its offset must not be committed unhandled).
-            logger.error(
-                "could not dead-letter the record at %s[%d] offset %d (%s); delivering it again",
-                quote(self.record.topic, 200),
-                self.record.partition,
-                self.record.offset,
-                quote(repr(exc)),
-            )
-            self._subscription._redeliver(self)
-            return
+            # Not written: left unsettled (its offset is not committed), for
+            # the caller to release.
+            record, owner = self.record, self._subscription._owner
+            raise PublishError(
+                f"could not dead-letter the record at {quote(record.topic, 200)}"
+                f"[{record.partition}] offset {record.offset} to "
+                f"{quote(owner.dead_letter_topic, 200)} ({quote(repr(exc))}); check that Kafka "
+                f"at {','.join(owner.bootstrap_servers)} is up and that the dead-letter topic "
+                "exists or may be created (create_topics) and written (ACLs)"
+            ) from exc
         self._subscription._settled(self)
 
 
@@ -465,7 +405,8 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
 
     def _new_partition(self, tp: Partition) -> _Partition:
         channel = channel_of_topic(tp[0])
-        return _Partition(self, tp, channel, channel is not None and self._glob.matches(channel))
+        matches = channel is not None and self._glob.matches(channel)
+        return _Partition(tp, channel, matches, self._prefetch, self._ordered)
 
     async def _assign(self, consumer: Any, topics: dict[str, list[int]]) -> None:
         """Without a group: read every partition of `topics`, resuming those
@@ -488,7 +429,7 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
             kept[tp] = part
         for tp, part in previous.items():
             if tp not in kept:
-                self._drop(part)
+                part.drop()
         self._partitions = kept
         if to_end:
             # Explicit offsets (see _start_where_told); the rest start at the
@@ -504,7 +445,7 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
         consumer = self._consumer
         parts = [self._partitions[tp] for tp in revoked if tp in self._partitions]
         for part in parts:
-            part.revoked = True
+            part.revoke()
         if consumer is not None and parts:
             await self._commit(consumer, parts)
 
@@ -517,12 +458,12 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
                 if tp in assigned:
                     # Ours again: go on from what was fetched, not the commit.
                     kept[tp] = part
-                    part.revoked = False
+                    part.restore()
                     if part.next_offset >= 0:
                         consumer.seek(tp, part.next_offset)
                     self._queue(part)
                 else:
-                    self._drop(part)
+                    part.drop()
             fresh = [tp for tp in assigned if tp not in kept]
             for tp in fresh:
                 kept[tp] = self._new_partition(tp)
@@ -561,11 +502,6 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
         await consumer.commit(ends)
         for tp, offset in ends.items():
             self._partitions[tp].committed = offset
-
-    def _drop(self, part: _Partition) -> None:
-        """Not ours any more: forget its records, acknowledge none of them."""
-        part.owned = False
-        part.waiting.clear()
 
     # -- fetching ----------------------------------------------------------
 
@@ -641,29 +577,11 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
         return batches
 
     def _take_in(self, batches: Mapping[Partition, list[Any]]) -> None:
-        parts, prefetch = self._partitions, self._prefetch
+        parts = self._partitions
         for tp, records in batches.items():
             part = parts.get(tp)
-            if part is None or not part.owned:
-                continue
-            after = part.next_offset
-            if not part.matches:
-                # A topic the glob does not match: nothing to hand out, and
-                # its offsets count as handled.
-                part.next_offset = max(after, records[-1].offset + 1)
-                continue
-            waiting, unsettled = part.waiting, part.unsettled
-            for record in records:
-                offset = record.offset
-                if offset < after:
-                    continue  # fetched again after a seek: already held
-                unsettled.append(offset)
-                waiting.append(record)
-                after = offset + 1
-            part.next_offset = after
-            if len(waiting) + part.in_flight >= prefetch:
-                part.full = True
-            self._queue(part)
+            if part is not None and part.add(records):
+                self._queue(part)
 
     async def _discover(self, consumer: Any) -> None:
         try:
@@ -683,8 +601,8 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
             parts = [part for part in self._partitions.values() if not part.revoked]
         offsets: dict[Partition, int] = {}
         for part in parts:
-            position = part.position()
-            if part.owned and position is not None and position != part.committed:
+            position = part.committable()
+            if position is not None:
                 offsets[part.tp] = position
         if not offsets:
             return
@@ -721,37 +639,22 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
         while ready:
             part = ready.popleft()
             part.queued = False
-            if not part.owned or part.revoked or not part.waiting:
-                continue
-            if self._ordered:
-                if part.in_flight:
-                    continue
-                taken.append(part.take())
-                part.in_flight = 1
-            else:
-                part.in_flight += len(part.waiting)
-                while part.waiting:
-                    taken.append(part.take())
-            self._maybe_resume(part)
+            for item in part.hand_out():
+                # A record becomes a delivery as it is handed out, so that
+                # thousands of them are not built at once.
+                if type(item) is not KafkaDelivery:
+                    item = KafkaDelivery(self, part, item)
+                taken.append(item)
+            if part.full and part.reopen():
+                self._room.set()
         return taken
-
-    def _maybe_resume(self, part: _Partition) -> None:
-        if part.full and len(part.waiting) + part.in_flight <= self._prefetch // 2:
-            part.full = False
-            self._room.set()
 
     def _settled(self, delivery: KafkaDelivery) -> None:
         part = delivery._partition
-        if not part.owned:
+        if not part.settle(delivery.record.offset):
             return  # revoked meanwhile: its new reader commits it
-        part.in_flight -= 1
-        offset, unsettled = delivery.record.offset, part.unsettled
-        if unsettled and unsettled[0] == offset and not part.done:
-            unsettled.popleft()  # the lowest one, as in order: nothing else moves
-        else:
-            part.settle(offset)
-        if part.full:
-            self._maybe_resume(part)
+        if part.full and part.reopen():
+            self._room.set()
         if not self._ordered:
             self._queue(part)
         elif part.waiting and not part.recheck:
@@ -767,12 +670,7 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
 
     def _queue(self, part: _Partition, first: bool = False) -> None:
         """Make `part` ready to hand out its next record, if it has one."""
-        if (
-            part.waiting
-            and not part.queued
-            and not part.revoked
-            and not (self._ordered and part.in_flight)
-        ):
+        if not part.queued and part.can_hand_out():
             part.queued = True
             if first:
                 self._ready.appendleft(part)
@@ -781,14 +679,12 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
             self._wakeup.set()
 
     def _redeliver(self, delivery: KafkaDelivery) -> None:
-        part = delivery._partition
-        if not part.owned or self.closed:
+        if self.closed:
             return  # its next reader gets it from the committed offset
-        part.in_flight -= 1
-        part.waiting.appendleft(
-            KafkaDelivery(self, part, delivery.record, delivery.delivery_count + 1)
-        )
-        self._queue(part, first=True)
+        part = delivery._partition
+        again = KafkaDelivery(self, part, delivery.record, delivery.delivery_count + 1)
+        if part.give_back(again):  # False once not ours: likewise
+            self._queue(part, first=True)
 
     # -- closing -----------------------------------------------------------
 
@@ -806,7 +702,7 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
                     await self._commit(consumer)
             # The group may give these partitions to another member now.
             for part in self._partitions.values():
-                self._drop(part)
+                part.drop()
             self._partitions = {}
             self._ready.clear()
         await self._stop(consumer)

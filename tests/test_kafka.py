@@ -493,6 +493,53 @@ async def test_a_dead_letter_keeps_a_bounded_value_with_the_size_and_hash_of_the
     assert record.truncated
 
 
+async def test_a_dead_letter_that_cannot_be_written_raises_and_the_record_can_be_released(
+    kafka: KafkaTransport,
+) -> None:
+    # create_topics=False and no dead-letter topic: every dead-letter write fails.
+    broker = kafka.new_broker(create_topics=False)
+    topic = f"{kafka.prefix}.notification_event.Step"
+    subscription = await broker.subscribe(f"{kafka.prefix}:notification_event:Step")
+    try:
+        deliveries = aiter(subscription)
+        await EventEmitter(message_broker=kafka.new_broker()).emit(Step(key="d", n=1))
+        async with asyncio.timeout(20):
+            delivery = await anext(deliveries)
+        where = rf"{re.escape(topic)}\[{delivery.record.partition}\] offset 0\b"
+        with pytest.raises(PublishError, match=rf"{where}.*dead-letter.*check") as caught:
+            await delivery.dead_letter("rejected", "refused")
+        assert isinstance(caught.value.__cause__, PublishError), "Kafka's error, chained"
+        assert delivery.settled is None, "not settled: the caller decides what happens next"
+
+        await delivery.release()
+        async with asyncio.timeout(20):
+            again = await anext(deliveries)
+        assert (again.record.offset, again.delivery_count) == (0, 2)
+        await again.ack()
+    finally:
+        await subscription.close()
+
+
+async def test_a_consumer_releases_a_record_whose_dead_letter_cannot_be_written(
+    kafka: KafkaTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = EventMap()
+    events.register(Step)
+    consumer = EventConsumer(
+        broker=kafka.new_broker(create_topics=False), event_map=events, max_deliveries=100
+    )
+    channel = f"{kafka.prefix}:notification_event:Step"
+    await consumer.subscribe(channel, group="undeadlettered")
+    async with consumer:
+        await kafka.publish_raw(channel, b"not json")
+        await wait_until(consumer, lambda s: s.released >= 2, timeout=20)
+    assert consumer.stats.dead_lettered == 0, "not written, so not counted as dead-lettered"
+    topic = f"{kafka.prefix}.notification_event.Step"
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any(f"could not dead-letter the record at {topic}[" in r.message for r in errors)
+    assert all(r.name != "mediator.brokers.kafka" for r in errors), "the consumer logs it"
+
+
 async def test_topics_created_after_a_group_joined_are_read_from_their_first_record(
     kafka: KafkaTransport,
 ) -> None:
