@@ -176,8 +176,12 @@ class _RedisBroker(BrokerLifecycle):
     """What both Redis brokers share: the client, `from_url`, `start`/`stop`,
     error mapping and the dead-letter stream."""
 
-    def __init__(self, client: Redis, channel_prefix: str, dead_letter_limit: int) -> None:
+    def __init__(
+        self, client: Redis, channel_prefix: str, dead_letter_limit: int, silence_timeout: float
+    ) -> None:
         name = type(self).__name__
+        if not silence_timeout > 0:
+            raise ValueError(f"{name}(silence_timeout={silence_timeout}): must be above 0")
         if client.connection_pool.connection_kwargs.get("decode_responses"):
             raise ValueError(
                 f"{name}: the Redis client decodes responses to str; envelopes are bytes. "
@@ -197,6 +201,9 @@ class _RedisBroker(BrokerLifecycle):
         """The stream that dead letters are appended to."""
         self.dead_letter_limit = dead_letter_limit
         """How many dead letters the stream keeps; older ones are trimmed."""
+        self.silence_timeout = silence_timeout
+        """Seconds a subscription waits on a silent connection before it checks
+        it, and then for the check's answer; see the docs' "Connections"."""
 
     @classmethod
     def from_url(cls, url: str, channel_prefix: str = "mediator", **options: Any) -> Self:
@@ -208,9 +215,19 @@ class _RedisBroker(BrokerLifecycle):
             ...
         ```
         """
-        broker = cls(Redis.from_url(url), channel_prefix, **options)
+        client = Redis.from_url(url)
+        broker = cls(client, channel_prefix, **options)
         broker._owns_client = True
+        # A command whose reply does not come is given up on, so a publish on a
+        # connection gone silent fails instead of waiting for ever.
+        kwargs = client.connection_pool.connection_kwargs
+        if kwargs.get("socket_timeout") is None:
+            kwargs["socket_timeout"] = broker._reply_due()
         return broker
+
+    def _reply_due(self) -> float:
+        """Seconds within which any reply from Redis is due."""
+        return self.silence_timeout
 
     @property
     def address(self) -> str:
@@ -318,6 +335,8 @@ class RedisPubSubSubscription(ReconnectingSubscription[RedisPubSubDelivery]):
         self._pubsub: PubSub | None = None
         self._connection: Connection | None = None
         self._names: dict[bytes | str, str] = {}
+        self._pinged = False
+        """A PING is out on the connection, unanswered."""
 
     async def _connect(self) -> None:
         pubsub = self._pubsub_broker.client.pubsub(push_handler_func=_push_as_is)
@@ -340,15 +359,27 @@ class RedisPubSubSubscription(ReconnectingSubscription[RedisPubSubDelivery]):
             await pubsub.aclose()
             return
         self._pubsub, self._connection = pubsub, connection
+        self._pinged = False
 
     async def _receive(self) -> tuple[RedisPubSubDelivery, ...]:
         connection = self._connection
         if connection is None or not connection.is_connected:
             raise BrokerUnavailableError("the subscription's connection is closed")
+        silence = self._pubsub_broker.silence_timeout
         try:
             if connection.health_check_interval:
                 await self._pubsub.check_health()  # type: ignore[union-attr]
-            reply = await connection.read_response(timeout=math.inf, push_request=True)
+            reply = await connection.read_response(timeout=silence, push_request=True)
+            if reply is None:  # nothing for `silence` seconds: is anyone there?
+                if self._pinged:
+                    raise BrokerUnavailableError(
+                        f"Redis sent nothing for {2 * silence:g}s, not even the answer to a "
+                        "PING: the connection went silent (a network partition, a dead peer)"
+                    )
+                await connection.send_command("PING", check_health=False)
+                self._pinged = True
+                return ()
+            self._pinged = False
         except _REDIS_ERRORS as exc:
             raise _lost(exc) from exc
         if being_cancelled():  # a cancellation redis-py swallowed
@@ -413,12 +444,13 @@ class RedisPubSubBroker(_RedisBroker):
         *,
         channel_layout: ChannelLayout = "name",
         dead_letter_limit: int = 10_000,
+        silence_timeout: float = 15.0,
     ) -> None:
         if channel_layout not in ("name", "diator"):
             raise ValueError(
                 f"RedisPubSubBroker(channel_layout={channel_layout!r}): must be 'name' or 'diator'"
             )
-        super().__init__(client, channel_prefix, dead_letter_limit)
+        super().__init__(client, channel_prefix, dead_letter_limit, silence_timeout)
         self.channel_layout: ChannelLayout = channel_layout
         """``"name"`` or ``"diator"``: what the last part of a channel is."""
 
@@ -741,6 +773,21 @@ class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
     # -- receiving --------------------------------------------------------------
 
     async def _receive(self) -> list[RedisStreamDelivery]:
+        broker = self._stream_broker
+        # Every command's reply is due within the read's BLOCK (or the wait
+        # for a first stream) plus silence_timeout; a connection that went
+        # silent is noticed by that and replaced.
+        due = broker._reply_due()
+        try:
+            async with asyncio.timeout(due):
+                return await self._receive_now()
+        except TimeoutError:
+            raise BrokerUnavailableError(
+                f"Redis did not answer within {due:g}s (BLOCK plus silence_timeout): the "
+                "connection went silent (a network partition, a dead peer)"
+            ) from None
+
+    async def _receive_now(self) -> list[RedisStreamDelivery]:
         broker = self._stream_broker
         now = asyncio.get_running_loop().time()
         try:
@@ -1202,6 +1249,7 @@ class RedisStreamBroker(_RedisBroker):
         max_deliveries: int | None = None,
         dead_letter_limit: int = 10_000,
         idle_consumer_timeout: float | None = 3600.0,
+        silence_timeout: float = 15.0,
     ) -> None:
         if start_from not in ("new", "beginning"):
             raise ValueError(
@@ -1225,7 +1273,7 @@ class RedisStreamBroker(_RedisBroker):
                 DeprecationWarning,
                 stacklevel=2,
             )
-        super().__init__(client, channel_prefix, dead_letter_limit)
+        super().__init__(client, channel_prefix, dead_letter_limit, silence_timeout)
         self.maxlen = maxlen
         """Trim each stream to about this many entries on every XADD; None: never."""
         self.start_from: StartFrom = start_from
@@ -1244,6 +1292,9 @@ class RedisStreamBroker(_RedisBroker):
         """Seconds after which a group member with nothing pending is removed; None: never."""
         self.registry_key = f"{channel_prefix}:streams"
         """The set of every stream key producers published to."""
+
+    def _reply_due(self) -> float:
+        return max(self.block_ms / 1000, self.discovery_interval) + self.silence_timeout
 
     def channel(self, message: Message) -> str:
         """The stream key `message` is appended to (its logical channel)."""

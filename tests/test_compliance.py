@@ -18,6 +18,7 @@ import subprocess
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import cast
 
@@ -34,10 +35,12 @@ from mediator import (
     Message,
     NotificationEvent,
     PublishError,
+    SubscribingBroker,
 )
 from mediator.testing import wait_until
 from tests.bad_inputs import CASES, PROBE_NAME, Probe, probe_event_map, valid
 from tests.conftest import _free_port, _ping, _stop
+from tests.tcp_proxy import SilencingProxy
 from tests.transports import FACTORIES, Transport
 
 
@@ -226,6 +229,108 @@ async def test_every_kind_of_bad_input_is_dead_lettered_with_its_reason(
     assert Counter(reason for reason, _ in dead) == Counter(case.reason for case in CASES)
     longest = max(len(description) for _, description in dead)
     assert longest <= 1024, "a dead letter quotes at most 1 KiB of the message"
+
+
+@attrs.define
+class Silenceable:
+    """A transport whose connections pass through a `SilencingProxy`, a
+    broker that reaches the server directly (to publish while the proxied
+    ones are silent), and the bound within which the transport, as the test
+    configures it, must notice the silence."""
+
+    transport: Transport
+    direct: SubscribingBroker
+    proxy: SilencingProxy
+    bound: float
+
+
+@asynccontextmanager
+async def _silenceable_redis(
+    name: str, prefix: str, request: pytest.FixtureRequest
+) -> AsyncIterator[Silenceable]:
+    from redis.asyncio import Redis
+    from redis.asyncio.connection import parse_url
+
+    from brokers.redis import RedisPubSubBroker, RedisStreamBroker
+    from tests.transports import RedisPubSubTransport, RedisStreamsTransport
+
+    url = request.getfixturevalue("redis_url")
+    where = parse_url(url)
+    direct_client = Redis.from_url(url)
+    # Noticed within two silence_timeouts on Pub/Sub (a PING unanswered), and
+    # within BLOCK plus one on Streams (a read's reply overdue).
+    silence_timeout = 1.0
+    async with SilencingProxy(where.get("host", "127.0.0.1"), where.get("port", 6379)) as proxy:
+        proxied = f"redis://127.0.0.1:{proxy.port}/{where.get('db', 0)}"
+        transport: RedisPubSubTransport | RedisStreamsTransport
+        direct: SubscribingBroker
+        if name == "redis-pubsub":
+            transport = RedisPubSubTransport(prefix, proxied, silence_timeout=silence_timeout)
+            direct = RedisPubSubBroker(direct_client, prefix)
+        else:
+            transport = RedisStreamsTransport(prefix, proxied, silence_timeout=silence_timeout)
+            direct = RedisStreamBroker(direct_client, prefix)
+        try:
+            yield Silenceable(transport, direct, proxy, bound=2 * silence_timeout)
+        finally:
+            await transport.close()
+            await direct.stop()
+            await direct_client.aclose()
+
+
+SILENCEABLE: dict[
+    str, Callable[[str, str, pytest.FixtureRequest], AbstractAsyncContextManager[Silenceable]]
+] = {
+    "redis-pubsub": _silenceable_redis,
+    "redis-streams": _silenceable_redis,
+}
+
+
+@pytest.fixture(params=sorted(SILENCEABLE))
+async def silenceable(request: pytest.FixtureRequest) -> AsyncIterator[Silenceable]:
+    prefix = f"mtk-s{uuid.uuid4().hex[:8]}"
+    async with SILENCEABLE[request.param](request.param, prefix, request) as silenceable:
+        yield silenceable
+
+
+async def test_a_connection_gone_silent_is_noticed_and_replaced(silenceable: Silenceable) -> None:
+    """A network partition: the subscription's connection stops carrying
+    anything, and closes neither way. The transport notices it within its
+    bound (heartbeats, pings, read timeouts), connects again, and loses
+    nothing it promised to deliver. (Memory has no connection; the loopback
+    Service Bus peer cannot be put behind the proxy.)"""
+    transport = silenceable.transport
+    seen = Seen()
+    events = EventMap()
+    events.bind(Tick, seen)
+    consumer = EventConsumer(broker=transport.broker, event_map=events)
+    group = "compliance" if transport.has_groups else None
+    await consumer.subscribe(f"{transport.broker.channel_prefix}:notification_event:*", group)
+    emitter = EventEmitter(message_broker=silenceable.direct)
+    async with consumer:
+        await emitter.emit(Tick(n=0))
+        await seen.until({0})
+        assert silenceable.proxy.silence() >= 1
+        # Noticed within the bound, then a new connection through the proxy:
+        # the margin is for the reconnect's backoff and a loaded machine.
+        within = silenceable.bound + 15
+        if at_least_once(transport):
+            await emitter.emit_all([Tick(n=n) for n in range(1, 11)])
+            await seen.until(set(range(11)), timeout=within)
+        else:
+            # At-most-once: what is published before it is back may be lost.
+            deadline = asyncio.get_running_loop().time() + within
+            probe = 100
+            while True:
+                await emitter.emit(Tick(n=probe))
+                try:
+                    await seen.until({probe}, timeout=0.25)
+                    break
+                except TimeoutError:
+                    probe += 1
+                    assert asyncio.get_running_loop().time() < deadline, "never came back"
+        assert consumer.running
+        assert silenceable.proxy.connections >= 1, "it connected again through the proxy"
 
 
 @transports(without=NO_CONNECTION_FAULT)

@@ -76,14 +76,16 @@ class RedisPubSubTransport:
     has_groups = False
     round_robin = False
 
-    def __init__(self, prefix: str, url: str) -> None:
+    def __init__(self, prefix: str, url: str, **options: object) -> None:
         from redis.asyncio import Redis
 
         from brokers.redis import RedisPubSubBroker
 
         self.prefix = prefix
         self.client = Redis.from_url(url, client_name=prefix)
-        self.broker = RedisPubSubBroker(client=self.client, channel_prefix=prefix)
+        self.broker = RedisPubSubBroker(
+            client=self.client, channel_prefix=prefix, **options  # type: ignore[arg-type]
+        )
         self._others: list[RedisPubSubBroker] = []
 
     def new_broker(self) -> SubscribingBroker:
@@ -125,11 +127,12 @@ class RedisStreamsTransport:
     has_groups = True
     round_robin = False
 
-    def __init__(self, prefix: str, url: str) -> None:
+    def __init__(self, prefix: str, url: str, **options: object) -> None:
         from redis.asyncio import Redis
 
         self.prefix = prefix
         self.client = Redis.from_url(url, client_name=prefix)
+        self._options = options
         self.broker = self.new_broker()
 
     def new_broker(self) -> SubscribingBroker:
@@ -143,6 +146,7 @@ class RedisStreamsTransport:
             claim_interval=0.1,
             claim_idle=0.5,
             block_ms=50,
+            **self._options,  # type: ignore[arg-type]
         )
 
     def own_group(self, name: str) -> str | None:
