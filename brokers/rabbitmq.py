@@ -13,18 +13,21 @@ is connected, and what is published while it reconnects is lost to it
   connection; routing key ``{message_type}.{message_name}``; persistent
   messages with ``message_id`` (the envelope's id), ``content_type``
   ``application/json``, ``type`` (the event name) and the envelope headers
-  as AMQP headers. Publishing is mandatory by default, so a message no queue
-  is bound for comes back as a `PublishError`, never a silent drop.
+  as AMQP headers. A message no queue is bound for goes through the
+  exchange's alternate exchange ``{prefix}.unroutable`` to the durable queue
+  ``{prefix}.unroutable`` (`unroutable()`), or, published with `mandatory`,
+  comes back as a `PublishError`; never a silent drop.
 - A group is the durable quorum queue ``{prefix}.{group}``, dead-lettering
   to ``{prefix}.dead-letter``; every subscription of the group shares it and
-  binds its pattern once. A subscription without a group has an exclusive,
-  server-named queue.
+  binds its pattern once; bindings are never removed by the broker. A
+  subscription without a group has an exclusive, server-named queue.
 - Patterns: AMQP's ``*`` is one whole word, so a glob binds the narrowest
   key that covers it (`binding_key`) and each delivery is matched against
   the glob in process. A delivery goes to the subscription that received it
   when its glob matches, else to another subscription of the same group (in
-  this broker) whose glob does; one that matches none is acknowledged and
-  counted in `RabbitMQMessageBroker.unmatched`, never dead-lettered.
+  this broker) whose glob does. One that matches none is acknowledged and
+  counted in `RabbitMQMessageBroker.unmatched` when a binding of the group's
+  subscriptions brought it, else dead-lettered as "unmatched".
 - Settlement: ack after the handlers; release is ``basic.nack`` with
   requeue; a dead letter is published (confirmed) to the fanout exchange
   ``{prefix}.dead-letter`` with the reason in its headers, then acknowledged.
@@ -46,9 +49,11 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import json
 import logging
+import re
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, ClassVar, NamedTuple, Self
 
 try:
@@ -57,6 +62,7 @@ try:
     from aiormq import exceptions as amqp_errors
     from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
     from pamqp import commands as spec
+    from pamqp.common import FieldTable
     from yarl import URL
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
@@ -99,6 +105,17 @@ DEFAULT_PREFETCH = 16
 default `max_concurrency`, so nothing waits in the process for a slot."""
 DEAD_LETTER_HEADER = "dead_letter_"
 """Prefix of the headers a dead letter carries its record in (``dead_letter_reason``...)."""
+UNMATCHED = "unmatched"
+"""The dead-letter reason of a group delivery that no binding of the group's
+subscriptions in this process brought (a pattern dropped from the group)."""
+UNROUTABLE = "unroutable"
+"""The reason of the records `RabbitMQMessageBroker.unroutable` returns."""
+
+_MANDATORY_KEY = "mediator:mandatory"
+"""The routing key a mandatory publish adds in a ``BCC`` header (stripped by
+RabbitMQ before delivery): the alternate exchange binds it to itself, which
+leads to no queue, so RabbitMQ returns such a message. One word holding ``:``,
+so no key `binding_key` makes matches it but ``#``, which matches the message anyway."""
 
 _SPECIAL = frozenset("*?[\\")
 _CONNECTION_LOST = (
@@ -193,6 +210,20 @@ def binding_key(pattern: str, prefix: str) -> str:
     return ".".join([kind, *words, "#"])
 
 
+def _covers(key: str, routing_key: str) -> bool:
+    """Whether a key that `binding_key` made matches `routing_key` in AMQP."""
+    if key == "#":
+        return True
+    if key.endswith(".#"):
+        head = key[:-2]
+        return routing_key == head or routing_key.startswith(f"{head}.")
+    return key == routing_key
+
+
+def _regex_literal(name: str) -> str:
+    return re.sub(r"[.^$*+?{}\[\]|()\\]", lambda m: f"\\{m.group()}", name)
+
+
 # -- errors ------------------------------------------------------------------------
 
 
@@ -280,7 +311,8 @@ class RabbitMQDelivery(DeliveryBase):
     reconnect, the subscription closed) is logged, never raised: RabbitMQ
     has put the message back already and delivers it again. A settlement
     cancelled midway (``asyncio.timeout``, a stopping consumer) raises the
-    cancellation, and the message counts as unsettled.
+    cancellation, and the message counts as unsettled. A dead letter that
+    cannot be written raises `PublishError` and leaves the delivery unsettled.
     """
 
     __slots__ = ("_channel", "_subscription", "delivery_tag", "message")
@@ -318,18 +350,17 @@ class RabbitMQDelivery(DeliveryBase):
         record = DeadLetterRecord.of(
             self.channel, self.data, reason, description, self.delivery_count
         )
+        owner = self._subscription._owner
         try:
-            await self._subscription._owner._publish_dead_letter(record, self.message)
+            await owner._publish_dead_letter(record, self.message)
         except (TransportError, MessageTooLargeError) as exc:
             _raise_if_cancelled(exc)
-            logger.error(
-                "could not dead-letter message %s from %s (%s); releasing it to try again",
-                self._message_id(),
-                quote(self.channel, 200),
-                quote(str(exc)),
-            )
-            await self._release()
-            return
+            # Unsettled: whoever settles it releases it, after a wait of its choosing.
+            raise PublishError(
+                f"could not dead-letter message {self._message_id()} from "
+                f"{quote(self.channel, 200)} to exchange {owner.dead_letter_exchange!r}: "
+                f"{quote(str(exc), 500)}; it is not settled: release it to try again later"
+            ) from exc
         await self._ack()
 
     def _message_id(self) -> str:
@@ -347,9 +378,9 @@ class RabbitMQDelivery(DeliveryBase):
 
 class RabbitMQSubscription(ReconnectingSubscription[RabbitMQDelivery]):
     """A consumer on a queue of its own channel (prefetch = the broker's
-    `prefetch`): the group's quorum queue, or an exclusive one without a
-    group. Reopened with backoff after its channel or connection is lost; a
-    refused permission or an incompatible queue ends it for good.
+    `prefetch`): the group's quorum queue, consumed from the first read, or an
+    exclusive one without a group. Reopened with backoff after its channel or
+    connection is lost; a refused permission or an incompatible queue ends it for good.
     """
 
     logger = logger
@@ -372,6 +403,7 @@ class RabbitMQSubscription(ReconnectingSubscription[RabbitMQDelivery]):
         """The queue consumed: ``{prefix}.{group}``, or the server's name for an exclusive one."""
         self._glob = GlobPattern(pattern)
         self._channel: AbstractChannel | None = None
+        self._consuming = False
         self._waiting: deque[RabbitMQDelivery] = deque()
         self._wakeup = asyncio.Event()
         self._broken: _LinkLost | None = None
@@ -402,31 +434,66 @@ class RabbitMQSubscription(ReconnectingSubscription[RabbitMQDelivery]):
             await channel.queue_bind(queue, owner.exchange, routing_key=self.binding_key)
             channel.on_consumer_cancel_callbacks.add(functools.partial(self._cancelled, channel))
             channel.closing.add_done_callback(functools.partial(self._lost, channel))
-            self._channel, self.queue = channel, queue
-            await channel.basic_consume(queue, self._on_message)
+            self._channel, self.queue, self._consuming = channel, queue, False
+            if self.group is None:
+                await self._consume()
+            # A group's queue is consumed from the first read: a consumer that
+            # subscribes several patterns of the group has subscribed them all
+            # by then, so none takes what a later one is there for.
         except BaseException:
             self._channel = None
             await _close_quietly(channel)
             raise
 
+    async def _consume(self) -> None:
+        assert self._channel is not None
+        assert self.queue is not None
+        await self._channel.basic_consume(self.queue, self._on_message)
+        self._consuming = True
+
     async def _on_message(self, message: DeliveredMessage) -> None:
         deliver = message.delivery
         assert isinstance(deliver, spec.Basic.Deliver)
+        if self.closed:
+            return  # its channel is closing, and puts the message back
         owner = self._owner
-        channel = owner._channel_name(deliver.routing_key or "")
+        routing_key = deliver.routing_key or ""
+        channel = owner._channel_name(routing_key)
         target = self if self._glob.matches(channel) else owner._member_for(self, channel)
-        if target is None:
-            # Bound more broadly than the glob (or a pattern since dropped):
-            # not for this group. Acknowledged, counted, never dead-lettered.
-            logger.debug("acknowledging a delivery from %s: matches no subscription", channel)
-            if await _settle(message.channel.basic_ack(deliver.delivery_tag or 0)) is None:
-                owner.unmatched += 1
-            return
         count = self._delivery_count(message, bool(deliver.redelivered))
-        target._waiting.append(
-            RabbitMQDelivery(self, message, deliver.delivery_tag or 0, channel, count)
+        delivery = RabbitMQDelivery(self, message, deliver.delivery_tag or 0, channel, count)
+        if target is not None:
+            target._waiting.append(delivery)
+            target._wakeup.set()
+        elif self.group is None or owner._bound_for(self.group, routing_key):
+            # A binding of ours is broader than its glob: not for this group.
+            logger.debug("acknowledging a delivery from %s: matches no subscription", channel)
+            if await _settle(message.channel.basic_ack(delivery.delivery_tag)) is None:
+                owner.unmatched += 1
+        else:
+            await self._dead_letter_unmatched(delivery, routing_key)
+
+    async def _dead_letter_unmatched(self, delivery: RabbitMQDelivery, routing_key: str) -> None:
+        """Dead-letter a group delivery that none of the group's bindings in
+        this process brought: acknowledging it would lose it without a trace."""
+        assert self.group is not None
+        description = self._owner._unmatched_description(self.group, routing_key)
+        logger.warning(
+            "dead-lettering message %s from %s: %s",
+            delivery._message_id(),
+            quote(delivery.channel, 200),
+            description,
         )
-        target._wakeup.set()
+        try:
+            await delivery.dead_letter(UNMATCHED, description)
+        except TransportError as exc:
+            # Not in a hot loop: RabbitMQ would hand it straight back.
+            delay = RECONNECT.delay(delivery.delivery_count)
+            logger.error("%s; releasing it in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            await delivery.release()
+            return
+        self._owner.unmatched_dead_lettered += 1
 
     def _delivery_count(self, message: DeliveredMessage, redelivered: bool) -> int:
         if not redelivered:
@@ -445,6 +512,8 @@ class RabbitMQSubscription(ReconnectingSubscription[RabbitMQDelivery]):
                 released.popitem(last=False)
 
     async def _receive(self) -> list[RabbitMQDelivery]:
+        if not self._consuming:
+            await self._consume()
         waiting = self._waiting
         while True:
             while waiting:
@@ -496,6 +565,13 @@ class RabbitMQSubscription(ReconnectingSubscription[RabbitMQDelivery]):
 
     async def _closing(self) -> None:
         self._owner._leave(self)
+        # What other members handed over and nobody took goes back to the
+        # queue now; what its own channel holds goes back as that closes.
+        waiting = self._waiting
+        while waiting:
+            delivery = waiting.popleft()
+            if delivery._channel is not self._channel and not delivery._channel.is_closed:
+                await _settle(delivery._channel.basic_nack(delivery.delivery_tag, requeue=True))
         self._wakeup.set()
 
 
@@ -546,15 +622,19 @@ class RabbitMQMessageBroker(BrokerLifecycle):
     prefetch: int
     """Unacknowledged deliveries per subscription; set it to the consumer's `max_concurrency`."""
     mandatory: bool
-    """Whether a message no queue is bound for raises `PublishError` (else RabbitMQ drops it)."""
+    """Whether a message no queue is bound for raises `PublishError` (else it
+    goes to the queue ``{prefix}.unroutable``)."""
     publish_timeout: float
     """Seconds a publish may take, waiting for the connection and every confirm."""
     connect_timeout: float
     """Seconds `start()` and each (re)subscription wait for the connection."""
     dead_letter_limit: int
-    """How many dead letters the queue ``{prefix}.dead-letter`` keeps (the newest)."""
+    """How many messages the queues ``{prefix}.dead-letter`` and ``{prefix}.unroutable``
+    each keep (the newest)."""
     unmatched: int
     """Deliveries acknowledged because they matched no subscription's glob."""
+    unmatched_dead_lettered: int
+    """Group deliveries dead-lettered as "unmatched": no binding of the group here brought them."""
     _connection: AbstractRobustConnection | None
 
     def __init__(
@@ -563,7 +643,7 @@ class RabbitMQMessageBroker(BrokerLifecycle):
         channel_prefix: str = "mediator",
         *,
         prefetch: int = DEFAULT_PREFETCH,
-        mandatory: bool = True,
+        mandatory: bool = False,
         publish_timeout: float = 10.0,
         connect_timeout: float = 10.0,
         dead_letter_limit: int = 10_000,
@@ -616,7 +696,7 @@ class RabbitMQMessageBroker(BrokerLifecycle):
         channel_prefix: str,
         *,
         prefetch: int = DEFAULT_PREFETCH,
-        mandatory: bool = True,
+        mandatory: bool = False,
         publish_timeout: float = 10.0,
         connect_timeout: float = 10.0,
         dead_letter_limit: int = 10_000,
@@ -626,10 +706,10 @@ class RabbitMQMessageBroker(BrokerLifecycle):
                 f"channel_prefix {channel_prefix!r} cannot name a RabbitMQ exchange: it must be "
                 "non-empty and not start with 'amq.' (reserved by RabbitMQ)"
             )
-        if len(f"{channel_prefix}.dead-letter".encode()) > 255:
+        if len(f"{channel_prefix}.unroutable.keep".encode()) > 255:
             raise ValueError(
                 f"channel_prefix {quote(channel_prefix, 100)} is too long: RabbitMQ names are at "
-                "most 255 bytes, and the broker adds '.dead-letter' and group names to it"
+                "most 255 bytes, and the broker adds '.unroutable.keep' and group names to it"
             )
         for name, value in (
             ("prefetch", prefetch),
@@ -647,6 +727,7 @@ class RabbitMQMessageBroker(BrokerLifecycle):
         self.connect_timeout = connect_timeout
         self.dead_letter_limit = dead_letter_limit
         self.unmatched = 0
+        self.unmatched_dead_lettered = 0
         self._connection = None
         self._url: str | None = None
         self._connect_options: dict[str, Any] = {}
@@ -674,6 +755,22 @@ class RabbitMQMessageBroker(BrokerLifecycle):
     def dead_letter_queue(self) -> str:
         """The durable queue that keeps dead letters: ``{prefix}.dead-letter``."""
         return f"{self.channel_prefix}.dead-letter"
+
+    @property
+    def unroutable_exchange(self) -> str:
+        """The exchange's alternate exchange: ``{prefix}.unroutable``. It returns
+        a mandatory publish and passes any other on to the queue ``{prefix}.unroutable``."""
+        return f"{self.channel_prefix}.unroutable"
+
+    @property
+    def unroutable_queue(self) -> str:
+        """The durable queue that keeps messages no queue was bound for: ``{prefix}.unroutable``."""
+        return f"{self.channel_prefix}.unroutable"
+
+    @property
+    def _kept_exchange(self) -> str:
+        """The fanout exchange into `unroutable_queue`, the alternate exchange's own."""
+        return f"{self.channel_prefix}.unroutable.keep"
 
     def group_queue(self, group: str) -> str:
         """The durable quorum queue of consumer group `group`: ``{prefix}.{group}``."""
@@ -746,7 +843,8 @@ class RabbitMQMessageBroker(BrokerLifecycle):
                 await connection.connected.wait()
 
     async def _declare_topology(self, connection: AbstractConnection) -> None:
-        """Declare the exchange, the dead-letter exchange and queue, once per connection."""
+        """Declare the exchange with its alternate exchange, the unroutable and
+        the dead-letter exchanges and queues, once per connection."""
         if self._declared_on is connection:
             return
         async with self._topology_lock:
@@ -754,7 +852,45 @@ class RabbitMQMessageBroker(BrokerLifecycle):
                 return
             channel = await connection.channel(publisher_confirms=False)
             try:
-                await channel.exchange_declare(self.exchange, exchange_type="topic", durable=True)
+                await channel.exchange_declare(
+                    self._kept_exchange, exchange_type="fanout", durable=True
+                )
+                await channel.queue_declare(
+                    self.unroutable_queue,
+                    durable=True,
+                    arguments={"x-max-length": self.dead_letter_limit},
+                )
+                await channel.queue_bind(self.unroutable_queue, self._kept_exchange, "")
+                await channel.exchange_declare(
+                    self.unroutable_exchange,
+                    exchange_type="direct",
+                    durable=True,
+                    arguments={"alternate-exchange": self._kept_exchange},
+                )
+                # Bound to itself: routed, to no queue, so RabbitMQ returns it.
+                await channel.exchange_bind(
+                    self.unroutable_exchange, self.unroutable_exchange, _MANDATORY_KEY
+                )
+                try:
+                    await channel.exchange_declare(
+                        self.exchange,
+                        exchange_type="topic",
+                        durable=True,
+                        arguments={"alternate-exchange": self.unroutable_exchange},
+                    )
+                except amqp_errors.ChannelPreconditionFailed as exc:
+                    if "alternate-exchange" not in str(exc):
+                        raise
+                    logger.info(
+                        "exchange %r was declared without the alternate exchange %r (by an "
+                        "earlier version or another program), and RabbitMQ cannot change that "
+                        "by declaring it again: it is used as it is. Unless a policy gives it "
+                        "one, a message no queue is bound for raises PublishError; the policy: %s",
+                        self.exchange,
+                        self.unroutable_exchange,
+                        self._alternate_exchange_policy(),
+                    )
+                    channel = await connection.channel(publisher_confirms=False)
                 await channel.exchange_declare(
                     self.dead_letter_exchange, exchange_type="fanout", durable=True
                 )
@@ -768,15 +904,26 @@ class RabbitMQMessageBroker(BrokerLifecycle):
                 await _close_quietly(channel)
             self._declared_on = connection
 
+    def _alternate_exchange_policy(self) -> str:
+        """The command giving an exchange declared without one its alternate exchange."""
+        definition = json.dumps(
+            {"alternate-exchange": self.unroutable_exchange}, separators=(",", ":")
+        )
+        return (
+            f"rabbitmqctl set_policy {self.exchange}-unroutable "
+            f"'^{_regex_literal(self.exchange)}$' '{definition}' "
+            "--apply-to exchanges"
+        )
+
     async def _publish_channel(self) -> AbstractChannel:
         channel = self._publisher
-        if channel is not None and not channel.is_closed:
+        if channel is not None and not channel.is_closed and self._declared_on is not None:
             return channel
         async with self._publisher_lock:
+            connection = await self._underlay()
+            await self._declare_topology(connection)  # again, after something was found gone
             channel = self._publisher
             if channel is None or channel.is_closed:
-                connection = await self._underlay()
-                await self._declare_topology(connection)
                 channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
                 self._publisher = channel
             return channel
@@ -790,6 +937,9 @@ class RabbitMQMessageBroker(BrokerLifecycle):
                 f"the routing key of {quote(message.message_name, 100)} is over 255 bytes, "
                 "RabbitMQ's limit; give the event a shorter name"
             )
+        headers: FieldTable | None = dict(message.headers) if message.headers else None
+        if self.mandatory:
+            headers = {**(headers or {}), "BCC": [_MANDATORY_KEY]}
         return _Outgoing(
             key,
             encode_message(message),
@@ -798,14 +948,16 @@ class RabbitMQMessageBroker(BrokerLifecycle):
                 delivery_mode=2,
                 message_id=str(message.message_id),
                 message_type=message.message_name,
-                headers=dict(message.headers) if message.headers else None,
+                headers=headers,
             ),
             f"{message.message_name} ({message.message_id})",
         )
 
     async def send_message(self, message: Message) -> None:
         """Publish one envelope and wait for RabbitMQ's confirm."""
-        await self._publish(self.exchange, [self._outgoing(message)], mandatory=self.mandatory)
+        await self._publish(
+            self.exchange, [self._outgoing(message)], redeclare_on_return=not self.mandatory
+        )
 
     async def send_messages(self, messages: Sequence[Message]) -> None:
         """Publish a batch concurrently, in order, and wait for every confirm.
@@ -818,16 +970,13 @@ class RabbitMQMessageBroker(BrokerLifecycle):
         """
         if messages:
             outgoing = [self._outgoing(message) for message in messages]
-            await self._publish(self.exchange, outgoing, mandatory=self.mandatory)
+            await self._publish(self.exchange, outgoing, redeclare_on_return=not self.mandatory)
 
     async def _publish(
-        self,
-        exchange: str,
-        outgoing: list[_Outgoing],
-        *,
-        mandatory: bool,
-        redeclare_on_return: bool = False,
+        self, exchange: str, outgoing: list[_Outgoing], *, redeclare_on_return: bool
     ) -> None:
+        """Publish mandatory, confirmed: a return means no queue took the message
+        (and, on the main exchange, no alternate exchange either)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_timeout
         attempt = 0
@@ -838,11 +987,11 @@ class RabbitMQMessageBroker(BrokerLifecycle):
                 async with asyncio.timeout_at(deadline):
                     channel = await self._publish_channel()
                     if len(outgoing) == 1:
-                        results = [await _publish_one(channel, exchange, outgoing[0], mandatory)]
+                        results = [await _publish_one(channel, exchange, outgoing[0])]
                     else:
                         results = list(
                             await asyncio.gather(
-                                *(_publish_one(channel, exchange, o, mandatory) for o in outgoing)
+                                *(_publish_one(channel, exchange, o) for o in outgoing)
                             )
                         )
             except TimeoutError as exc:
@@ -868,13 +1017,7 @@ class RabbitMQMessageBroker(BrokerLifecycle):
                         self._declared_on = None  # the queue behind the exchange is gone
                         retry.append(item)
                         continue
-                    raise PublishError(
-                        f"RabbitMQ returned {quote(item.label, 200)}: no queue is bound to "
-                        f"exchange {exchange!r} for routing key {item.routing_key!r} "
-                        f"({quote(str(error), 200)}). Start a consumer of it first (its group's "
-                        "queue keeps messages from then on), or publish with mandatory=False "
-                        "to let RabbitMQ drop such messages"
-                    ) from error
+                    raise self._returned(exchange, item) from error
                 if isinstance(error, amqp_errors.DeliveryError):
                     raise PublishError(
                         f"RabbitMQ refused {quote(item.label, 200)} (nack): a queue may be at its "
@@ -913,6 +1056,30 @@ class RabbitMQMessageBroker(BrokerLifecycle):
             await asyncio.sleep(min(RECONNECT.delay(attempt), max(0.0, deadline - loop.time())))
             outgoing = retry
 
+    def _returned(self, exchange: str, item: _Outgoing) -> PublishError:
+        """The error for a message RabbitMQ returned: no queue took it."""
+        returned = (
+            f"RabbitMQ returned {quote(item.label, 200)}: no queue is bound to exchange "
+            f"{exchange!r} for routing key {item.routing_key!r}"
+        )
+        if exchange != self.exchange:
+            return PublishError(
+                f"{returned}, even after declaring {self.dead_letter_queue!r} again; "
+                "check what deletes it"
+            )
+        if self.mandatory:
+            return PublishError(
+                f"{returned} (mandatory=True). Start a consumer of it first (its group's queue "
+                "keeps messages from then on), or publish with mandatory=False, the default, to "
+                f"keep such messages in the queue {self.unroutable_queue!r}"
+            )
+        return PublishError(
+            f"{returned}, and the exchange has no alternate exchange to keep it: it was "
+            "declared without one (by an earlier version or another program), which RabbitMQ "
+            "cannot change by declaring it again. Add one with a policy: "
+            f"{self._alternate_exchange_policy()}; or start a consumer of it first"
+        )
+
     async def _publish_dead_letter(
         self, record: DeadLetterRecord, original: DeliveredMessage
     ) -> None:
@@ -936,9 +1103,7 @@ class RabbitMQMessageBroker(BrokerLifecycle):
             ),
             f"the dead letter of {quote(str(properties.message_id), 100)} from {record.channel}",
         )
-        await self._publish(
-            self.dead_letter_exchange, [outgoing], mandatory=True, redeclare_on_return=True
-        )
+        await self._publish(self.dead_letter_exchange, [outgoing], redeclare_on_return=True)
 
     # -- subscribe -----------------------------------------------------------
 
@@ -946,12 +1111,13 @@ class RabbitMQMessageBroker(BrokerLifecycle):
         """Consume the messages whose channel matches `pattern`: from the
         group's quorum queue ``{prefix}.{group}`` (declared and bound to the
         pattern's `binding_key`), or from an exclusive queue of its own
-        without a group. Returns once the consumer is registered."""
+        without a group. Returns once the queue is bound: a group's queue keeps
+        what it is sent from then on, and is consumed from the first read."""
         if group is not None:
-            if not group or group == "dead-letter":
+            if not group or group in ("dead-letter", "unroutable"):
                 raise ValueError(
-                    f"group {group!r} cannot name a queue: it must be non-empty and not "
-                    "'dead-letter', which names the dead-letter queue"
+                    f"group {group!r} cannot name a queue: it must be non-empty and neither "
+                    "'dead-letter' nor 'unroutable', which name the broker's own queues"
                 )
             if len(self.group_queue(group).encode()) > 255:
                 raise ValueError(
@@ -960,6 +1126,9 @@ class RabbitMQMessageBroker(BrokerLifecycle):
                 )
         key = binding_key(pattern, self.channel_prefix)
         subscription = RabbitMQSubscription(self, pattern, group, key)
+        if group is not None:
+            # A member from now: what another member receives for it waits for it.
+            self._groups.setdefault(group, []).append(subscription)
         try:
             with _amqp_errors(
                 f"subscribing to {quote(pattern, 200)} on RabbitMQ", BrokerUnavailableError
@@ -968,8 +1137,6 @@ class RabbitMQMessageBroker(BrokerLifecycle):
         except BaseException:
             await subscription.close()
             raise
-        if group is not None:
-            self._groups.setdefault(group, []).append(subscription)
         return subscription
 
     def _member_for(
@@ -982,6 +1149,26 @@ class RabbitMQMessageBroker(BrokerLifecycle):
             if member is not receiver and not member.closed and member.matches(channel):
                 return member
         return None
+
+    def _bound_for(self, group: str, routing_key: str) -> bool:
+        """Whether a live subscription of `group` here bound a key matching `routing_key`."""
+        return any(
+            _covers(member.binding_key, routing_key)
+            for member in self._groups.get(group, ())
+            if not member.closed
+        )
+
+    def _unmatched_description(self, group: str, routing_key: str) -> str:
+        members = [m for m in self._groups.get(group, ()) if not m.closed]
+        patterns = ", ".join(m.pattern for m in members) or "nothing"
+        keys = ", ".join(sorted({m.binding_key for m in members})) or "nothing"
+        return quote(
+            f"routing key {routing_key!r} reached queue {self.group_queue(group)!r} through a "
+            f"binding that none of group {group!r}'s subscriptions in this process made "
+            f"(patterns: {patterns}; bound with: {keys}): a pattern dropped from the group, or "
+            "one that only other members subscribe. If no member subscribes it any more, "
+            "unbind it from the queue (see 'Groups and their patterns' in the RabbitMQ docs)"
+        )
 
     def _leave(self, subscription: RabbitMQSubscription) -> None:
         members = self._groups.get(subscription.group or "")
@@ -1002,23 +1189,59 @@ class RabbitMQMessageBroker(BrokerLifecycle):
             print(record.reason, record.description, record.size)
         ```
         """
-        wanted = self.dead_letter_limit if limit is None else limit
-        records: list[DeadLetterRecord] = []
-        with _amqp_errors(f"reading {self.dead_letter_queue}", BrokerUnavailableError):
+        return await self._read_back(self.dead_letter_queue, limit, self._record)
+
+    async def unroutable(self, *, limit: int | None = None) -> list[DeadLetterRecord]:
+        """Up to `limit` (default `dead_letter_limit`) records, reason
+        "unroutable", of the messages no queue was bound for, oldest first;
+        they stay in the queue ``{prefix}.unroutable``, as `dead_letters()` leaves its own."""
+        return await self._read_back(self.unroutable_queue, limit, self._unroutable_record)
+
+    async def unroutable_count(self) -> int:
+        """How many messages the queue ``{prefix}.unroutable`` holds."""
+        async with self._reading(self.unroutable_queue) as channel:
+            declared = await channel.queue_declare(self.unroutable_queue, passive=True)
+        return declared.message_count or 0
+
+    @contextlib.asynccontextmanager
+    async def _reading(self, queue: str) -> AsyncIterator[AbstractChannel]:
+        """A channel of its own to read `queue` on; closing it puts back every
+        message read and not acknowledged, in its place."""
+        with _amqp_errors(f"reading {queue}", BrokerUnavailableError):
             async with asyncio.timeout(self.connect_timeout):
                 connection = await self._underlay()
                 await self._declare_topology(connection)
                 channel = await connection.channel(publisher_confirms=False)
             try:
-                while len(records) < wanted:
-                    message = await channel.basic_get(self.dead_letter_queue, no_ack=False)
-                    if not isinstance(message.delivery, spec.Basic.GetOk):
-                        break
-                    records.append(self._record(message))
+                yield channel
             finally:
-                # Unacknowledged, every message read goes back to its place.
                 await _close_quietly(channel)
+
+    async def _read_back(
+        self,
+        queue: str,
+        limit: int | None,
+        record: Callable[[DeliveredMessage], DeadLetterRecord],
+    ) -> list[DeadLetterRecord]:
+        wanted = self.dead_letter_limit if limit is None else limit
+        records: list[DeadLetterRecord] = []
+        async with self._reading(queue) as channel:
+            while len(records) < wanted:
+                message = await channel.basic_get(queue, no_ack=False)
+                if not isinstance(message.delivery, spec.Basic.GetOk):
+                    break
+                records.append(record(message))
         return records
+
+    def _unroutable_record(self, message: DeliveredMessage) -> DeadLetterRecord:
+        key = message.routing_key or ""
+        return DeadLetterRecord.of(
+            self._channel_name(key),
+            message.body,
+            UNROUTABLE,
+            f"published to exchange {self.exchange!r} with routing key {quote(key, 300)!r} "
+            "while no queue was bound for it",
+        )
 
     def _record(self, message: DeliveredMessage) -> DeadLetterRecord:
         headers = message.header.properties.headers or {}
@@ -1059,16 +1282,16 @@ class RabbitMQMessageBroker(BrokerLifecycle):
 
 
 async def _publish_one(
-    channel: AbstractChannel, exchange: str, outgoing: _Outgoing, mandatory: bool
+    channel: AbstractChannel, exchange: str, outgoing: _Outgoing
 ) -> BaseException | None:
-    """Publish and await the confirm; the error instead of raising it."""
+    """Publish mandatory and await the confirm; the error instead of raising it."""
     try:
         await channel.basic_publish(
             outgoing.body,
             exchange=exchange,
             routing_key=outgoing.routing_key,
             properties=outgoing.properties,
-            mandatory=mandatory,
+            mandatory=True,
         )
     except (*_CONNECTION_LOST, amqp_errors.AMQPError) as exc:
         _raise_if_cancelled(exc)

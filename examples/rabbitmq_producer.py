@@ -2,11 +2,13 @@
 
 Each notification event is published, persistent and confirmed, to the
 topic exchange named by the prefix with the routing key
-``notification_event.{name}``. Publishing is mandatory: an event that no
-queue is bound for is refused with PublishError instead of being dropped,
-so run the consumer (examples/rabbitmq_consumer.py) once first, which
-declares the billing group's queue; from then on the queue keeps the events
-whether the consumer runs or not.
+``notification_event.{name}``. This producer publishes with
+``mandatory=True``: an event that no queue is bound for is refused with
+PublishError, so it knows that the billing consumer
+(examples/rabbitmq_consumer.py) has run once and declared its group's queue,
+which keeps the events from then on whether the consumer runs or not. By
+default such an event would be kept in the queue ``{prefix}.unroutable``
+instead, where the consumer does not read it.
 
 Run it with ``python examples/rabbitmq_producer.py [prefix]``. The server is
 ``AMQP_URL`` (default ``amqp://guest:guest@127.0.0.1:5672/``); the prefix is
@@ -28,7 +30,7 @@ async def main() -> None:
     url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
     prefix = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("SHOP_PREFIX", "shop")
     async with RabbitMQMessageBroker.from_url(
-        url, prefix, connection_name="shop producer"
+        url, prefix, connection_name="shop producer", mandatory=True
     ) as broker:
         mediator = Mediator(
             request_map=shop_requests(), event_emitter=EventEmitter(message_broker=broker)

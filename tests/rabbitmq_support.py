@@ -7,8 +7,8 @@ Contract:
 * When nothing answers AMQP there, the RabbitMQ tests are skipped locally
   with the reason, and fail when ``CI`` is set (to a non-empty value), so a
   CI job can never go green by skipping them.
-* Every test uses names of its own (exchange, queues, connection name) and
-  deletes what it declared.
+* Every test uses names of its own (exchange, queues, connection name,
+  policy) and deletes what it declared.
 """
 
 from __future__ import annotations
@@ -16,16 +16,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import os
 import shutil
 import socket
 from collections.abc import AsyncIterator, Iterable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from yarl import URL
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -78,15 +79,38 @@ async def connect(name: str, reconnect_interval: float = 0.1) -> AbstractRobustC
     )
 
 
+UNROUTABLE_SUFFIXES = (".unroutable", ".unroutable.keep")
+"""What a broker declares beside its exchange for messages no queue is bound for."""
+
+
 async def delete_everything(
     connection: AbstractRobustConnection, exchanges: Iterable[str], queues: Iterable[str]
 ) -> None:
-    """Delete queues (quorum ones too: neither if-unused nor if-empty) and exchanges."""
+    """Delete queues (quorum ones too: neither if-unused nor if-empty) and exchanges;
+    with each broker exchange go the unroutable exchanges and queue declared beside it.
+    Deleting what does not exist is not an error."""
+    exchanges, queues = list(exchanges), list(queues)
+    for exchange in [e for e in exchanges if not e.endswith(".dead-letter")]:
+        exchanges += [exchange + suffix for suffix in UNROUTABLE_SUFFIXES]
+        queues.append(exchange + UNROUTABLE_SUFFIXES[0])
     async with connection.channel(publisher_confirms=False) as channel:
         for queue in queues:
             await channel.queue_delete(queue, if_unused=False, if_empty=False)
         for exchange in exchanges:
             await channel.exchange_delete(exchange)
+
+
+async def first_message(
+    connection: AbstractRobustConnection, queue: str, timeout: float = 10
+) -> AbstractIncomingMessage:
+    """Wait for a message in `queue` and return it, leaving it there: it is
+    taken unacknowledged, and goes back to its place when the channel closes."""
+    async with connection.channel(publisher_confirms=False) as channel:
+        declared = await channel.get_queue(queue, ensure=False)
+        received: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        await declared.consume(received.put, no_ack=False)
+        async with asyncio.timeout(timeout):
+            return await received.get()
 
 
 async def _rabbitmqctl(*args: str) -> str:
@@ -101,6 +125,29 @@ async def _rabbitmqctl(*args: str) -> str:
     if process.returncode != 0:
         raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {stderr.decode()[-500:]}")
     return stdout.decode()
+
+
+@contextlib.asynccontextmanager
+async def policy(
+    name: str, pattern: str, definition: dict[str, Any], apply_to: str
+) -> AsyncIterator[None]:
+    """A RabbitMQ policy (``rabbitmqctl set_policy``), cleared on the way out."""
+    if shutil.which("rabbitmqctl") is None:
+        _unavailable("rabbitmqctl is not on PATH: setting a policy needs it")
+    await _rabbitmqctl(
+        "set_policy",
+        name,
+        pattern,
+        json.dumps(definition),
+        "--apply-to",
+        apply_to,
+        "--priority",
+        "10",
+    )
+    try:
+        yield
+    finally:
+        await _rabbitmqctl("clear_policy", name)
 
 
 async def close_connections(name: str) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -47,6 +48,8 @@ from tests.rabbitmq_support import (
     close_connections,
     connect,
     delete_everything,
+    first_message,
+    policy,
     watching_reconnects,
 )
 
@@ -350,6 +353,96 @@ async def test_the_subscriptions_of_a_group_share_its_queue_and_split_it_by_glob
     assert dead == []
 
 
+async def test_a_pattern_dropped_from_a_group_is_dead_lettered_not_acknowledged(
+    connection: AbstractRobustConnection, names: Names
+) -> None:
+    names.groups.add("ledger")
+    events = EventMap()
+    events.register(OrderPlaced)
+    events.register(UserJoined)
+    orders = f"{names.prefix}:notification_event:OrderPlaced"
+    users = f"{names.prefix}:notification_event:UserJoined"
+    async with new_broker(connection, names) as broker:
+        first = EventConsumer(broker=broker, event_map=events)
+        await first.subscribe(orders, group="ledger")
+        await first.subscribe(users, group="ledger")
+        async with first:
+            pass  # both bound; then the service is deployed again without users
+        again = EventConsumer(broker=broker, event_map=events)
+        await again.subscribe(orders, group="ledger")
+        async with again:
+            # Routed to the group's queue by the binding the users pattern left.
+            await EventEmitter(message_broker=broker).emit(UserJoined(user_id=7))
+            try:
+                await first_message(connection, broker.dead_letter_queue)
+            except TimeoutError:
+                pytest.fail(
+                    "UserJoined was not dead-lettered: acknowledged as unmatched "
+                    f"(broker.unmatched={broker.unmatched}), it is gone"
+                )
+        [record] = await broker.dead_letters()
+
+    assert record.reason == "unmatched"
+    assert record.channel == users
+    assert orders in record.description
+    assert "notification_event.UserJoined" in record.description
+    assert broker.unmatched == 0
+    assert again.stats.handled == 0
+
+
+async def test_a_group_restarted_with_a_backlog_hands_each_pattern_its_messages(
+    connection: AbstractRobustConnection, names: Names
+) -> None:
+    names.groups.add("ledger")
+    orders: list[int] = []
+    users: list[int] = []
+    events = EventMap()
+
+    @events.bind(OrderPlaced)
+    async def order(event: OrderPlaced) -> None:
+        orders.append(event.order_id)
+
+    @events.bind(UserJoined)
+    async def user(event: UserJoined) -> None:
+        users.append(event.user_id)
+
+    patterns = [
+        f"{names.prefix}:notification_event:OrderPlaced",
+        f"{names.prefix}:notification_event:UserJoined",
+    ]
+    async with new_broker(connection, names) as broker:
+        first = EventConsumer(broker=broker, event_map=events)
+        for pattern in patterns:
+            await first.subscribe(pattern, group="ledger")
+        async with first:
+            pass
+        # Waiting in the queue, the later pattern's first: the first
+        # subscription opened must not take them before the second exists.
+        await EventEmitter(message_broker=broker).emit_all(
+            [
+                *(UserJoined(user_id=n) for n in range(20)),
+                *(OrderPlaced(order_id=n) for n in range(20)),
+            ]
+        )
+        again = EventConsumer(broker=broker, event_map=events)
+        for pattern in patterns:
+            await again.subscribe(pattern, group="ledger")
+        async with again:
+            try:
+                await wait_until(again, lambda s: s.handled >= 40, timeout=10)
+            except TimeoutError:
+                pytest.fail(
+                    f"handled {again.stats.handled} of 40; {broker.unmatched} acknowledged "
+                    f"unmatched, {again.stats.dead_lettered} dead-lettered"
+                )
+        dead = await broker.dead_letters()
+
+    assert sorted(users) == list(range(20))
+    assert sorted(orders) == list(range(20))
+    assert broker.unmatched == 0
+    assert dead == []
+
+
 # -- faults ------------------------------------------------------------------------
 
 
@@ -571,6 +664,36 @@ async def test_a_dead_letter_cancelled_while_publishing_raises_the_cancellation(
         assert dead_letter.cancelled()
 
 
+async def test_a_dead_letter_that_cannot_be_written_raises_and_leaves_the_delivery_releasable(
+    connection: AbstractRobustConnection, names: Names
+) -> None:
+    names.groups.add("refusing")
+    async with new_broker(connection, names) as broker:
+        subscription = await broker.subscribe(
+            f"{names.prefix}:notification_event:*", group="refusing"
+        )
+        await EventEmitter(message_broker=broker).emit(OrderPlaced(order_id=1))
+        async with asyncio.timeout(10):
+            delivery = await anext(aiter(subscription))
+        # The dead-letter queue refuses every message (basic.nack to the publisher).
+        async with policy(
+            f"{names.prefix}-refuse",
+            f"^{re.escape(broker.dead_letter_queue)}$",
+            {"max-length": 0, "overflow": "reject-publish"},
+            apply_to="queues",
+        ):
+            with pytest.raises(PublishError, match="could not dead-letter") as raised:
+                await delivery.dead_letter("rejected", "refused by the test")
+        assert "nack" in str(raised.value)
+        assert delivery.settled is None  # not settled: the consumer releases it itself
+        await delivery.release()
+        async with asyncio.timeout(10):
+            again = await anext(aiter(subscription))
+        assert (again.data, again.delivery_count) == (delivery.data, 2)
+        await again.ack()
+        assert await broker.dead_letters() == []
+
+
 async def test_a_consumer_stopped_while_an_ack_hangs_does_not_count_it_handled(
     connection: AbstractRobustConnection, names: Names, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -605,7 +728,10 @@ async def test_an_unmatched_delivery_whose_ack_is_cancelled_is_not_counted(
     monkeypatch.setattr(aiormq.Channel, "basic_ack", stuck)
     async with new_broker(connection, names) as broker:
         # Bound as notification_event.#: CustomerState arrives and matches no glob.
-        await broker.subscribe(f"{names.prefix}:notification_event:Order*", group="unmatched")
+        subscription = await broker.subscribe(
+            f"{names.prefix}:notification_event:Order*", group="unmatched"
+        )
+        reading = asyncio.ensure_future(anext(aiter(subscription)))  # consumes from the first read
         await EventEmitter(message_broker=broker).emit(CustomerState(customer_id=1))
         async with asyncio.timeout(10):
             await stuck.entered.wait()
@@ -614,21 +740,99 @@ async def test_an_unmatched_delivery_whose_ack_is_cancelled_is_not_counted(
         await asyncio.wait([acking])
         assert acking.cancelled()
         assert broker.unmatched == 0
+        reading.cancel()
+        await asyncio.wait([reading])
 
 
 # -- publish errors ------------------------------------------------------------------
 
 
-async def test_an_unroutable_message_is_a_publish_error(
+async def test_a_message_no_queue_is_bound_for_is_kept_in_the_unroutable_queue(
     connection: AbstractRobustConnection, names: Names
 ) -> None:
     async with new_broker(connection, names) as broker:
+        message = MessageCodec.to_message(UserJoined(user_id=1))
+        await broker.send_message(message)  # a producer deployed before its consumers
+        # Confirmed, so it is in the queue by now.
+        assert await broker.unroutable_count() == 1
+        [record] = await broker.unroutable()
+        assert await broker.unroutable() == [record]  # read back, still there
+        assert await broker.dead_letters() == []
+
+    assert record.reason == "unroutable"
+    assert record.channel == f"{names.prefix}:notification_event:UserJoined"
+    assert record.data == encode_message(message)
+    assert "notification_event.UserJoined" in record.description
+    assert record.delivery_count == 1
+
+
+async def test_a_mandatory_publisher_is_told_that_no_queue_is_bound(
+    connection: AbstractRobustConnection, names: Names
+) -> None:
+    message = MessageCodec.to_message(UserJoined(user_id=1))
+    async with (
+        new_broker(connection, names) as broker,
+        RabbitMQMessageBroker(connection, channel_prefix=names.prefix, mandatory=True) as strict,
+    ):
+        # The same exchange, with its alternate exchange: this publisher still hears.
         with pytest.raises(PublishError, match="no queue is bound") as raised:
-            await broker.send_message(MessageCodec.to_message(UserJoined(user_id=1)))
+            await strict.send_message(message)
         assert "notification_event.UserJoined" in str(raised.value)
-        dropping = RabbitMQMessageBroker(connection, channel_prefix=names.prefix, mandatory=False)
-        await dropping.send_message(MessageCodec.to_message(UserJoined(user_id=1)))
-        await dropping.stop()
+        assert "Start a consumer of it first" in str(raised.value)
+        assert await broker.unroutable_count() == 0  # returned, not kept
+
+        async with connection.channel() as channel:
+            queue = await channel.declare_queue(exclusive=True)
+            await queue.bind(names.prefix, "#")
+            received: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+            await queue.consume(received.put, no_ack=True)
+            await strict.send_message(message)
+            async with asyncio.timeout(10):
+                delivered = await received.get()
+    # What marks it mandatory for RabbitMQ's routing never reaches a consumer.
+    assert delivered.headers == {}
+    assert delivered.body == encode_message(message)
+
+
+async def test_an_exchange_declared_without_an_alternate_exchange_is_used_and_says_how_to_add_one(
+    connection: AbstractRobustConnection, names: Names
+) -> None:
+    async with connection.channel() as channel:
+        # As an earlier version declared it; RabbitMQ refuses to redeclare it otherwise.
+        await channel.declare_exchange(names.prefix, aio_pika.ExchangeType.TOPIC, durable=True)
+    message = MessageCodec.to_message(UserJoined(user_id=1))
+    async with new_broker(connection, names) as broker:
+        with pytest.raises(PublishError, match="no alternate exchange") as raised:
+            await broker.send_message(message)
+        exchange = re.escape(names.prefix).replace("\\-", "-")
+        command = (
+            f"rabbitmqctl set_policy {names.prefix}-unroutable '^{exchange}$' "
+            f'\'{{"alternate-exchange":"{names.prefix}.unroutable"}}\' --apply-to exchanges'
+        )
+        assert command in str(raised.value)
+        async with policy(
+            f"{names.prefix}-unroutable",
+            f"^{exchange}$",
+            {"alternate-exchange": f"{names.prefix}.unroutable"},
+            apply_to="exchanges",
+        ):
+            await broker.send_message(message)
+            [record] = await broker.unroutable()
+    assert record.reason == "unroutable"
+    assert record.data == encode_message(message)
+
+
+async def test_an_unroutable_queue_deleted_under_the_broker_is_declared_again(
+    connection: AbstractRobustConnection, names: Names
+) -> None:
+    async with new_broker(connection, names) as broker:
+        message = MessageCodec.to_message(UserJoined(user_id=1))
+        await broker.send_message(message)
+        async with connection.channel() as channel:
+            await channel.queue_delete(broker.unroutable_queue)
+        # Returned (the alternate exchange leads nowhere now): declared again, sent again.
+        await broker.send_message(message)
+        assert await broker.unroutable_count() == 1
 
 
 async def test_a_refused_message_is_a_publish_error(
@@ -708,8 +912,9 @@ async def test_bad_subscriptions_say_what_to_change(
     connection: AbstractRobustConnection, names: Names
 ) -> None:
     broker = new_broker(connection, names)
-    with pytest.raises(ValueError, match="dead-letter"):
-        await broker.subscribe(f"{names.prefix}:*", group="dead-letter")
+    for own in ("dead-letter", "unroutable"):
+        with pytest.raises(ValueError, match="neither 'dead-letter' nor 'unroutable'"):
+            await broker.subscribe(f"{names.prefix}:*", group=own)
     with pytest.raises(ValueError, match="can match no channel"):
         await broker.subscribe("elsewhere:*")
     await broker.stop()
