@@ -256,6 +256,12 @@ async def fill(
 async def drop(
     connection: AbstractRobustConnection, exchanges: list[str], queues: list[str]
 ) -> None:
+    """Delete what a run declared; with each exchange go the unroutable
+    exchanges and queue our broker declares beside its own (deleting what
+    does not exist is not an error)."""
+    for exchange in [e for e in exchanges if not e.endswith(".dead-letter")]:
+        exchanges += [f"{exchange}.unroutable", f"{exchange}.unroutable.keep"]
+        queues.append(f"{exchange}.unroutable")
     async with connection.channel() as channel:
         for queue in queues:
             await channel.queue_delete(queue, if_unused=False, if_empty=False)

@@ -26,8 +26,9 @@ is connected, and what is published while it reconnects is lost to it
   the glob in process. A delivery goes to the subscription that received it
   when its glob matches, else to another subscription of the same group (in
   this broker) whose glob does. One that matches none is acknowledged and
-  counted in `RabbitMQMessageBroker.unmatched` when a binding of the group's
-  subscriptions brought it, else dead-lettered as "unmatched".
+  counted in `RabbitMQMessageBroker.unmatched`, never dead-lettered; when no
+  binding of the group's subscriptions here brought it, a WARNING says which
+  binding did and how to remove it (once per routing key).
 - Settlement: ack after the handlers; release is ``basic.nack`` with
   requeue; a dead letter is published (confirmed) to the fanout exchange
   ``{prefix}.dead-letter`` with the reason in its headers, then acknowledged.
@@ -105,7 +106,6 @@ DEFAULT_PREFETCH = 16
 default `max_concurrency`, so nothing waits in the process for a slot."""
 DEAD_LETTER_HEADER = "dead_letter_"
 """Prefix of the headers a dead letter carries its record in (``dead_letter_reason``...)."""
-UNMATCHED = "unmatched"
 """The dead-letter reason of a group delivery that no binding of the group's
 subscriptions in this process brought (a pattern dropped from the group)."""
 UNROUTABLE = "unroutable"
@@ -465,35 +465,16 @@ class RabbitMQSubscription(ReconnectingSubscription[RabbitMQDelivery]):
         if target is not None:
             target._waiting.append(delivery)
             target._wakeup.set()
-        elif self.group is None or owner._bound_for(self.group, routing_key):
-            # A binding of ours is broader than its glob: not for this group.
+        else:
             logger.debug("acknowledging a delivery from %s: matches no subscription", channel)
             if await _settle(message.channel.basic_ack(delivery.delivery_tag)) is None:
                 owner.unmatched += 1
-        else:
-            await self._dead_letter_unmatched(delivery, routing_key)
-
-    async def _dead_letter_unmatched(self, delivery: RabbitMQDelivery, routing_key: str) -> None:
-        """Dead-letter a group delivery that none of the group's bindings in
-        this process brought: acknowledging it would lose it without a trace."""
-        assert self.group is not None
-        description = self._owner._unmatched_description(self.group, routing_key)
-        logger.warning(
-            "dead-lettering message %s from %s: %s",
-            delivery._message_id(),
-            quote(delivery.channel, 200),
-            description,
-        )
-        try:
-            await delivery.dead_letter(UNMATCHED, description)
-        except TransportError as exc:
-            # Not in a hot loop: RabbitMQ would hand it straight back.
-            delay = RECONNECT.delay(delivery.delivery_count)
-            logger.error("%s; releasing it in %.1fs", exc, delay)
-            await asyncio.sleep(delay)
-            await delivery.release()
-            return
-        self._owner.unmatched_dead_lettered += 1
+            if self.group is not None and not owner._bound_for(self.group, routing_key):
+                # A binding none of the group's subscriptions here made brought
+                # it: a pattern dropped from the group, or one only other
+                # members subscribe. Acknowledged and counted as any unmatched
+                # delivery, and said (once per routing key): it is not handled.
+                owner._warn_unmatched(self.group, routing_key)
 
     def _delivery_count(self, message: DeliveredMessage, redelivered: bool) -> int:
         if not redelivered:
@@ -633,8 +614,6 @@ class RabbitMQMessageBroker(BrokerLifecycle):
     each keep (the newest)."""
     unmatched: int
     """Deliveries acknowledged because they matched no subscription's glob."""
-    unmatched_dead_lettered: int
-    """Group deliveries dead-lettered as "unmatched": no binding of the group here brought them."""
     _connection: AbstractRobustConnection | None
 
     def __init__(
@@ -727,7 +706,7 @@ class RabbitMQMessageBroker(BrokerLifecycle):
         self.connect_timeout = connect_timeout
         self.dead_letter_limit = dead_letter_limit
         self.unmatched = 0
-        self.unmatched_dead_lettered = 0
+        self._warned_unmatched: set[tuple[str, str]] = set()
         self._connection = None
         self._url: str | None = None
         self._connect_options: dict[str, Any] = {}
@@ -1156,6 +1135,17 @@ class RabbitMQMessageBroker(BrokerLifecycle):
             _covers(member.binding_key, routing_key)
             for member in self._groups.get(group, ())
             if not member.closed
+        )
+
+    def _warn_unmatched(self, group: str, routing_key: str) -> None:
+        if (group, routing_key) in self._warned_unmatched:
+            return
+        if len(self._warned_unmatched) >= 1024:  # bounded: routing keys come from producers
+            self._warned_unmatched.clear()
+        self._warned_unmatched.add((group, routing_key))
+        logger.warning(
+            "%s; its deliveries are acknowledged unhandled (counted in unmatched)",
+            self._unmatched_description(group, routing_key),
         )
 
     def _unmatched_description(self, group: str, routing_key: str) -> str:

@@ -119,15 +119,13 @@ async def test_amqp_url_builds_the_rabbitmq_broker() -> None:
 async def _delete_rabbitmq_names(url: str, prefix: str) -> None:
     import aio_pika
 
+    from tests.rabbitmq_support import delete_everything
+
     connection = await aio_pika.connect(url)
     async with connection:
-        for exchange in (prefix, f"{prefix}.dead-letter"):
-            channel = await connection.channel()
-            with contextlib.suppress(Exception):
-                await channel.exchange_delete(exchange)
-        channel = await connection.channel()
-        with contextlib.suppress(Exception):
-            await channel.queue_delete(f"{prefix}.dead-letter")
+        await delete_everything(
+            connection, [prefix, f"{prefix}.dead-letter"], [f"{prefix}.dead-letter"]
+        )
 
 
 def test_kafka_url_names_every_bootstrap_server() -> None:
