@@ -3,7 +3,6 @@ scheme, and a clear error for what it cannot build."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import sys
 import uuid
