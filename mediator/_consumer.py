@@ -200,6 +200,7 @@ class EventConsumer(RunsUntilStopped):
         max_deliveries: int = 10,
         redelivery_backoff: Backoff = DEFAULT_REDELIVERY_BACKOFF,
         inbox: ConsumerInbox | None = None,
+        strict_json: bool = True,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
@@ -210,7 +211,11 @@ class EventConsumer(RunsUntilStopped):
         self._emitter = event_emitter or EventEmitter(
             event_map=event_map, container=self._container, message_broker=broker
         )
-        self._codec = MessageCodec(event_map.event_class, max_size=max_message_size)
+        self._codec = MessageCodec(
+            event_map.event_class,
+            max_size=max_message_size,
+            strict_json=strict_json,
+        )
         self._policy: ErrorPolicy = (
             default_policy or event_map.default_policy or Retry(then=DeadLetter())
         )

@@ -566,3 +566,69 @@ def test_json_written_by_json_dumps_decodes() -> None:
     message, event = probe_codec().decode(data)
     assert event.user_id == 7  # type: ignore[attr-defined]
     assert message.payload["name"] == "Ada"
+
+
+def trusting_codec() -> MessageCodec:
+    return MessageCodec(bad_inputs.probe_event_map().event_class, strict_json=False)
+
+
+TRUSTED_WHEN_NOT_STRICT = {
+    "huge-int-for-int",
+    "huge-int-in-extra-field",
+    "float-overflow",
+    "deep-array-300-levels",
+}
+"""What `strict_json=False` takes from a trusted producer besides repeated
+keys: numbers past 64 bits, and values the class does not declare, unchecked."""
+
+
+@pytest.mark.parametrize("case", bad_inputs.CASES, ids=lambda case: case.id)
+def test_with_strict_json_off_every_other_bad_input_keeps_its_reason(
+    case: bad_inputs.BadInput,
+) -> None:
+    """Switching strict JSON off trusts the producers on what the docs list
+    only: a repeated key may be taken (its last value), a number past 64 bits
+    or nesting past 254 levels in an undeclared field may pass."""
+    data = case.build(bad_inputs.PROBE_NAME)
+    if case.reason == "duplicate_key" or case.id in TRUSTED_WHEN_NOT_STRICT:
+        # Taken, or refused for its reason by the checks behind the fast path.
+        reason: DecodeFailure | None = None
+        try:
+            trusting_codec().decode(data)
+        except MessageDecodeError as error:
+            reason = error.reason
+        assert reason in (None, DecodeFailure(case.reason))
+        return
+    assert refusal(data, codec=trusting_codec()).reason.value == case.reason
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(lambda: bad_inputs.valid(), id="as-orjson-writes-it"),
+        pytest.param(
+            lambda: orjson.dumps(orjson.loads(bad_inputs.valid()), option=orjson.OPT_INDENT_2),
+            id="indented",
+        ),
+        pytest.param(
+            lambda: bad_inputs.valid().replace(
+                b'"event_timestamp":"', b'"x":1,"event_timestamp":"'
+            ),
+            id="an-extra-field",
+        ),
+    ],
+)
+def test_with_strict_json_off_a_message_decodes_as_with_it_on(data: Callable[[], bytes]) -> None:
+    text = data()
+    strict_message, strict_event = probe_codec().decode(text)
+    message, event = trusting_codec().decode(text)
+    assert event == strict_event
+    assert message == strict_message
+    assert encode_message(message) == encode_message(strict_message)
+
+
+def test_with_strict_json_off_a_repeated_key_is_taken_not_refused() -> None:
+    data = bad_inputs.valid().replace(b'"user_id":7', b'"user_id":7,"user_id":8', 1)
+    assert refusal(data).reason is DecodeFailure.DUPLICATE_KEY
+    _, event = trusting_codec().decode(data)
+    assert event.user_id in (7, 8)  # type: ignore[attr-defined]
