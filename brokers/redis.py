@@ -46,6 +46,8 @@ from mediator.transport import (
     DeadLetterRecord,
     DeliveryBase,
     DeliveryGuarantee,
+    ErrorRow,
+    ErrorTable,
     GlobPattern,
     Message,
     PublishError,
@@ -54,7 +56,6 @@ from mediator.transport import (
     TransportError,
     being_cancelled,
     encode_message,
-    map_errors,
     quote,
 )
 
@@ -80,15 +81,6 @@ _CREDENTIAL_ERRORS = (
 )
 _CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 _REDIS_ERRORS = (redis_errors.RedisError, OSError)
-_ERRORS: dict[type[BaseException] | tuple[type[BaseException], ...], type[TransportError]] = {
-    _CREDENTIAL_ERRORS: CredentialError,  # subclasses of ConnectionError: first
-    _CONNECTION_ERRORS: BrokerUnavailableError,
-    redis_errors.RedisError: TransportError,
-}
-_HINTS = {
-    CredentialError: "Check the user and password in the URL or on the client, and the user's ACL.",
-    BrokerUnavailableError: "Check the address, and that Redis runs and accepts connections.",
-}
 _PASSING = (
     "READONLY",  # a replica after a failover: writes come back with the new primary
     "OOM",  # full: room comes back as keys expire or are deleted
@@ -132,13 +124,30 @@ def _describe(error: BaseException) -> str:
     return quote(text if text.startswith(code) else f"{code} {text}")
 
 
+_ERRORS = ErrorTable(
+    sdk=_REDIS_ERRORS,
+    rows=[
+        ErrorRow(  # subclasses of ConnectionError: first
+            _CREDENTIAL_ERRORS,
+            CredentialError,
+            "check the user and password in the URL or on the client, and the user's ACL",
+        ),
+        ErrorRow(
+            _CONNECTION_ERRORS,
+            BrokerUnavailableError,
+            "check the address, and that Redis runs and accepts connections",
+        ),
+    ],
+    describe=_describe,
+)
+"""How redis-py's errors become the library's, with what to check."""
+
+
 def _lost(error: Exception) -> TransportError:
     """A redis-py error of a subscription as the library's, with Redis's
-    words (redis-py's own repr leaves them out of the reconnect log line)."""
-    for source, target in _ERRORS.items():
-        if isinstance(error, source):
-            return target(_describe(error))
-    return TransportError(_describe(error))
+    words only (the subscription's log line says which one it was)."""
+    row = _ERRORS.row(error)
+    return (TransportError if row is None else row.error)(_describe(error))
 
 
 def _fatal(subscription: object, error: BaseException) -> BaseException | None:
@@ -243,16 +252,16 @@ class _RedisBroker(BrokerLifecycle):
         what to check."""
         what = f"{doing} Redis at {self.address}"
         try:
-            with map_errors(what, _ERRORS):
+            with _ERRORS.mapped(what):
                 yield
         except TransportError as exc:
+            if str(exc).startswith(what):
+                raise
+            # Mapped by a subscription already, in Redis's words: say where.
             cause = exc.__cause__
-            if not str(exc).startswith(what):  # mapped by a subscription already
-                exc = type(exc)(f"{what} failed: {exc}")
-            hint = _HINTS.get(type(exc))
-            if hint:
-                exc.add_note(hint)
-            raise exc from cause
+            row = None if cause is None else _ERRORS.row(cause)
+            check = "" if row is None else f"; {row.check}"
+            raise type(exc)(f"{what} failed: {exc}{check}") from cause
 
     async def _open(self) -> None:
         with self._mapped("PING to"):

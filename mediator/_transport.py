@@ -25,6 +25,8 @@ __all__ = [
     "BrokerLifecycle",
     "DeadLetterRecord",
     "DeliveryBase",
+    "ErrorRow",
+    "ErrorTable",
     "ReconnectingSubscription",
     "Reconnection",
     "being_cancelled",
@@ -46,7 +48,10 @@ def being_cancelled() -> bool:
     connection error; a subscription's reconnect loop checks this first, so
     that stopping a consumer is never mistaken for a lost connection.
     """
-    task = asyncio.current_task()
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no loop running: nothing to cancel
+        return False
     return task is not None and task.cancelling() > 0
 
 
@@ -79,6 +84,95 @@ def map_errors(
             if isinstance(exc, source):
                 raise target(f"{what} failed: {quote(str(exc) or repr(exc))}") from exc
         raise
+
+
+Kinds = type[BaseException] | tuple[type[BaseException], ...]
+
+
+@attrs.frozen
+class ErrorRow:
+    """SDK errors of one kind as one library error, and what to check (an
+    `ErrorTable` row)."""
+
+    kinds: Kinds
+    """The SDK's exception classes."""
+    error: type[TransportError]
+    """The library's error they become."""
+    check: str
+    """What the user should check or do, one sentence."""
+
+
+def _rows(rows: Iterable[ErrorRow]) -> tuple[ErrorRow, ...]:
+    return tuple(rows)
+
+
+@attrs.define(frozen=True)
+class ErrorTable:
+    """One transport's classification of its SDK's errors, kept in one place
+    as httpx keeps one map per transport: rows of SDK errors (a refused
+    credential, a missing entity, a lost connection), each the library error
+    it becomes with what to check, and everything else the SDK raises as the
+    error a call site names.
+
+    ```python
+    ERRORS = ErrorTable(
+        sdk=(redis_errors.RedisError, OSError),
+        rows=[
+            ErrorRow(redis_errors.AuthenticationError, CredentialError,
+                     "check the user and password"),
+            ErrorRow((redis_errors.ConnectionError, OSError), BrokerUnavailableError,
+                     "check the address, and that Redis runs"),
+        ],
+    )
+    with ERRORS.mapped("PING to Redis at 127.0.0.1:6379"):
+        await client.ping()
+    ```
+
+    A cancellation that the SDK reports as one of its errors (it landed
+    mid-command) is raised as the cancellation it is, here, for every
+    transport.
+    """
+
+    sdk: tuple[type[BaseException], ...]
+    """What the SDK raises, base classes included."""
+    rows: tuple[ErrorRow, ...] = attrs.field(default=(), converter=_rows)
+    """First match wins: list subclasses before their bases."""
+    describe: Callable[[BaseException], str] | None = None
+    """How an SDK error reads in a message; `describe_error` by default."""
+
+    def row(self, error: BaseException) -> ErrorRow | None:
+        """The row `error` falls in, or None."""
+        for row in self.rows:
+            if isinstance(error, row.kinds):
+                return row
+        return None
+
+    def lift(
+        self, error: BaseException, what: str, otherwise: type[TransportError]
+    ) -> TransportError:
+        """`error` (one of `sdk`) as the library's: the error of its row, with
+        what to check, or `otherwise`; saying what failed. Raise it ``from
+        error``."""
+        text = (self.describe or describe_error)(error)
+        row = self.row(error)
+        if row is not None:
+            return row.error(f"{what} failed: {text}; {row.check}")
+        return otherwise(f"{what} failed: {text}")
+
+    @contextlib.contextmanager
+    def mapped(
+        self, what: str, otherwise: type[TransportError] = TransportError
+    ) -> Iterator[None]:
+        """Run the block with the SDK's errors lifted (`lift`); the library's
+        own errors and anything else pass through."""
+        try:
+            yield
+        except MediatorError:
+            raise
+        except self.sdk as exc:
+            if being_cancelled():
+                raise asyncio.CancelledError from exc
+            raise self.lift(exc, what, otherwise) from exc
 
 
 def describe_error(error: BaseException) -> str:
@@ -276,17 +370,31 @@ class DeliveryBase(abc.ABC):
             )
         self.settled = outcome
 
+    # Each verb raises a cancellation that its SDK reported as its own error
+    # (it landed mid-command) as the cancellation it is: no settle verb of any
+    # transport swallows one.
+
     async def ack(self) -> None:
         """Done: the message will not be delivered again."""
         if self.settled is not None:
             self._settling("ack")  # raises, naming the first settlement
         self.settled = "ack"
-        await self._ack()
+        try:
+            await self._ack()
+        except Exception as exc:
+            if being_cancelled():
+                raise asyncio.CancelledError from exc
+            raise
 
     async def release(self) -> None:
         """Give the message back for a later delivery (where the transport can)."""
         self._settling("release")
-        await self._release()
+        try:
+            await self._release()
+        except Exception as exc:
+            if being_cancelled():
+                raise asyncio.CancelledError from exc
+            raise
 
     async def dead_letter(self, reason: str, description: str) -> None:
         """Move the message to the transport's dead-letter place. When that
@@ -294,8 +402,10 @@ class DeliveryBase(abc.ABC):
         self._settling("dead_letter")
         try:
             await self._dead_letter(reason, description)
-        except Exception:
+        except Exception as exc:
             self.settled = None
+            if being_cancelled():
+                raise asyncio.CancelledError from exc
             raise
 
     @abc.abstractmethod

@@ -47,6 +47,8 @@ from mediator._transport import RECONNECT as RECONNECT
 from mediator._transport import BrokerLifecycle as BrokerLifecycle
 from mediator._transport import DeadLetterRecord as DeadLetterRecord
 from mediator._transport import DeliveryBase as DeliveryBase
+from mediator._transport import ErrorRow as ErrorRow
+from mediator._transport import ErrorTable as ErrorTable
 from mediator._transport import ReconnectingSubscription as ReconnectingSubscription
 from mediator._transport import Reconnection as Reconnection
 from mediator._transport import being_cancelled as being_cancelled
@@ -67,6 +69,8 @@ __all__ = [
     "DeliveryBase",
     "DeliveryGuarantee",
     "EntityNotFoundError",
+    "ErrorRow",
+    "ErrorTable",
     "GlobPattern",
     "Message",
     "MessageBroker",

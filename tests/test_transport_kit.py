@@ -16,8 +16,12 @@ from mediator.transport import (
     CredentialError,
     DeadLetterRecord,
     DeliveryBase,
+    ErrorRow,
+    ErrorTable,
+    PublishError,
     ReconnectingSubscription,
     SubscriptionLostError,
+    TransportError,
     map_errors,
     quote,
 )
@@ -85,6 +89,92 @@ async def test_map_errors_keeps_the_cause_and_lets_library_errors_through() -> N
         raise SubscriptionLostError("already ours")
     with pytest.raises(KeyError), map_errors("x", mapping):
         raise KeyError("not named: passes through")
+
+
+class ToySDKError(Exception):
+    pass
+
+
+class ToyAuthError(ToySDKError):
+    pass
+
+
+TOY_ERRORS = ErrorTable(
+    sdk=(ToySDKError, OSError),
+    rows=[
+        ErrorRow(ToyAuthError, CredentialError, "check the toy's password"),
+        ErrorRow(OSError, BrokerUnavailableError, "check that the toy runs"),
+    ],
+)
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected", "text"),
+    [
+        (
+            ToyAuthError("denied"),
+            CredentialError,
+            "checking toy failed: ToyAuthError: denied; check the toy's password",
+        ),
+        (ConnectionRefusedError("refused"), BrokerUnavailableError, "check that the toy runs"),
+        (ToySDKError("odd"), PublishError, "checking toy failed: ToySDKError: odd"),
+    ],
+)
+def test_an_error_table_lifts_each_row_and_the_rest_as_the_call_site_says(
+    raised: Exception, expected: type[TransportError], text: str
+) -> None:
+    with (
+        pytest.raises(expected) as caught,
+        TOY_ERRORS.mapped("checking toy", otherwise=PublishError),
+    ):
+        raise raised
+    assert type(caught.value) is expected
+    assert text in str(caught.value)
+    assert caught.value.__cause__ is raised
+    with pytest.raises(KeyError), TOY_ERRORS.mapped("x"):
+        raise KeyError("not the SDK's: passes through")
+    with pytest.raises(SubscriptionLostError), TOY_ERRORS.mapped("x"):
+        raise SubscriptionLostError("already the library's")
+
+
+async def test_an_sdk_error_standing_for_a_cancellation_is_raised_as_one() -> None:
+    """An SDK that turns a cancellation landing mid-command into its own error:
+    the table (and every settle verb of the kit) raises the cancellation."""
+    started = asyncio.Event()
+
+    async def command() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise ToySDKError("the command was interrupted") from None
+
+    async def mapped() -> None:
+        with TOY_ERRORS.mapped("a toy command"):
+            await command()
+
+    task = asyncio.create_task(mapped())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    class Interrupted(DeliveryBase):
+        async def _ack(self) -> None:
+            await command()
+
+        async def _release(self) -> None:
+            pass
+
+        async def _dead_letter(self, reason: str, description: str) -> None:
+            pass
+
+    started.clear()
+    ack = asyncio.create_task(Interrupted("toy:x", b"{}").ack())
+    await started.wait()
+    ack.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await ack
 
 
 def test_a_dead_letter_record_is_bounded_and_reads_back_from_its_fields() -> None:
