@@ -56,6 +56,7 @@ import re
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, ClassVar, NamedTuple, Self
+from urllib.parse import urlsplit
 
 try:
     import aio_pika
@@ -104,6 +105,9 @@ logger = logging.getLogger("mediator.brokers.rabbitmq")
 DEFAULT_PREFETCH = 16
 """Unacknowledged deliveries per subscription channel: `EventConsumer`'s
 default `max_concurrency`, so nothing waits in the process for a slot."""
+DEFAULT_HEARTBEAT = 15
+"""Seconds between heartbeats that `from_url` asks for: a connection gone
+silent is noticed within 3 x (heartbeat + 1) s."""
 DEAD_LETTER_HEADER = "dead_letter_"
 """Prefix of the headers a dead letter carries its record in (``dead_letter_reason``...)."""
 """The dead-letter reason of a group delivery that no binding of the group's
@@ -657,7 +661,8 @@ class RabbitMQMessageBroker(BrokerLifecycle):
         (``amqp://`` or ``amqps://``), opened by `start()` (or the first use)
         and closed by `stop()`. `connection_name` is shown by ``rabbitmqctl
         list_connections``; `reconnect_interval` is the wait between attempts
-        to reconnect; `options` are the broker's own keywords."""
+        to reconnect; `options` are the broker's own keywords. The heartbeat is
+        `DEFAULT_HEARTBEAT` seconds unless the URL names one (``?heartbeat=``)."""
         broker = cls.__new__(cls)
         broker._setup(channel_prefix, **options)
         broker._url = url
@@ -667,6 +672,10 @@ class RabbitMQMessageBroker(BrokerLifecycle):
                 "connection_name": connection_name or f"mediator {channel_prefix}"
             },
         }
+        if "heartbeat" not in urlsplit(url).query:
+            # RabbitMQ proposes 60 s, so a silent connection (a network
+            # partition) took 3 x 61 s to notice; 15 s: within 48 s.
+            broker._connect_options["heartbeat"] = DEFAULT_HEARTBEAT
         broker._owns_client = True
         return broker
 

@@ -883,6 +883,20 @@ async def test_from_url_owns_its_connection_and_closes_it(names: Names) -> None:
     assert connection.is_closed
 
 
+@pytest.mark.parametrize(("query", "heartbeat"), [("", 15), ("?heartbeat=5", 5)])
+async def test_from_url_notices_a_silent_connection_within_about_45_seconds(
+    names: Names, query: str, heartbeat: int
+) -> None:
+    """A connection that goes silent (a network partition) is noticed by its
+    heartbeat: aiormq gives up after 3 x (heartbeat + 1) s without a frame.
+    RabbitMQ proposes 60 s (3 minutes to notice); from_url asks for 15 s
+    unless the URL names one."""
+    broker = RabbitMQMessageBroker.from_url(amqp_url() + query, names.prefix)
+    async with broker:
+        negotiated = broker.connection.transport.connection.heartbeat_timeout
+    assert negotiated == heartbeat
+
+
 async def test_a_plain_connection_is_refused_with_what_to_use(names: Names) -> None:
     connection = await aio_pika.connect(amqp_url())
     try:
