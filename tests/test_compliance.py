@@ -278,11 +278,33 @@ async def _silenceable_redis(
             await direct_client.aclose()
 
 
+@asynccontextmanager
+async def _silenceable_kafka(
+    name: str, prefix: str, request: pytest.FixtureRequest
+) -> AsyncIterator[Silenceable]:
+    from tests.kafka_support import silenceable_tansu
+    from tests.transports import KafkaTransport
+
+    # Every client (consumer, admin, producer) gives up on a request after
+    # request_timeout_ms, drops that connection and opens another one.
+    request_timeout = 3.0
+    async with silenceable_tansu() as (server, proxy):
+        options = {"client_options": {"request_timeout_ms": int(request_timeout * 1000)}}
+        transport = KafkaTransport(prefix, server, **options)
+        try:
+            # Another broker on the same Tansu: its connections pass the
+            # proxy too, and it must get over the silence like the consumer.
+            yield Silenceable(transport, transport.new_broker(), proxy, bound=request_timeout)
+        finally:
+            await transport.close()
+
+
 SILENCEABLE: dict[
     str, Callable[[str, str, pytest.FixtureRequest], AbstractAsyncContextManager[Silenceable]]
 ] = {
     "redis-pubsub": _silenceable_redis,
     "redis-streams": _silenceable_redis,
+    "kafka": _silenceable_kafka,
 }
 
 

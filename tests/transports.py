@@ -372,15 +372,17 @@ if TYPE_CHECKING:  # the Kafka names, for annotations; imported where used
 
 class KafkaTransport:
     """aiokafka against the session's Kafka (Tansu, or KAFKA_BOOTSTRAP_SERVERS):
-    every broker of a test on the test's prefix; its topics deleted afterwards."""
+    every broker of a test on the test's prefix; its topics deleted afterwards.
+    `options` are `KafkaMessageBroker` keywords for every broker of the test."""
 
     name = "kafka"
     has_groups = True
     round_robin = False  # Kafka hands a group's members partitions, not messages in turn
 
-    def __init__(self, prefix: str, server: KafkaServer) -> None:
+    def __init__(self, prefix: str, server: KafkaServer, **options: Any) -> None:
         self.prefix = prefix
         self.server = server
+        self._options = options
         self._brokers: list[KafkaMessageBroker] = []
         self._raw: Any = None
         self._admin: Any = None
@@ -392,7 +394,7 @@ class KafkaTransport:
         broker = KafkaMessageBroker(
             self.server.bootstrap_servers,
             channel_prefix=self.prefix,
-            **{**self.server.broker_options(), **options},
+            **{**self.server.broker_options(), **self._options, **options},
         )
         self._brokers.append(broker)
         return broker
