@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import cast
+from urllib.parse import urlsplit
 
 import attrs
 import pytest
@@ -166,8 +167,8 @@ async def _delete_redis_keys(transport: Transport) -> None:
 async def _delete_rabbitmq_queue(transport: Transport) -> None:
     """Delete the group's quorum queue from a channel of its own, and wait
     (on the subscription's log line) until the consumer has declared, bound
-    and consumed it again: publishes are mandatory, so one sent while no
-    queue is bound would be refused with PublishError, as documented."""
+    and consumed it again: a message sent while no queue is bound would go
+    to the unroutable queue, not to the group."""
     from tests.rabbitmq_support import watching_reconnects
 
     broker = transport.broker
@@ -299,12 +300,45 @@ async def _silenceable_kafka(
             await transport.close()
 
 
+@asynccontextmanager
+async def _silenceable_rabbitmq(
+    name: str, prefix: str, request: pytest.FixtureRequest
+) -> AsyncIterator[Silenceable]:
+    import aio_pika
+
+    from brokers.rabbitmq import RabbitMQMessageBroker
+    from tests.rabbitmq_support import amqp_url, connect
+    from tests.transports import RabbitMQTransport
+
+    where = urlsplit(amqp_url())
+    # aiormq drops a connection that received no frame for 3 x (heartbeat + 1) s.
+    heartbeat = 1
+    async with SilencingProxy(where.hostname or "127.0.0.1", where.port or 5672) as proxy:
+        proxied = where._replace(
+            netloc=f"{where.username}:{where.password}@127.0.0.1:{proxy.port}",
+            query=f"heartbeat={heartbeat}",
+        ).geturl()
+        connection = await aio_pika.connect_robust(
+            proxied, client_properties={"connection_name": prefix}, reconnect_interval=0.1
+        )
+        direct_connection = await connect(f"{prefix}-direct")
+        transport = RabbitMQTransport(prefix, connection)
+        direct = RabbitMQMessageBroker(direct_connection, channel_prefix=prefix)
+        try:
+            yield Silenceable(transport, direct, proxy, bound=3 * (heartbeat + 1))
+        finally:
+            await direct.stop()
+            await direct_connection.close()
+            await transport.close()
+
+
 SILENCEABLE: dict[
     str, Callable[[str, str, pytest.FixtureRequest], AbstractAsyncContextManager[Silenceable]]
 ] = {
     "redis-pubsub": _silenceable_redis,
     "redis-streams": _silenceable_redis,
     "kafka": _silenceable_kafka,
+    "rabbitmq": _silenceable_rabbitmq,
 }
 
 
