@@ -606,30 +606,10 @@ class MessageCodec:
             or "event_id" not in payload
         ):
             return None
-        decoding = self._decoders.get(name)
-        if decoding is None:
-            event_type = self._event_class(name)
-            if event_type is None:
-                return None
-            # Kept per name: a name, once registered, names the same class.
-            decoding = self._decoders[name] = _envelope_decoder(event_type)
-        decoder, message_type = decoding
-        # One typed parse of the whole envelope: its fields and the event.
-        try:
-            envelope = decoder.decode(data)
-        except (msgspec.DecodeError, RecursionError):
+        typed = self._typed(name, data)
+        if typed is None:
             return None
-        event: Event = envelope.payload
-        message_id = envelope.message_id
-        if envelope.message_type != message_type or event.event_id.int != message_id.int:
-            return None
-        stamp = event.event_timestamp
-        if stamp.tzinfo is not UTC:
-            # Another offset is converted, as `to_event` does; naive is refused there.
-            try:
-                event = attrs.evolve(event, event_timestamp=as_utc(stamp))
-            except ValueError:
-                return None
+        envelope, event = typed
         return Received(envelope, payload, None if same else data), event
 
     def _decode_trusting(self, data: bytes) -> tuple[Received, Event] | None:
@@ -643,15 +623,26 @@ class MessageCodec:
             name = _NAME_ONLY.decode(data).message_name
         except (msgspec.DecodeError, RecursionError):
             return None
+        # A typed parse fills a missing timestamp with its default.
+        if b'"event_timestamp":' not in data:
+            return None
+        typed = self._typed(name, data)
+        if typed is None:
+            return None
+        envelope, event = typed
+        return Received(envelope, None, data), event
+
+    def _typed(self, name: str, data: bytes) -> tuple[Any, Event] | None:
+        """One typed parse of the whole envelope `data` registered as `name`:
+        its fields and the event, the ids and the message type checked, the
+        timestamp in UTC; None when anything is off (the checks name it)."""
         decoding = self._decoders.get(name)
         if decoding is None:
             event_type = self._event_class(name)
             if event_type is None:
                 return None
+            # Kept per name: a name, once registered, names the same class.
             decoding = self._decoders[name] = _envelope_decoder(event_type)
-        # A typed parse fills a missing timestamp with its default.
-        if b'"event_timestamp":' not in data:
-            return None
         decoder, message_type = decoding
         try:
             envelope = decoder.decode(data)
@@ -662,11 +653,12 @@ class MessageCodec:
             return None
         stamp = event.event_timestamp
         if stamp.tzinfo is not UTC:
+            # Another offset is converted, as `to_event` does; naive is refused there.
             try:
                 event = attrs.evolve(event, event_timestamp=as_utc(stamp))
             except ValueError:
                 return None
-        return Received(envelope, None, data), event
+        return envelope, event
 
     def _message_of(self, data: bytes) -> Message:
         """The envelope of admitted `data`, each check naming its reason."""
