@@ -80,6 +80,8 @@ from mediator.transport import (
     DeadLetterRecord,
     DeliveryBase,
     DeliveryGuarantee,
+    ErrorRow,
+    ErrorTable,
     GlobPattern,
     Message,
     PublishError,
@@ -88,7 +90,6 @@ from mediator.transport import (
     TransportError,
     being_cancelled,
     encode_message,
-    map_errors,
     quote,
 )
 
@@ -235,51 +236,49 @@ class _LinkLost(ConnectionError):
     """A subscription's channel closed, or RabbitMQ cancelled its consumer."""
 
 
+_ERRORS = ErrorTable(
+    sdk=_FAILURES,
+    rows=[
+        ErrorRow(
+            (amqp_errors.ProbableAuthenticationError, amqp_errors.AuthenticationError),
+            CredentialError,
+            "RabbitMQ refused the login: check the user and password in the URL",
+        ),
+        ErrorRow(
+            amqp_errors.ConnectionNotAllowed,
+            CredentialError,
+            "RabbitMQ refused the virtual host: check that it exists and the user may use it "
+            "(rabbitmqctl set_permissions)",
+        ),
+        ErrorRow(
+            amqp_errors.ChannelAccessRefused,
+            CredentialError,
+            "RabbitMQ refused access: grant the user the configure, write and read "
+            "permissions on the broker's exchanges and queues (rabbitmqctl set_permissions)",
+        ),
+        ErrorRow(
+            amqp_errors.ChannelPreconditionFailed,
+            TransportError,
+            "RabbitMQ refused a declaration: a queue or exchange of that name exists with "
+            "other settings (a classic queue where a quorum queue is declared, another "
+            "dead-letter exchange or limit): delete it, or use another group or prefix",
+        ),
+        ErrorRow(
+            amqp_errors.ChannelLockedResource,
+            TransportError,
+            "RabbitMQ refused: the queue is exclusive to another connection",
+        ),
+    ],
+)
+"""How aio-pika's errors become the library's: a row is a refusal that
+retrying cannot mend; anything else is the error the call site names."""
+
+
 def _refusal(what: str, exc: BaseException) -> TransportError | None:
     """The library's error for a refusal retrying cannot mend, else None."""
-    if isinstance(exc, amqp_errors.ProbableAuthenticationError | amqp_errors.AuthenticationError):
-        return CredentialError(
-            f"RabbitMQ refused the login while {what}: {quote(str(exc))}. Check the user and "
-            "password in the URL"
-        )
-    if isinstance(exc, amqp_errors.ConnectionNotAllowed):
-        return CredentialError(
-            f"RabbitMQ refused the virtual host while {what}: {quote(str(exc))}. Check that the "
-            "vhost exists and the user may use it (rabbitmqctl set_permissions)"
-        )
-    if isinstance(exc, amqp_errors.ChannelAccessRefused):
-        return CredentialError(
-            f"RabbitMQ refused access while {what}: {quote(str(exc))}. Grant the user the "
-            "configure, write and read permissions on the broker's exchanges and queues "
-            "(rabbitmqctl set_permissions)"
-        )
-    if isinstance(exc, amqp_errors.ChannelPreconditionFailed):
-        return TransportError(
-            f"RabbitMQ refused a declaration while {what}: {quote(str(exc))}. A queue or "
-            "exchange of that name exists with other settings (a classic queue where a quorum "
-            "queue is declared, another dead-letter exchange or limit): delete it, or use "
-            "another group or prefix"
-        )
-    if isinstance(exc, amqp_errors.ChannelLockedResource):
-        return TransportError(
-            f"RabbitMQ refused while {what}: {quote(str(exc))}. The queue is exclusive to "
-            "another connection"
-        )
-    return None
-
-
-@contextlib.contextmanager
-def _amqp_errors(what: str, otherwise: type[TransportError]) -> Iterator[None]:
-    """aio-pika's errors as the library's: a refusal as itself, anything else
-    the broker answered (or did not) as `otherwise`; the SDK's error stays the cause."""
-    with map_errors(what, {_FAILURES: otherwise}):
-        try:
-            yield
-        except _FAILURES as exc:
-            refused = _refusal(what, exc)
-            if refused is None:
-                raise
-            raise refused from exc
+    if _ERRORS.row(exc) is None:
+        return None
+    return _ERRORS.lift(exc, what, TransportError)
 
 
 def _raise_if_cancelled(error: BaseException) -> None:
@@ -801,11 +800,11 @@ class RabbitMQMessageBroker(BrokerLifecycle):
             if self._connection is None:
                 assert self._url is not None
                 where = f"connecting to RabbitMQ at {_safe(self._url)}"
-                with _amqp_errors(where, BrokerUnavailableError):
+                with _ERRORS.mapped(where, BrokerUnavailableError):
                     self._connection = await aio_pika.connect_robust(
                         self._url, timeout=self.connect_timeout, **self._connect_options
                     )
-        with _amqp_errors("starting the RabbitMQ broker", BrokerUnavailableError):
+        with _ERRORS.mapped("starting the RabbitMQ broker", BrokerUnavailableError):
             async with asyncio.timeout(self.connect_timeout):
                 await self._declare_topology(await self._underlay())
 
@@ -1118,7 +1117,7 @@ class RabbitMQMessageBroker(BrokerLifecycle):
             # A member from now: what another member receives for it waits for it.
             self._groups.setdefault(group, []).append(subscription)
         try:
-            with _amqp_errors(
+            with _ERRORS.mapped(
                 f"subscribing to {quote(pattern, 200)} on RabbitMQ", BrokerUnavailableError
             ):
                 await subscription.open()
@@ -1206,7 +1205,7 @@ class RabbitMQMessageBroker(BrokerLifecycle):
     async def _reading(self, queue: str) -> AsyncIterator[AbstractChannel]:
         """A channel of its own to read `queue` on; closing it puts back every
         message read and not acknowledged, in its place."""
-        with _amqp_errors(f"reading {queue}", BrokerUnavailableError):
+        with _ERRORS.mapped(f"reading {queue}", BrokerUnavailableError):
             async with asyncio.timeout(self.connect_timeout):
                 connection = await self._underlay()
                 await self._declare_topology(connection)
