@@ -52,7 +52,7 @@ import contextlib
 import logging
 import re
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
@@ -80,6 +80,8 @@ from mediator.transport import (
     DeadLetterRecord,
     DeliveryBase,
     DeliveryGuarantee,
+    ErrorRow,
+    ErrorTable,
     GlobPattern,
     Message,
     PublishError,
@@ -215,22 +217,33 @@ def _header_value(value: str | bytes) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
 
 
-@contextlib.contextmanager
-def _kafka_errors(doing: str, servers: Sequence[str]) -> Iterator[None]:
-    """aiokafka's errors (and a timeout) as the library's, saying what to check."""
-    try:
-        yield
-    except _AUTH_ERRORS as exc:
-        raise CredentialError(
-            f"Kafka refused the credential or the right while {doing} ({quote(repr(exc))}); "
-            "check client_options (security_protocol, sasl_*, ssl_context) and the ACLs"
-        ) from exc
-    except (kafka_errors.KafkaError, OSError) as exc:
-        what = "no answer in time" if isinstance(exc, TimeoutError) else quote(repr(exc))
-        raise BrokerUnavailableError(
-            f"{doing} on Kafka at {','.join(servers)} failed ({what}); check bootstrap_servers "
-            "and that the brokers run, or raise timeout="
-        ) from exc
+def _describe(error: BaseException) -> str:
+    return "no answer in time" if isinstance(error, TimeoutError) else quote(repr(error))
+
+
+_ERRORS = ErrorTable(
+    sdk=(kafka_errors.KafkaError, OSError),
+    rows=[
+        ErrorRow(
+            _AUTH_ERRORS,
+            CredentialError,
+            "Kafka refused the credential or the right: check client_options "
+            "(security_protocol, sasl_*, ssl_context) and the ACLs",
+        ),
+        ErrorRow(
+            (kafka_errors.KafkaError, OSError),
+            BrokerUnavailableError,
+            "check bootstrap_servers and that the brokers run, or raise timeout=",
+        ),
+    ],
+    describe=_describe,
+)
+"""How aiokafka's errors (and a timeout) become the library's, with what to check."""
+
+
+def _kafka_errors(doing: str, servers: Sequence[str]) -> contextlib.AbstractContextManager[None]:
+    """`_ERRORS` around a call that is `doing` something on Kafka at `servers`."""
+    return _ERRORS.mapped(f"{doing} on Kafka at {','.join(servers)}")
 
 
 class _Partition(PartitionState[Any]):
