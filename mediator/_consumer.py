@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from typing import Protocol
@@ -25,24 +24,20 @@ from mediator._message import DEFAULT_MAX_MESSAGE_SIZE, Message, MessageCodec, R
 from mediator._policies import Backoff, DeadLetter, ErrorPolicy, Retry
 from mediator._recovery import NOTHING, Dispatched, run_bindings
 from mediator._running import RunsUntilStopped
+from mediator._settlement import (
+    DEFAULT_REDELIVERY_BACKOFF,
+    HANDLER_FAILED,
+    REJECTED,
+    ConsumerStats,
+    Report,
+    Settlement,
+)
 from mediator._transport import close_all
 from mediator._waiting import describe, watch
 
 __all__ = ["ConsumerInbox", "ConsumerStats", "EventConsumer", "Settled"]
 
 logger = logging.getLogger("mediator.consumer")
-
-HANDLER_FAILED = "handler_failed"
-"""Dead-letter reason of a message whose handler failed past its policy."""
-REJECTED = "rejected"
-"""Dead-letter reason of a message an `incoming` hook refused."""
-TOO_MANY_DELIVERIES = "too_many_deliveries"
-"""Dead-letter reason of a message released `max_deliveries` times already."""
-
-
-DEFAULT_REDELIVERY_BACKOFF = Backoff(initial=0.5, multiplier=2.0, maximum=30.0, jitter=0.2)
-"""How long a released delivery waits before it goes back, by its delivery
-count: 0.5 s, 1 s, 2 s, ... up to 30 s, each ±20 %."""
 
 _CANCEL_GRACE = 1.0
 """Seconds (at least; `drain_timeout` when longer) a stop waits for the
@@ -52,33 +47,6 @@ _YIELD_EVERY = 64
 """Deliveries one task handles in a row before it lets other tasks run:
 handlers that never wait would otherwise hold the loop for a whole
 partition's backlog."""
-
-
-@attrs.define
-class ConsumerStats:
-    """Counters for health checks; read them from `EventConsumer.stats`."""
-
-    received: int = 0
-    """Deliveries taken from the broker."""
-    handled: int = 0
-    """Deliveries whose handlers all finished (acknowledged)."""
-    retried: int = 0
-    """Handler calls repeated under a Retry policy."""
-    released: int = 0
-    """Deliveries given back to the broker for redelivery (fail-fast, stop, publish errors)."""
-    dead_lettered: int = 0
-    """Deliveries moved to the dead-letter place, all reasons."""
-    dead_lettered_by_reason: Counter[str] = attrs.field(factory=Counter)
-    """Dead letters per reason: a `DecodeFailure` value, "handler_failed" or "rejected"."""
-    in_flight: int = 0
-    """Deliveries being handled right now."""
-    duplicates: int = 0
-    """Deliveries an inbox recognised as handled before: acknowledged, not handled."""
-
-    @property
-    def settled(self) -> int:
-        """Deliveries settled one way or another."""
-        return self.handled + self.released + self.dead_lettered + self.duplicates
 
 
 @attrs.frozen
@@ -103,10 +71,6 @@ class _Undone(Exception):
         self.outcome = outcome
 
 
-_Report = tuple[str, str | None]
-"""How a delivery was settled ("handled", "released", "dead_lettered") and why."""
-_HANDLED_REPORT: _Report = ("handled", None)
-_DUPLICATE_REPORT: _Report = ("duplicate", None)
 
 
 class ConsumerInbox(Protocol):
@@ -226,10 +190,12 @@ class EventConsumer(RunsUntilStopped):
         self._plain = not (self._interceptors or self._incoming or inbox or self._container)
         """Nothing to run around the handlers: `_process` calls them itself."""
         self._max_concurrency = max_concurrency
-        self._max_deliveries = max_deliveries
-        self._redelivery_backoff = redelivery_backoff
-        self._hurry: asyncio.Event | None = None
-        """Set when the consumer stops: releases waiting out their delay go now."""
+        self._settlement = Settlement(
+            self.stats,
+            max_deliveries=max_deliveries,
+            backoff=redelivery_backoff,
+            guarantee=broker.delivery_guarantee.value,
+        )
         self._drain_timeout = drain_timeout
         self._wanted: list[tuple[str, str | None]] = []
         self._subscriptions: list[Subscription] = []
@@ -269,7 +235,7 @@ class EventConsumer(RunsUntilStopped):
         if self._running:
             return
         self._slots = asyncio.Semaphore(self._max_concurrency)
-        self._hurry = asyncio.Event()
+        self._settlement.stopping.clear()
         self._stop_requested = asyncio.Event()
         self._failure = None
         await self.broker.start()
@@ -311,8 +277,7 @@ class EventConsumer(RunsUntilStopped):
 
     async def _drain(self) -> None:
         self._running = False
-        if self._hurry is not None:
-            self._hurry.set()
+        self._settlement.stopping.set()
         # Stop taking deliveries, let the ones in flight settle, and only then
         # close the subscriptions: on some transports (Service Bus) settling
         # needs the subscription's receiver.
@@ -407,7 +372,8 @@ class EventConsumer(RunsUntilStopped):
         handlers_for = self.event_map.handlers_for
         plain = self._plain
         interceptors = self._interceptors
-        limit = self._max_deliveries
+        settlement = self._settlement
+        limit = settlement.max_deliveries
         chained = 0
         current: Delivery | None = delivery
         while current is not None:
@@ -416,10 +382,10 @@ class EventConsumer(RunsUntilStopped):
             stats.in_flight += 1
             received: Received | None = None
             event: Event | None = None
-            report: _Report | None = None
+            report: Report | None = None
             try:
                 if delivery.delivery_count > limit:
-                    report = await self._delivered_too_often(delivery)
+                    report = await settlement.delivered_too_often(delivery)
                 else:
                     try:
                         received, event = decode(delivery.data)
@@ -470,17 +436,12 @@ class EventConsumer(RunsUntilStopped):
                                     if dispatched is not NOTHING:
                                         outcome = await self._outcome_of(dispatched, event, None)
                             except asyncio.CancelledError:
-                                report = await self._release(
-                                    delivery,
-                                    "stopped before its handlers finished",
-                                    received.message_id,
-                                    wait=False,
+                                report = await self._settle_stopped(
+                                    delivery, received.message_id
                                 )
                                 raise
                             if outcome is None or outcome is _HANDLED:
-                                await delivery.ack()
-                                stats.handled += 1
-                                report = _HANDLED_REPORT
+                                report = await settlement.ack(delivery)
                             else:
                                 report = await self._settle(delivery, outcome, received.message_id)
                             if consuming is not None:
@@ -506,38 +467,38 @@ class EventConsumer(RunsUntilStopped):
             return None
         return delivery.next_in_order()
 
-    async def _delivered_too_often(self, delivery: Delivery) -> _Report:
-        """Dead-letter a delivery that came more than `max_deliveries` times
-        without being settled (the members handling it died or hung each time)."""
-        why = (
-            f"delivered {delivery.delivery_count} times without being settled (its handlers "
-            f"died or hung each time); the limit is max_deliveries={self._max_deliveries}"
+    async def _settle_stopped(self, delivery: Delivery, message_id: uuid.UUID) -> Report:
+        """Release a delivery whose handlers a stop cancelled, in a task of its
+        own: this one's cancellation is delivered already, so an error the
+        transport reports now is a failure of the release, not a cancellation
+        (the kit raises an SDK error in a cancelled task as the cancellation)."""
+        release = self._settlement.release(
+            delivery, "stopped before its handlers finished", message_id, wait=False
         )
-        logger.error("dead-lettering a message from %s: %s", quote(delivery.channel, 200), why)
-        return await self._dead_letter(delivery, TOO_MANY_DELIVERIES, why)
+        return await asyncio.shield(asyncio.ensure_future(release))
 
-    async def _undecodable(self, delivery: Delivery, error: MessageDecodeError) -> _Report:
+    async def _undecodable(self, delivery: Delivery, error: MessageDecodeError) -> Report:
         logger.warning(
             "dead-lettering message %s from %s: %s",
             error.message_id,
             quote(delivery.channel, 200),
             quote(str(error)),
         )
-        return await self._dead_letter(delivery, error.reason.value, error.detail)
+        return await self._settlement.dead_letter(delivery, error.reason.value, error.detail)
 
     async def _unexpected(
         self, delivery: Delivery, received: Received | None, error: Exception
-    ) -> _Report:
+    ) -> Report:
         message_id = None if received is None else received.message_id
         logger.exception(
             "handling message %s from %s failed unexpectedly",
             message_id,
             quote(delivery.channel, 200),
         )
-        return await self._release(delivery, f"unexpected error: {error!r}", message_id)
+        return await self._settlement.release(delivery, f"unexpected error: {error!r}", message_id)
 
     def _report(
-        self, report: _Report, delivery: Delivery, received: Received | None, event: Event | None
+        self, report: Report, delivery: Delivery, received: Received | None, event: Event | None
     ) -> None:
         settled = Settled(
             outcome=report[0],
@@ -617,26 +578,23 @@ class EventConsumer(RunsUntilStopped):
 
     async def _settle(
         self, delivery: Delivery, outcome: _Outcome, message_id: uuid.UUID
-    ) -> _Report:
+    ) -> Report:
+        settlement = self._settlement
         if outcome is _HANDLED:
-            await delivery.ack()
-            self.stats.handled += 1
-            return _HANDLED_REPORT
+            return await settlement.ack(delivery)
         if outcome is _DUPLICATE:
-            await delivery.ack()
-            self.stats.duplicates += 1
-            return _DUPLICATE_REPORT
+            return await settlement.duplicate(delivery)
         if outcome.fail is not None:
             self._fail(outcome.fail, "a fail-fast handler failed")
-            return await self._release(
+            return await settlement.release(
                 delivery, f"fail-fast handler raised {outcome.fail!r}", message_id, wait=False
             )
         if outcome.release is not None:
-            return await self._release(delivery, outcome.release, message_id)
+            return await settlement.release(delivery, outcome.release, message_id)
         if outcome.rejected is not None:
-            return await self._dead_letter(delivery, REJECTED, outcome.rejected)
+            return await settlement.dead_letter(delivery, REJECTED, outcome.rejected)
         assert outcome.dead_letter is not None
-        return await self._dead_letter(delivery, HANDLER_FAILED, outcome.dead_letter)
+        return await settlement.dead_letter(delivery, HANDLER_FAILED, outcome.dead_letter)
 
     async def _dispatch(
         self,
@@ -665,79 +623,6 @@ class EventConsumer(RunsUntilStopped):
                 logger.exception("emitting the follow-ups of %s failed", event.event_id)
                 return _Outcome(release=f"publishing its follow-up events failed: {exc!r}")
         return _HANDLED if dead_letter is None else _Outcome(dead_letter=dead_letter)
-
-    # -- settling ----------------------------------------------------------
-
-    async def _dead_letter(self, delivery: Delivery, reason: str, description: str) -> _Report:
-        try:
-            await delivery.dead_letter(reason, quote(description))
-        except Exception as exc:
-            # Not written: the message must not be lost, so it goes back.
-            logger.error(
-                "could not dead-letter a message from %s (%s): %s; releasing it instead",
-                quote(delivery.channel, 200),
-                reason,
-                quote(repr(exc)),
-            )
-            delay = 0.0
-            if self._running and not delivery.holds_back_releases:
-                delay = self._redelivery_backoff.delay(delivery.delivery_count)
-            await self._give_back(delivery, None, delay)
-            return ("released", quote(f"dead-lettering it ({reason}) failed: {exc!r}"))
-        self.stats.dead_lettered += 1
-        self.stats.dead_lettered_by_reason[reason] += 1
-        return ("dead_lettered", reason)
-
-    async def _release(
-        self, delivery: Delivery, why: str, message_id: uuid.UUID | None, *, wait: bool = True
-    ) -> _Report:
-        """Give `delivery` back for redelivery, after the redelivery backoff
-        unless `wait` is False (the consumer is stopping) or the broker holds
-        released messages back itself; dead-letter it at the delivery limit."""
-        if delivery.delivery_count >= self._max_deliveries:
-            logger.error(
-                "dead-lettering message %s from %s after %d deliveries: %s",
-                message_id,
-                quote(delivery.channel, 200),
-                delivery.delivery_count,
-                quote(why),
-            )
-            return await self._dead_letter(delivery, TOO_MANY_DELIVERIES, why)
-        delay = 0.0
-        if wait and self._running and not delivery.holds_back_releases:
-            delay = self._redelivery_backoff.delay(delivery.delivery_count)
-        logger.info(
-            "releasing message %s from %s (%s) in %.2fs: %s",
-            message_id,
-            quote(delivery.channel, 200),
-            self.broker.delivery_guarantee.value,
-            delay,
-            quote(why),
-        )
-        await self._give_back(delivery, message_id, delay)
-        return ("released", quote(why))
-
-    async def _give_back(
-        self, delivery: Delivery, message_id: uuid.UUID | None, delay: float = 0.0
-    ) -> None:
-        """Release `delivery` after `delay` seconds, or sooner if the consumer
-        stops meanwhile (a cancelled wait releases at once)."""
-        if delay > 0:
-            hurry = self._hurry
-            assert hurry is not None
-            try:
-                async with asyncio.timeout(delay):
-                    await hurry.wait()
-            except TimeoutError:
-                pass
-            except asyncio.CancelledError:
-                await self._give_back(delivery, message_id)
-                raise
-        try:
-            await delivery.release()
-        except Exception:
-            logger.exception("could not release message %s from %s", message_id, delivery.channel)
-        self.stats.released += 1
 
     def _fail(self, error: BaseException, why: str) -> None:
         logger.error("%s; stopping the consumer", why, exc_info=error)
