@@ -53,6 +53,7 @@ try:
         MessageLockLostError,
         MessageSizeExceededError,
         MessagingEntityNotFoundError,
+        OperationTimeoutError,
         ServiceBusAuthenticationError,
         ServiceBusAuthorizationError,
         ServiceBusError,
@@ -99,6 +100,7 @@ _RETRY = Backoff(initial=0.2, multiplier=2, maximum=10.0, jitter=0.2)
 _CREDENTIAL_ERRORS = (ServiceBusAuthenticationError, ServiceBusAuthorizationError)
 DEAD_LETTER_TEXT_LIMIT = 4096
 """Service Bus keeps at most this many characters of a dead letter's reason and description."""
+_PAST_THE_LAST = 2**63 - 1  # a sequence number no message has: a peek from it finds nothing
 
 
 def _refused(entity: str, doing: str, exc: BaseException) -> TransportError | None:
@@ -248,7 +250,8 @@ class AzureDelivery(DeliveryBase):
 
 class AzureSubscription(ReconnectingSubscription[AzureDelivery]):
     """A peek-lock receiver on one topic subscription, reopened with backoff
-    after a ServiceBusError; locks are renewed while handlers run.
+    after a ServiceBusError or when its connection went silent; locks are
+    renewed while handlers run.
 
     A refused credential or a missing subscription ends iteration with
     `CredentialError` or `EntityNotFoundError` instead of a retry.
@@ -256,7 +259,7 @@ class AzureSubscription(ReconnectingSubscription[AzureDelivery]):
 
     logger = logger
     backoff = _RETRY
-    transient = (ServiceBusError,)
+    transient = (ServiceBusError, BrokerUnavailableError)
     renew_within: ClassVar[float] = 10.0
     """Renew a lock once less than this many seconds of it remain (as the SDK's AutoLockRenewer)."""
     renew_check: ClassVar[float] = 1.0
@@ -272,6 +275,7 @@ class AzureSubscription(ReconnectingSubscription[AzureDelivery]):
         self._waiting: deque[AzureDelivery] = deque()
         self._renewing: set[AzureDelivery] = set()
         self._renewer: asyncio.Task[None] | None = None
+        self._heard_at = 0.0  # loop time of the last sign that the connection carries data
 
     async def _connect(self) -> None:
         owner = self._owner
@@ -289,6 +293,7 @@ class AzureSubscription(ReconnectingSubscription[AzureDelivery]):
                 await asyncio.shield(receiver.close())
             raise
         self._receiver = receiver
+        self._heard_at = asyncio.get_running_loop().time()
         if self._renewer is None and owner.lock_renewal > 0:
             self._renewer = asyncio.create_task(self._renew_locks(), name=f"renew {self.entity}")
 
@@ -297,14 +302,40 @@ class AzureSubscription(ReconnectingSubscription[AzureDelivery]):
             receiver = self._receiver
             assert receiver is not None, "the base connects before it receives"
             owner = self._owner
+            wait = owner.max_wait_time
+            if wait is None or wait > owner.silence_timeout:
+                wait = owner.silence_timeout
             messages = await receiver.receive_messages(
-                max_message_count=owner.batch_size, max_wait_time=owner.max_wait_time
+                max_message_count=owner.batch_size, max_wait_time=wait
             )
+            now = asyncio.get_running_loop().time()
+            if messages:
+                self._heard_at = now
+            elif now - self._heard_at >= owner.silence_timeout:
+                await self._check_connection(receiver)
             for message in messages:
                 await self._take(receiver, message)
         # One at a time, so that what the consumer never took is known (and
         # abandoned on close); the locks of the whole batch are renewed meanwhile.
         return [self._waiting.popleft()] if self._waiting else []
+
+    async def _check_connection(self, receiver: ServiceBusReceiver) -> None:
+        # An empty receive cannot tell an idle subscription from a connection
+        # gone silent (the SDK asks for no heartbeats), but a peek must be
+        # answered. Peeking past the last message asks for nothing.
+        silence = self._owner.silence_timeout
+        try:
+            await receiver.peek_messages(
+                max_message_count=1, sequence_number=_PAST_THE_LAST, timeout=silence
+            )
+        except OperationTimeoutError as exc:
+            raise BrokerUnavailableError(
+                f"Service Bus sent no message on {self.entity} for "
+                f"{asyncio.get_running_loop().time() - self._heard_at:.1f}s and answered no peek "
+                f"within {silence:g}s: the connection went silent (a network partition, a dead "
+                "peer)"
+            ) from exc
+        self._heard_at = asyncio.get_running_loop().time()
 
     async def _take(self, receiver: ServiceBusReceiver, message: ServiceBusReceivedMessage) -> None:
         channel = _channel_of(message)
@@ -408,11 +439,14 @@ class AzureMessageBroker(BrokerLifecycle):
         max_wait_time: float | None = 5.0,
         lock_renewal: float = 300.0,
         publish_attempts: int = 3,
+        silence_timeout: float = 15.0,
         sender_options: Mapping[str, Any] | None = None,
         receiver_options: Mapping[str, Any] | None = None,
     ) -> None:
         if publish_attempts < 1:
             raise ValueError(f"publish_attempts must be at least 1, got {publish_attempts}")
+        if not silence_timeout > 0:
+            raise ValueError(f"silence_timeout must be above 0, got {silence_timeout}")
         super().__init__()
         self.client = client
         self.topic_name = topic_name
@@ -424,6 +458,9 @@ class AzureMessageBroker(BrokerLifecycle):
         self.max_wait_time = max_wait_time
         self.lock_renewal = lock_renewal
         self.publish_attempts = publish_attempts
+        self.silence_timeout = silence_timeout
+        """Seconds a receiver may go without a message before it checks its
+        connection with a peek, and then for the answer; see the docs' "Connections"."""
         # Passed as they are to get_topic_sender / get_subscription_receiver
         # (e.g. socket_timeout, keep_alive): the SDK reads them only there.
         self.sender_options: dict[str, Any] = dict(sender_options or {})
@@ -490,10 +527,11 @@ class AzureMessageBroker(BrokerLifecycle):
         topic = f"topic {self.topic_name}"
         with _service_bus_errors(topic, "sending to", PublishError):
             for attempt in range(1, self.publish_attempts + 1):
+                sender = self._get_sender()
                 try:
                     # Even one message goes in a batch: adding it checks the size
                     # against the limit the link announced, before anything is sent.
-                    await self._send_batches(self._get_sender(), outgoing)
+                    await self._send_batches(sender, outgoing)
                     return
                 except MessageSizeExceededError as exc:
                     # Raised by _send_batches for one message: the name is on it.
@@ -517,7 +555,11 @@ class AzureMessageBroker(BrokerLifecycle):
                         quote(repr(exc)),
                         delay,
                     )
-                    # The same sender again: the SDK reopens its link if the error closed it.
+                    if isinstance(exc, OperationTimeoutError) and self._sender is sender:
+                        # No answer in time: the connection may have gone silent,
+                        # and the SDK would keep using it. After other errors the
+                        # SDK reopens the link itself if they broke it.
+                        await self._close()
                     await asyncio.sleep(delay)
 
     async def _send_batches(

@@ -11,8 +11,8 @@ The in-memory broker state is shared with the test's thread under ``self._lock``
 side only ever reads copies of it.
 
 Not emulated: scheduled messages, deferred-message retrieval, sessions, rules and filters
-(every subscription gets every message), lock expiry on a clock (see ``expire_locks``),
-max-delivery-count, TTL, duplicate detection, transactions, token validation.
+(every subscription gets every message), max-delivery-count, TTL, duplicate detection,
+transactions, token validation.
 """
 
 from __future__ import annotations
@@ -46,10 +46,12 @@ from proton import (
     uint,
     ulong,
 )
+from proton._reactor import Task
 from proton.reactor import ApplicationEvent, Container, EventInjector
 
 MAX_MESSAGE_SIZE = 256 * 1024  # the Standard tier's limit; the SDK sizes batches from it
 LOCK_DURATION_MS = 30_000
+_LOCK_CHECK = 0.2  # seconds between looks for locks that ran out
 _STOP_TIMEOUT = 10.0  # seconds for the reactor thread to finish after stop()
 _ACTIVE = Endpoint.LOCAL_ACTIVE | Endpoint.REMOTE_ACTIVE
 
@@ -290,14 +292,16 @@ class AmqpPeer:
     """Topics and subscriptions in memory, served over AMQP 1.0 on 127.0.0.1.
 
     Use as a context manager; declare subscriptions with ``add_subscription`` before sending.
-    A lock outlives the receiver that took it, as on Service Bus, and since no clock expires
-    it, a message left unsettled stays locked until the test calls ``expire_locks``.
+    A lock outlives the receiver that took it, as on Service Bus: a message left unsettled
+    comes back once ``lock_duration`` seconds pass without a renewal, or when the test calls
+    ``expire_locks``.
 
     proton logs "Couldn't send: ConnectionResetError" at ERROR when the SDK drops a socket
     without waiting for the AMQP close handshake; that is harmless.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, lock_duration: float = LOCK_DURATION_MS / 1000) -> None:
+        self._lock_duration_ms = int(lock_duration * 1000)
         self._lock = threading.Lock()
         self._topics: dict[str, list[_Queue]] = {}
         self._queues: dict[str, _Queue] = {}
@@ -318,15 +322,20 @@ class AmqpPeer:
         self._listener = cast(socket.socket, self._acceptor._selectable._delegate)
         self.port: int = self._listener.getsockname()[1]
         self._closed = False
+        self._lock_check: Task | None = None
         self._thread = threading.Thread(target=self._run, name="amqp-peer", daemon=True)
 
     # -- test side ----------------------------------------------------------------------------
 
     @property
     def connection_string(self) -> str:
+        return self.connection_string_via(self.port)
+
+    def connection_string_via(self, port: int) -> str:
+        """A connection string for 127.0.0.1:``port``, e.g. a proxy in front of the peer."""
         # UseDevelopmentEmulator=true (lower case) turns TLS off and keeps the port.
         return (
-            f"Endpoint=sb://127.0.0.1:{self.port};SharedAccessKeyName=test;"
+            f"Endpoint=sb://127.0.0.1:{port};SharedAccessKeyName=test;"
             "SharedAccessKey=test;UseDevelopmentEmulator=true"
         )
 
@@ -415,11 +424,14 @@ class AmqpPeer:
     def expire_locks(self) -> None:
         """Act as if every lock ran out: the messages come back with delivery-count + 1."""
         with self._lock:
-            for _queue, entry in self._locks.values():
-                entry.lock_token = None
-                entry.delivery_count += 1
-            self._locks.clear()
+            self._expire(list(self._locks))
         self._injector.trigger(ApplicationEvent("peer_pump"))
+
+    def _expire(self, tokens: list[uuid.UUID]) -> None:
+        for token in tokens:
+            _queue, entry = self._locks.pop(token)
+            entry.lock_token = None
+            entry.delivery_count += 1
 
     # -- reactor thread -----------------------------------------------------------------------
 
@@ -440,7 +452,23 @@ class AmqpPeer:
                 event.connection.condition = Condition("amqp:internal-error", repr(exc))
                 event.connection.close()
 
+    def on_reactor_init(self, _event: Event) -> None:
+        self._lock_check = self._container.schedule(_LOCK_CHECK, self)
+
+    def on_timer_task(self, event: Event) -> None:
+        def expire_due(_event: Event) -> None:
+            now = _now_ms()
+            due = [t for t, (_q, e) in self._locks.items() if e.locked_until_ms <= now]
+            if due:
+                self._expire(due)
+                self._pump_all()
+
+        self._guard(event, expire_due)
+        self._lock_check = self._container.schedule(_LOCK_CHECK, self)
+
     def on_peer_stop(self, _event: Event) -> None:
+        if self._lock_check is not None:
+            self._lock_check.cancel()
         self._acceptor.close()
         for connection in list(self._connections):
             # Clients are closed by now; anything left is abandoned, so no close handshake.
@@ -599,7 +627,7 @@ class AmqpPeer:
         while link.credit > 0 and (entry := queue.next_available()) is not None:
             token = uuid.uuid4()
             entry.lock_token = token
-            entry.locked_until_ms = _now_ms() + LOCK_DURATION_MS
+            entry.locked_until_ms = _now_ms() + self._lock_duration_ms
             # The SDK's lock token is UUID(bytes_le=tag); proton cannot read binary tags
             # back, so the token also rides on the delivery object.
             delivery = link.delivery(token.bytes_le)  # type: ignore[arg-type]  # bytes work
@@ -711,7 +739,7 @@ class AmqpPeer:
                             "errorCondition": symbol("com.microsoft:message-lock-lost"),
                         },
                     )
-                held[1].locked_until_ms = _now_ms() + LOCK_DURATION_MS
+                held[1].locked_until_ms = _now_ms() + self._lock_duration_ms
                 self._renewals.append(token)
                 expirations.append(timestamp(held[1].locked_until_ms))
             value = {"expirations": Array(cast(Any, UNDESCRIBED), Data.TIMESTAMP, *expirations)}

@@ -178,6 +178,70 @@ async def test_transient_send_failures_are_retried(
     await broker.stop()
 
 
+async def test_a_send_unanswered_on_a_silent_connection_is_retried_on_a_new_one(
+    peer: AmqpPeer,
+) -> None:
+    from tests.tcp_proxy import SilencingProxy
+
+    async with (
+        SilencingProxy("127.0.0.1", peer.port) as proxy,
+        ServiceBusClient.from_connection_string(
+            peer.connection_string_via(proxy.port), retry_total=0
+        ) as proxied,
+    ):
+        broker = AzureMessageBroker(proxied, TOPIC, timeout=1, sender_options={"keep_alive": 0})
+        emitter = EventEmitter(message_broker=broker)
+        await emitter.emit(OrderPlaced(order_id=1))
+        assert proxy.silence() == 1
+        # The first attempt times out on the silent connection; the next one
+        # goes out on a new connection (through the proxy, which forwards it).
+        await emitter.emit(OrderPlaced(order_id=2))
+        assert proxy.connections == 1
+        await broker.stop()
+    sent = [orjson.loads(m.body)["payload"]["order_id"] for m in peer.received(TOPIC)]
+    assert sent == [1, 2]
+
+
+async def test_an_idle_receiver_checks_its_connection_and_keeps_it(
+    client: ServiceBusClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from azure.servicebus.aio import ServiceBusReceiver
+
+    peek = ServiceBusReceiver.peek_messages
+    answered = asyncio.Event()
+    peeks: list[Any] = []
+
+    async def counting(self: ServiceBusReceiver, *args: Any, **kwargs: Any) -> Any:
+        result = await peek(self, *args, **kwargs)
+        peeks.append(result)
+        if len(peeks) >= 3:
+            answered.set()
+        return result
+
+    monkeypatch.setattr(ServiceBusReceiver, "peek_messages", counting)
+    broker = AzureMessageBroker(
+        client,
+        TOPIC,
+        max_wait_time=0.1,
+        silence_timeout=0.2,
+        receiver_options={"socket_timeout": 0.05},
+    )
+    subscription = await broker.subscribe(f"{TOPIC}:*", group="billing")
+    deliveries = aiter(subscription)
+    reading = asyncio.ensure_future(anext(deliveries))
+    try:
+        async with asyncio.timeout(15):
+            await answered.wait()
+        assert subscription.connected
+    finally:
+        reading.cancel()
+        await broker.stop()
+    assert peeks[:3] == [[], [], []], "a peek past the last message finds nothing"
+    assert not any("went silent" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match="silence_timeout"):
+        AzureMessageBroker(client, TOPIC, silence_timeout=0)
+
+
 async def consume(
     broker: AzureMessageBroker, events: EventMap, until: Any, **options: Any
 ) -> EventConsumer:

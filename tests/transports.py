@@ -185,27 +185,45 @@ AZURE_SUBSCRIPTIONS = ("default", "billing", "audit", "first", "second")
 """Topic subscriptions the loopback peer declares for every Azure test."""
 
 
+if TYPE_CHECKING:  # the Azure names, for annotations; imported where used
+    from tests.azure_peer import AmqpPeer
+
+
 class AzureTransport:
-    """The real azure-servicebus SDK against the loopback AMQP peer."""
+    """The real azure-servicebus SDK against the loopback AMQP peer (started
+    here unless given; stopped by `close`). The client connects to `port`
+    (a proxy in front of the peer) or to the peer itself; `options` are
+    `AzureMessageBroker` keywords for every broker of the test."""
 
     name = "azure"
     has_groups = True
     round_robin = False
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        peer: AmqpPeer | None = None,
+        *,
+        port: int | None = None,
+        **options: object,
+    ) -> None:
         from azure.servicebus.aio import ServiceBusClient, ServiceBusSender
 
         from brokers.azure import AzureMessageBroker
         from tests.azure_peer import AmqpPeer
 
-        self.peer = AmqpPeer()
-        self.peer.__enter__()
+        self.peer = peer or AmqpPeer()
+        if not self.peer.running:
+            self.peer.__enter__()
         self.topic = prefix
         for subscription in AZURE_SUBSCRIPTIONS:
             self.peer.add_subscription(prefix, subscription)
         self.client = ServiceBusClient.from_connection_string(
-            self.peer.connection_string, retry_total=3, retry_backoff_factor=0.01
+            self.peer.connection_string_via(port or self.peer.port),
+            retry_total=3,
+            retry_backoff_factor=0.01,
         )
+        self._options = options
         self._brokers: list[AzureMessageBroker] = []
         self._raw_sender: ServiceBusSender | None = None
         self.broker = self.new_broker()
@@ -221,6 +239,7 @@ class AzureTransport:
             # The SDK polls its socket at this interval; a loopback peer answers at once.
             sender_options={"socket_timeout": 0.05, "keep_alive": 0},
             receiver_options={"socket_timeout": 0.05},
+            **self._options,  # type: ignore[arg-type]
         )
         self._brokers.append(broker)
         return broker
