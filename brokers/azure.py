@@ -209,7 +209,18 @@ class AzureDelivery(DeliveryBase):
             reason=quote(reason, DEAD_LETTER_TEXT_LIMIT),
             error_description=quote(description, DEAD_LETTER_TEXT_LIMIT),
         )
-        await self._settle("dead-letter", dead_letter)
+        self._subscription._renewing.discard(self)
+        try:
+            await dead_letter(self.message)
+        except (ServiceBusError, ValueError) as exc:
+            if being_cancelled():
+                raise asyncio.CancelledError from exc
+            # Not written: said, so that the consumer releases it (or its lock
+            # runs out) rather than count a dead letter that is not there.
+            raise PublishError(
+                f"could not dead-letter message {quote(str(self.message.message_id), 200)} "
+                f"({quote(repr(exc))}); it will be delivered again"
+            ) from exc
 
     async def _settle(
         self, outcome: str, settle: Callable[[ServiceBusReceivedMessage], Awaitable[None]]

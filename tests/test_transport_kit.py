@@ -305,3 +305,25 @@ async def test_no_settle_verb_swallows_a_cancellation(
     await asyncio.wait([settling])
     assert settling.cancelled()
     assert settled == []  # neither settled nor handed back by the transport
+
+
+class FailingCall:
+    """An SDK settlement call that fails at once with `error()`."""
+
+    def __init__(self, error: Callable[[], BaseException]) -> None:
+        self.error = error
+
+    async def __call__(self, *args: object, **kwargs: object) -> None:
+        raise self.error()
+
+
+@pytest.mark.parametrize("error", [service_bus_error, lock_lost, link_closed])
+async def test_an_azure_dead_letter_that_fails_raises_and_leaves_the_delivery_releasable(
+    error: Callable[[], BaseException],
+) -> None:
+    """As on every transport: the consumer, told, logs once and releases it
+    after its backoff, instead of counting a dead letter that is not there."""
+    delivery = azure_delivery(FailingCall(error), [])  # type: ignore[arg-type]
+    with pytest.raises(PublishError, match="could not dead-letter message order-1"):
+        await delivery.dead_letter("rejected", "refused")
+    assert delivery.settled is None
