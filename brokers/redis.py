@@ -344,8 +344,11 @@ class RedisPubSubSubscription(ReconnectingSubscription[RedisPubSubDelivery]):
         self._pubsub: PubSub | None = None
         self._connection: Connection | None = None
         self._names: dict[bytes | str, str] = {}
-        self._pinged = False
-        """A PING is out on the connection, unanswered."""
+        self._heard = 0
+        """Replies read on the connection: what the watchdog looks at."""
+        self._silent = False
+        """The watchdog dropped the connection: it had gone silent."""
+        self._watchdog: asyncio.Task[None] | None = None
 
     async def _connect(self) -> None:
         pubsub = self._pubsub_broker.client.pubsub(push_handler_func=_push_as_is)
@@ -368,29 +371,47 @@ class RedisPubSubSubscription(ReconnectingSubscription[RedisPubSubDelivery]):
             await pubsub.aclose()
             return
         self._pubsub, self._connection = pubsub, connection
-        self._pinged = False
+        self._silent = False
+        self._watchdog = asyncio.create_task(self._watch(connection), name=f"watch {self!r}")
+
+    async def _watch(self, connection: Connection) -> None:
+        """Send a PING on a connection that carried nothing for
+        `silence_timeout`, and drop it when even that gets no answer in as
+        long again: the blocked read then fails, and the kit reconnects. (A
+        timeout on each read would cost a timer per message.)"""
+        silence = self._pubsub_broker.silence_timeout
+        while True:
+            heard = self._heard
+            await asyncio.sleep(silence)
+            if self._heard != heard:
+                continue
+            try:
+                await connection.send_command("PING", check_health=False)
+            except _REDIS_ERRORS:
+                return  # broken: the read finds out by itself
+            await asyncio.sleep(silence)
+            if self._heard == heard:
+                self._silent = True
+                await connection.disconnect(nowait=True)
+                return
 
     async def _receive(self) -> tuple[RedisPubSubDelivery, ...]:
         connection = self._connection
         if connection is None or not connection.is_connected:
             raise BrokerUnavailableError("the subscription's connection is closed")
-        silence = self._pubsub_broker.silence_timeout
         try:
             if connection.health_check_interval:
                 await self._pubsub.check_health()  # type: ignore[union-attr]
-            reply = await connection.read_response(timeout=silence, push_request=True)
-            if reply is None:  # nothing for `silence` seconds: is anyone there?
-                if self._pinged:
-                    raise BrokerUnavailableError(
-                        f"Redis sent nothing for {2 * silence:g}s, not even the answer to a "
-                        "PING: the connection went silent (a network partition, a dead peer)"
-                    )
-                await connection.send_command("PING", check_health=False)
-                self._pinged = True
-                return ()
-            self._pinged = False
+            reply = await connection.read_response(timeout=math.inf, push_request=True)
         except _REDIS_ERRORS as exc:
+            if self._silent:
+                silence = self._pubsub_broker.silence_timeout
+                raise BrokerUnavailableError(
+                    f"Redis sent nothing for {2 * silence:g}s, not even the answer to a PING: "
+                    "the connection went silent (a network partition, a dead peer)"
+                ) from exc
             raise _lost(exc) from exc
+        self._heard += 1
         if being_cancelled():  # a cancellation redis-py swallowed
             raise asyncio.CancelledError
         if not reply or reply[0] not in _PMESSAGE:
@@ -412,6 +433,10 @@ class RedisPubSubSubscription(ReconnectingSubscription[RedisPubSubDelivery]):
 
     async def _disconnect(self) -> None:
         pubsub, self._pubsub, self._connection = self._pubsub, None, None
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
         if pubsub is not None:
             try:
                 await pubsub.aclose()
