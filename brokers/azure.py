@@ -37,7 +37,7 @@ import contextlib
 import functools
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Self
 
@@ -73,6 +73,8 @@ from mediator.transport import (
     DeliveryBase,
     DeliveryGuarantee,
     EntityNotFoundError,
+    ErrorRow,
+    ErrorTable,
     GlobPattern,
     Message,
     PublishError,
@@ -81,7 +83,6 @@ from mediator.transport import (
     being_cancelled,
     channel_for,
     encode_message,
-    map_errors,
     quote,
 )
 
@@ -103,34 +104,39 @@ DEAD_LETTER_TEXT_LIMIT = 4096
 _PAST_THE_LAST = 2**63 - 1  # a sequence number no message has: a peek from it finds nothing
 
 
+_ERRORS = ErrorTable(
+    sdk=(ServiceBusError,),
+    rows=[
+        ErrorRow(
+            _CREDENTIAL_ERRORS,
+            CredentialError,
+            "Azure Service Bus refused the credential: check the connection string or the "
+            "credential; it may be wrong, expired, or lack the Send/Listen right on this entity",
+        ),
+        ErrorRow(
+            MessagingEntityNotFoundError,
+            EntityNotFoundError,
+            "it does not exist in the Service Bus namespace: create it (in the portal, with "
+            "az servicebus, or with ServiceBusAdministrationClient)",
+        ),
+    ],
+)
+"""How the SDK's errors become the library's: a row is a refusal retrying
+cannot mend; anything else is the error the call site names."""
+
+
 def _refused(entity: str, doing: str, exc: BaseException) -> TransportError | None:
     """The library's error for an SDK error that retrying cannot mend, else None."""
-    if isinstance(exc, _CREDENTIAL_ERRORS):
-        return CredentialError(
-            f"Azure Service Bus refused the credential while {doing} {entity}: "
-            f"{quote(str(exc))}. Check the connection string or the credential: it may be "
-            "wrong, expired, or lack the Send/Listen right on this entity"
-        )
-    if isinstance(exc, MessagingEntityNotFoundError):
-        return EntityNotFoundError(
-            f"{entity} does not exist in the Service Bus namespace ({quote(str(exc))}); create "
-            "it (in the portal, with az servicebus, or with ServiceBusAdministrationClient)"
-        )
-    return None
+    if _ERRORS.row(exc) is None:
+        return None
+    return _ERRORS.lift(exc, f"{doing} {entity}", TransportError)
 
 
-@contextlib.contextmanager
-def _service_bus_errors(entity: str, doing: str, otherwise: type[TransportError]) -> Iterator[None]:
-    """SDK errors as the library's: a refusal as itself, any other
-    ServiceBusError as `otherwise`; the SDK's error stays the cause."""
-    with map_errors(f"{doing} {entity}", {ServiceBusError: otherwise}):
-        try:
-            yield
-        except ServiceBusError as exc:
-            refused = _refused(entity, doing, exc)
-            if refused is None:
-                raise
-            raise refused from exc
+def _service_bus_errors(
+    entity: str, doing: str, otherwise: type[TransportError]
+) -> contextlib.AbstractContextManager[None]:
+    """`_ERRORS` around a call that is `doing` something to `entity`."""
+    return _ERRORS.mapped(f"{doing} {entity}", otherwise)
 
 
 def sql_filter(pattern: str, property_name: str = "channel") -> str | None:
