@@ -16,6 +16,7 @@ from mediator._policies import Backoff
 
 __all__ = [
     "DEFAULT_REDELIVERY_BACKOFF",
+    "HANDLED",
     "HANDLER_FAILED",
     "REJECTED",
     "TOO_MANY_DELIVERIES",
