@@ -6,7 +6,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Protocol
 
 import attrs
@@ -60,7 +60,6 @@ class _Outcome:
 
 
 _HANDLED = _Outcome()
-_NO_SCOPE = nullcontext()
 _DUPLICATE = _Outcome(duplicate=True)
 
 
@@ -394,7 +393,9 @@ class EventConsumer(RunsUntilStopped):
                         report = await self._undecodable(delivery, exc)
                     else:
                         consuming: Consuming | None = None
-                        scope: AbstractContextManager[object] = _NO_SCOPE
+                        # Entered by hand, so that a consumer without
+                        # interceptors pays for no context manager.
+                        scope: AbstractContextManager[object] | None = None
                         if interceptors:
                             consuming = Consuming(
                                 message=received.message(),
@@ -404,7 +405,8 @@ class EventConsumer(RunsUntilStopped):
                                 delivery_count=delivery.delivery_count,
                             )
                             scope = consuming_scope(interceptors, consuming)
-                        with scope:
+                            scope.__enter__()
+                        try:
                             outcome: _Outcome | None = None
                             try:
                                 if not plain:
@@ -450,6 +452,14 @@ class EventConsumer(RunsUntilStopped):
                                 report = await self._settle(delivery, outcome, received.message_id)
                             if consuming is not None:
                                 consuming.outcome, consuming.reason = report
+                        except BaseException as exc:
+                            if scope is None or not scope.__exit__(
+                                type(exc), exc, exc.__traceback__
+                            ):
+                                raise
+                        else:
+                            if scope is not None:
+                                scope.__exit__(None, None, None)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
