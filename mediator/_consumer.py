@@ -206,7 +206,6 @@ class EventConsumer(RunsUntilStopped):
         self._stop_requested: asyncio.Event | None = None
         self._failure: BaseException | None = None
         self._listeners: list[Callable[[Settled], None]] = []
-        self._draining: asyncio.Future[None] | None = None
 
     # -- subscriptions -----------------------------------------------------
 
@@ -263,17 +262,7 @@ class EventConsumer(RunsUntilStopped):
         await close_all(subscriptions)
 
     async def _shutdown(self) -> None:
-        # Every caller (run(), each stop()) waits for the same drain.
-        if self._draining is None:
-            if not self._running:
-                return
-            self._draining = asyncio.ensure_future(self._drain())
-        draining = self._draining
-        try:
-            await asyncio.shield(draining)
-        finally:
-            if self._draining is draining and draining.done():
-                self._draining = None
+        await self._one_cleanup(self._drain if self._running else None)
 
     async def _drain(self) -> None:
         self._running = False

@@ -197,7 +197,6 @@ class OutboxRelay(RunsUntilStopped):
         self._send_messages: Any = getattr(broker, "send_messages", None)
         self._listeners: list[Callable[[RelayRound], None]] = []
         self._task: asyncio.Task[None] | None = None
-        self._closing: asyncio.Future[None] | None = None
         self._stop_requested: asyncio.Event | None = None
         self._failure: BaseException | None = None
         self._wake = asyncio.Event()
@@ -339,22 +338,12 @@ class OutboxRelay(RunsUntilStopped):
         self._record_failure(error)
 
     async def _shutdown(self) -> None:
-        # Every caller (run(), each stop()) waits for the same drain.
-        if self._closing is None:
-            task = self._task
-            if task is None:
-                return
-            if task is asyncio.current_task():
-                # stop() from inside a round (a listener): the loop ends after it.
-                self._signal_stop()
-                return
-            self._closing = asyncio.ensure_future(self._close(task))
-        closing = self._closing
-        try:
-            await asyncio.shield(closing)
-        finally:
-            if self._closing is closing and closing.done():
-                self._closing = None
+        task = self._task
+        if self._cleanup is None and task is not None and task is asyncio.current_task():
+            # stop() from inside a round (a listener): the loop ends after it.
+            self._signal_stop()
+            return
+        await self._one_cleanup(None if task is None else functools.partial(self._close, task))
 
     def _signal_stop(self) -> None:
         if self._stop_requested is not None:

@@ -4,6 +4,7 @@ service, the outbox relay."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Self
 
@@ -18,11 +19,27 @@ class RunsUntilStopped:
 
     A subclass defines `start()` (which sets `_stop_requested` to a fresh
     event and clears `_failure`) and `_shutdown()` (idempotent; every caller
-    waits for the same cleanup).
+    waits for the same cleanup: `_one_cleanup`).
     """
 
     _stop_requested: asyncio.Event | None = None
     _failure: BaseException | None = None
+    _cleanup: asyncio.Future[None] | None = None
+
+    async def _one_cleanup(self, begin: Callable[[], Awaitable[None]] | None) -> None:
+        """Wait for the cleanup in progress, beginning it with `begin()` when
+        none is (None: nothing to clean up); every caller (`run()`, each
+        `stop()`) waits for the same one, shielded from its own cancellation."""
+        if self._cleanup is None:
+            if begin is None:
+                return
+            self._cleanup = asyncio.ensure_future(begin())
+        cleanup = self._cleanup
+        try:
+            await asyncio.shield(cleanup)
+        finally:
+            if self._cleanup is cleanup and cleanup.done():
+                self._cleanup = None
 
     async def start(self) -> None:
         raise NotImplementedError

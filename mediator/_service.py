@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import functools
 import inspect
 import logging
 import textwrap
@@ -142,7 +143,6 @@ class Service(RunsUntilStopped):
         self._running = False
         self._stop_requested: asyncio.Event | None = None
         self._failure: BaseException | None = None
-        self._stopping: asyncio.Future[None] | None = None
         self._hooks_ran = 0
         self._publishes: list[type[Event]] = []
 
@@ -385,7 +385,7 @@ class Service(RunsUntilStopped):
         task.add_done_callback(self._ended)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or self._stopping is not None:
+        if task.cancelled() or self._cleanup is not None:
             return
         error = task.exception()
         if error is None:
@@ -395,16 +395,9 @@ class Service(RunsUntilStopped):
 
     async def _shutdown(self, *, announce: bool = True) -> None:
         # Every caller (run(), each stop(), a failed start) waits for the same stop.
-        if self._stopping is None:
-            if not self._running:
-                return
-            self._stopping = asyncio.ensure_future(self._stop_all(announce))
-        stopping = self._stopping
-        try:
-            await asyncio.shield(stopping)
-        finally:
-            if self._stopping is stopping and stopping.done():
-                self._stopping = None
+        await self._one_cleanup(
+            functools.partial(self._stop_all, announce) if self._running else None
+        )
 
     async def _stop_all(self, announce: bool) -> None:
         errors: list[BaseException] = []
