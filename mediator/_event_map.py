@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar, overload
@@ -12,7 +12,6 @@ import attrs
 from mediator._container import Resolver
 from mediator._events import (
     Event,
-    dataclass_event_error,
     discard_own_events,
     event_name,
     message_type_of,
@@ -32,19 +31,53 @@ HandlerCall = Callable[[Event, Resolver | None], Awaitable[list[Event] | None]]
 """Runs one handler on one event; returns its follow-up events, if any."""
 
 
-def _class_call(handler_type: type[Any]) -> HandlerCall:
+def _is_async(function: object) -> bool:
+    """Whether calling `function` gives an awaitable: an ``async def``, or an
+    object whose ``__call__`` is one."""
+    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
+        getattr(function, "__call__", None)  # noqa: B004 - async callable objects
+    )
+
+
+def _awaiting(
+    function: Callable[[Any], object], to_thread: bool
+) -> Callable[[Any], Awaitable[object]]:
+    """A sync `function` as a coroutine function: called in the event loop,
+    or with `to_thread` in the default executor's worker thread. The thread
+    runs in a copy of the caller's context, so a handler's `self.events`
+    reaches the run that called it."""
+    if to_thread:
+
+        async def in_thread(argument: Any) -> object:
+            return await asyncio.to_thread(function, argument)
+
+        return in_thread
+
+    async def directly(argument: Any) -> object:
+        return function(argument)
+
+    return directly
+
+
+def _class_call(handler_type: type[Any], to_thread: bool) -> HandlerCall:
     native = uses_native_events(handler_type)
+    sync = not _is_async(handler_type.handle)
+
+    def handle_of(handler: Any) -> Callable[[Any], Awaitable[object]]:
+        if sync:
+            return _awaiting(handler.handle, to_thread)
+        return handler.handle  # type: ignore[no-any-return]
 
     async def call(event: Event, resolver: Resolver | None) -> list[Event] | None:
         if resolver is not None:
             # A container may hand one instance to concurrent dispatches: collect per run.
             handler = await resolver.resolve(handler_type)
-            _, follow_ups = await run_collecting(handler, handler.handle, event)
+            _, follow_ups = await run_collecting(handler, handle_of(handler), event)
             return follow_ups
         # Built for this event alone, so the instance's own list is this run's.
         handler = handler_type()
         try:
-            await handler.handle(event)
+            await handle_of(handler)(event)
         except BaseException:
             discard_own_events(handler)
             raise
@@ -79,9 +112,11 @@ def follow_ups_of(returned: object, function: object) -> list[Event] | None:
     )
 
 
-def _function_call(function: Callable[[Any], Awaitable[object]]) -> HandlerCall:
+def _function_call(function: Callable[[Any], Any], to_thread: bool) -> HandlerCall:
+    run = function if _is_async(function) else _awaiting(function, to_thread)
+
     async def call(event: Event, resolver: Resolver | None) -> list[Event] | None:
-        return follow_ups_of(await function(event), function)
+        return follow_ups_of(await run(event), function)
 
     return call
 
@@ -96,11 +131,11 @@ class EventBinding:
     """None: the dispatcher's default (the map's, else fail-fast locally and
     retry-then-dead-letter in a consumer)."""
     call: HandlerCall = attrs.field(repr=False)
-    function: Callable[[Any], Awaitable[object]] | None = attrs.field(
-        default=None, repr=False
-    )
+    function: Callable[[Any], Awaitable[object]] | None = attrs.field(default=None, repr=False)
     """The handler when it is an async function (or async callable object):
     what `call` awaits, for a caller that calls it directly."""
+    to_thread: bool = False
+    """Whether a sync handler runs in a worker thread (else in the event loop)."""
 
     @property
     def handler_name(self) -> str:
@@ -148,52 +183,52 @@ class EventMap:
         handler: None = None,
         *,
         policy: ErrorPolicy | None = None,
+        to_thread: bool = False,
     ) -> Callable[[H], H]: ...
 
     @overload
     def bind(
         self,
         target: type[Event] | str,
-        handler: type[Any] | Callable[..., Awaitable[Any]],
+        handler: type[Any] | Callable[..., Any],
         *,
         policy: ErrorPolicy | None = None,
+        to_thread: bool = False,
     ) -> None: ...
 
     def bind(
         self,
         target: type[Event] | str,
-        handler: type[Any] | Callable[..., Awaitable[Any]] | None = None,
+        handler: type[Any] | Callable[..., Any] | None = None,
         *,
         policy: ErrorPolicy | None = None,
+        to_thread: bool = False,
     ) -> Callable[[H], H] | None:
         """Bind `handler` to events of `target` (a class, matching subclasses
         too, or a glob over event names). Without `handler`, returns a decorator.
 
-        `handler` is a class with ``async def handle(event)`` (built per event,
-        through the container if there is one) or an async function taking the
-        event, which may return follow-up events.
+        `handler` is a class with a ``handle(event)`` method (built per
+        event, through the container if there is one) or a function taking
+        the event, which may return follow-up events. Either may be sync: it
+        is then called in the event loop, which it blocks while it runs, or
+        with ``to_thread=True`` in a worker thread (``asyncio.to_thread``).
         """
         if handler is None:
 
             def decorator(handler: H) -> H:
-                self.bind(target, handler, policy=policy)  # type: ignore[call-overload]
+                self.bind(target, handler, policy=policy, to_thread=to_thread)  # type: ignore[call-overload]
                 return handler
 
             return decorator
 
         resolved_target = self._target(target)
-        if dataclasses.is_dataclass(resolved_target):
-            raise EventBindingError(
-                f"EventMap.bind({resolved_target.__qualname__}, "
-                f"{getattr(handler, '__qualname__', repr(handler))}): "
-                f"{dataclass_event_error(resolved_target)}"
-            )
         binding = EventBinding(
             target=resolved_target,
             handler=handler,
             policy=policy,
-            call=self._call(target, handler),
-            function=None if isinstance(handler, type) else handler,
+            call=self._call(target, handler, to_thread),
+            function=None if isinstance(handler, type) or not _is_async(handler) else handler,
+            to_thread=to_thread,
         )
         if isinstance(resolved_target, type):
             self.register(resolved_target)
@@ -204,11 +239,6 @@ class EventMap:
     def register(self, *event_types: type[Event]) -> None:
         """Make broker-bound event classes decodable without binding a handler."""
         for event_type in event_types:
-            if dataclasses.is_dataclass(event_type):
-                raise EventBindingError(
-                    f"EventMap.register({event_type.__qualname__}): "
-                    f"{dataclass_event_error(event_type)}"
-                )
             if message_type_of(event_type) is None:
                 continue
             name = event_name(event_type)
@@ -254,8 +284,8 @@ class EventMap:
         seen: set[type[Any]] = set()
         while roots:
             cls = roots.pop()
-            if cls in seen or dataclasses.is_dataclass(cls):
-                continue  # a @dataclass event cannot be built: never one to decode into
+            if cls in seen:
+                continue
             seen.add(cls)
             if message_type_of(cls) is not None and event_name(cls) == name:
                 self.register(cls)
@@ -274,19 +304,28 @@ class EventMap:
         )
 
     @staticmethod
-    def _call(target: object, handler: object) -> HandlerCall:
+    def _call(target: object, handler: object, to_thread: bool) -> HandlerCall:
         if isinstance(handler, type):
-            if not callable(getattr(handler, "handle", None)):
+            handle = getattr(handler, "handle", None)
+            if not callable(handle):
                 raise EventBindingError(
                     f"EventMap.bind({target!r}, {handler.__qualname__}): a handler class needs "
-                    "an `async def handle(self, event)` method"
+                    "a `handle(self, event)` method, async or not"
                 )
-            return _class_call(handler)
-        if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-            getattr(handler, "__call__", None)  # noqa: B004 - async callable objects
-        ):
-            return _function_call(handler)  # type: ignore[arg-type]
+            if to_thread and _is_async(handle):
+                raise EventBindingError(
+                    f"EventMap.bind({target!r}, {handler.__qualname__}, to_thread=True): its "
+                    "handle is async and runs in the event loop; to_thread is for a sync handle"
+                )
+            return _class_call(handler, to_thread)
+        if callable(handler):
+            if to_thread and _is_async(handler):
+                raise EventBindingError(
+                    f"EventMap.bind({target!r}, {handler!r}, to_thread=True): the function is "
+                    "async and runs in the event loop; to_thread is for a sync function"
+                )
+            return _function_call(handler, to_thread)
         raise EventBindingError(
-            f"EventMap.bind({target!r}, {handler!r}): a handler is a class with an async `handle` "
-            "method or an `async def` function taking the event"
+            f"EventMap.bind({target!r}, {handler!r}): a handler is a class with a `handle` "
+            "method or a function taking the event"
         )

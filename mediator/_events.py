@@ -17,9 +17,9 @@ __all__ = [
     "Event",
     "EventFunction",
     "EventHandler",
+    "EventType",
     "NotificationEvent",
     "RaisesEvents",
-    "dataclass_event_error",
     "discard_own_events",
     "event_name",
     "message_type_of",
@@ -32,26 +32,80 @@ __all__ = [
 ]
 
 _UTC = _dt.UTC
-_ZERO = _dt.timedelta(0)
 
 
 def _now() -> _dt.datetime:
     return _dt.datetime.now(_UTC)
 
 
-def as_utc(value: _dt.datetime) -> _dt.datetime:
-    """`value` in UTC; a naive datetime is refused rather than guessed at."""
-    offset = value.utcoffset()
-    if offset is None:
-        raise ValueError(
-            f"event_timestamp must be timezone-aware; got naive {value.isoformat()}. "
-            "Use datetime.now(UTC) or attach a tzinfo."
-        )
-    return value if offset == _ZERO and value.tzinfo is _UTC else value.astimezone(_UTC)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _DataclassFields:
+    """The fields a ``@dataclass`` subclass of an event kind inherits, as
+    diator's dataclass `Event` declared them."""
+
+    event_id: uuid.UUID = dataclasses.field(default_factory=uuid.uuid4)
+    event_timestamp: _dt.datetime = dataclasses.field(default_factory=_now)
 
 
-@attrs.frozen(kw_only=True)
-class Event:
+_STORED_FIELDS = "_dataclass_fields_"
+_STORED_PARAMS = "_dataclass_params_"
+
+
+class EventType(type):
+    """The metaclass of the event kinds: what lets diator's form,
+    ``@dataclasses.dataclass(frozen=True, kw_only=True)`` on a subclass of
+    `NotificationEvent`, inherit `event_id` and `event_timestamp`.
+
+    The ``@dataclass`` decorator takes inherited fields from the bases'
+    ``__dataclass_fields__``. The four kinds answer it with their two fields
+    (so the subclass's ``__init__`` takes and defaults them); a class the
+    decorator made answers with what the decorator stored; an attrs subclass
+    has none, so msgspec and `dataclasses.is_dataclass` see it as what it is.
+    """
+
+    @property
+    def __dataclass_fields__(cls) -> dict[str, dataclasses.Field[Any]]:
+        own = cls.__dict__
+        if _STORED_FIELDS in own:
+            return own[_STORED_FIELDS]  # type: ignore[no-any-return]
+        if "_event_kind_" in own:
+            return _DataclassFields.__dataclass_fields__
+        raise AttributeError("__dataclass_fields__")
+
+    @__dataclass_fields__.setter
+    def __dataclass_fields__(cls, fields: dict[str, dataclasses.Field[Any]]) -> None:
+        # Set by the @dataclass decorator once it has read the bases' fields:
+        # an attrs class among them had fields the decorator could not see.
+        for base in cls.__mro__[1:]:
+            own = base.__dict__
+            if "_event_kind_" in own:
+                break
+            if "__attrs_attrs__" in own and _STORED_FIELDS not in own:
+                raise TypeError(
+                    f"{cls.__qualname__} is a @dataclass subclassing {base.__qualname__}, an "
+                    "attrs class, whose fields a dataclass does not inherit; declare both the "
+                    "same way (both @dataclass, or both @attrs.frozen)"
+                )
+        type.__setattr__(cls, _STORED_FIELDS, fields)
+
+    @property
+    def __dataclass_params__(cls) -> Any:
+        own = cls.__dict__
+        if _STORED_PARAMS in own:
+            return own[_STORED_PARAMS]
+        if "_event_kind_" in own:
+            return _DataclassFields.__dataclass_params__  # type: ignore[attr-defined]
+        raise AttributeError("__dataclass_params__")
+
+    @__dataclass_params__.setter
+    def __dataclass_params__(cls, params: Any) -> None:
+        type.__setattr__(cls, _STORED_PARAMS, params)
+
+
+# Not slotted: a pydantic model (mediator.pydantic) subclasses the kinds, and
+# its instances keep their fields in __dict__.
+@attrs.frozen(kw_only=True, slots=False)
+class Event(metaclass=EventType):
     """Base of every event.
 
     `event_id` is a fresh UUID and `event_timestamp` the current UTC time
@@ -79,13 +133,10 @@ class Event:
     __event_name__: ClassVar[str] = "Event"
     __partition_key__: ClassVar[str | None] = None
 
-    event_id: uuid.UUID = attrs.field(factory=uuid.uuid4)
-    event_timestamp: _dt.datetime = attrs.field(factory=_now, converter=as_utc)
+    _event_kind_: ClassVar[bool] = True
 
-    def __post_init__(self) -> None:
-        # Only a @dataclass subclass calls this (attrs never does): its __init__
-        # sets its own fields and leaves event_id and event_timestamp unset.
-        raise TypeError(dataclass_event_error(type(self)))
+    event_id: uuid.UUID = attrs.field(factory=uuid.uuid4)
+    event_timestamp: _dt.datetime = attrs.field(factory=_now)
 
     def __init_subclass__(
         cls, *, name: str | None = None, partition_key: str | None = None, **kwargs: Any
@@ -103,28 +154,25 @@ class Event:
             cls.__event_name__ = cls.__name__
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class DomainEvent(Event):
     """An event handled inside the process by the handlers bound in an EventMap."""
 
+    _event_kind_: ClassVar[bool] = True
 
-@attrs.frozen(kw_only=True)
+
+@attrs.frozen(kw_only=True, slots=False)
 class NotificationEvent(Event):
     """An event published to the message broker for other services to react to."""
 
+    _event_kind_: ClassVar[bool] = True
 
-@attrs.frozen(kw_only=True)
+
+@attrs.frozen(kw_only=True, slots=False)
 class ECSTEvent(Event):
     """Event-carried state transfer: published to the broker with the new state."""
 
-
-def dataclass_event_error(event_type: type[Any]) -> str:
-    """Why a diator-style ``@dataclass`` event class is refused, and what to change."""
-    return (
-        f"{event_type.__qualname__} is a @dataclass, but events are attrs classes, which is how "
-        "they get event_id and event_timestamp: declare it with @attrs.frozen(kw_only=True) "
-        "instead of @dataclass(frozen=True, kw_only=True)"
-    )
+    _event_kind_: ClassVar[bool] = True
 
 
 def event_name(event_type: type[Event]) -> str:
@@ -141,9 +189,6 @@ def message_type_of(event_type: type[Event]) -> str | None:
         return _MESSAGE_TYPES[event_type]
     except KeyError:
         pass
-    if dataclasses.is_dataclass(event_type):
-        # Reached by one whose own __post_init__ skipped ours; refused before it is dispatched.
-        raise TypeError(dataclass_event_error(event_type))
     kind: str | None = None
     if issubclass(event_type, NotificationEvent):
         kind = "notification_event"

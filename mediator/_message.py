@@ -13,7 +13,6 @@ import itertools
 import json
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC
 from types import MappingProxyType
 from typing import Any
 
@@ -21,9 +20,10 @@ import attrs
 import msgspec
 import orjson
 
-from mediator._events import Event, as_utc, event_name, message_type_of, partition_key_of
+from mediator._events import Event, event_name, message_type_of, partition_key_of
 from mediator._exceptions import DecodeFailure, MessageDecodeError
 from mediator._limits import quote
+from mediator._models import fields_of, form_of, jsonable, pydantic_problem, validate_pydantic_json
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -68,9 +68,29 @@ class _NameOnly(msgspec.Struct):
 _NAME_ONLY = msgspec.json.Decoder(_NameOnly)
 
 
-def _envelope_decoder(event_type: type[Any]) -> tuple[msgspec.json.Decoder[Any], str | None]:
+class _ModelEnvelope:
+    """Decodes a whole envelope whose payload is a pydantic model: msgspec
+    reads the envelope, pydantic validates the payload's own bytes."""
+
+    __slots__ = ("_model",)
+
+    def __init__(self, model: type[Any]) -> None:
+        self._model = model
+
+    def decode(self, data: bytes) -> Any:
+        envelope = _RAW_ENVELOPE.decode(data)
+        try:
+            envelope.payload = validate_pydantic_json(self._model, bytes(envelope.payload))
+        except ValueError:  # pydantic's ValidationError: the checks name it
+            raise msgspec.ValidationError from None
+        return envelope
+
+
+def _envelope_decoder(event_type: type[Any]) -> tuple[Any, str | None]:
     """A decoder of a whole envelope whose payload is an `event_type`, and
     the message type that class travels as (None: it never does)."""
+    if form_of(event_type) == "pydantic":
+        return _ModelEnvelope(event_type), message_type_of(event_type)
     envelope = msgspec.defstruct(
         f"{event_type.__name__}Envelope",
         [
@@ -375,30 +395,12 @@ def channel_for(prefix: str, message: Message) -> str:
     return f"{prefix}:{message.message_type}:{message.message_name}"
 
 
-_FIELDS: dict[type[Any], tuple[str, ...]] = {}
-
-
-def _field_names(cls: type[Any]) -> tuple[str, ...]:
-    names = _FIELDS.get(cls)
-    if names is None:
-        names = tuple(a.name for a in attrs.fields(cls))
-        _FIELDS[cls] = names
-    return names
-
-
-def _fields_of(obj: Any) -> dict[str, Any]:
-    return {name: getattr(obj, name) for name in _field_names(type(obj))}
-
-
 def _default(obj: Any) -> Any:
-    # orjson calls this for what it cannot write itself: nested attrs classes.
-    if attrs.has(type(obj)):
-        return _fields_of(obj)
+    # orjson calls this for what it cannot write itself: nested models, sets,
+    # a received payload (written back as its bytes).
     if isinstance(obj, RawPayload):
         return orjson.Fragment(obj.raw)
-    if isinstance(obj, frozenset | set):
-        return list(obj)
-    raise TypeError(f"cannot serialize {type(obj).__qualname__} in an event payload")
+    return jsonable(obj)
 
 
 def encode_message(message: Message) -> bytes:
@@ -516,7 +518,7 @@ class MessageCodec:
             message_type=message_type,
             message_name=event_name(type(event)),
             message_id=event.event_id,
-            payload=_fields_of(event),
+            payload=fields_of(event),
             headers=dict(headers) if headers else {},
             partition_key=partition_key_of(event),
         )
@@ -634,8 +636,8 @@ class MessageCodec:
 
     def _typed(self, name: str, data: bytes) -> tuple[Any, Event] | None:
         """One typed parse of the whole envelope `data` registered as `name`:
-        its fields and the event, the ids and the message type checked, the
-        timestamp in UTC; None when anything is off (the checks name it)."""
+        its fields and the event, the ids and the message type checked; None
+        when anything is off (the checks name it)."""
         decoding = self._decoders.get(name)
         if decoding is None:
             event_type = self._event_class(name)
@@ -651,14 +653,19 @@ class MessageCodec:
         event: Event = envelope.payload
         if envelope.message_type != message_type or event.event_id.int != envelope.message_id.int:
             return None
-        stamp = event.event_timestamp
-        if stamp.tzinfo is not UTC:
-            # Another offset is converted, as `to_event` does; naive is refused there.
-            try:
-                event = attrs.evolve(event, event_timestamp=as_utc(stamp))
-            except ValueError:
-                return None
         return envelope, event
+
+    @staticmethod
+    def _build(event_type: type[Event], payload: Mapping[str, Any]) -> Event:
+        """`event_type` built from a received payload: by msgspec, or by
+        pydantic for a model, its problem raised as msgspec's error."""
+        if form_of(event_type) != "pydantic":
+            return msgspec.convert(payload, event_type)
+        raw = payload.raw if isinstance(payload, RawPayload) else orjson.dumps(payload)
+        try:
+            return validate_pydantic_json(event_type, raw)  # type: ignore[no-any-return]
+        except ValueError as exc:  # pydantic's ValidationError
+            raise msgspec.ValidationError(pydantic_problem(exc)) from None
 
     def _message_of(self, data: bytes) -> Message:
         """The envelope of admitted `data`, each check naming its reason."""
@@ -738,7 +745,7 @@ class MessageCodec:
                 message_id,
             )
         try:
-            event = msgspec.convert(message.payload, event_type)
+            event = self._build(event_type, message.payload)
         except msgspec.ValidationError as exc:
             # The text can quote the value (an attrs validator's message does).
             raise MessageDecodeError(
@@ -748,17 +755,6 @@ class MessageCodec:
             raise MessageDecodeError(
                 DecodeFailure.TOO_DEEP, "nesting too deep for the stack left", message_id
             ) from None
-        stamp = event.event_timestamp
-        if stamp.tzinfo is not UTC:
-            # msgspec builds attrs classes without running converters.
-            try:
-                event = attrs.evolve(event, event_timestamp=as_utc(stamp))
-            except ValueError:
-                raise MessageDecodeError(
-                    DecodeFailure.INVALID_PAYLOAD,
-                    "event_timestamp has no UTC offset; timestamps must be timezone-aware",
-                    message_id,
-                ) from None
         if event.event_id != message.message_id:
             raise MessageDecodeError(
                 DecodeFailure.ID_MISMATCH,

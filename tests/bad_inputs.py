@@ -242,7 +242,9 @@ CASES: list[BadInput] = [
     ),
     BadInput("float-overflow", _replace(_USER, _USER + b',"x":1e400'), "invalid_payload"),
     BadInput(
-        "naive-timestamp", _edit_payload(event_timestamp="2026-11-24T20:01:02"), "invalid_payload"
+        "timestamp-out-of-range",
+        _edit_payload(event_timestamp="2026-13-24T20:01:02"),
+        "invalid_payload",
     ),
     BadInput("timestamp-not-a-date", _edit_payload(event_timestamp="yesterday"), "invalid_payload"),
     BadInput("event-id-not-uuid", _edit_payload(event_id="not-a-uuid"), "invalid_payload"),
