@@ -12,6 +12,7 @@ import msgspec
 import orjson
 
 from mediator._events import Event, event_name, message_type_of
+from mediator._models import form_of
 from mediator._patterns import GlobPattern
 from mediator._service import Service
 
@@ -169,14 +170,32 @@ class _Schemas(dict[type[Event], dict[str, Any]]):
     components: dict[str, Any]
 
 
+_REF = "#/components/schemas/{name}"
+
+
+def _model_schemas(
+    models: list[type[Any]], components: dict[str, Any]
+) -> dict[type[Any], dict[str, Any]]:
+    """pydantic models' schemas, by pydantic itself, in the components."""
+    refs: dict[type[Any], dict[str, Any]] = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template=_REF.replace("{name}", "{model}"))
+        components.update(schema.pop("$defs", {}))
+        name = model.__name__
+        components[name] = schema
+        refs[model] = {"$ref": _REF.format(name=name)}
+    return refs
+
+
 def _payload_schemas(event_types: list[type[Event]]) -> _Schemas:
-    refs, components = msgspec.json.schema_components(
-        event_types, ref_template="#/components/schemas/{name}"
-    )
+    models = [t for t in event_types if form_of(t) == "pydantic"]
+    plain = [t for t in event_types if t not in models]
+    refs, components = msgspec.json.schema_components(plain, ref_template=_REF)
+    by_type = dict(zip(plain, refs, strict=True)) | _model_schemas(models, components)
     for component in components.values():
         properties = component.get("properties", {})
         if "event_timestamp" in properties:
-            # Written by the codec as ISO 8601 with its UTC offset.
+            # Written by the codec as ISO 8601: with its offset, none when naive.
             properties["event_timestamp"] = {"type": "string", "format": "date-time"}
         if "event_id" in properties:
             required = component.setdefault("required", [])
@@ -184,7 +203,7 @@ def _payload_schemas(event_types: list[type[Event]]) -> _Schemas:
             for field in ("event_id", "event_timestamp"):
                 if field not in required:
                     required.append(field)
-    schemas = _Schemas(zip(event_types, refs, strict=True))
+    schemas = _Schemas((t, by_type[t]) for t in event_types)
     schemas.components = dict(sorted(components.items()))
     return schemas
 

@@ -58,10 +58,11 @@ class LocalProbe(DomainEvent, name=LOCAL_NAME):
     """A local-only event: known to the consumer, never accepted from a broker."""
 
 
-def probe_event_map() -> EventMap:
-    """An EventMap that decodes `Probe` and binds `LocalProbe` locally."""
+def probe_event_map(probe: type[NotificationEvent] = Probe) -> EventMap:
+    """An EventMap that decodes `probe` (`Probe`, or a class with its fields
+    and name in another model form) and binds `LocalProbe` locally."""
     events = EventMap()
-    events.register(Probe)
+    events.register(probe)
 
     @events.bind(LocalProbe)
     async def ignore(event: LocalProbe) -> None:
