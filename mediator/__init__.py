@@ -25,6 +25,7 @@ from mediator._events import DomainEvent as DomainEvent
 from mediator._events import ECSTEvent as ECSTEvent
 from mediator._events import Event as Event
 from mediator._events import EventHandler as EventHandler
+from mediator._events import EventType as EventType
 from mediator._events import NotificationEvent as NotificationEvent
 from mediator._events import RaisesEvents as RaisesEvents
 from mediator._events import event_name as event_name
@@ -37,6 +38,7 @@ from mediator._exceptions import EventCycleError as EventCycleError
 from mediator._exceptions import MediatorError as MediatorError
 from mediator._exceptions import MessageDecodeError as MessageDecodeError
 from mediator._exceptions import MessageTooLargeError as MessageTooLargeError
+from mediator._exceptions import ModelBuildError as ModelBuildError
 from mediator._exceptions import NoMessageBrokerError as NoMessageBrokerError
 from mediator._exceptions import PublishError as PublishError
 from mediator._exceptions import RequestBindingError as RequestBindingError
@@ -63,6 +65,8 @@ from mediator._policies import FailFast as FailFast
 from mediator._policies import Ignore as Ignore
 from mediator._policies import LogAndContinue as LogAndContinue
 from mediator._policies import Retry as Retry
+from mediator._publishing import publish_arguments as publish_arguments
+from mediator._publishing import publish_result as publish_result
 from mediator._requests import Request as Request
 from mediator._requests import RequestHandler as RequestHandler
 from mediator._requests import RequestMap as RequestMap
@@ -99,6 +103,7 @@ __all__ = [
     "EventEmitter",
     "EventHandler",
     "EventMap",
+    "EventType",
     "FailFast",
     "Handle",
     "Ignore",
@@ -114,6 +119,7 @@ __all__ = [
     "MessageTooLargeError",
     "Middleware",
     "MiddlewareChain",
+    "ModelBuildError",
     "NoMessageBrokerError",
     "NotificationEvent",
     "PublishError",
@@ -143,4 +149,6 @@ __all__ = [
     "encode_message",
     "event_name",
     "glob_match",
+    "publish_arguments",
+    "publish_result",
 ]

@@ -92,6 +92,11 @@ class SubscriptionLostError(TransportError):
     that read it stops, and `run()` raises this with the reason."""
 
 
+class ModelBuildError(MediatorError, TypeError):
+    """An event or a request could not be built from the values given (by a
+    publishing decorator, say): the text names the field and what was wrong."""
+
+
 class MessageTooLargeError(MediatorError, ValueError):
     """A single outgoing message is larger than the transport accepts."""
 

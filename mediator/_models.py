@@ -19,6 +19,7 @@ from typing import Any, Literal
 import attrs
 import msgspec
 
+from mediator._exceptions import ModelBuildError
 from mediator._limits import quote
 
 __all__ = [
@@ -141,11 +142,6 @@ def validate_pydantic_json(cls: type[Any], data: bytes) -> Any:
     strictly (no "5" for 5), unless the model's own config sets `strict`."""
     strict = None if "strict" in cls.model_config else True
     return cls.model_validate_json(data, strict=strict)
-
-
-class ModelBuildError(TypeError):
-    """A model could not be built from the values given: the text says which
-    field and what was wrong."""
 
 
 def build(cls: type[Any], values: Mapping[str, Any]) -> Any:

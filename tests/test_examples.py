@@ -31,3 +31,17 @@ def test_memory_pubsub_consumer_receives_only_its_pattern() -> None:
         "received 3, handled 3",
         "published 5, newsletter included",
     ]
+
+
+def test_publishing_prints_what_the_decorators_published() -> None:
+    assert run_ok("publishing.py") == [
+        'published order.created: {"order_id":"o-101","customer_id":"c-42",'
+        '"items":["book","lamp"],"status":"CREATED"}',
+        "not paid: 0 published",
+        'published order.completed: {"order_id":"o-101","status":"COMPLETED"}',
+        'published order.created: {"order_id":"o-102","customer_id":"c-43",'
+        '"items":["pen"],"status":"CREATED"}',
+        "cancel_order body: order.cancelling already published",
+        "local handler: order o-102 released 1 item(s)",
+        'published order.cancelling: {"order_id":"o-102","reason":"changed my mind"}',
+    ]
