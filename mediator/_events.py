@@ -109,8 +109,11 @@ class Event(metaclass=EventType):
     """Base of every event.
 
     `event_id` is a fresh UUID and `event_timestamp` the current UTC time
-    unless given. The event's name on the wire is its class name, or the
-    `name=` class keyword:
+    unless given; a timestamp given is kept as it is, naive or aware. A
+    subclass is an attrs class (the default), a ``@dataclass`` as diator
+    declares one, or a pydantic model (the kinds in `mediator.pydantic`).
+    The event's name on the wire is its class name, or the `name=` class
+    keyword:
 
     ```python
     @attrs.frozen(kw_only=True)

@@ -45,3 +45,14 @@ def test_publishing_prints_what_the_decorators_published() -> None:
         "local handler: order o-102 released 1 item(s)",
         'published order.cancelling: {"order_id":"o-102","reason":"changed my mind"}',
     ]
+
+
+def test_models_sends_and_receives_all_three_forms() -> None:
+    assert run_ok("models.py") == [
+        "sent orders.placed: ['event_id', 'event_timestamp', 'order_id', 'total_cents']",
+        "sent UserJoinedNotificationEvent: ['event_id', 'event_timestamp', 'joined_at', 'user_id']",
+        "sent customers.moved: ['address', 'customer_id', 'event_id', 'event_timestamp']",
+        "received CustomerMoved: customer 3 to Oslo",
+        "received OrderPlaced: order 1, 4200 cents",
+        "received UserJoinedNotificationEvent: user 7 at 2026-03-07T09:26:00 (naive)",
+    ]
