@@ -37,9 +37,10 @@ class HealthServer:
     ```
 
     - ``/livez``: 200 while the process's event loop answers.
-    - ``/readyz``: 200 when the service is running and every subscription is
-      live (`Service.ready`), else 503.
-    - ``/stats``: the consumers' counters as JSON (`Service.stats()`).
+    - ``/readyz``: 200 once the service has started (its start-up hooks
+      done), every subscription is connected and its outbox relay runs
+      (`Service.ready`); else 503 with the reason (`Service.not_ready_because`).
+    - ``/stats``: the consumers' and the relay's counters as JSON (`Service.stats()`).
 
     It binds to 127.0.0.1 unless told otherwise: expose it on purpose.
     """
@@ -85,8 +86,10 @@ class HealthServer:
         if path == "/livez":
             return 200, {"status": "alive"}
         if path == "/readyz":
-            ready = self.service.ready
-            return (200 if ready else 503), {"status": "ready" if ready else "not ready"}
+            reason = self.service.not_ready_because()
+            if reason is None:
+                return 200, {"status": "ready"}
+            return 503, {"status": "not ready", "reason": reason}
         if path == "/stats":
             return 200, self.service.stats()
         return 404, {"error": f"no such path {path[:100]!r}; try /livez, /readyz or /stats"}

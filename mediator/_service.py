@@ -9,7 +9,7 @@ import inspect
 import logging
 import textwrap
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
@@ -26,6 +26,11 @@ from mediator._middlewares import MiddlewareChain
 from mediator._policies import ErrorPolicy
 from mediator._requests import RequestMap
 from mediator._running import RunsUntilStopped
+
+if TYPE_CHECKING:  # the outbox extra (SQLAlchemy) is imported only by a service that uses it
+    from mediator._outbox import Outbox
+    from mediator._outbox_inbox import Inbox
+    from mediator._outbox_relay import OutboxRelay
 
 __all__ = [
     "Service",
@@ -69,6 +74,9 @@ class SubscriptionSpec:
     """The consumer group, or None for a subscription of its own (broadcast)."""
     event_map: EventMap
     """The map whose handlers receive what matches."""
+    inbox: str | None = None
+    """The name its deliveries are recorded under in the inbox (`Inbox.consumer`),
+    or None when it has no inbox."""
 
 
 class Service(RunsUntilStopped):
@@ -113,6 +121,9 @@ class Service(RunsUntilStopped):
         outgoing: Sequence[Callable[[Message], Message]] = (),
         incoming: Sequence[Callable[[Message], None]] = (),
         interceptors: Sequence[Interceptor] = (),
+        outbox: Outbox | None = None,
+        relay: bool | OutboxRelay = True,
+        inbox: bool = False,
     ) -> None:
         if drain_timeout < 0:
             raise ValueError(f"Service(drain_timeout={drain_timeout}): must be 0 or more seconds")
@@ -132,7 +143,26 @@ class Service(RunsUntilStopped):
         self._incoming = tuple(incoming)
         self.interceptors: list[Interceptor] = list(interceptors)
         """Around every send, publish and delivery (`Interceptor`); add before start."""
-        self._subscriptions: list[tuple[str, str | None, EventMap]] = []
+        self.outbox = outbox
+        """The `Outbox` sends write their events to (None: they publish to the broker)."""
+        if isinstance(relay, bool):
+            self._relay_wanted, self._relay = relay, None
+        else:
+            if outbox is not None and relay.outbox is not outbox:
+                raise ValueError(
+                    f"Service(relay={relay!r}) relays another outbox than Service(outbox=...); "
+                    "pass the relay of this outbox, or relay=True to have one built"
+                )
+            self._relay_wanted, self._relay = True, relay
+        if inbox and outbox is None:
+            raise ValueError(
+                "Service(inbox=True) records deliveries in the outbox's database: "
+                "pass Service(outbox=Outbox(engine), inbox=True)"
+            )
+        self.inbox = inbox
+        """Whether subscriptions have an inbox unless `subscribe` says otherwise."""
+        self._subscriptions: list[tuple[str, str | None, EventMap, bool | Inbox | None]] = []
+        self._started = False
         self._startup: list[Hook] = []
         self._shutdown_hooks: list[Hook] = []
         self._background: list[Hook] = []
@@ -170,14 +200,17 @@ class Service(RunsUntilStopped):
     def event_emitter(self) -> EventEmitter:
         """The emitter over the service's event map, container and broker."""
         if self._emitter is None:
-            self._emitter = EventEmitter(
-                event_map=self.event_map,
-                container=self.container,
-                message_broker=self._broker,
-                outgoing=self._outgoing,
-                interceptors=self.interceptors,
-            )
+            self._emitter = self._new_emitter(self.event_map, through_outbox=True)
         return self._emitter
+
+    def _new_emitter(self, event_map: EventMap, *, through_outbox: bool) -> EventEmitter:
+        return EventEmitter(
+            event_map=event_map,
+            container=self.container,
+            message_broker=self.outbox if through_outbox and self.outbox else self._broker,
+            outgoing=self._outgoing,
+            interceptors=self.interceptors,
+        )
 
     @property
     def mediator(self) -> Mediator:
@@ -194,24 +227,46 @@ class Service(RunsUntilStopped):
                 container=self.container,
                 middleware_chain=self.middleware_chain,
                 interceptors=self.interceptors,
+                unit_of_work=self.outbox.unit_of_work if self.outbox is not None else None,
             )
         return self._mediator
 
     def subscribe(
-        self, pattern: str, group: str | None = None, *, event_map: EventMap | None = None
+        self,
+        pattern: str,
+        group: str | None = None,
+        *,
+        event_map: EventMap | None = None,
+        inbox: bool | Inbox | None = None,
     ) -> None:
         """Receive what matches `pattern` once the service starts, handled by
         `event_map` (the service's by default) in consumer `group`.
 
         ``{prefix}`` in `pattern` stands for the broker's channel prefix, so the
         pattern follows the broker ``mediator run --broker`` sets.
+
+        `inbox` (the service's `inbox` setting when None): True handles each
+        message id once, in one transaction with the handlers' writes and
+        their follow-up events, recorded under ``"{service name}:{group}"``
+        (the same on every replica; ``"{service name}"`` without a group); an
+        `Inbox` of the service's outbox gives the name yourself.
         """
         if self._running:
             raise RuntimeError(
                 f"{self!r} is running; declare subscription {pattern!r} before start()"
             )
+        if inbox is not None and inbox is not False and self.outbox is None:
+            raise ValueError(
+                f"{self!r}.subscribe({pattern!r}, inbox=...): the inbox records deliveries in "
+                "the outbox's database; build the service with Service(outbox=Outbox(engine))"
+            )
+        if not isinstance(inbox, bool | None) and inbox.outbox is not self.outbox:
+            raise ValueError(
+                f"{self!r}.subscribe({pattern!r}, inbox={inbox!r}): the inbox must be on the "
+                "service's outbox, so a delivery's writes and follow-ups commit together"
+            )
         self._subscriptions.append(
-            (pattern, group, event_map if event_map is not None else self.event_map)
+            (pattern, group, event_map if event_map is not None else self.event_map, inbox)
         )
 
     @property
@@ -219,9 +274,29 @@ class Service(RunsUntilStopped):
         """The declared subscriptions, patterns resolved against the broker's prefix."""
         prefix = self._broker.channel_prefix if self._broker is not None else "{prefix}"
         return [
-            SubscriptionSpec(pattern=pattern.replace("{prefix}", prefix), group=group, event_map=m)
-            for pattern, group, m in self._subscriptions
+            SubscriptionSpec(
+                pattern=pattern.replace("{prefix}", prefix),
+                group=group,
+                event_map=m,
+                inbox=self._inbox_name(group, inbox),
+            )
+            for pattern, group, m, inbox in self._subscriptions
         ]
+
+    def _inbox_name(self, group: str | None, inbox: bool | Inbox | None) -> str | None:
+        if inbox is None:
+            inbox = self.inbox
+        if inbox is False:
+            return None
+        if inbox is True:
+            return self.name if group is None else f"{self.name}:{group}"
+        return inbox.consumer
+
+    @property
+    def relay(self) -> OutboxRelay | None:
+        """The outbox relay the service runs (built at the first start when
+        `Service(outbox=..., relay=True)`), or None."""
+        return self._relay
 
     def publishes(self, *event_types: type[Event]) -> None:
         """Declare events the service publishes that its documents cannot find
@@ -232,7 +307,7 @@ class Service(RunsUntilStopped):
     def event_maps(self) -> list[EventMap]:
         """The service's event map, then every other map a subscription uses."""
         maps = [self.event_map]
-        for _, _, event_map in self._subscriptions:
+        for _, _, event_map, _ in self._subscriptions:
             if all(event_map is not known for known in maps):
                 maps.append(event_map)
         return maps
@@ -283,25 +358,50 @@ class Service(RunsUntilStopped):
 
     @property
     def ready(self) -> bool:
-        """Running, with every consumer taking deliveries and every subscription
-        connected (where its transport says)."""
-        return self.running and all(_consumer_ready(c) for c, _ in self._consumers)
+        """Started (every start-up hook done), running, with every consumer
+        taking deliveries, every subscription connected (where its transport
+        says) and the outbox relay running; `not_ready_because` says what is missing."""
+        return self.not_ready_because() is None
+
+    def not_ready_because(self) -> str | None:
+        """Why the service is not ready, or None when it is."""
+        if self._failure is not None:
+            return f"failed: {self._failure!r}"[:300]
+        if not self._running:
+            return "not started" if self._cleanup is None else "stopping"
+        if not self._started:
+            return "starting"
+        for consumer, specs in self._consumers:
+            if not consumer.running:
+                return f"the consumer of {', '.join(repr(s.pattern) for s in specs)} is not running"
+            for subscription in getattr(consumer, "_subscriptions", ()):
+                if not getattr(subscription, "connected", True):
+                    return f"subscription {subscription!r} is not connected"
+        if self._relay is not None and not self._relay.running:
+            return "the outbox relay is not running"
+        return None
 
     def stats(self) -> dict[str, Any]:
-        """The consumers' counters, for health checks: one entry per consumer."""
-        return {
+        """The consumers' (and the relay's) counters, for health checks."""
+        stats: dict[str, Any] = {
             "service": self.name,
             "running": self.running,
             "ready": self.ready,
             "consumers": [
                 {
-                    "subscriptions": [{"pattern": s.pattern, "group": s.group} for s in specs],
+                    "subscriptions": [
+                        {"pattern": s.pattern, "group": s.group, "inbox": s.inbox} for s in specs
+                    ],
                     "running": consumer.running,
                     **_stats_dict(consumer.stats),
                 }
                 for consumer, specs in self._consumers
             ],
         }
+        if self._relay is not None:
+            relay = self._relay
+            stats["relay"] = {"name": relay.name, "running": relay.running, **_relay_dict(relay)}
+        return stats
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -315,9 +415,16 @@ class Service(RunsUntilStopped):
                 f"{self!r} subscribes to {self._subscriptions[0][0]!r} but has no broker; "
                 "pass Service(broker=...) or run it with `mediator run --broker URL`"
             )
+        if self.outbox is not None and self._broker is None and self._relay_wanted:
+            raise ValueError(
+                f"{self!r} has an outbox to relay but no broker to relay it to; pass "
+                "Service(broker=...), run it with `mediator run --broker URL`, or relay=False "
+                "when another process relays"
+            )
         self._stop_requested = asyncio.Event()
         self._failure = None
         self._running = True
+        self._started = False
         try:
             if self._broker is not None:
                 await self._broker.start()
@@ -325,6 +432,11 @@ class Service(RunsUntilStopped):
             for hook in self._startup:
                 await hook()
                 self._hooks_ran += 1
+            relay = self._build_relay()
+            if relay is not None:
+                # Before the consumers: their follow-ups may go through the outbox.
+                await relay.start()
+                self._watch(asyncio.create_task(relay.run(), name=f"{self.name}:outbox relay"))
             self._consumers = await self._build_consumers()
             for consumer, _ in self._consumers:
                 await consumer.start()
@@ -337,6 +449,7 @@ class Service(RunsUntilStopped):
             await self._shutdown(announce=False)
             self._failure = None  # the caller gets the error itself
             raise
+        self._started = True  # ready from here, once every subscription is connected
         logger.info(
             "service %s started: %d subscription(s) on %s",
             self.name,
@@ -346,39 +459,61 @@ class Service(RunsUntilStopped):
 
     # -- inside --------------------------------------------------------------
 
+    def _build_relay(self) -> OutboxRelay | None:
+        if self.outbox is None or not self._relay_wanted:
+            return None
+        if self._relay is None or self._relay.broker is not self._broker:
+            from mediator._outbox_relay import OutboxRelay
+
+            assert self._broker is not None
+            self._relay = OutboxRelay(self.outbox, self._broker, drain_timeout=self.drain_timeout)
+        return self._relay
+
     async def _build_consumers(self) -> list[tuple[EventConsumer, list[SubscriptionSpec]]]:
-        built: dict[int, tuple[EventConsumer, list[SubscriptionSpec]]] = {}
+        # One consumer per event map and inbox: a consumer has one inbox.
+        built: dict[tuple[int, str | None], tuple[EventConsumer, list[SubscriptionSpec]]] = {}
+        inboxes = {
+            self._inbox_name(group, inbox): inbox
+            for _, group, _, inbox in self._subscriptions
+            if not isinstance(inbox, bool | None)
+        }
         for spec in self.subscriptions:
-            entry = built.get(id(spec.event_map))
+            key = (id(spec.event_map), spec.inbox)
+            entry = built.get(key)
             if entry is None:
                 assert self._broker is not None
-                emitter = (
-                    self.event_emitter
-                    if spec.event_map is self.event_map
-                    else EventEmitter(
-                        event_map=spec.event_map,
-                        container=self.container,
-                        message_broker=self._broker,
-                        outgoing=self._outgoing,
-                        interceptors=self.interceptors,
-                    )
-                )
+                inbox = None
+                if spec.inbox is not None:
+                    inbox = inboxes.get(spec.inbox) or self._new_inbox(spec.inbox)
                 consumer = EventConsumer(
                     self._broker,
                     spec.event_map,
                     self.container,
-                    event_emitter=emitter,
+                    # With an inbox a delivery is a unit of work: its follow-ups go to
+                    # the outbox, committed with its writes. Without one they publish.
+                    event_emitter=(
+                        self.event_emitter
+                        if spec.event_map is self.event_map and (inbox or not self.outbox)
+                        else self._new_emitter(spec.event_map, through_outbox=inbox is not None)
+                    ),
                     max_concurrency=self.max_concurrency,
                     drain_timeout=self.drain_timeout,
                     default_policy=self.default_policy,
                     incoming=self._incoming,
                     interceptors=self.interceptors,
+                    inbox=inbox,
                 )
-                entry = built[id(spec.event_map)] = (consumer, [])
+                entry = built[key] = (consumer, [])
             # Recorded only: the consumer opens it when it starts.
             await entry[0].subscribe(spec.pattern, spec.group)
             entry[1].append(spec)
         return list(built.values())
+
+    def _new_inbox(self, name: str) -> Inbox:
+        from mediator._outbox_inbox import Inbox
+
+        assert self.outbox is not None
+        return Inbox(self.outbox, name)
 
     def _watch(self, task: asyncio.Task[None]) -> None:
         self._tasks.append(task)
@@ -409,6 +544,13 @@ class Service(RunsUntilStopped):
                 await self.event_emitter.emit_all((ServiceStopping(service=self.name),))
             except Exception as exc:
                 errors.append(exc)
+        if self._relay is not None:
+            # Its round in progress finishes (within drain_timeout): what the
+            # consumers' last deliveries wrote goes out now or at the next start.
+            try:
+                await self._relay.stop()
+            except Exception as exc:
+                errors.append(exc)
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
@@ -430,6 +572,7 @@ class Service(RunsUntilStopped):
             except Exception as exc:
                 errors.append(exc)
         self._running = False
+        self._started = False
         for error in errors:
             logger.error("stopping service %s: %r", self.name, error, exc_info=error)
         if errors and self._failure is None:
@@ -484,10 +627,9 @@ def describe_broker(broker: object) -> str:
     return f"{type(broker).__name__}({details})"
 
 
-def _consumer_ready(consumer: EventConsumer) -> bool:
-    # A transport on the kit says whether each subscription is connected right now.
-    live = getattr(consumer, "_subscriptions", ())
-    return consumer.running and all(getattr(s, "connected", True) for s in live)
+def _relay_dict(relay: OutboxRelay) -> dict[str, int]:
+    stats = relay.stats
+    return {name: getattr(stats, name) for name in type(stats).__annotations__}
 
 
 def _stats_dict(stats: ConsumerStats) -> dict[str, Any]:

@@ -229,6 +229,8 @@ async def test_the_health_endpoint_answers_liveness_readiness_and_stats(
     line = await command.line("stderr", "health endpoint on http://127.0.0.1:")
     port = int(line.rsplit(":", 1)[1])
     await command.line("stdout", "started billing")
+    # Logged once start() has returned: ready from then on.
+    await command.line("stderr", "service billing started")
     assert await _get(port, "/livez") == (200, {"status": "alive"})
     assert await _get(port, "/readyz") == (200, {"status": "ready"})
     status, stats = await _get(port, "/stats")
@@ -236,7 +238,7 @@ async def test_the_health_endpoint_answers_liveness_readiness_and_stats(
     assert stats["service"] == "billing"
     [consumer] = stats["consumers"]
     assert consumer["subscriptions"] == [
-        {"pattern": f"{key_prefix}:notification_event:Order*", "group": "billing"}
+        {"pattern": f"{key_prefix}:notification_event:Order*", "group": "billing", "inbox": None}
     ]
     assert consumer["handled"] == 0
     assert (await _get(port, "/nope"))[0] == 404

@@ -289,8 +289,8 @@ async def test_each_event_map_gets_its_own_consumer() -> None:
     assert (billed, audited) == ([9], [9])
     assert stats["ready"] is True
     assert [c["subscriptions"] for c in stats["consumers"]] == [
-        [{"pattern": "shop:notification_event:*", "group": "billing"}],
-        [{"pattern": "shop:notification_event:*", "group": "audit"}],
+        [{"pattern": "shop:notification_event:*", "group": "billing", "inbox": None}],
+        [{"pattern": "shop:notification_event:*", "group": "audit", "inbox": None}],
     ]
     assert [c["handled"] for c in stats["consumers"]] == [1, 1]
 
