@@ -197,6 +197,14 @@ class OutboxTables:
     async def create(self, engine: AsyncEngine) -> None:
         """Create what does not exist yet (tables, indexes, the PostgreSQL trigger)."""
         async with engine.begin() as connection:
+            if engine.dialect.name == "postgresql":
+                # Processes starting together (every worker of `mediator run
+                # --workers N`) take turns: a second CREATE of one table at once
+                # fails on PostgreSQL's catalog rather than finding it there.
+                await connection.execute(
+                    text("SELECT pg_advisory_xact_lock(hashtext(:name))"),
+                    {"name": f"{self.prefix} outbox tables"},
+                )
             await connection.run_sync(self.metadata.create_all)
             if engine.dialect.name == "postgresql":
                 for statement in self._trigger():

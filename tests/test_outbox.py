@@ -794,3 +794,14 @@ async def test_a_relay_process_killed_with_sigkill_ten_times_loses_nothing(
     assert result.kills == 10
     assert result.lost == 0, result
     assert await db.outbox.counts() == {PENDING: 0, SENT: 1000, DEAD: 0}
+
+
+@only("postgresql")
+async def test_processes_creating_the_tables_at_once_all_succeed(db: Database) -> None:
+    # Every worker of `mediator run --workers N` runs the same start-up hook.
+    await db.outbox.drop_tables()
+    outboxes = [Outbox(db.new_engine(), prefix=db.prefix) for _ in range(4)]
+
+    await asyncio.gather(*(outbox.create_tables() for outbox in outboxes))
+
+    assert await db.outbox.counts() == {"pending": 0, "sent": 0, "dead": 0}
