@@ -59,12 +59,12 @@ def asyncapi_document(service: Service, *, version: str = "1.0.0") -> dict[str, 
     transport = _Transport.of(broker)
     prefix = broker.channel_prefix if broker is not None else "{prefix}"
     published = service.published_events()
-    received: dict[type[Event], list[tuple[str, str | None]]] = {}
+    received: dict[type[Event], list[tuple[str, str | None, str | None]]] = {}
     for spec in service.subscriptions:
         glob = GlobPattern(spec.pattern)
         for event_type in spec.event_map.event_classes().values():
             if glob.matches(_logical(prefix, event_type)):
-                received.setdefault(event_type, []).append((spec.pattern, spec.group))
+                received.setdefault(event_type, []).append((spec.pattern, spec.group, spec.inbox))
     event_types = list(dict.fromkeys([*published, *received]))
     channel_ids = _unique_ids(event_types)
     schemas = _payload_schemas(event_types)
@@ -93,7 +93,12 @@ def asyncapi_document(service: Service, *, version: str = "1.0.0") -> dict[str, 
                 "messages": message_ref,
                 **transport.operation_binding("send", None),
             }
-        for pattern, group in received.get(event_type, ()):
+            if service.outbox is not None:
+                operations[f"send{cid}"]["description"] = (
+                    "Written to the outbox in the transaction of the send that raised it; "
+                    "published by the outbox relay once that transaction committed."
+                )
+        for pattern, group, inbox in received.get(event_type, ()):
             base = f"receive{cid}" + (f"_{_ID.sub('_', group)}" if group else "")
             operation_id, n = base, 2
             while operation_id in operations:
@@ -103,7 +108,13 @@ def asyncapi_document(service: Service, *, version: str = "1.0.0") -> dict[str, 
                 "action": "receive",
                 "channel": ref,
                 "summary": f"Handle {event_name(event_type)} {in_group}",
-                "description": f"Subscription pattern `{pattern}`.",
+                "description": f"Subscription pattern `{pattern}`."
+                + (
+                    f" Each message id is handled once (inbox `{inbox}`), in one transaction "
+                    "with the handlers' writes."
+                    if inbox
+                    else ""
+                ),
                 "messages": message_ref,
                 **transport.operation_binding("receive", group),
             }

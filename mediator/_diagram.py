@@ -100,11 +100,12 @@ def mermaid_diagram(service: Service) -> str:
             continue
         logical = f"{prefix}:{kind}:{event_name(event_type)}"
         channel = chart.node("channel", logical, logical, "[(|)]")
-        chart.edge(node, channel)
+        chart.edge(node, channel, "outbox, relay" if service.outbox is not None else None)
         for spec, glob in subscriptions:
             if not glob.matches(logical):
                 continue
             label = spec.pattern + (f" group {spec.group}" if spec.group else "")
+            label += " inbox" if spec.inbox else ""
             subscription = chart.node("subscription", (spec.pattern, spec.group), label, "{{|}}")
             chart.edge(channel, subscription)
             bindings: tuple[EventBinding, ...] = spec.event_map.handlers_for(event_type)
