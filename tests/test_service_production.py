@@ -210,3 +210,17 @@ async def test_readyz_is_503_with_the_reason_until_start_up_has_finished() -> No
     assert health.answer("GET", "/readyz") == (200, {"status": "ready"})
     await service.stop()
     assert health.answer("GET", "/readyz")[0] == 503
+
+
+async def test_the_documents_show_the_outbox_and_the_inbox(db: Database) -> None:
+    from mediator._asyncapi import asyncapi_document
+    from mediator._diagram import mermaid_diagram
+
+    service = await shop(db, InMemoryMessageBroker(channel_prefix=db.prefix), inbox=True)
+
+    operations = asyncapi_document(service)["operations"]
+    assert "published by the outbox relay" in operations["sendOrderPlaced"]["description"]
+    assert "(inbox `shop:billing`)" in operations["receiveOrderPlaced_billing"]["description"]
+    chart = mermaid_diagram(service)
+    assert "-- outbox, relay -->" in chart
+    assert f"{db.prefix}:notification_event:* group billing inbox" in chart
