@@ -255,7 +255,7 @@ async def test_a_raw_psubscribe_receives_exactly_the_documented_envelope(
         "message_id": str(event_id),
         "payload": {
             "event_id": str(event_id),
-            "event_timestamp": "2026-11-24T20:01:02.123456+00:00",
+            "event_timestamp": "2026-11-24T21:01:02.123456+01:00",
             "user_id": 123,
             "meeting_id": 7,
         },
