@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import importlib
 import logging
@@ -20,6 +21,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import attrs
 
 from mediator._exceptions import MediatorError
 from mediator._health import HealthServer
@@ -37,8 +40,34 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(process)d] %(message)s"
 
 _EXPECTED = (MediatorError, OSError, ImportError, LookupError, ValueError, TimeoutError)
 """Failures a user causes or an operator fixes: reported in one line, without a traceback."""
-_FORCED = 3
-"""Exit status when a second signal cut the drain short."""
+
+# The exit statuses of `mediator run` (docs/running.md has the table).
+STOPPED = 0
+"""Stopped by SIGTERM or SIGINT with every delivery drained, or ended by itself."""
+FAILED = 1
+"""The service failed to start or while running; the reason is on stderr."""
+USAGE = 2
+"""A command line that cannot be carried out (argparse's status too)."""
+FORCED = 3
+"""A second signal cut the drain short: what was in flight was not drained."""
+DRAIN_CANCELLED = 4
+"""The stop's drain timeout cancelled deliveries still in flight (released for redelivery)."""
+GAVE_UP = 5
+"""Under ``--workers``: a worker kept failing, so the parent stopped them all."""
+RESTART_DELAY = 1.0
+"""Seconds before a failed worker's first restart (``--restart-delay``)."""
+MAX_RESTART_DELAY = 30.0
+"""The restart delay doubles with each further restart up to this."""
+RESTART_LIMIT = 5
+"""Restarts of one worker within `RESTART_WINDOW` before the parent gives up
+(``--restart-limit``)."""
+RESTART_WINDOW = 60.0
+"""Seconds over which restarts are counted; a worker that ran this long
+before failing is restarted after `RESTART_DELAY` again."""
+
+SEVERITY = (STOPPED, DRAIN_CANCELLED, FORCED, FAILED, GAVE_UP, USAGE)
+"""Least to most serious: the parent of ``--workers`` exits with the most
+serious of its own status and its workers' last ones."""
 
 
 class UsageError(Exception):
@@ -96,7 +125,9 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         help="run the service until SIGTERM or SIGINT",
         description="Start the service, handle messages, and on SIGTERM or SIGINT drain "
-        "the deliveries in flight and exit 0; exit 1 with the reason when it fails.",
+        "the deliveries in flight and exit 0; exit 1 with the reason when it fails, 3 when "
+        "a second signal cut the drain short, 4 when the drain timeout cancelled deliveries, "
+        "5 when a worker kept failing (see docs/running.md).",
     )
     run.add_argument("app", help="module:attribute naming a mediator.Service")
     run.add_argument(
@@ -110,7 +141,8 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         metavar="N",
-        help="processes to run, each with its own consumers; groups share the work",
+        help="processes to run, each with its own consumers; groups share the work, and "
+        "the parent restarts a worker that fails",
     )
     run.add_argument(
         "--drain-timeout",
@@ -133,6 +165,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--health-host", default="127.0.0.1", metavar="HOST", help="(default: 127.0.0.1)"
+    )
+    run.add_argument(
+        "--restart-delay",
+        type=float,
+        default=RESTART_DELAY,
+        metavar="SECONDS",
+        help="with --workers: seconds before a failed worker is restarted, doubling with "
+        f"each further restart up to {MAX_RESTART_DELAY:g} (default: {RESTART_DELAY:g})",
+    )
+    run.add_argument(
+        "--restart-limit",
+        type=int,
+        default=RESTART_LIMIT,
+        metavar="N",
+        help="with --workers: restarts of one worker within "
+        f"{RESTART_WINDOW:g} s before giving up and stopping all "
+        f"(default: {RESTART_LIMIT}; 0 never restarts)",
     )
 
     asyncapi = commands.add_parser(
@@ -168,11 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             text = mermaid_diagram(service)
         _write(text, args.output)
     except UsageError as exc:
-        parser.exit(2, f"mediator {args.command}: {exc}\n")
+        parser.exit(USAGE, f"mediator {args.command}: {exc}\n")
     except _EXPECTED as exc:
         _report(args.command, exc)
-        return 1
-    return 0
+        return FAILED
+    return STOPPED
 
 
 def _write(text: str, output: str | None) -> None:
@@ -194,8 +243,18 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError(f"--workers {args.workers}: must be 1 or more")
     if args.drain_timeout is not None and args.drain_timeout < 0:
         raise UsageError(f"--drain-timeout {args.drain_timeout}: must be 0 or more seconds")
+    if args.restart_delay < 0:
+        raise UsageError(f"--restart-delay {args.restart_delay}: must be 0 or more seconds")
+    if args.restart_limit < 0:
+        raise UsageError(f"--restart-limit {args.restart_limit}: must be 0 or more")
     if args.workers > 1 and os.environ.get(WORKER_VARIABLE) is None:
-        return asyncio.run(_supervise(args, argv))
+        policy = _RestartPolicy(delay=args.restart_delay, limit=args.restart_limit)
+        return asyncio.run(_Supervisor(_worker_command(argv), args.workers, policy).run())
+    signals: list[str] = []
+    # From here on a SIGTERM, e.g. one the parent forwards while this worker
+    # still imports the app, means "do not start" rather than the default
+    # death by signal; the event loop's handlers take over from these.
+    early = _EarlySignals(signals)
     try:
         service = load_service(args.app)
         if args.broker:
@@ -205,99 +264,312 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             service.broker = brokers.from_url(args.broker, channel_prefix=prefix)
         if args.drain_timeout is not None:
             service.drain_timeout = args.drain_timeout
-        return asyncio.run(_serve(service, args))
+        return asyncio.run(_serve(service, args, signals))
     except UsageError:
         raise
     except _EXPECTED as exc:
         _report("run", exc)
-        return 1
+        return FAILED
     except Exception as exc:
         logger.exception("service failed")
         _report("run", exc)
-        return 1
+        return FAILED
+    finally:
+        early.restore()
 
 
-async def _serve(service: Service, args: argparse.Namespace) -> int:
+class _EarlySignals:
+    """SIGTERM and SIGINT before the event loop handles them: the first is
+    recorded in `signals` (the service then does not start), a second exits
+    at once with `FORCED`."""
+
+    def __init__(self, signals: list[str]) -> None:
+        self.signals = signals
+        self.previous = {
+            signum: signal.signal(signum, self._on_signal)
+            for signum in (signal.SIGTERM, signal.SIGINT)
+        }
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.signals.append(signal.Signals(signum).name)
+        if len(self.signals) > 1:
+            sys.stderr.write(f"mediator run: stopped by a second {self.signals[-1]} before start\n")
+            raise SystemExit(FORCED)
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            if handler is not None:  # None: installed outside Python, cannot be put back
+                signal.signal(signum, handler)
+
+
+async def _serve(service: Service, args: argparse.Namespace, signals: list[str]) -> int:
+    """Run `service` until a signal or its own end; the exit status."""
     loop = asyncio.get_running_loop()
     running = asyncio.current_task()
     assert running is not None
-    signals: list[str] = []
+    starting: asyncio.Future[None] | None = None
+    stopping: list[asyncio.Future[None]] = []
+    health: HealthServer | None = None
 
     def on_signal(signum: signal.Signals) -> None:
         signals.append(signum.name)
-        if len(signals) == 1:
-            logger.info("%s: stopping service %s (draining)", signum.name, service.name)
-            stopping.append(asyncio.ensure_future(service.stop()))
-        else:
+        if len(signals) > 1:
             logger.warning("%s again: stopping at once, without draining", signum.name)
             running.cancel()
+        elif starting is not None and not starting.done():
+            # start() undoes what it started when cancelled; a stop() beside it
+            # would leave a slow start-up hook running and the start going on.
+            logger.info("%s during start-up: stopping service %s", signum.name, service.name)
+            starting.cancel()
+        else:
+            logger.info("%s: stopping service %s (draining)", signum.name, service.name)
+            stopping.append(asyncio.ensure_future(service.stop()))
 
-    stopping: list[asyncio.Future[None]] = []
+    async def start() -> None:
+        if health is not None:
+            await health.start()
+            logger.info("health endpoint on http://%s:%d", health.host, health.port)
+        await service.start()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
-    health: HealthServer | None = None
     try:
+        if signals:
+            logger.info("%s before start: not starting service %s", signals[0], service.name)
+            return STOPPED
         if args.health_port is not None:
             worker = int(os.environ.get(WORKER_VARIABLE) or 0)
             health = HealthServer(service, host=args.health_host, port=args.health_port + worker)
-            await health.start()
-            logger.info("health endpoint on http://%s:%d", health.host, health.port)
         try:
-            await service.run()
+            # A task of its own, so that a signal cancels the start and nothing else.
+            starting = asyncio.ensure_future(start())
+            try:
+                await starting
+            except asyncio.CancelledError:
+                if len(signals) != 1 or not starting.cancelled():
+                    raise
+                logger.info("service %s stopped during start-up (%s)", service.name, signals[0])
+                return STOPPED
+            if signals and not stopping:
+                # The signal came during start-up, but something (a hook) swallowed
+                # the cancellation and the start went on: stop it now.
+                logger.info("%s: stopping service %s (draining)", signals[0], service.name)
+                stopping.append(asyncio.ensure_future(service.stop()))
+            await service.run()  # started already: waits for a stop or a failure
             await asyncio.gather(*stopping)
         except asyncio.CancelledError:
-            if len(signals) > 1:
-                sys.stderr.write(f"mediator run: stopped by a second {signals[-1]}, not drained\n")
-                return _FORCED
-            raise
+            if len(signals) < 2:
+                raise
+            sys.stderr.write(f"mediator run: stopped by a second {signals[-1]}, not drained\n")
+            return FORCED
     finally:
         if health is not None:
             await health.stop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-    logger.info("service %s stopped cleanly (%s)", service.name, signals[0] if signals else "done")
-    return 0
-
-
-async def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
-    """Run `args.workers` copies of this command, forward signals, wait for them all."""
-    loop = asyncio.get_running_loop()
-    command = [sys.executable, "-m", "mediator", *_without_workers(argv)]
-    children: list[asyncio.subprocess.Process] = []
-    for number in range(args.workers):
-        env = {**os.environ, WORKER_VARIABLE: str(number)}
-        # A session of its own: a terminal's Ctrl-C reaches the parent only,
-        # which forwards one signal, rather than two reaching each worker.
-        children.append(
-            await asyncio.create_subprocess_exec(*command, env=env, start_new_session=True)
+    if service.cancelled_at_stop:
+        sys.stderr.write(
+            f"mediator run: {service.cancelled_at_stop} deliveries were still running after "
+            f"the drain timeout ({service.drain_timeout:g} s) and were cancelled, released "
+            "for redelivery (an at-most-once broker loses them); give handlers longer with "
+            "--drain-timeout, or the service manager a longer grace period\n"
         )
-    logger.info("started %d workers: %s", len(children), ", ".join(str(c.pid) for c in children))
+        return DRAIN_CANCELLED
+    logger.info(
+        "service %s stopped cleanly (%s)", service.name, signals[0] if signals else "by itself"
+    )
+    return STOPPED
 
-    def forward(signum: signal.Signals) -> None:
-        for child in children:
-            if child.returncode is None:
+
+@attrs.frozen
+class _RestartPolicy:
+    """How the parent of ``--workers`` replaces a worker that exits unexpectedly."""
+
+    delay: float = RESTART_DELAY
+    """Seconds before the first restart; each further one doubles it, up to
+    `max_delay`. It starts again from here once a worker ran `window` seconds."""
+    limit: int = RESTART_LIMIT
+    """Restarts of one worker within `window` seconds; one more failure gives up."""
+    max_delay: float = MAX_RESTART_DELAY
+    window: float = RESTART_WINDOW
+
+    def next_delay(self, previous: float | None) -> float:
+        if previous is None:
+            return self.delay
+        return min(previous * 2, max(self.max_delay, self.delay))
+
+
+@attrs.define
+class _Worker:
+    number: int
+    process: asyncio.subprocess.Process | None = None
+    started_at: float = 0.0
+    delay: float | None = None
+    """The last restart delay, None before the first restart (or after a long run)."""
+    restarts: collections.deque[float] = attrs.field(factory=collections.deque)
+    """When it was restarted, within the policy's window."""
+    status: int = STOPPED
+    """What its last exit says, as an exit status of `mediator run`."""
+
+
+class _Supervisor:
+    """Runs `count` workers of `command`, replaces those that fail, forwards
+    SIGTERM and SIGINT, and gives up when a worker keeps failing."""
+
+    def __init__(self, command: list[str], count: int, policy: _RestartPolicy) -> None:
+        self.command = command
+        self.policy = policy
+        self.workers = [_Worker(number) for number in range(count)]
+        self.stopping = asyncio.Event()
+        self.signals: list[signal.Signals] = []
+        self.gave_up: tuple[int, str] | None = None
+        """The exit status and reason when the parent stopped the workers itself."""
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        try:
+            await asyncio.gather(*(self._keep(worker) for worker in self.workers))
+        except BaseException:
+            # Whatever went wrong in here, the workers must not outlive the
+            # parent unasked: they drain and exit on their own.
+            self._stop(signal.SIGTERM)
+            raise
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+        statuses = [worker.status for worker in self.workers]
+        if self.gave_up is not None:
+            statuses.append(self.gave_up[0])
+        status = max(statuses, key=SEVERITY.index)
+        logger.info("every worker has exited; exit status %d", status)
+        if self.gave_up is not None:
+            # Last, so that it is the line an operator reads first.
+            sys.stderr.write(f"mediator run: {self.gave_up[1]}\n")
+        return status
+
+    def _on_signal(self, signum: signal.Signals) -> None:
+        self.signals.append(signum)
+        if len(self.signals) == 1 and not self.stopping.is_set():
+            logger.info("%s: stopping %d workers (draining)", signum.name, len(self.workers))
+        else:
+            logger.warning("%s again: forwarded, the workers stop at once", signum.name)
+        self._stop(signum)
+
+    def _stop(self, signum: signal.Signals) -> None:
+        self.stopping.set()
+        for worker in self.workers:
+            if worker.process is not None and worker.process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
-                    child.send_signal(signum)
+                    worker.process.send_signal(signum)
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, forward, signum)
-    status = 0
-    waits = {asyncio.ensure_future(child.wait()): child for child in children}
-    pending = set(waits)
-    while pending:
-        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        for finished in done:
-            code = finished.result()
-            if code != 0 and status == 0:
-                status = 1 if code < 0 else code
-                # One worker failed: stop the others rather than run short-handed.
-                logger.error(
-                    "worker %d exited with status %d; stopping the others",
-                    waits[finished].pid,
-                    code,
+    def _give_up(self, status: int, reason: str) -> None:
+        if self.stopping.is_set():
+            return
+        logger.error("%s", reason)
+        self.gave_up = (status, reason)
+        self._stop(signal.SIGTERM)
+
+    async def _keep(self, worker: _Worker) -> None:
+        """Run `worker` until the parent stops; restart it when it fails."""
+        loop = asyncio.get_running_loop()
+        while not self.stopping.is_set():
+            env = {**os.environ, WORKER_VARIABLE: str(worker.number)}
+            try:
+                # A session of its own: a terminal's Ctrl-C reaches the parent
+                # only, which forwards one signal, rather than two reaching each worker.
+                process = await asyncio.create_subprocess_exec(
+                    *self.command, env=env, start_new_session=True
                 )
-                forward(signal.SIGTERM)
-    return status
+            except OSError as exc:
+                self._give_up(FAILED, f"cannot start worker {worker.number}: {exc}")
+                worker.status = FAILED
+                return
+            worker.process, worker.started_at = process, loop.time()
+            if worker.restarts:
+                logger.warning("worker %d restarted: pid %d", worker.number, process.pid)
+            else:
+                logger.info("worker %d started: pid %d", worker.number, process.pid)
+            if self.stopping.is_set():
+                # The stop came while it was being started: it gets the signal too.
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(self.signals[0] if self.signals else signal.SIGTERM)
+            code = await process.wait()
+            ran = loop.time() - worker.started_at
+            what = f"worker {worker.number} (pid {process.pid}) {_describe(code)}"
+            if self.stopping.is_set():
+                worker.status = self._stopped_status(code)
+                if code < 0 and worker.status == STOPPED:
+                    what += ", before it had started anything"
+                log = logger.info if worker.status == STOPPED else logger.warning
+                log("%s", what)
+                return
+            if code == STOPPED:
+                logger.info("%s: its service ended by itself; not restarting it", what)
+                worker.status = STOPPED
+                return
+            worker.status = FAILED
+            if code == USAGE:
+                worker.status = USAGE
+                self._give_up(
+                    USAGE,
+                    f"{what}, a usage error that restarting cannot fix: stopped the other "
+                    "workers; correct the command line (its message is above)",
+                )
+                return
+            now = loop.time()
+            while worker.restarts and worker.restarts[0] <= now - self.policy.window:
+                worker.restarts.popleft()
+            if len(worker.restarts) >= self.policy.limit:
+                failures = len(worker.restarts) + 1
+                self._give_up(
+                    GAVE_UP,
+                    f"{what} after {ran:.1f} s: {failures} failure{'s' * (failures > 1)} "
+                    f"within {self.policy.window:g} s, more than --restart-limit "
+                    f"{self.policy.limit} restarts allow; gave up restarting it and stopped "
+                    "the other workers (its errors are above)",
+                )
+                return
+            if ran >= self.policy.window:
+                worker.delay = None  # it ran a while: not a crash loop, restart quickly
+            worker.delay = self.policy.next_delay(worker.delay)
+            worker.restarts.append(now)
+            logger.error(
+                "%s after %.1f s; restarting it in %g s (restart %d of at most %d within %g s)",
+                what,
+                ran,
+                worker.delay,
+                len(worker.restarts),
+                self.policy.limit,
+                self.policy.window,
+            )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(worker.delay):
+                    await self.stopping.wait()
+        worker.status = STOPPED  # stopped while waiting to be restarted: nothing ran
+
+    def _stopped_status(self, code: int) -> int:
+        """What a worker's exit says once the parent stops the workers."""
+        if code in SEVERITY:
+            return code
+        if -code in {s.value for s in self.signals} or (-code == signal.SIGTERM and self.gave_up):
+            # Ended by the forwarded signal itself, before its handlers were
+            # installed (while Python started): it had not started anything.
+            return STOPPED
+        return FAILED
+
+
+def _describe(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+        return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def _worker_command(argv: list[str]) -> list[str]:
+    return [sys.executable, "-m", "mediator", *_without_workers(argv)]
 
 
 def _without_workers(argv: list[str]) -> list[str]:

@@ -73,6 +73,15 @@ class _Undone(Exception):
 
 
 
+class _TransactionLost(BaseException):
+    """Raised past the error policies when a handler call left the inbox's
+    transaction unusable: retrying inside it cannot succeed, so the delivery
+    is released and its redelivery begins a fresh transaction."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
 class ConsumerInbox(Protocol):
     """What ``EventConsumer(inbox=...)`` needs; `mediator.outbox.Inbox` is one."""
 
@@ -86,6 +95,9 @@ class ConsumerInbox(Protocol):
         """One handler call inside that transaction (a savepoint): leaving with
         an exception undoes the call's writes only."""
         ...
+
+    # Optional: ``lost(error) -> bool``, whether a call's error left the
+    # transaction unusable (a lost connection); see `Inbox.lost`.
 
 
 @attrs.frozen(kw_only=True)
@@ -197,6 +209,9 @@ class EventConsumer(RunsUntilStopped):
             guarantee=broker.delivery_guarantee.value,
         )
         self._drain_timeout = drain_timeout
+        self.cancelled_at_stop = 0
+        """Deliveries the last stop cancelled because they outlived the drain
+        timeout (each released for redelivery): 0 when every one drained."""
         self._wanted: list[tuple[str, str | None]] = []
         self._subscriptions: list[Subscription] = []
         self._readers: set[asyncio.Task[None]] = set()
@@ -275,11 +290,13 @@ class EventConsumer(RunsUntilStopped):
         deadline = asyncio.get_running_loop().time() + self._drain_timeout
         if readers:
             await asyncio.wait(readers, timeout=self._drain_timeout)
+        self.cancelled_at_stop = 0
         if self._in_flight:
             left = max(0.0, deadline - asyncio.get_running_loop().time())
             _, late = await asyncio.wait(self._in_flight, timeout=left)
             for task in late:
                 task.cancel()
+            self.cancelled_at_stop = len(late)
             if late:
                 logger.warning("cancelled %d deliveries still running after drain", len(late))
                 # Bounded too: a handler that swallows its cancellation, or a
@@ -550,6 +567,13 @@ class EventConsumer(RunsUntilStopped):
                     raise _Undone(outcome)
         except _Undone as undone:
             return undone.outcome
+        except _TransactionLost as lost:
+            logger.warning(
+                "message %s: its inbox transaction was lost (%r); released for redelivery",
+                message.message_id,
+                lost.error,
+            )
+            return _Outcome(release=f"its inbox transaction was lost: {lost.error!r}")
         except Exception as exc:
             # The database refused to begin or to commit: nothing was kept.
             logger.exception("the inbox transaction of message %s failed", message.message_id)
@@ -564,11 +588,18 @@ class EventConsumer(RunsUntilStopped):
         if bindings is None:
             assert self._inbox is not None
             attempt = self._inbox.attempt
+            lost: Callable[[BaseException], bool] | None = getattr(self._inbox, "lost", None)
 
             def in_attempt(call: HandlerCall) -> HandlerCall:
                 async def attempted(event: Event, resolver: Resolver | None) -> list[Event] | None:
-                    async with attempt():
-                        return await call(event, resolver)
+                    try:
+                        async with attempt():
+                            return await call(event, resolver)
+                    except Exception as exc:
+                        # The database's failure, not the handler's: past the policies.
+                        if lost is not None and lost(exc):
+                            raise _TransactionLost(exc) from exc
+                        raise
 
                 return attempted
 

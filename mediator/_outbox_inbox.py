@@ -12,7 +12,7 @@ from contextvars import Token
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select, tuple_
+from sqlalchemy import bindparam, delete, exc, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -122,6 +122,25 @@ class Inbox:
         consumer opens one per call and per retry): a handler that raised
         leaves none of its writes behind."""
         return current_session().begin_nested()
+
+    def lost(self, error: BaseException) -> bool:
+        """Whether `error`, raised by a handler call in a delivery's
+        transaction, left that transaction unusable: the connection died
+        (a backend terminated, a network cut) or the database aborted the
+        transaction. Then no retry inside it can succeed; the consumer gives
+        the delivery back instead, and its redelivery begins a fresh one."""
+        if isinstance(error, exc.PendingRollbackError | exc.ResourceClosedError):
+            return True
+        if isinstance(error, exc.DBAPIError) and (
+            error.connection_invalidated
+            or isinstance(error, exc.OperationalError | exc.InterfaceError)
+        ):
+            return True
+        work = _work.get()
+        if work is None:
+            return False
+        transaction = work.session.get_transaction()
+        return transaction is None or not transaction.is_active
 
     async def seen(self, message_id: Any) -> bool:
         """Whether `message_id` is recorded for this consumer."""

@@ -163,6 +163,9 @@ class Service(RunsUntilStopped):
         """Whether subscriptions have an inbox unless `subscribe` says otherwise."""
         self._subscriptions: list[tuple[str, str | None, EventMap, bool | Inbox | None]] = []
         self._started = False
+        self.cancelled_at_stop = 0
+        """Deliveries the last stop cancelled because they outlived `drain_timeout`
+        (released for redelivery, not handled): 0 when every one drained."""
         self._startup: list[Hook] = []
         self._shutdown_hooks: list[Hook] = []
         self._background: list[Hook] = []
@@ -539,6 +542,7 @@ class Service(RunsUntilStopped):
         consumers, self._consumers = self._consumers, []
         results = await asyncio.gather(*(c.stop() for c, _ in consumers), return_exceptions=True)
         errors.extend(r for r in results if isinstance(r, BaseException))
+        self.cancelled_at_stop = sum(c.cancelled_at_stop for c, _ in consumers)
         if announce:
             try:
                 await self.event_emitter.emit_all((ServiceStopping(service=self.name),))

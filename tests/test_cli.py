@@ -1,11 +1,14 @@
 """The ``mediator`` command, run as operators run it: a process of its own on
-Redis Streams, stopped with SIGTERM, read through its output and exit status."""
+Redis Streams or the memory broker, stopped with SIGTERM, read through its
+output and exit status (each status docs/running.md lists is tested here)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -19,7 +22,16 @@ import redis.asyncio
 
 from brokers.redis import RedisStreamBroker
 from mediator import EventEmitter, EventMap
-from mediator._cli import main
+from mediator._cli import (
+    DRAIN_CANCELLED,
+    FAILED,
+    FORCED,
+    GAVE_UP,
+    SEVERITY,
+    STOPPED,
+    USAGE,
+    main,
+)
 from tests.cli_app import OrderPlaced
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,7 +212,7 @@ async def test_a_failing_start_exits_1_with_the_reason_in_one_line(
     assert not any("Traceback" in line for line in command.stderr), command.stderr
 
 
-async def test_a_worker_that_fails_to_start_fails_the_command(
+async def test_without_restarts_a_worker_that_fails_to_start_stops_the_command(
     redis_url: str, key_prefix: str, commands: list[Command]
 ) -> None:
     env = _env(key_prefix, redis_url)
@@ -211,11 +223,14 @@ async def test_a_worker_that_fails_to_start_fails_the_command(
         "redis+streams://127.0.0.1:1",
         "--workers",
         "2",
+        "--restart-limit",
+        "0",
         env=env,
     )
     commands.append(command)
-    assert await command.finish() == 1
+    assert await command.finish() == GAVE_UP
     assert sum(line.startswith("mediator run: BrokerUnavailableError") for line in command.stderr)
+    assert "--restart-limit 0" in command.stderr[-1]
 
 
 async def test_the_health_endpoint_answers_liveness_readiness_and_stats(
@@ -285,3 +300,192 @@ def test_the_console_script_is_the_same_command() -> None:
 
     [script] = entry_points(group="console_scripts", name="mediator")
     assert script.load() is main
+
+
+# -- lifecycle on the memory broker (tests/cli_lifecycle_app.py) -----------------
+
+
+def _lifecycle_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+
+
+async def _run_app(
+    commands: list[Command], app: str, *args: str, env: dict[str, str] | None = None
+) -> Command:
+    command = await _start(
+        "run", f"tests.cli_lifecycle_app:{app}", *args, env=env or _lifecycle_env()
+    )
+    commands.append(command)
+    return command
+
+
+def _two_free_ports() -> int:
+    """A port P such that P and P + 1 are free (worker i serves on P + i)."""
+    for _ in range(50):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            port: int = first.getsockname()[1]
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("found no two consecutive free ports")
+
+
+def test_the_exit_statuses_and_their_ranking_are_the_documented_ones() -> None:
+    assert (STOPPED, FAILED, USAGE, FORCED, DRAIN_CANCELLED, GAVE_UP) == (0, 1, 2, 3, 4, 5)
+    # Least to most serious, as docs/running.md ranks them for the parent of --workers.
+    assert SEVERITY == (0, 4, 3, 1, 5, 2)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("tests.cli_lifecycle_app:plain", "--workers", "0"),
+        ("tests.cli_lifecycle_app:plain", "--no-such-option"),
+        ("tests.cli_lifecycle_app:plain", "--restart-limit", "-1"),
+        ("tests.cli_lifecycle_app:nothing_here", "--workers", "2"),
+    ],
+    ids=["workers-0", "unknown-option", "negative-limit", "worker-usage-error"],
+)
+async def test_a_usage_error_exits_2(commands: list[Command], args: tuple[str, ...]) -> None:
+    command = await _start("run", *args, env=_lifecycle_env())
+    commands.append(command)
+    assert await command.finish() == USAGE
+    assert command.stderr[-1].startswith(("mediator run: ", "mediator: error: ")), command.stderr
+    assert not any("Traceback" in line for line in command.stderr), command.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_service_that_ends_by_itself_exits_0_and_is_not_restarted(
+    commands: list[Command], workers: str
+) -> None:
+    command = await _run_app(commands, "ends_by_itself", "--workers", workers)
+    assert await command.finish() == STOPPED, "\n".join(command.stderr)
+    assert command.stdout.count("started ends_by_itself") == int(workers)
+    assert not any("restarting it in" in line for line in command.stderr), command.stderr
+
+
+async def test_a_failing_service_exits_1_with_the_reason_last(commands: list[Command]) -> None:
+    command = await _run_app(commands, "failing_start")
+    assert await command.finish() == FAILED
+    assert command.stderr[-1] == ("mediator run: RuntimeError: the start-up hook failed on purpose")
+    assert "broker stopped" in command.stdout, "what had started was stopped"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_sigterm_during_a_slow_start_up_hook_stops_what_started_and_exits_0(
+    commands: list[Command], workers: str
+) -> None:
+    command = await _run_app(commands, "slow_start", "--workers", workers)
+    for _ in range(int(workers)):
+        await command.line("stdout", "waiting in start-up")
+    command.process.send_signal(signal.SIGTERM)
+    assert await command.finish() == STOPPED, "\n".join(command.stderr)
+    assert command.stdout.count("start-up cancelled") == int(workers)
+    assert command.stdout.count("broker stopped") == int(workers)
+    stopped = [line for line in command.stderr if "service slow_start did not start" in line]
+    assert len(stopped) == int(workers), command.stderr
+    assert not any("Traceback" in line for line in command.stderr), command.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_drain_cut_short_by_the_drain_timeout_exits_4(
+    commands: list[Command], workers: str
+) -> None:
+    command = await _run_app(commands, "stuck", "--drain-timeout", "0.2", "--workers", workers)
+    for _ in range(int(workers)):
+        await command.line("stdout", "handling stuck")
+    command.process.send_signal(signal.SIGTERM)
+    assert await command.finish() == DRAIN_CANCELLED, "\n".join(command.stderr)
+    reason = "mediator run: 1 deliveries were still running after the drain timeout (0.2 s)"
+    assert sum(line.startswith(reason) for line in command.stderr) == int(workers)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_second_signal_stops_at_once_and_exits_3(
+    commands: list[Command], workers: str
+) -> None:
+    command = await _run_app(commands, "stuck", "--drain-timeout", "60", "--workers", workers)
+    for _ in range(int(workers)):
+        await command.line("stdout", "handling stuck")
+    command.process.send_signal(signal.SIGTERM)
+    for _ in range(int(workers)):
+        await command.line("stderr", "SIGTERM: stopping service stuck (draining)")
+    command.process.send_signal(signal.SIGINT)
+    assert await command.finish() == FORCED, "\n".join(command.stderr)
+    forced = "mediator run: stopped by a second SIGINT, not drained"
+    assert command.stderr.count(forced) == int(workers)
+
+
+async def test_a_killed_worker_is_restarted_with_its_number_and_health_port(
+    commands: list[Command],
+) -> None:
+    port = _two_free_ports()
+    command = await _run_app(
+        commands,
+        "plain",
+        "--broker",
+        "memory://",
+        "--workers",
+        "2",
+        "--health-port",
+        str(port),
+        "--restart-delay",
+        "0.05",
+    )
+    pid = int((await command.line("stderr", "worker 1 started: pid ")).rsplit(" ", 1)[1])
+    await command.line("stderr", f"[{pid}] service plain started")
+    assert await _get(port + 1, "/readyz") == (200, {"status": "ready"})
+
+    os.kill(pid, signal.SIGKILL)
+    await command.line("stderr", f"worker 1 (pid {pid}) was killed by SIGKILL")
+    line = await command.line("stderr", "worker 1 restarted: pid ")
+    restarted = int(line.rsplit(" ", 1)[1])
+    assert restarted != pid
+    await command.line("stderr", f"[{restarted}] service plain started")
+    # The same number, so the same port: probes keep pointing at the right place.
+    assert await _get(port + 1, "/readyz") == (200, {"status": "ready"})
+    assert await _get(port, "/readyz") == (200, {"status": "ready"})
+
+    command.process.send_signal(signal.SIGTERM)
+    assert await command.finish() == STOPPED, "\n".join(command.stderr)
+    assert any(f"worker 1 (pid {restarted}) exited with status 0" in x for x in command.stderr)
+    assert command.stdout.count("started plain") == 3
+
+
+async def test_a_worker_failing_at_every_start_makes_the_parent_give_up_with_5(
+    commands: list[Command],
+) -> None:
+    command = await _run_app(
+        commands,
+        "failing_start",
+        "--workers",
+        "2",
+        "--restart-delay",
+        "0.05",
+        "--restart-limit",
+        "2",
+        env=_lifecycle_env(CLI_APP_FAILING_WORKER="1"),
+    )
+    assert await command.finish() == GAVE_UP, "\n".join(command.stderr)
+    restarts = [line for line in command.stderr if "restarting it in" in line]
+    assert len(restarts) == 2, restarts
+    assert all(
+        re.search(r"worker 1 \(pid \d+\) exited with status 1 after [\d.]+ s; restarting", x)
+        for x in restarts
+    ), restarts
+    assert sum("worker 1 restarted: pid" in line for line in command.stderr) == 2
+    assert not any("worker 0 restarted" in line for line in command.stderr)
+    # Worker 0 was stopped by the parent: drained, or not yet started.
+    assert any(
+        re.search(r"worker 0 \(pid \d+\) (exited with status 0|was killed by SIGTERM)", x)
+        for x in command.stderr
+    ), command.stderr
+    assert re.fullmatch(
+        r"mediator run: worker 1 \(pid \d+\) exited with status 1 after [\d.]+ s: 3 failures "
+        r"within 60 s, more than --restart-limit 2 restarts allow; gave up restarting it and "
+        r"stopped the other workers \(its errors are above\)",
+        command.stderr[-1],
+    ), command.stderr[-1]

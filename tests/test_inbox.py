@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import text
 
 from mediator import (
+    Backoff,
     DeadLetter,
     EventConsumer,
     EventEmitter,
@@ -363,3 +364,48 @@ async def test_a_delivery_inside_a_unit_of_work_is_refused(db: Database) -> None
     async with db.outbox.unit_of_work():
         with pytest.raises(OutboxError, match="a delivery is handled in a transaction of its own"):
             await inbox.handling(MessageCodec.to_message(Paid(order_id=1))).__aenter__()
+
+
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("where", ["in the handler", "at the commit"])
+async def test_a_database_connection_lost_releases_the_delivery_and_its_retry_is_clean(
+    db: Database, where: str
+) -> None:
+    # A backend terminated while a delivery's transaction is open: the retry
+    # policy must not run again inside that broken transaction (every attempt
+    # would fail and the message be dead-lettered as handler_failed); the
+    # delivery is given back, and its redelivery, in a fresh transaction, pays once.
+    from brokers.memory import InMemoryMessageBroker
+
+    table = await payments_table(db)
+    broker = InMemoryMessageBroker(channel_prefix="billing")
+    events = EventMap()
+    calls: list[int] = []
+    inbox = Inbox(db.outbox, consumer="billing")
+
+    @events.bind(Paid, policy=Retry(attempts=3, then=DeadLetter()))
+    async def record_payment(paid: Paid) -> None:
+        calls.append(paid.order_id)
+        session = current_session()
+        await session.execute(
+            text(f"INSERT INTO {table} (order_id) VALUES (:order_id)"), {"order_id": paid.order_id}
+        )
+        if len(calls) == 1:
+            if where == "in the handler":
+                await session.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+            else:
+                # Killed from elsewhere, so that the handler returns and the commit fails.
+                pid = (await session.execute(text("SELECT pg_backend_pid()"))).scalar()
+                await db.execute("SELECT pg_terminate_backend(:pid)", pid=pid)
+
+    consumer = EventConsumer(
+        broker=broker, event_map=events, inbox=inbox, redelivery_backoff=Backoff(initial=0.01)
+    )
+    await consumer.subscribe("billing:notification_event:*")
+    async with consumer:
+        await broker.send_message(MessageCodec.to_message(Paid(order_id=8)))
+        stats = await wait_until(consumer, lambda s: s.handled == 1, timeout=15)
+
+    assert stats.dead_lettered == 0
+    assert stats.released >= 1
+    assert await payments(db, table) == [8]
