@@ -97,7 +97,8 @@ class ConsumerInbox(Protocol):
         ...
 
     # Optional: ``lost(error) -> bool``, whether a call's error left the
-    # transaction unusable (a lost connection); see `Inbox.lost`.
+    # transaction unusable (a lost connection), see `Inbox.lost`; and
+    # ``async close()``, called when the consumer stops.
 
 
 @attrs.frozen(kw_only=True)
@@ -313,6 +314,11 @@ class EventConsumer(RunsUntilStopped):
         await self._close_subscriptions()
         # A reader its transport kept alive past cancellation ends with the close.
         await asyncio.gather(*readers, return_exceptions=True)
+        # The inbox's expiry beside the deliveries ends with them: nothing of
+        # the consumer outlives its stop to use an engine disposed next.
+        close_inbox = getattr(self._inbox, "close", None)
+        if close_inbox is not None:
+            await close_inbox()
 
     # -- receiving ---------------------------------------------------------
 

@@ -175,6 +175,16 @@ class Inbox:
             self._expire_quietly(), name=f"expire {self!r}"
         )
 
+    async def close(self) -> None:
+        """End the expiry running beside the deliveries, if one is (its
+        transaction rolls back; the next one deletes what it did not). A
+        consumer calls this when it stops, so that nothing of the inbox
+        outlives it to use an engine the application disposes next."""
+        task = self._expiring
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
     async def _expire_quietly(self) -> None:
         try:
             await self.expire()

@@ -327,9 +327,15 @@ async def test_expiring_old_records_runs_beside_the_deliveries_not_in_their_path
     expiring = asyncio.Event()
     may_finish = asyncio.Event()
 
+    cancelled = asyncio.Event()
+
     async def slow_expire(self: Inbox) -> int:
         expiring.set()
-        await may_finish.wait()
+        try:
+            await may_finish.wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
         return 0
 
     monkeypatch.setattr(Inbox, "expire", slow_expire)
@@ -342,6 +348,10 @@ async def test_expiring_old_records_runs_beside_the_deliveries_not_in_their_path
             # The expiry hangs, and the delivery that started it is settled.
             stats = await wait_until(billing.consumer, lambda stats: stats.handled == 1)
             assert stats.in_flight == 0
+        # Stopping the consumer ended the expiry too: nothing of it outlives the
+        # consumer to use an engine the application disposes next.
+        assert cancelled.is_set()
+        assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("expire <Inbox")]
     finally:
         may_finish.set()
     assert await payments(db, table) == [1]
