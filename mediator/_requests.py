@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator
 from typing import Any, Generic, TypeVar
 
@@ -103,6 +104,13 @@ class RequestMap:
             raise RequestBindingError(
                 f"RequestMap.bind({request_type.__name__}, {handler_type!r}): the handler must be "
                 "a class with an `async def handle(request)` method"
+            )
+        handle = handler_type.handle
+        if not (inspect.iscoroutinefunction(handle) or inspect.isasyncgenfunction(handle)):
+            raise RequestBindingError(
+                f"RequestMap.bind({request_type.__name__}, {handler_type.__name__}): its handle "
+                "is a plain def, and a request's handler is awaited; declare it `async def "
+                "handle(self, request)` (a blocking call inside can go to asyncio.to_thread)"
             )
         existing = self._handlers.get(request_type)
         if existing is not None:

@@ -33,6 +33,7 @@ from mediator import (
     MessageDecodeError,
     NotificationEvent,
     Request,
+    RequestBindingError,
     RequestHandler,
     RequestMap,
     Retry,
@@ -518,3 +519,12 @@ async def test_a_stopped_consumer_waits_for_a_sync_handler_in_a_thread() -> None
 
     assert finished == [9]
     assert consumer.stats.handled == 1
+
+
+def test_a_request_handler_with_a_sync_handle_is_refused_where_it_is_bound() -> None:
+    class Adds(RequestHandler[AddAsAttrs, int]):
+        def handle(self, request: AddAsAttrs) -> int:  # type: ignore[override]
+            return request.a + request.b
+
+    with pytest.raises(RequestBindingError, match="its handle is a plain def"):
+        RequestMap().bind(AddAsAttrs, Adds)
