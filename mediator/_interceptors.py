@@ -1,5 +1,6 @@
-"""Interceptors: code around each send, each publish and each delivery,
-reading and setting envelope headers (a tenant, a trace) on both sides."""
+"""Interceptors: code around each send, each publish, each outbox relay's
+publish and each delivery, reading and setting envelope headers (a tenant,
+a trace) on both sides."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ class Consuming:
 
 
 class Interceptor:
-    """Code around each send, each published batch and each consumed delivery.
+    """Code around each send, each published batch, each batch an outbox
+    relay publishes and each consumed delivery.
 
     Override what you need; each method returns a context manager, entered
     before the work and left after it (also when it fails), in the task that
@@ -89,6 +91,15 @@ class Interceptor:
     def publishing(self, publishing: Publishing) -> AbstractContextManager[None]:
         """Around the publish of one batch; may replace `publishing.messages`
         before it yields."""
+        return _NOTHING
+
+    def relaying(self, publishing: Publishing) -> AbstractContextManager[None]:
+        """Around an `OutboxRelay`'s publish of one batch of outbox rows to
+        `publishing.broker`, the real broker (the write of those rows to the
+        outbox went through `publishing`, in the send). The envelopes carry
+        the headers written with the rows (the send's trace context, a
+        tenant): read them, and leave them as they are, so that consumers
+        see what the send wrote."""
         return _NOTHING
 
     def consuming(self, consuming: Consuming) -> AbstractContextManager[None]:
@@ -132,11 +143,13 @@ async def intercept_publish(
     interceptors: Sequence[Interceptor],
     publishing: Publishing,
     publish: Callable[[Sequence[Message]], Awaitable[None]],
+    method: str = "publishing",
 ) -> None:
-    """`publish` the batch inside every interceptor's `publishing`."""
+    """`publish` the batch inside every interceptor's `publishing` (or
+    `relaying`, as `method` says)."""
     with ExitStack() as stack:
         for interceptor in interceptors:
-            stack.enter_context(interceptor.publishing(publishing))
+            stack.enter_context(getattr(interceptor, method)(publishing))
         await publish(publishing.messages)
 
 

@@ -193,6 +193,11 @@ class Outbox:
     raises OutboxError when none is. `database` is an `AsyncEngine` or an
     `async_sessionmaker` (bound to an engine) that makes the sessions.
     PostgreSQL (asyncpg) and SQLite (aiosqlite) are supported.
+
+    `channel_prefix` is the prefix of the broker the rows are relayed to,
+    which names their logical channels in traces (`mediator.otel`): an
+    `OutboxRelay` built on the outbox sets it from its broker when it is
+    None, and so does a `Service`; give it when the relay runs elsewhere.
     """
 
     def __init__(
@@ -200,6 +205,7 @@ class Outbox:
         database: AsyncEngine | async_sessionmaker[AsyncSession],
         *,
         prefix: str = "mediator",
+        channel_prefix: str | None = None,
     ) -> None:
         if isinstance(database, AsyncEngine):
             engine = database
@@ -234,6 +240,9 @@ class Outbox:
         """The tables, by name and as SQLAlchemy `Table` objects."""
         self.dialect = dialect
         """ "postgresql" or "sqlite"."""
+        self.channel_prefix = channel_prefix
+        """The channel prefix of the broker the rows are relayed to, or None
+        while unknown (set by the first relay built on the outbox)."""
         table = self.tables.outbox
         self._insert = table.insert()
         # SQLite lets one transaction write at a time, so rows are numbered in

@@ -15,16 +15,28 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
-from sqlalchemy import BindParameter, bindparam, delete, func, literal, or_, select, update
+from sqlalchemy import (
+    BindParameter,
+    bindparam,
+    case,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
 
 from mediator._broker import MessageBroker
 from mediator._exceptions import MessageDecodeError
+from mediator._interceptors import Interceptor, Publishing, intercept_publish, overrides
 from mediator._limits import quote
 from mediator._message import Message, MessageCodec
-from mediator._outbox import Outbox, utcnow
+from mediator._outbox import Outbox, as_utc, utcnow
 from mediator._outbox_tables import DEAD, PENDING, SENT
 from mediator._policies import Backoff
 from mediator._running import RunsUntilStopped
+from mediator._service import describe_broker
 
 __all__ = ["OutboxRelay", "RelayRound", "RelayStats"]
 
@@ -132,6 +144,15 @@ class OutboxRelay(RunsUntilStopped):
     checked every `cleanup_interval` seconds. `stop()` lets the round in
     progress finish (up to `drain_timeout` seconds), then returns; `run()`
     raises the error that ended the relay's loop, if one did.
+
+    Logs (logger ``mediator.outbox``, INFO): a line when it starts (its
+    name, the table, the broker, listening or polling), one every
+    `progress_interval` seconds (None: none) with the rows published,
+    retried and dead since the last line, the rows pending and how long the
+    oldest due one has waited (one aggregate query per interval; after an
+    idle line, quiet intervals write nothing), and one when it stops, with
+    its totals. `interceptors` run around each publish (`Interceptor.relaying`;
+    `mediator.otel.OpenTelemetry` traces it, linked to the sends).
     """
 
     def __init__(
@@ -149,6 +170,8 @@ class OutboxRelay(RunsUntilStopped):
         cleanup_interval: float = 60.0,
         listen: bool = True,
         drain_timeout: float = 10.0,
+        progress_interval: float | None = 60.0,
+        interceptors: Sequence[Interceptor] = (),
     ) -> None:
         _positive(
             "OutboxRelay",
@@ -158,6 +181,7 @@ class OutboxRelay(RunsUntilStopped):
             poll_interval=poll_interval,
             cleanup_interval=cleanup_interval,
             drain_timeout=drain_timeout,
+            progress_interval=progress_interval,
         )
         if retention is not None and retention < 0:
             raise ValueError(f"OutboxRelay(retention={retention}): must be 0 or more, or None")
@@ -178,6 +202,9 @@ class OutboxRelay(RunsUntilStopped):
             )
         self.outbox = outbox
         self.broker = broker
+        if outbox.channel_prefix is None:
+            # The outbox's writes are traced with the channels the rows go to.
+            outbox.channel_prefix = getattr(broker, "channel_prefix", None)
         self.name = name or _relay_name()
         """The relay's name in ``locked_by``; no two relays may share it."""
         self.batch_size = batch_size
@@ -192,6 +219,11 @@ class OutboxRelay(RunsUntilStopped):
         self.listen = listen and outbox.dialect == "postgresql"
         """Whether the relay LISTENs for commits (PostgreSQL only)."""
         self.drain_timeout = drain_timeout
+        self.progress_interval = progress_interval
+        """Seconds between progress lines at INFO; None writes none."""
+        self.interceptors: tuple[Interceptor, ...] = tuple(interceptors)
+        """Around each publish of a batch (their `Interceptor.relaying`)."""
+        self._relaying = overrides(self.interceptors, "relaying")
         self.stats = RelayStats()
         self._codec = MessageCodec(lambda name: None, max_size=2**31)
         self._send_messages: Any = getattr(broker, "send_messages", None)
@@ -205,6 +237,13 @@ class OutboxRelay(RunsUntilStopped):
         self._next_listen = 0.0
         self._next_due: dt.datetime | None = None
         self._next_cleanup = 0.0
+        self._started_at = 0.0
+        self._next_progress = 0.0
+        self._last_line = (0.0, 0, 0, 0)
+        """When the last progress line was written, and the published,
+        retried and dead counters then."""
+        self._quiet = False
+        """Whether the last progress line said the relay was idle."""
         self._build_statements()
 
     def __repr__(self) -> str:
@@ -303,6 +342,12 @@ class OutboxRelay(RunsUntilStopped):
             .limit(_CLEANUP_BATCH)
         )
         self._delete_keys = delete(keys).where(keys.c.partition_key.in_(old_keys))
+        # One aggregate for the progress line: the pending rows, and when the
+        # oldest of those due was written.
+        self._backlog = select(
+            func.count(),
+            func.min(case((table.c.next_attempt_at <= now, table.c.created_at))),
+        ).where(table.c.status == PENDING)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -317,6 +362,7 @@ class OutboxRelay(RunsUntilStopped):
         if self.listen and self._listener is None:
             await self._start_listening()
         self._unhook = self.outbox._wake_me(self._wake.set)
+        self._log_start()
         task = asyncio.create_task(self._loop(stopping), name=f"outbox relay {self.name}")
         task.add_done_callback(functools.partial(self._ended, stopping))
         self._task = task
@@ -385,10 +431,15 @@ class OutboxRelay(RunsUntilStopped):
 
     async def _loop(self, stopping: asyncio.Event) -> None:
         failures = 0  # rounds in a row that published nothing, or failed
+        self._started_at = time.monotonic()
+        self._progress_from(self._started_at)
+        self._quiet = False
         try:
             while not stopping.is_set():
                 if self.listen and self._listener is None:
                     await self._start_listening()
+                if self.progress_interval is not None and time.monotonic() >= self._next_progress:
+                    await self._log_progress()
                 # Cleared before the round: a commit during it wakes the next one.
                 self._wake.clear()
                 try:
@@ -419,6 +470,7 @@ class OutboxRelay(RunsUntilStopped):
                 failures = 0
                 await self._idle()
         finally:
+            self._log_stop()
             await self._stop_listening()
 
     async def _pause(self, seconds: float, stopping: asyncio.Event) -> None:
@@ -430,8 +482,12 @@ class OutboxRelay(RunsUntilStopped):
             pass
 
     async def _idle(self) -> None:
-        """Wait for a commit, a notification, the next retry due, or the poll."""
+        """Wait for a commit, a notification, the next retry due, the poll, or
+        the next progress line."""
         timeout = self.poll_interval
+        if self.progress_interval is not None:
+            # Woken for the progress line too: it is written between rounds.
+            timeout = max(0.0, min(timeout, self._next_progress - time.monotonic()))
         if self._next_due is not None:
             until_due = (self._next_due - utcnow()).total_seconds()
             if until_due <= timeout:
@@ -562,6 +618,13 @@ class OutboxRelay(RunsUntilStopped):
         )
 
     async def _publish(self, messages: Sequence[Message]) -> None:
+        if self._relaying:
+            publishing = Publishing(messages=messages, broker=self.broker)
+            await intercept_publish(self._relaying, publishing, self._send, "relaying")
+        else:
+            await self._send(messages)
+
+    async def _send(self, messages: Sequence[Message]) -> None:
         if self._send_messages is not None:
             await self._send_messages(messages)
         else:
@@ -764,6 +827,100 @@ class OutboxRelay(RunsUntilStopped):
             logger.debug("UNLISTEN failed; the connection is closed anyway", exc_info=True)
         await _close_quietly(connection)
 
+    # -- logs --------------------------------------------------------------------
+
+    def _log_start(self) -> None:
+        if self.listening:
+            woken = f"woken by LISTEN/NOTIFY, polling every {self.poll_interval:g} s as a fallback"
+        elif self.listen:
+            woken = f"polling every {self.poll_interval:g} s until it can LISTEN"
+        else:
+            woken = f"polling every {self.poll_interval:g} s"
+        progress = (
+            "no progress lines"
+            if self.progress_interval is None
+            else f"progress every {self.progress_interval:g} s"
+        )
+        logger.info(
+            "outbox relay %s started: table %s (%s) to %s, %s; %s",
+            self.name,
+            self.outbox.tables.outbox.name,
+            self.outbox.dialect,
+            describe_broker(self.broker),
+            woken,
+            progress,
+        )
+
+    def _progress_from(self, now: float) -> None:
+        stats = self.stats
+        self._last_line = (now, stats.published, stats.retried, stats.dead)
+        if self.progress_interval is not None:
+            self._next_progress = now + self.progress_interval
+
+    async def _backlog_now(self) -> tuple[int, float | None]:
+        """The pending rows, and the seconds the oldest due one has waited."""
+        now = utcnow()
+        async with self.outbox.engine.connect() as connection:
+            pending, oldest = (await connection.execute(self._backlog, {"now": now})).one()
+        waited = None if oldest is None else max(0.0, (now - as_utc(oldest)).total_seconds())
+        return int(pending), waited
+
+    async def _log_progress(self) -> None:
+        """The progress line: one every `progress_interval` seconds while there
+        is something to say; after an idle line, nothing until there is."""
+        stats = self.stats
+        since, published, retried, dead = self._last_line
+        published, retried, dead = (
+            stats.published - published,
+            stats.retried - retried,
+            stats.dead - dead,
+        )
+        now = time.monotonic()
+        try:
+            pending, waited = await self._backlog_now()
+        except Exception as exc:
+            backlog = f"the pending rows cannot be counted ({quote(repr(exc))})"
+            idle = False
+        else:
+            if pending == 0:
+                backlog = "nothing pending"
+            elif waited is None:
+                backlog = f"{pending} pending, none due yet"
+            else:
+                backlog = f"{pending} pending, the oldest due one waiting {_seconds(waited)}"
+            idle = pending == 0 and not (published or retried or dead)
+        if idle and self._quiet:
+            self._next_progress = now + (self.progress_interval or 0.0)
+            return  # said already: the next line comes when there is something to say
+        self._quiet = idle
+        self._progress_from(now)
+        logger.info(
+            "outbox relay %s: %d published, %d retried, %d dead in the last %s; %s%s",
+            self.name,
+            published,
+            retried,
+            dead,
+            _seconds(now - since),
+            backlog,
+            " (idle: no more lines until there is something to say)" if idle else "",
+        )
+
+    def _log_stop(self) -> None:
+        stats = self.stats
+        logger.info(
+            "outbox relay %s stopped after %s: in total %d published, %d retried, "
+            "%d dead, %d given back, %d lost to another relay, %d cleaned up, %d failed rounds",
+            self.name,
+            _seconds(time.monotonic() - self._started_at),
+            stats.published,
+            stats.retried,
+            stats.dead,
+            stats.released,
+            stats.lost,
+            stats.cleaned,
+            stats.errors,
+        )
+
     # -- observing ---------------------------------------------------------------
 
     def add_listener(self, listener: Callable[[RelayRound], None]) -> Callable[[], None]:
@@ -776,6 +933,10 @@ class OutboxRelay(RunsUntilStopped):
                 self._listeners.remove(listener)
 
         return remove
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
 
 
 def _describe(error: BaseException) -> str:

@@ -463,13 +463,29 @@ class Service(RunsUntilStopped):
     # -- inside --------------------------------------------------------------
 
     def _build_relay(self) -> OutboxRelay | None:
-        if self.outbox is None or not self._relay_wanted:
+        outbox = self.outbox
+        if outbox is None:
             return None
-        if self._relay is None or self._relay.broker is not self._broker:
+        broker = self._broker
+        if broker is not None and (
+            outbox.channel_prefix is None
+            # Set by a relay of a broker replaced since (`mediator run --broker`).
+            or (
+                self._relay is not None
+                and outbox.channel_prefix == getattr(self._relay.broker, "channel_prefix", None)
+            )
+        ):
+            # The outbox's writes are traced with the channels its rows go to.
+            outbox.channel_prefix = broker.channel_prefix
+        if not self._relay_wanted:
+            return None
+        if self._relay is None or self._relay.broker is not broker:
             from mediator._outbox_relay import OutboxRelay
 
-            assert self._broker is not None
-            self._relay = OutboxRelay(self.outbox, self._broker, drain_timeout=self.drain_timeout)
+            assert broker is not None
+            self._relay = OutboxRelay(
+                outbox, broker, drain_timeout=self.drain_timeout, interceptors=self.interceptors
+            )
         return self._relay
 
     async def _build_consumers(self) -> list[tuple[EventConsumer, list[SubscriptionSpec]]]:

@@ -14,15 +14,15 @@ Without this interceptor nothing is traced and nothing costs anything.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import attrs
 
 try:
-    from opentelemetry import metrics, propagate, trace
-    from opentelemetry.trace import SpanKind, Status, StatusCode
+    from opentelemetry import context, metrics, propagate, trace
+    from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "mediator.otel needs opentelemetry-api: pip install 'mediator-toolkit[otel]'"
@@ -48,13 +48,14 @@ _SYSTEMS = {
     "RabbitMQMessageBroker": "rabbitmq",
     "KafkaMessageBroker": "kafka",
     "AzureMessageBroker": "servicebus",
+    "Outbox": "outbox",
 }
 
 
 def messaging_system(broker: object) -> str:
     """The ``messaging.system`` of `broker`: the conventions' name where there
     is one (``rabbitmq``, ``kafka``, ``servicebus``), else ``redis``, ``memory``,
-    or the class name in lower case."""
+    ``outbox`` (`mediator.outbox.Outbox`), or the class name in lower case."""
     for cls in type(broker).__mro__:
         system = _SYSTEMS.get(cls.__name__)
         if system is not None:
@@ -66,7 +67,7 @@ def messaging_system(broker: object) -> str:
 
 
 class OpenTelemetry(Interceptor):
-    """Spans and metrics for every send, publish and delivery.
+    """Spans and metrics for every send, publish, outbox relay and delivery.
 
     - ``send {Request}`` (internal) around each `Mediator.send`, handler,
       local events and publishing included;
@@ -74,17 +75,26 @@ class OpenTelemetry(Interceptor):
       ``publish`` when a batch spans channels), with ``messaging.system``,
       ``messaging.destination.name``, ``messaging.operation.name`` and
       ``.type``, ``messaging.message.id`` for one message and
-      ``messaging.batch.message_count`` for several;
+      ``messaging.batch.message_count`` for several. A batch written to an
+      `Outbox` is named the same, with ``messaging.system`` ``outbox``,
+      ``messaging.operation.type`` ``create`` and ``mediator.outbox``;
+    - ``publish {channel}`` (producer) around each batch an `OutboxRelay`
+      publishes, with the real broker's ``messaging.*`` attributes, in a
+      trace of its own, linked to the span of each outbox write whose rows
+      it carries;
     - ``process {channel}`` (consumer) around the handling and settling of
       each delivery, with ``messaging.consumer.group.name`` when it has a
       group; a delivery released or dead-lettered ends with an error status.
 
-    The publish span's context travels in every envelope's headers as W3C
-    ``traceparent`` (and ``tracestate``), written by the global propagator,
-    so the process span in another process, on any transport, continues the
-    producer's trace. Metrics: ``messaging.client.operation.duration`` per
-    publish and ``messaging.process.duration`` per delivery (seconds), and
-    the counters ``messaging.client.sent.messages`` and
+    The publish span's context (the outbox write's, through an outbox)
+    travels in every envelope's headers as W3C ``traceparent`` (and
+    ``tracestate``), written by the global propagator, so the process span
+    in another process, on any transport, continues the producer's trace;
+    the relay leaves those headers alone. Metrics:
+    ``messaging.client.operation.duration`` per publish, outbox write and
+    relay publish, and ``messaging.process.duration`` per delivery
+    (seconds), and the counters ``messaging.client.sent.messages`` (what
+    went to a broker: not the outbox writes) and
     ``messaging.client.consumed.messages``.
     """
 
@@ -142,6 +152,9 @@ class OpenTelemetry(Interceptor):
     def publishing(self, publishing: Publishing) -> AbstractContextManager[None]:
         return self._publish_span(publishing) if self.tracing() else self._publish_timed(publishing)
 
+    def relaying(self, publishing: Publishing) -> AbstractContextManager[None]:
+        return self._relay_span(publishing) if self.tracing() else self._publish_timed(publishing)
+
     def consuming(self, consuming: Consuming) -> AbstractContextManager[None]:
         return self._process_span(consuming)
 
@@ -164,20 +177,30 @@ class OpenTelemetry(Interceptor):
             attributes["error.type"] = type(exc).__qualname__
             raise
         finally:
-            self.operation_duration.record(time.perf_counter() - started, attributes)
+            self._record_publish(publishing, started, attributes)
+
+    def _record_publish(
+        self, publishing: Publishing, started: float, attributes: dict[str, Any]
+    ) -> None:
+        self.operation_duration.record(time.perf_counter() - started, attributes)
+        if attributes["messaging.operation.type"] == "send":
+            # An outbox write is not a send: the relay's publish counts its rows.
             self.sent_messages.add(len(publishing.messages), attributes)
 
     def _publish_attributes(
         self, publishing: Publishing
     ) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
         messages = publishing.messages
-        prefix = getattr(publishing.broker, "channel_prefix", "")
+        prefix = getattr(publishing.broker, "channel_prefix", None) or ""
         channels = {channel_for(prefix, message) for message in messages}
         destination = channels.pop() if len(channels) == 1 else None
+        system = messaging_system(publishing.broker)
         attributes: dict[str, Any] = {
-            "messaging.system": messaging_system(publishing.broker),
+            "messaging.system": system,
             "messaging.operation.name": "publish",
-            "messaging.operation.type": "send",
+            # The outbox creates the messages (the conventions' "create"
+            # operation, whose context each message carries); the relay sends.
+            "messaging.operation.type": "create" if system == "outbox" else "send",
         }
         if destination is not None:
             attributes["messaging.destination.name"] = destination
@@ -186,6 +209,8 @@ class OpenTelemetry(Interceptor):
             attributes["messaging.message.id"] = str(messages[0].message_id)
         else:
             attributes["messaging.batch.message_count"] = len(messages)
+        if system == "outbox":
+            attributes["mediator.outbox"] = True
         return destination, metric_attributes, attributes
 
     @contextmanager
@@ -208,8 +233,31 @@ class OpenTelemetry(Interceptor):
                 span.set_attribute("error.type", type(exc).__qualname__)
                 raise
             finally:
-                self.operation_duration.record(time.perf_counter() - started, metric_attributes)
-                self.sent_messages.add(len(messages), metric_attributes)
+                self._record_publish(publishing, started, metric_attributes)
+
+    @contextmanager
+    def _relay_span(self, publishing: Publishing) -> Iterator[None]:
+        # A trace of its own (the relay's task may have been started inside
+        # any span), linked to the outbox write of each envelope. The headers
+        # are left alone: the consumers continue the sends' traces.
+        destination, metric_attributes, attributes = self._publish_attributes(publishing)
+        name = f"publish {destination}" if destination is not None else "publish"
+        started = time.perf_counter()
+        with self.tracer.start_as_current_span(
+            name,
+            context=context.Context(),
+            kind=SpanKind.PRODUCER,
+            attributes=attributes,
+            links=_links(publishing.messages),
+        ) as span:
+            try:
+                yield
+            except BaseException as exc:
+                metric_attributes["error.type"] = type(exc).__qualname__
+                span.set_attribute("error.type", type(exc).__qualname__)
+                raise
+            finally:
+                self._record_publish(publishing, started, metric_attributes)
 
     @contextmanager
     def _process_span(self, consuming: Consuming) -> Iterator[None]:
@@ -253,3 +301,16 @@ class OpenTelemetry(Interceptor):
 
 def _with_headers(message: Message, headers: Mapping[str, str]) -> Message:
     return attrs.evolve(message, headers={**message.headers, **headers})
+
+
+def _links(messages: Sequence[Message]) -> list[Link]:
+    """A link to the span context each envelope carries, once per context."""
+    links: dict[tuple[int, int], Link] = {}
+    for message in messages:
+        if not message.headers:
+            continue
+        carried = trace.get_current_span(propagate.extract(message.headers)).get_span_context()
+        key = (carried.trace_id, carried.span_id)
+        if carried.is_valid and key not in links:
+            links[key] = Link(carried)
+    return list(links.values())

@@ -9,7 +9,8 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.util.types import Attributes
 
 from brokers.memory import InMemoryMessageBroker
 from brokers.redis import RedisStreamBroker
@@ -38,8 +40,10 @@ from mediator import (
     Service,
 )
 from mediator.otel import OpenTelemetry
+from mediator.outbox import OutboxRelay
 from mediator.testing import wait_until
 from tests.cli_app import OrderPlaced
+from tests.outbox_support import KINDS, Database, open_database, relayed
 from tests.test_cli import _env, _start
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,8 +84,13 @@ class Telemetry:
     def finished(self) -> list[ReadableSpan]:
         return list(self.spans.get_finished_spans())
 
-    def span(self, name: str) -> ReadableSpan:
-        [found] = [span for span in self.finished() if span.name == name]
+    def span(self, name: str, **attributes: Any) -> ReadableSpan:
+        """The one finished span of `name` with these attributes (dots as ``_``)."""
+        [found] = [
+            span
+            for span in self.finished()
+            if span.name == name and _has(span.attributes, attributes)
+        ]
         return found
 
     def metric_points(self, name: str) -> list[Any]:
@@ -95,6 +104,10 @@ class Telemetry:
             if metric.name == name
             for point in metric.data.data_points
         ]
+
+
+def _has(found: Attributes, wanted: dict[str, Any]) -> bool:
+    return all((found or {}).get(k.replace("_", ".")) == v for k, v in wanted.items())
 
 
 @pytest.fixture
@@ -298,3 +311,143 @@ async def test_without_interceptors_the_send_path_is_the_plain_one() -> None:
     await service.mediator.send(PlaceOrder(order_id=2))
     [route] = service.mediator._routes.values()
     assert "intercepted" in route.__qualname__
+
+
+# -- through the outbox: send -> outbox write -> (link) relay publish; process continues the send
+
+
+@pytest.fixture(params=KINDS)
+async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    database = await open_database(request.param, tmp_path)
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+def outbox_shop(db: Database, otel: OpenTelemetry, relay: bool | OutboxRelay = True) -> Service:
+    service = shop(InMemoryMessageBroker(channel_prefix="shop"), otel)
+    return Service(
+        service.broker,
+        name="shop",
+        request_map=service.request_map,
+        event_map=service.event_map,
+        interceptors=[otel],
+        outbox=db.outbox,
+        relay=relay,
+    )
+
+
+async def test_the_outbox_write_and_the_relay_publish_are_traced_and_the_trace_goes_on(
+    telemetry: Telemetry, db: Database
+) -> None:
+    service = outbox_shop(db, telemetry.otel)
+    service.subscribe("{prefix}:notification_event:*", group="billing")
+    async with service:
+        # The service built the relay with its broker and its interceptors.
+        assert service.relay is not None
+        assert service.relay.interceptors == (telemetry.otel,)
+        assert db.outbox.channel_prefix == "shop"
+        await service.mediator.send(PlaceOrder(order_id=7))
+        await wait_until(service.consumers[0], lambda stats: stats.handled == 1)
+    channel = "shop:notification_event:OrderPlaced"
+    send = telemetry.span("send PlaceOrder")
+    write = telemetry.span(f"publish {channel}", messaging_system="outbox")
+    relayed_span = telemetry.span(f"publish {channel}", messaging_system="memory")
+    process = telemetry.span(f"process {channel}")
+    assert send.context is not None
+    assert write.context is not None
+    assert relayed_span.context is not None
+    assert process.context is not None
+
+    # The outbox write: in the send, named by the channel its row goes to.
+    assert write.kind is SpanKind.PRODUCER
+    assert write.parent is not None
+    assert write.parent.span_id == send.context.span_id
+    message_id = write.attributes["messaging.message.id"] if write.attributes else None
+    assert dict(write.attributes or {}) == {
+        "messaging.system": "outbox",
+        "messaging.operation.name": "publish",
+        "messaging.operation.type": "create",
+        "messaging.destination.name": channel,
+        "messaging.message.id": message_id,
+        "mediator.outbox": True,
+    }
+
+    # The relay's publish: a trace of its own, linked to the outbox write.
+    assert relayed_span.kind is SpanKind.PRODUCER
+    assert relayed_span.parent is None
+    assert relayed_span.context.trace_id != send.context.trace_id
+    assert dict(relayed_span.attributes or {}) == {
+        "messaging.system": "memory",
+        "messaging.operation.name": "publish",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": channel,
+        "messaging.message.id": message_id,
+    }
+    [link] = relayed_span.links
+    assert (link.context.trace_id, link.context.span_id) == (
+        send.context.trace_id,
+        write.context.span_id,
+    )
+
+    # The relay left the headers alone: the consumer continues the send's trace.
+    assert process.context.trace_id == send.context.trace_id
+    assert process.parent is not None
+    assert process.parent.span_id == write.context.span_id
+    assert process.attributes is not None
+    assert process.attributes["messaging.message.id"] == message_id
+
+    # What went to the broker is counted once: by the relay, not the outbox write.
+    sent = telemetry.metric_points("messaging.client.sent.messages")
+    assert [(p.attributes["messaging.system"], p.value) for p in sent] == [("memory", 1)]
+    durations = telemetry.metric_points("messaging.client.operation.duration")
+    assert sorted(
+        (p.attributes["messaging.system"], p.attributes["messaging.operation.type"], p.count)
+        for p in durations
+    ) == [("memory", "send", 1), ("outbox", "create", 1)]
+
+
+async def test_a_relayed_batch_links_every_send_it_carries(
+    telemetry: Telemetry, db: Database
+) -> None:
+    broker = InMemoryMessageBroker(channel_prefix="shop")
+    relay = OutboxRelay(db.outbox, broker, interceptors=[telemetry.otel])
+    assert db.outbox.channel_prefix == "shop"  # learnt from the relay's broker
+    service = outbox_shop(db, telemetry.otel, relay=relay)
+    service.broker = broker  # the relay's, so the service runs that relay
+    service.subscribe("{prefix}:notification_event:*")
+    # Committed before the relay runs: its first round takes the three rows.
+    await service.mediator.send(PlaceOrder(order_id=1))
+    await service.mediator.send(PlaceAudited(order_id=2))
+    async with service:
+        assert service.relay is relay
+        await relayed(relay, lambda stats: stats.published == 3)
+        await wait_until(service.consumers[0], lambda stats: stats.settled == 3)
+    sends = [telemetry.span("send PlaceOrder"), telemetry.span("send PlaceAudited")]
+    writes = [
+        telemetry.span("publish shop:notification_event:OrderPlaced", messaging_system="outbox"),
+        telemetry.span("publish", messaging_system="outbox"),  # two channels
+    ]
+    batch = telemetry.span("publish", messaging_system="memory")
+    assert batch.attributes is not None
+    assert batch.attributes["messaging.batch.message_count"] == 3
+    assert "messaging.destination.name" not in batch.attributes
+    assert {(link.context.trace_id, link.context.span_id) for link in batch.links} == {
+        (send.context.trace_id, write.context.span_id)
+        for send, write in zip(sends, writes, strict=True)
+        if send.context is not None and write.context is not None
+    }
+    assert len(batch.links) == 2  # one per outbox write, not per message
+    # Each delivery's process span is in the trace of the send that raised it:
+    # one for PlaceOrder's event, two for PlaceAudited's.
+    traces = Counter(
+        span.context.trace_id
+        for span in telemetry.finished()
+        if span.name.startswith("process ") and span.context is not None
+    )
+    assert traces == {
+        send.context.trace_id: count
+        for send, count in zip(sends, (1, 2), strict=True)
+        if send.context is not None
+    }

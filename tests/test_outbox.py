@@ -14,7 +14,7 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -715,6 +715,182 @@ async def test_run_raises_what_ended_the_relays_loop(
         await asyncio.wait_for(relay.run(), 10)
     assert not relay.running
     assert not relay.listening
+
+
+# -- what the relay logs ----------------------------------------------------------------
+
+PROGRESS = re.compile(
+    r": (?P<published>\d+) published, (?P<retried>\d+) retried, (?P<dead>\d+) dead "
+    r"in the last [\d.]+ s; (?P<backlog>.*)$"
+)
+
+
+class RelayLog(logging.Handler):
+    """The relay's log lines (logger ``mediator.outbox``), and a wait for one."""
+
+    def __init__(self, relay: OutboxRelay) -> None:
+        super().__init__(logging.INFO)
+        self.relay = relay
+        self.lines: list[str] = []
+        self._waiters: list[tuple[re.Pattern[str], asyncio.Event]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = record.getMessage()
+        if record.levelno != logging.INFO or not line.startswith(f"outbox relay {self.relay.name}"):
+            return
+        self.lines.append(line)
+        for pattern, event in self._waiters:
+            if pattern.search(line):
+                event.set()
+
+    async def line(self, pattern: str, timeout: float = 10.0) -> str:
+        """The first line matching `pattern`, once the relay has written it."""
+        wanted = re.compile(pattern)
+        event = asyncio.Event()
+        self._waiters.append((wanted, event))
+        try:
+            if not any(wanted.search(line) for line in self.lines):
+                async with asyncio.timeout(timeout):
+                    await event.wait()
+        except TimeoutError:
+            raise AssertionError(f"no line matching {pattern!r}; lines: {self.lines}") from None
+        finally:
+            self._waiters.remove((wanted, event))
+        return next(line for line in self.lines if wanted.search(line))
+
+    def progress(self) -> list[re.Match[str]]:
+        return [m for line in self.lines if (m := PROGRESS.search(line))]
+
+
+@pytest.fixture
+def relay_log(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[[OutboxRelay], RelayLog]]:
+    caplog.set_level(logging.INFO, logger="mediator.outbox")
+    logger = logging.getLogger("mediator.outbox")
+    handlers: list[RelayLog] = []
+
+    def watch(relay: OutboxRelay) -> RelayLog:
+        handler = RelayLog(relay)
+        logger.addHandler(handler)
+        handlers.append(handler)
+        return handler
+
+    yield watch
+    for handler in handlers:
+        logger.removeHandler(handler)
+
+
+def backlog_queries(db: Database) -> Callable[[int], Any]:
+    """A wait for `n` more runs of the relay's progress query (its one
+    aggregate over the pending rows), seen on the engine."""
+    from sqlalchemy import event
+
+    seen = {"count": 0}
+    reached: list[tuple[int, asyncio.Event]] = []
+
+    def executed(connection: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "count(*)" in statement and "min(CASE" in statement:
+            seen["count"] += 1
+            for count, waiter in reached:
+                if seen["count"] >= count:
+                    waiter.set()
+
+    event.listen(db.engine.sync_engine, "after_cursor_execute", executed)
+
+    async def more(n: int) -> None:
+        waiter = asyncio.Event()
+        reached.append((seen["count"] + n, waiter))
+        async with asyncio.timeout(10):
+            await waiter.wait()
+
+    return more
+
+
+async def test_the_relay_logs_its_start_its_progress_and_its_stop(
+    db: Database, relay_log: Callable[[OutboxRelay], RelayLog]
+) -> None:
+    await send_pings(db.outbox, 3)
+    relay = relay_of(db.outbox, Refusing(), progress_interval=0.05)
+    log = relay_log(relay)
+    more_queries = backlog_queries(db)
+    async with relay:
+        await relayed(relay, lambda stats: stats.published == 3)
+        idle = await log.line(r"nothing pending \(idle: ")
+        # Quiet intervals go on querying (one aggregate each) and write nothing.
+        await more_queries(2)
+    start, *progress, stop = log.lines
+    woken = "woken by LISTEN/NOTIFY" if db.kind == "postgresql" else "polling every 1 s"
+    assert start == (
+        f"outbox relay {relay.name} started: table {db.prefix}_outbox ({db.kind}) to "
+        f"Refusing(prefix 'refusing'), {woken}"
+        + (", polling every 1 s as a fallback" if db.kind == "postgresql" else "")
+        + "; progress every 0.05 s"
+    )
+    # The rows published are in the lines before the idle one (one line, or
+    # a first one before the round if the round was slow); the idle line is
+    # the last: the quiet intervals after it wrote nothing.
+    assert progress[-1] == idle
+    *busy, quiet = log.progress()
+    assert len(busy) + 1 == len(progress)
+    assert sum(int(m["published"]) for m in busy) == 3
+    assert busy[-1]["backlog"] == "nothing pending"
+    assert (quiet["published"], quiet["retried"], quiet["dead"]) == ("0", "0", "0")
+    assert quiet["backlog"] == (
+        "nothing pending (idle: no more lines until there is something to say)"
+    )
+    assert stop.startswith(f"outbox relay {relay.name} stopped after ")
+    assert stop.endswith(
+        ": in total 3 published, 0 retried, 0 dead, 0 given back, 0 lost to another relay, "
+        "0 cleaned up, 0 failed rounds"
+    )
+
+
+async def test_the_progress_line_gives_the_pending_rows_and_how_long_they_waited(
+    db: Database, relay_log: Callable[[OutboxRelay], RelayLog]
+) -> None:
+    outbox = db.outbox
+    emitter = EventEmitter(event_map=EventMap(), message_broker=outbox)
+    refused, behind = OrderPlaced(order_id=1), OrderPlaced(order_id=1)
+    for event in (refused, behind, Ping(n=1)):
+        async with outbox.unit_of_work():
+            await emitter.emit(event)
+    broker = Refusing(refuse=lambda m: m.message_id == refused.event_id)
+    # The refused row is retried in an hour; the row behind it (same key)
+    # waits for it, due and pending; the ping goes out.
+    later = Backoff(initial=3600.0, multiplier=1.0, maximum=3600.0, jitter=0.0)
+    relay = relay_of(outbox, broker, backoff=later, progress_interval=0.05)
+    log = relay_log(relay)
+    async with relay:
+        await relayed(relay, lambda stats: stats.published == 1 and stats.retried == 1)
+        line = await log.line(r"; 2 pending, the oldest due one waiting [\d.]+ s$")
+    counted = log.progress()
+    assert sum(int(m["published"]) for m in counted) == 1
+    assert sum(int(m["retried"]) for m in counted) == 1
+    assert PROGRESS.search(line) is not None
+    assert "idle" not in " ".join(log.lines[1:-1])  # rows pending: never idle
+    assert log.lines[-1].endswith(
+        ": in total 1 published, 1 retried, 0 dead, 1 given back, 0 lost to another relay, "
+        "0 cleaned up, 0 failed rounds"
+    )
+
+
+async def test_the_relay_logs_where_it_publishes_without_a_password(
+    db: Database, relay_log: Callable[[OutboxRelay], RelayLog]
+) -> None:
+    from brokers.redis import RedisStreamBroker
+
+    broker = RedisStreamBroker.from_url("redis://relay:s3cret@127.0.0.1:1/0", "shop")
+    relay = relay_of(db.outbox, broker, progress_interval=None)
+    log = relay_log(relay)
+    try:
+        async with relay:  # nothing to publish: the broker is never reached
+            pass
+    finally:
+        await broker.client.aclose()
+    start, stop = log.lines
+    assert "to RedisStreamBroker(127.0.0.1:1, prefix 'shop')" in start
+    assert start.endswith("; no progress lines")
+    assert "s3cret" not in " ".join(log.lines)
+    assert "in total 0 published" in stop
 
 
 @only("postgresql")
