@@ -237,6 +237,15 @@ class _Progress:
             self._waiters.remove((count, event))
 
 
+async def _readies(log: Path) -> int:
+    """How many relays started on `log` said they run."""
+
+    def count() -> int:
+        return log.read_text(errors="replace").count("ready\n") if log.exists() else 0
+
+    return await asyncio.to_thread(count)
+
+
 async def _tail(log: Path) -> str:
     content = await asyncio.to_thread(log.read_text, errors="replace")
     return content[-3000:]
@@ -248,7 +257,7 @@ async def _start_relay(command: list[str], log: Path) -> asyncio.subprocess.Proc
             *command,
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=asyncio.subprocess.DEVNULL,
+            stdout=output,  # its "ready" line, which the soak waits for before a SIGTERM
             stderr=output,
         )
 
@@ -302,15 +311,17 @@ async def soak(
     ]
     points = sorted(random.sample(range(sends // 20, sends - sends // 20), kills))
     killed = 0
+    readies_before_last = await _readies(log)
     relay = await _start_relay(command, log)
 
     async def kill_at_random_points() -> None:
-        nonlocal relay, killed
+        nonlocal relay, killed, readies_before_last
         for point in points:
             await progress.at_least(point, timeout=60.0)
             relay.send_signal(signal.SIGKILL)
             await relay.wait()
             killed += 1
+            readies_before_last = await _readies(log)
             relay = await _start_relay(command, log)
 
     async def send_all() -> None:
@@ -338,6 +349,12 @@ async def soak(
                 return (await db.outbox.counts())[PENDING] == 0
 
             await observed(all_marked, timeout=30.0)
+
+            # A SIGTERM before the relay set its handler would kill it (-15).
+            async def last_relay_ready() -> bool:
+                return await _readies(log) > readies_before_last
+
+            await observed(last_relay_ready, timeout=30.0)
             relay.send_signal(signal.SIGTERM)
             returncode = await asyncio.wait_for(relay.wait(), 30.0)
             if returncode != 0:
