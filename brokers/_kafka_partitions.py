@@ -49,6 +49,7 @@ class PartitionState(Generic[R]):
         "ordered",
         "owned",
         "prefetch",
+        "reopen_at",
         "revoked",
         "unsettled",
         "waiting",
@@ -57,6 +58,8 @@ class PartitionState(Generic[R]):
     def __init__(self, prefetch: int, *, ordered: bool, matches: bool = True) -> None:
         self.prefetch = prefetch
         """Records held (waiting or in flight) at which it is full: fetched from no more."""
+        self.reopen_at = prefetch // 2
+        """Records held at which a full partition is fetched from again."""
         self.ordered = ordered
         """One record in flight at a time, in offset order."""
         self.matches = matches
@@ -91,13 +94,19 @@ class PartitionState(Generic[R]):
             self.next_offset = max(after, records[-1].offset + 1)
             return False
         waiting, unsettled = self.waiting, self.unsettled
-        for record in records:
-            offset = record.offset
-            if offset < after:
-                continue
-            unsettled.append(offset)
-            waiting.append(record)
-            after = offset + 1
+        if records[0].offset >= after:
+            # The usual fetch, all of it new: taken in whole, not record by record.
+            waiting.extend(records)
+            unsettled.extend([record.offset for record in records])
+            after = records[-1].offset + 1
+        else:
+            for record in records:
+                offset = record.offset
+                if offset < after:
+                    continue
+                unsettled.append(offset)
+                waiting.append(record)
+                after = offset + 1
         self.next_offset = after
         if len(waiting) + self.in_flight >= self.prefetch:
             self.full = True
@@ -106,7 +115,7 @@ class PartitionState(Generic[R]):
     def reopen(self) -> bool:
         """Make a full partition fetchable again once it holds at most half
         of `prefetch`; True when it did."""
-        if self.full and len(self.waiting) + self.in_flight <= self.prefetch // 2:
+        if self.full and len(self.waiting) + self.in_flight <= self.reopen_at:
             self.full = False
             return True
         return False

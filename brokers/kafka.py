@@ -297,19 +297,24 @@ class KafkaDelivery(DeliveryBase):
         if subscription.closed:
             return None
         part = self._partition
+        # Taking the next record moves it from waiting to in flight: what
+        # the partition holds stays the same, so it cannot reopen here.
         item = part.take_next()
         if item is None:
             return None
-        if part.full and part.reopen():
-            subscription._room.set()
         return item if type(item) is KafkaDelivery else KafkaDelivery(subscription, part, item)
 
-    async def ack(self) -> None:
-        # DeliveryBase.ack without the hop through _ack: one per record.
+    def ack_nowait(self) -> bool:
+        # An ack only moves the partition's offsets in memory: settled here,
+        # with no coroutine to build and await for every record.
         if self.settled is not None:
             self._settling("ack")  # raises, naming the first settlement
         self.settled = "ack"
         self._subscription._settled(self)
+        return True
+
+    async def ack(self) -> None:
+        self.ack_nowait()
 
     async def _ack(self) -> None:
         self._subscription._settled(self)
@@ -673,7 +678,9 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
         part = delivery._partition
         if not part.settle(delivery.record.offset):
             return  # revoked meanwhile: its new reader commits it
-        if part.full and part.reopen():
+        # Full is the usual state (one fetch brings thousands of records):
+        # `reopen` is asked only once the partition is down to its threshold.
+        if part.full and len(part.waiting) + part.in_flight <= part.reopen_at and part.reopen():
             self._room.set()
         if not self._ordered:
             self._queue(part)

@@ -71,8 +71,6 @@ class _Undone(Exception):
         self.outcome = outcome
 
 
-
-
 class _TransactionLost(BaseException):
     """Raised past the error policies when a handler call left the inbox's
     transaction unusable: retrying inside it cannot succeed, so the delivery
@@ -386,7 +384,12 @@ class EventConsumer(RunsUntilStopped):
         interceptors = self._interceptors
         settlement = self._settlement
         limit = settlement.max_deliveries
-        chained = 0
+        listeners = self._listeners  # changed in place only
+        # `ack_nowait` of the deliveries' class, looked up again only when the
+        # class changes (never, in practice: one transport's deliveries).
+        kind: type[Delivery] | None = None
+        ack_nowait: Callable[[Delivery], bool] | None = None
+        until_yield = _YIELD_EVERY
         current: Delivery | None = delivery
         while current is not None:
             delivery = current
@@ -396,6 +399,18 @@ class EventConsumer(RunsUntilStopped):
             event: Event | None = None
             report: Report | None = None
             try:
+                if not until_yield:
+                    until_yield = _YIELD_EVERY
+                    # Here, with this delivery taken, rather than between two
+                    # deliveries: a transport that offers the next one to its
+                    # reader when nobody took it by the loop's next turn
+                    # (Kafka) would otherwise give it to a new task, ending
+                    # this chain every `_YIELD_EVERY` deliveries.
+                    try:
+                        await asyncio.sleep(0)
+                    except asyncio.CancelledError:
+                        report = await self._settle_stopped(delivery, None)
+                        raise
                 if delivery.delivery_count > limit:
                     report = await settlement.delivered_too_often(delivery)
                 else:
@@ -451,13 +466,17 @@ class EventConsumer(RunsUntilStopped):
                                     if dispatched is not NOTHING:
                                         outcome = await self._outcome_of(dispatched, event, None)
                             except asyncio.CancelledError:
-                                report = await self._settle_stopped(
-                                    delivery, received.message_id
-                                )
+                                report = await self._settle_stopped(delivery, received.message_id)
                                 raise
                             if outcome is None or outcome is _HANDLED:
-                                # Settlement.ack, written out: it runs for every record.
-                                await delivery.ack()
+                                # Settlement.ack, written out: it runs for every
+                                # record. A transport that acknowledges in memory
+                                # does it without a coroutine (`ack_nowait`).
+                                if type(delivery) is not kind:
+                                    kind = type(delivery)
+                                    ack_nowait = getattr(kind, "ack_nowait", None)
+                                if ack_nowait is None or not ack_nowait(delivery):
+                                    await delivery.ack()
                                 stats.handled += 1
                                 report = HANDLED
                             else:
@@ -478,22 +497,16 @@ class EventConsumer(RunsUntilStopped):
                 report = await self._unexpected(delivery, received, exc)
             finally:
                 stats.in_flight -= 1
-                if self._listeners and report is not None:
+                if listeners and report is not None:
                     self._report(report, delivery, received, event)
-            chained += 1
-            if chained % _YIELD_EVERY == 0:
-                await asyncio.sleep(0)
-            current = self._following(delivery)
+            until_yield -= 1
+            # The delivery to handle next in this task, taken from its
+            # transport now; none once the consumer stops (what is not taken
+            # stays with the transport, unsettled).
+            running = self._running and self._failure is None
+            current = delivery.next_in_order() if running else None
 
-    def _following(self, delivery: Delivery) -> Delivery | None:
-        """The delivery to handle next in this task, taken from its transport
-        now; None when there is none or the consumer stops (what is not
-        taken stays with the transport, unsettled)."""
-        if not self._running or self._failure is not None:
-            return None
-        return delivery.next_in_order()
-
-    async def _settle_stopped(self, delivery: Delivery, message_id: uuid.UUID) -> Report:
+    async def _settle_stopped(self, delivery: Delivery, message_id: uuid.UUID | None) -> Report:
         """Release a delivery whose handlers a stop cancelled, in a task of its
         own: this one's cancellation is delivered already, so an error the
         transport reports now is a failure of the release, not a cancellation
@@ -616,9 +629,7 @@ class EventConsumer(RunsUntilStopped):
             self._inbox_bindings[event_type] = bindings
         return bindings
 
-    async def _settle(
-        self, delivery: Delivery, outcome: _Outcome, message_id: uuid.UUID
-    ) -> Report:
+    async def _settle(self, delivery: Delivery, outcome: _Outcome, message_id: uuid.UUID) -> Report:
         settlement = self._settlement
         if outcome is _HANDLED:
             return await settlement.ack(delivery)

@@ -160,9 +160,7 @@ class ErrorTable:
         return otherwise(f"{what} failed: {text}")
 
     @contextlib.contextmanager
-    def mapped(
-        self, what: str, otherwise: type[TransportError] = TransportError
-    ) -> Iterator[None]:
+    def mapped(self, what: str, otherwise: type[TransportError] = TransportError) -> Iterator[None]:
         """Run the block with the SDK's errors lifted (`lift`); the library's
         own errors and anything else pass through."""
         try:
@@ -361,6 +359,13 @@ class DeliveryBase(abc.ABC):
         """The delivery to handle after this one in the same task; None here
         (a transport that hands records on in order overrides it)."""
         return None
+
+    def ack_nowait(self) -> bool:
+        """Acknowledge at once, where the transport settles in memory
+        (Kafka moves an offset): True when done; False when nothing was
+        done and `ack()` is to be awaited, as here. The consumer tries this
+        first, saving a coroutine a delivery."""
+        return False
 
     def _settling(self, outcome: str) -> None:
         if self.settled is not None:

@@ -580,15 +580,27 @@ class ChainedDelivery(DeliveryBase):
         pass
 
 
+class AckedInMemory(ChainedDelivery):
+    """A delivery whose transport acknowledges in memory (as Kafka's does):
+    `ack_nowait` settles it, and `ack()` must not be awaited as well."""
+
+    __slots__ = ()
+
+    def ack_nowait(self) -> bool:
+        self._settling("ack")
+        return True
+
+    async def _ack(self) -> None:
+        raise AssertionError("ack() awaited for a delivery that ack_nowait() settled")
+
+
 class ChainBroker(InMemoryMessageBroker):
     """Its one subscription yields the head of `queue`; the rest follow it."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, kind: type[ChainedDelivery] = ChainedDelivery) -> None:
         super().__init__(channel_prefix="chain")
         self.queue: collections.deque[ChainedDelivery] = collections.deque()
-        self.all = [
-            ChainedDelivery(valid_envelope(order_id), self.queue) for order_id in range(count)
-        ]
+        self.all = [kind(valid_envelope(order_id), self.queue) for order_id in range(count)]
         self.queue.extend(self.all[1:])
 
     async def subscribe(self, pattern: str, *, group: str | None = None) -> Any:
@@ -624,6 +636,23 @@ async def test_deliveries_handed_on_in_order_are_handled_in_order_by_one_task() 
         await wait_until(consumer, lambda s: s.handled >= 200)
     assert [order_id for order_id, _ in seen] == list(range(200))
     assert len({task for _, task in seen}) == 1
+    assert all(delivery.settled == "ack" for delivery in broker.all)
+
+
+async def _noop(event: OrderPlaced) -> None:
+    pass
+
+
+async def test_a_delivery_acknowledged_in_memory_is_settled_once_without_awaiting_ack() -> None:
+    broker = ChainBroker(count=150, kind=AckedInMemory)  # past two of the task's yields
+    events = EventMap()
+    events.bind(OrderPlaced, _noop)
+    consumer = EventConsumer(broker=broker, event_map=events)
+    await consumer.subscribe("chain:notification_event:*")
+    async with consumer:
+        await wait_until(consumer, lambda s: s.handled >= 150)
+    assert consumer.stats.handled == 150
+    assert consumer.stats.released == consumer.stats.dead_lettered == 0
     assert all(delivery.settled == "ack" for delivery in broker.all)
 
 

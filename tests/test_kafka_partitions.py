@@ -81,6 +81,18 @@ def test_records_fetched_again_after_a_seek_are_held_once() -> None:
     assert part.next_offset == 5
 
 
+def test_offsets_missing_from_a_fetch_are_skipped_not_waited_for() -> None:
+    # Compaction and transaction markers leave gaps in a partition's offsets.
+    part = state(ordered=True)
+    part.add(fetched(0, 2, 5))
+    assert part.next_offset == 6
+    part.settle(part.hand_out()[0].offset)
+    assert part.committable() == 2
+    part.settle(following(part).offset)
+    part.settle(following(part).offset)
+    assert part.committable() == 6
+
+
 def test_out_of_order_settlement_commits_only_below_the_lowest_unsettled_offset() -> None:
     part = state(ordered=False)
     part.add(fetched(0, 1, 2, 3, 4, 5))
