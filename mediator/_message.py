@@ -486,7 +486,7 @@ class MessageCodec:
     that `event_class` resolves keeps its class (as an `EventMap`'s names do).
     """
 
-    __slots__ = ("_decoders", "_event_class", "max_size", "strict_json")
+    __slots__ = ("_decoders", "_event_class", "_last", "max_size", "strict_json")
 
     def __init__(
         self,
@@ -502,8 +502,12 @@ class MessageCodec:
         that no key repeats, and with it the range and depth checks of values
         the event class does not declare (about a fifth of a decode); see the
         docs' "Wire format", "Trusted producers"."""
-        self._decoders: dict[str, tuple[msgspec.json.Decoder[Any], str | None]] = {}
+        self._decoders: dict[str, tuple[Any, str | None]] = {}
         """The envelope decoder of each registered name seen, and its message type."""
+        self._last: tuple[bytes, str, tuple[Any, str | None]] | None = None
+        """The name the previous trusted decode found (as the bytes
+        ``"message_name":"<name>"``, the name, its decoding): most streams
+        carry one event class after another, so it is tried first."""
 
     @staticmethod
     def to_message(event: Event, headers: Mapping[str, str] | None = None) -> Message:
@@ -621,16 +625,26 @@ class MessageCodec:
         does not declare is skipped unchecked (numbers past 64 bits, nesting
         past 254 levels up to the interpreter's recursion limit). Anything it
         cannot decode goes through the checks that name the reason."""
+        # A typed parse fills a missing timestamp with its default. (find, not
+        # `in`: `in` first tries the bytes as an int, raising and clearing a
+        # TypeError on every call.)
+        if data.find(b'"event_timestamp":') < 0:
+            return None
+        last = self._last
+        if last is not None and data.find(last[0]) >= 0:
+            # Likely the class of the previous message: its typed parse alone,
+            # kept only if the name it reads is that class's name.
+            typed = self._typed_as(last[2], data)
+            if typed is not None and typed[0].message_name == last[1]:
+                return Received(typed[0], None, data), typed[1]
         try:
             name = _NAME_ONLY.decode(data).message_name
         except (msgspec.DecodeError, RecursionError):
             return None
-        # A typed parse fills a missing timestamp with its default.
-        if b'"event_timestamp":' not in data:
-            return None
         typed = self._typed(name, data)
         if typed is None:
             return None
+        self._last = (b'"message_name":' + orjson.dumps(name), name, self._decoders[name])
         envelope, event = typed
         return Received(envelope, None, data), event
 
@@ -645,6 +659,11 @@ class MessageCodec:
                 return None
             # Kept per name: a name, once registered, names the same class.
             decoding = self._decoders[name] = _envelope_decoder(event_type)
+        return self._typed_as(decoding, data)
+
+    @staticmethod
+    def _typed_as(decoding: tuple[Any, str | None], data: bytes) -> tuple[Any, Event] | None:
+        """`_typed` with the decoder of a name known already."""
         decoder, message_type = decoding
         try:
             envelope = decoder.decode(data)

@@ -650,3 +650,36 @@ def test_with_strict_json_off_a_repeated_key_is_taken_not_refused() -> None:
     assert refusal(data).reason is DecodeFailure.DUPLICATE_KEY
     _, event = trusting_codec().decode(data)
     assert event.user_id in (7, 8)  # type: ignore[attr-defined]
+
+
+@attrs.frozen(kw_only=True)
+class OrderOpened(NotificationEvent):
+    order_id: int
+    meta: dict[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class OrderClosed(NotificationEvent):
+    order_id: int
+    meta: dict[str, str] = attrs.field(factory=dict)
+
+
+@pytest.mark.parametrize("strict_json", [True, False], ids=["strict", "trusting"])
+def test_a_stream_of_look_alike_classes_decodes_each_as_its_own(strict_json: bool) -> None:
+    # Same fields, so either class's typed parse would take the other's
+    # payload; a nested "message_name" naming the other must not fool it either.
+    events = EventMap()
+    events.register(OrderOpened, OrderClosed)
+    decoding = MessageCodec(events.event_class, strict_json=strict_json)
+    sent = [
+        OrderOpened(order_id=1),
+        OrderOpened(order_id=2),
+        OrderClosed(order_id=2, meta={"message_name": "OrderOpened"}),
+        OrderOpened(order_id=3, meta={"message_name": "OrderClosed"}),
+        OrderClosed(order_id=3),
+    ]
+    received = [
+        decoding.decode(encode_message(MessageCodec.to_message(event)))[1] for event in sent
+    ]
+    assert [(type(e), e.order_id) for e in received] == [(type(e), e.order_id) for e in sent]
+    assert received == sent
