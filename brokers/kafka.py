@@ -408,17 +408,42 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
                 self._paused = ()
                 if self.group is None:
                     await self._assign(consumer, topics)
-                else:
-                    self._joined.clear()
-                    consumer.subscribe(pattern=self._regex.pattern, listener=_Rebalance(self))
-                    await self._joined.wait()  # the first assignment: live from here
-                    if self._failure is not None:
-                        raise self._failure
+            if self.group is not None:
+                self._joined.clear()
+                consumer.subscribe(pattern=self._regex.pattern, listener=_Rebalance(self))
+                await self._join(broker)  # the first assignment: live from here
+                if self._failure is not None:
+                    raise self._failure
         except BaseException:
             self._consumer = None
             await self._stop(consumer)
             raise
         self._pump = asyncio.create_task(self._fetch(consumer), name=f"fetch {self.pattern}")
+
+    async def _join(self, broker: KafkaMessageBroker) -> None:
+        """Wait for the group's first assignment; a join that takes longer
+        than the broker's timeout says so: the brokers answered, the group
+        did not settle (most often a member that died without leaving, whose
+        session the coordinator waits out)."""
+        try:
+            async with asyncio.timeout(broker.timeout):
+                await self._joined.wait()
+        except TimeoutError:
+            group = broker.group_id(self.group or "")
+            session = broker.consumer_options.get("session_timeout_ms", 10_000) / 1000
+            raise BrokerUnavailableError(
+                f"{self!r}: the join of consumer group {group!r} did not complete in "
+                f"{broker.timeout:g} s. The brokers answer; the group is rebalancing, most "
+                f"often waiting out a member that died without leaving (its session ends "
+                f"after session_timeout_ms, {session:g} s here). Start again, or raise "
+                "timeout= above that"
+            ) from None
+
+    @property
+    def connected(self) -> bool:
+        """Whether the link is up and, in a group, the partitions assigned
+        (False while the group rebalances)."""
+        return super().connected and (self.group is None or self._joined.is_set())
 
     async def _matching_topics(self) -> dict[str, list[int]]:
         described = await (await self._owner._admin()).describe_topics()
@@ -468,6 +493,8 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
         # hand out no more of them: what is handled from here on would be
         # handled again by their next reader.
         consumer = self._consumer
+        # Not ready until the rebalance hands out partitions again (`_assigned`).
+        self._joined.clear()
         parts = [self._partitions[tp] for tp in revoked if tp in self._partitions]
         for part in parts:
             part.revoke()
