@@ -65,6 +65,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from mediator._exceptions import MessageTooLargeError
 from mediator.transport import (
+    DEFAULT_MAX_MESSAGE_SIZE,
     Backoff,
     BrokerLifecycle,
     BrokerUnavailableError,
@@ -82,7 +83,6 @@ from mediator.transport import (
     TransportError,
     being_cancelled,
     channel_for,
-    encode_message,
     quote,
 )
 
@@ -459,12 +459,13 @@ class AzureMessageBroker(BrokerLifecycle):
         silence_timeout: float = 15.0,
         sender_options: Mapping[str, Any] | None = None,
         receiver_options: Mapping[str, Any] | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         if publish_attempts < 1:
             raise ValueError(f"publish_attempts must be at least 1, got {publish_attempts}")
         if not silence_timeout > 0:
             raise ValueError(f"silence_timeout must be above 0, got {silence_timeout}")
-        super().__init__()
+        super().__init__(max_message_size=max_message_size)
         self.client = client
         self.topic_name = topic_name
         self.timeout = timeout
@@ -511,7 +512,7 @@ class AzureMessageBroker(BrokerLifecycle):
     def to_service_bus(self, message: Message) -> ServiceBusMessage:
         """The ServiceBusMessage that carries `message`."""
         return ServiceBusMessage(
-            encode_message(message),
+            self.encode(message),
             content_type="application/json",
             message_id=str(message.message_id),
             subject=message.message_name,

@@ -74,6 +74,7 @@ from brokers._kafka_partitions import PartitionState
 from mediator._exceptions import MediatorError, MessageTooLargeError
 from mediator.transport import (
     DEAD_LETTER_BODY_LIMIT,
+    DEFAULT_MAX_MESSAGE_SIZE,
     BrokerLifecycle,
     BrokerUnavailableError,
     CredentialError,
@@ -87,7 +88,6 @@ from mediator.transport import (
     PublishError,
     ReconnectingSubscription,
     being_cancelled,
-    encode_message,
     quote,
 )
 
@@ -815,6 +815,7 @@ class KafkaMessageBroker(BrokerLifecycle):
         client_options: Mapping[str, Any] | None = None,
         producer_options: Mapping[str, Any] | None = None,
         consumer_options: Mapping[str, Any] | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         if not _TOPIC.fullmatch(channel_prefix) or len(channel_prefix) > 200:
             raise ValueError(
@@ -846,7 +847,7 @@ class KafkaMessageBroker(BrokerLifecycle):
             for key in options:
                 if key in reserved:
                     raise ValueError(f"the option {key!r} is the broker's to set: {reserved[key]}")
-        super().__init__()
+        super().__init__(max_message_size=max_message_size)
         servers = bootstrap_servers
         self.bootstrap_servers = (
             [s.strip() for s in servers.split(",")] if isinstance(servers, str) else list(servers)
@@ -934,7 +935,7 @@ class KafkaMessageBroker(BrokerLifecycle):
         records: list[_Record] = [
             (
                 self.topic_for(m),
-                encode_message(m),
+                self.encode(m),
                 None if m.partition_key is None else m.partition_key.encode(),
                 [(k, v.encode()) for k, v in m.headers.items()],
             )

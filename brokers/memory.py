@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
 from mediator.transport import (
+    DEFAULT_MAX_MESSAGE_SIZE,
     BrokerLifecycle,
     DeadLetterRecord,
     DeliveryBase,
@@ -30,7 +31,6 @@ from mediator.transport import (
     GlobPattern,
     Message,
     channel_for,
-    encode_message,
     quote,
 )
 
@@ -187,6 +187,7 @@ class InMemoryMessageBroker(BrokerLifecycle):
         history: int = DEFAULT_HISTORY,
         buffer_size: int = DEFAULT_BUFFER,
         dead_letter_limit: int = DEFAULT_HISTORY,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         for name, value in (
             ("history", history),
@@ -195,7 +196,7 @@ class InMemoryMessageBroker(BrokerLifecycle):
         ):
             if value < 1:
                 raise ValueError(f"InMemoryMessageBroker({name}={value}): must be at least 1")
-        super().__init__()
+        super().__init__(max_message_size=max_message_size)
         self.channel_prefix = channel_prefix
         self.buffer_size = buffer_size
         self.dead_letter_limit = dead_letter_limit
@@ -210,7 +211,7 @@ class InMemoryMessageBroker(BrokerLifecycle):
         """Publish one envelope to its logical channel."""
         self.messages.append(message)
         if self._solo or self._groups:
-            await self._route(channel_for(self.channel_prefix, message), encode_message(message))
+            await self._route(channel_for(self.channel_prefix, message), self.encode(message))
 
     async def send_messages(self, messages: Sequence[Message]) -> None:
         """Publish a batch, in order."""

@@ -73,6 +73,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from mediator._exceptions import MessageTooLargeError
 from mediator.transport import (
+    DEFAULT_MAX_MESSAGE_SIZE,
     RECONNECT,
     BrokerLifecycle,
     BrokerUnavailableError,
@@ -89,7 +90,6 @@ from mediator.transport import (
     SubscriptionLostError,
     TransportError,
     being_cancelled,
-    encode_message,
     quote,
 )
 
@@ -687,6 +687,7 @@ class RabbitMQMessageBroker(BrokerLifecycle):
         publish_timeout: float = 10.0,
         connect_timeout: float = 10.0,
         dead_letter_limit: int = 10_000,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         if not channel_prefix or channel_prefix.startswith("amq."):
             raise ValueError(
@@ -706,7 +707,7 @@ class RabbitMQMessageBroker(BrokerLifecycle):
                 raise ValueError(f"RabbitMQMessageBroker({name}={value}): must be at least 1")
         if prefetch > 65535:
             raise ValueError(f"prefetch={prefetch}: RabbitMQ takes at most 65535")
-        super().__init__()
+        super().__init__(max_message_size=max_message_size)
         self.channel_prefix = channel_prefix
         self.prefetch = prefetch
         self.mandatory = mandatory
@@ -929,7 +930,7 @@ class RabbitMQMessageBroker(BrokerLifecycle):
             headers = {**(headers or {}), "BCC": [_MANDATORY_KEY]}
         return _Outgoing(
             key,
-            encode_message(message),
+            self.encode(message),
             spec.Basic.Properties(
                 content_type="application/json",
                 delivery_mode=2,

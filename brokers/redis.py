@@ -40,6 +40,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from mediator.transport import (
+    DEFAULT_MAX_MESSAGE_SIZE,
     BrokerLifecycle,
     BrokerUnavailableError,
     CredentialError,
@@ -55,7 +56,6 @@ from mediator.transport import (
     SubscriptionLostError,
     TransportError,
     being_cancelled,
-    encode_message,
     quote,
 )
 
@@ -186,7 +186,12 @@ class _RedisBroker(BrokerLifecycle):
     error mapping and the dead-letter stream."""
 
     def __init__(
-        self, client: Redis, channel_prefix: str, dead_letter_limit: int, silence_timeout: float
+        self,
+        client: Redis,
+        channel_prefix: str,
+        dead_letter_limit: int,
+        silence_timeout: float,
+        max_message_size: int,
     ) -> None:
         name = type(self).__name__
         if not silence_timeout > 0:
@@ -201,7 +206,7 @@ class _RedisBroker(BrokerLifecycle):
                 f"{name}(dead_letter_limit={dead_letter_limit}): must be at least 1; it caps "
                 f"the dead-letter stream {channel_prefix}:dead-letter"
             )
-        super().__init__()
+        super().__init__(max_message_size=max_message_size)
         self.client = client
         """The redis-py client every command goes through."""
         self.channel_prefix = channel_prefix
@@ -385,6 +390,10 @@ class RedisPubSubSubscription(ReconnectingSubscription[RedisPubSubDelivery]):
             await asyncio.sleep(silence)
             if self._heard != heard:
                 continue
+            if not connection.is_connected:
+                # Dropped already (the read failed, or close()): a PING would
+                # connect it again, unsubscribed, behind the reconnect loop.
+                return
             try:
                 await connection.send_command("PING", check_health=False)
             except _REDIS_ERRORS:
@@ -479,12 +488,15 @@ class RedisPubSubBroker(_RedisBroker):
         channel_layout: ChannelLayout = "name",
         dead_letter_limit: int = 10_000,
         silence_timeout: float = 15.0,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         if channel_layout not in ("name", "diator"):
             raise ValueError(
                 f"RedisPubSubBroker(channel_layout={channel_layout!r}): must be 'name' or 'diator'"
             )
-        super().__init__(client, channel_prefix, dead_letter_limit, silence_timeout)
+        super().__init__(
+            client, channel_prefix, dead_letter_limit, silence_timeout, max_message_size
+        )
         self.channel_layout: ChannelLayout = channel_layout
         """``"name"`` or ``"diator"``: what the last part of a channel is."""
 
@@ -510,7 +522,7 @@ class RedisPubSubBroker(_RedisBroker):
     async def send_message(self, message: Message) -> None:
         """``PUBLISH`` one envelope; raises PublishError when Redis cannot take it."""
         try:
-            await self.client.publish(self.channel(message), encode_message(message))
+            await self.client.publish(self.channel(message), self.encode(message))
         except redis_errors.RedisError as exc:
             raise PublishError(
                 f"could not publish {message.message_name} ({message.message_id}) to Redis "
@@ -525,7 +537,7 @@ class RedisPubSubBroker(_RedisBroker):
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for message in messages:
-                    pipe.publish(self.channel(message), encode_message(message))
+                    pipe.publish(self.channel(message), self.encode(message))
                 await pipe.execute()
         except redis_errors.RedisError as exc:
             raise PublishError(
@@ -731,7 +743,8 @@ class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
                 # Where a group made on a stream that exists now starts.
                 await self._discover("$" if broker.start_from == "new" else "0", strict=True)
                 self._opened = True
-                self._keeper = asyncio.create_task(self._keep(), name=f"keep {self!r}")
+                if not self.closed:  # close() waits only for what it can see
+                    self._keeper = asyncio.create_task(self._keep(), name=f"keep {self!r}")
             else:
                 # Back only once a read works (READONLY, OOM ... fail here).
                 await self._discover("0")
@@ -1119,7 +1132,7 @@ class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
             self._acks[delivery.channel] = [delivery.entry_id]
         else:
             ids.append(delivery.entry_id)
-        if self._ack_timer is None:
+        if self._ack_timer is None and not self.closed:
             loop = asyncio.get_running_loop()
             self._ack_timer = loop.call_later(_ACK_DELAY, self._flush_soon)
 
@@ -1154,6 +1167,8 @@ class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
     def _flush_soon(self) -> None:
         # The reader waits in XREADGROUP: send the acknowledgements on their own.
         self._ack_timer = None
+        if self.closed:  # close() sends what is queued, and waits for it
+            return
         task = asyncio.get_running_loop().create_task(self._flush())
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
@@ -1198,11 +1213,18 @@ class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
 
     async def _closing(self) -> None:
         """Send the acknowledgements waiting, then remove what the
-        subscription made for itself."""
+        subscription made for itself. The tasks it started (acknowledgements,
+        renewals) are over when this returns: none of them uses the client
+        afterwards (which `stop()` may close next), nor opens a connection."""
+        # First, so that no flush starts while this waits: one that did went
+        # on after close() returned, on a client closed meanwhile.
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
         if self._keeper is not None:
             self._keeper.cancel()
             await asyncio.gather(self._keeper, return_exceptions=True)
-        if self._flushes:
+        while self._flushes:
             await asyncio.gather(*self._flushes, return_exceptions=True)
         try:
             await self._flush()
@@ -1284,6 +1306,7 @@ class RedisStreamBroker(_RedisBroker):
         dead_letter_limit: int = 10_000,
         idle_consumer_timeout: float | None = 3600.0,
         silence_timeout: float = 15.0,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         if start_from not in ("new", "beginning"):
             raise ValueError(
@@ -1307,7 +1330,9 @@ class RedisStreamBroker(_RedisBroker):
                 DeprecationWarning,
                 stacklevel=2,
             )
-        super().__init__(client, channel_prefix, dead_letter_limit, silence_timeout)
+        super().__init__(
+            client, channel_prefix, dead_letter_limit, silence_timeout, max_message_size
+        )
         self.maxlen = maxlen
         """Trim each stream to about this many entries on every XADD; None: never."""
         self.start_from: StartFrom = start_from
@@ -1345,7 +1370,7 @@ class RedisStreamBroker(_RedisBroker):
         connection after a restart or a ``CLIENT KILL``) is sent once more:
         at-least-once allows the duplicate, should the first have arrived.
         """
-        entries = [(self.channel(message), encode_message(message)) for message in messages]
+        entries = [(self.channel(message), self.encode(message)) for message in messages]
         for attempt in (1, 2):
             try:
                 async with self.client.pipeline(transaction=False) as pipe:

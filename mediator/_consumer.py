@@ -171,7 +171,7 @@ class EventConsumer(RunsUntilStopped):
         default_policy: ErrorPolicy | None = None,
         incoming: Sequence[Callable[[Message], None]] = (),
         interceptors: Sequence[Interceptor] = (),
-        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_message_size: int | None = None,
         max_deliveries: int = 10,
         redelivery_backoff: Backoff = DEFAULT_REDELIVERY_BACKOFF,
         inbox: ConsumerInbox | None = None,
@@ -186,6 +186,9 @@ class EventConsumer(RunsUntilStopped):
         self._emitter = event_emitter or EventEmitter(
             event_map=event_map, container=self._container, message_broker=broker
         )
+        if max_message_size is None:
+            # The broker's: what it publishes is what its consumers take.
+            max_message_size = getattr(broker, "max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
         self._codec = MessageCodec(
             event_map.event_class,
             max_size=max_message_size,

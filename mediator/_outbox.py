@@ -21,8 +21,9 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from mediator._exceptions import MediatorError
-from mediator._message import Message, encode_message
+from mediator._exceptions import MediatorError, MessageTooLargeError
+from mediator._limits import quote
+from mediator._message import DEFAULT_MAX_MESSAGE_SIZE, Message, encode_message
 from mediator._outbox_tables import DEAD, PENDING, SENT, OutboxTables
 from mediator._transport import DeadLetterRecord
 
@@ -195,9 +196,12 @@ class Outbox:
     PostgreSQL (asyncpg) and SQLite (aiosqlite) are supported.
 
     `channel_prefix` is the prefix of the broker the rows are relayed to,
-    which names their logical channels in traces (`mediator.otel`): an
-    `OutboxRelay` built on the outbox sets it from its broker when it is
-    None, and so does a `Service`; give it when the relay runs elsewhere.
+    which names their logical channels in traces (`mediator.otel`), and
+    `max_message_size` that broker's limit: an envelope larger than it is
+    refused when written (MessageTooLargeError, the send rolled back) rather
+    than dead in the table later. An `OutboxRelay` built on the outbox sets
+    both from its broker when they are None, and so does a `Service`; give
+    them when the relay runs elsewhere (the limit is 1 MiB until known).
     """
 
     def __init__(
@@ -206,6 +210,7 @@ class Outbox:
         *,
         prefix: str = "mediator",
         channel_prefix: str | None = None,
+        max_message_size: int | None = None,
     ) -> None:
         if isinstance(database, AsyncEngine):
             engine = database
@@ -243,6 +248,9 @@ class Outbox:
         self.channel_prefix = channel_prefix
         """The channel prefix of the broker the rows are relayed to, or None
         while unknown (set by the first relay built on the outbox)."""
+        self.max_message_size = max_message_size
+        """The largest envelope the broker the rows are relayed to publishes,
+        or None while unknown (set by the first relay built on the outbox)."""
         table = self.tables.outbox
         self._insert = table.insert()
         # SQLite lets one transaction write at a time, so rows are numbered in
@@ -353,7 +361,7 @@ class Outbox:
                     "message_id": message.message_id,
                     "message_name": message.message_name,
                     "partition_key": message.partition_key,
-                    "body": encode_message(message).decode(),
+                    "body": self._encoded(message).decode(),
                     "created_at": now,
                     "next_attempt_at": now,
                 }
@@ -366,6 +374,18 @@ class Outbox:
                 session = work.session.sync_session
                 if not event.contains(session, "after_commit", self._on_commit):
                     event.listen(session, "after_commit", self._on_commit)
+
+    def _encoded(self, message: Message) -> bytes:
+        data = encode_message(message)
+        limit = self.max_message_size or DEFAULT_MAX_MESSAGE_SIZE
+        if len(data) > limit:
+            raise MessageTooLargeError(
+                f"the envelope of {quote(message.message_name, 200)} ({message.message_id}) is "
+                f"{len(data)} bytes, and the broker this outbox is relayed to publishes at most "
+                f"{limit} (max_message_size): send less per event, or raise max_message_size "
+                "on that broker (the outbox follows it)"
+            )
+        return data
 
     # -- tables and operations -------------------------------------------------
 

@@ -205,6 +205,9 @@ class OutboxRelay(RunsUntilStopped):
         if outbox.channel_prefix is None:
             # The outbox's writes are traced with the channels the rows go to.
             outbox.channel_prefix = getattr(broker, "channel_prefix", None)
+        if outbox.max_message_size is None:
+            # Refused at the send, not dead in the table: the broker's limit.
+            outbox.max_message_size = getattr(broker, "max_message_size", None)
         self.name = name or _relay_name()
         """The relay's name in ``locked_by``; no two relays may share it."""
         self.batch_size = batch_size

@@ -477,6 +477,9 @@ class Service(RunsUntilStopped):
         ):
             # The outbox's writes are traced with the channels its rows go to.
             outbox.channel_prefix = broker.channel_prefix
+        if broker is not None and outbox.max_message_size is None:
+            # What the broker would refuse is refused at the send.
+            outbox.max_message_size = getattr(broker, "max_message_size", None)
         if not self._relay_wanted:
             return None
         if self._relay is None or self._relay.broker is not broker:

@@ -17,8 +17,14 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 
 import attrs
 
-from mediator._exceptions import MediatorError, SubscriptionLostError, TransportError
+from mediator._exceptions import (
+    MediatorError,
+    MessageTooLargeError,
+    SubscriptionLostError,
+    TransportError,
+)
 from mediator._limits import DEAD_LETTER_BODY_LIMIT, quote
+from mediator._message import DEFAULT_MAX_MESSAGE_SIZE, Message, encode_message
 from mediator._policies import Backoff
 
 __all__ = [
@@ -583,8 +589,32 @@ class BrokerLifecycle:
     _owns_client: bool = False
     _subscriptions: set[Any]
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+        if max_message_size < 1:
+            raise ValueError(
+                f"{type(self).__name__}(max_message_size={max_message_size}): must be a "
+                "positive number of bytes"
+            )
         self._subscriptions = set()
+        self.max_message_size = max_message_size
+        """The largest envelope, in bytes, this broker publishes, and the
+        limit its consumers decode with (`EventConsumer` takes it unless told
+        otherwise): one number, so nothing is published that its own
+        consumers would dead-letter as too large."""
+
+    def encode(self, message: Message) -> bytes:
+        """`message` as the bytes to publish, refused with MessageTooLargeError
+        when they exceed `max_message_size`."""
+        data = encode_message(message)
+        if len(data) > self.max_message_size:
+            raise MessageTooLargeError(
+                f"the envelope of {quote(message.message_name, 200)} ({message.message_id}) is "
+                f"{len(data)} bytes, and {type(self).__name__}'s consumers refuse more than "
+                f"{self.max_message_size} (max_message_size): send less per event (a "
+                "reference to the data rather than the data), or raise max_message_size on "
+                "the broker, which its consumers follow"
+            )
+        return data
 
     @property
     def owns_client(self) -> bool:

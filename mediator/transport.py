@@ -38,6 +38,7 @@ from mediator._exceptions import TransportError as TransportError
 from mediator._limits import DEAD_LETTER_BODY_LIMIT as DEAD_LETTER_BODY_LIMIT
 from mediator._limits import QUOTE_LIMIT as QUOTE_LIMIT
 from mediator._limits import quote as quote
+from mediator._message import DEFAULT_MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE
 from mediator._message import Message as Message
 from mediator._message import channel_for as channel_for
 from mediator._message import encode_message as encode_message
@@ -57,6 +58,7 @@ from mediator._transport import map_errors as map_errors
 
 __all__ = [
     "DEAD_LETTER_BODY_LIMIT",
+    "DEFAULT_MAX_MESSAGE_SIZE",
     "QUOTE_LIMIT",
     "RECONNECT",
     "Backoff",

@@ -4,6 +4,7 @@ scheme, and a clear error for what it cannot build."""
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 import uuid
 
@@ -238,3 +239,77 @@ def test_from_env_reads_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     assert brokers.from_env(default="memory://").channel_prefix == "mediator"
     with pytest.raises(LookupError, match="MEDIATOR_BROKER_URL is not set"):
         brokers.from_env()
+
+
+# -- broker options in the URL's query ------------------------------------------
+
+
+def test_options_in_the_query_are_typed_and_reach_the_broker() -> None:
+    memory = brokers.from_url("memory://?history=5&max_message_size=2048&dead_letter_limit=3")
+    assert memory.messages.maxlen == 5  # type: ignore[attr-defined]
+    assert memory.max_message_size == 2048  # type: ignore[attr-defined]
+
+    streams = brokers.from_url(
+        "redis+streams://127.0.0.1:6379/0?claim_idle=2.5&batch_size=50&socket_timeout=5"
+        "&start_from=beginning&silence_timeout=10",
+        channel_prefix="shop",
+    )
+    assert streams.claim_idle == 2.5  # type: ignore[attr-defined]
+    assert streams.batch_size == 50  # type: ignore[attr-defined]
+    assert streams.start_from == "beginning"  # type: ignore[attr-defined]
+    # redis-py's own parameter stays redis-py's.
+    pool = streams.client.connection_pool  # type: ignore[attr-defined]
+    assert pool.connection_kwargs["socket_timeout"] == 5.0
+
+    kafka = brokers.from_url(
+        "kafka://k1:9092,k2:9093?idempotence=false&partitions=6&session_timeout_ms=30000"
+        "&security_protocol=SASL_SSL&sasl_mechanism=PLAIN&sasl_plain_username=u"
+        "&sasl_plain_password=p",
+        channel_prefix="shop",
+    )
+    assert kafka.bootstrap_servers == ["k1:9092", "k2:9093"]  # type: ignore[attr-defined]
+    assert kafka.idempotence is False  # type: ignore[attr-defined]
+    assert kafka.consumer_options["session_timeout_ms"] == 30000  # type: ignore[attr-defined]
+    assert kafka.client_options["sasl_plain_password"] == "p"  # type: ignore[attr-defined]
+
+
+def test_an_amqp_url_keeps_aio_pikas_parameters_and_takes_the_brokers() -> None:
+    broker = brokers.from_url(
+        "amqp://guest:guest@127.0.0.1:5672/?heartbeat=5&prefetch=7&mandatory=true"
+    )
+    assert broker.prefetch == 7  # type: ignore[attr-defined]
+    assert broker.mandatory is True  # type: ignore[attr-defined]
+    assert "heartbeat=5" in broker._url  # type: ignore[attr-defined]
+    assert "prefetch" not in broker._url  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        (
+            "redis+streams://h:6379/0?claim_idel=60",
+            "'claim_idel' is not an option of a redis+streams:// broker; the URL takes "
+            "batch_size, block_ms, claim_idle,",
+        ),
+        ("kafka://h:9092?idempotence=maybe", "idempotence='maybe' is not true or false"),
+        ("memory://?history=-1", "history='-1' is not a whole number, 0 or more"),
+        ("kafka://h:9092?start_from=end", "start_from='end' is not 'new' or 'beginning'"),
+        ("amqp://u:p@h/?prefetch=1&prefetch=2", "gives 'prefetch' twice"),
+    ],
+)
+def test_a_bad_option_in_the_url_is_refused_naming_it(url: str, says: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)):
+        brokers.from_url(url)
+
+
+def test_a_secret_in_a_bad_option_is_never_repeated() -> None:
+    url = "kafka://h:9092?sasl_plain_password=hunter2&bogus=1"
+    with pytest.raises(ValueError, match="'bogus' is not an option") as refused:
+        brokers.from_url(url)
+    assert "hunter2" not in str(refused.value)
+    assert "sasl_plain_password=***" in str(refused.value)
+
+
+def test_an_option_in_the_url_and_as_a_keyword_is_refused() -> None:
+    with pytest.raises(ValueError, match="sets 'history', and so does the keyword"):
+        brokers.from_url("memory://?history=5", history=6)

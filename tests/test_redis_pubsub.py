@@ -600,9 +600,7 @@ async def test_a_publish_right_after_the_server_killed_the_pooled_connections_is
             assert ids, "the publisher's pooled connection is open"
             for client_id in ids:
                 assert await redis_client.client_kill_filter(_id=client_id) == 1
-            await emitter.emit_all(
-                [OrderPlaced(order_id=round_ * 10 + n) for n in range(batch)]
-            )
+            await emitter.emit_all([OrderPlaced(order_id=round_ * 10 + n) for n in range(batch)])
         wanted = [0] + [round_ * 10 + n for round_ in range(1, 4) for n in range(batch)]
         received: list[int] = []
         async with asyncio.timeout(WAIT):
@@ -865,5 +863,37 @@ async def test_a_refused_credential_is_a_credential_error(
         assert isinstance(refused.value.__cause__, redis.exceptions.AuthenticationError)
         with pytest.raises(CredentialError):
             await broker.subscribe("nobody:*")
+    finally:
+        await broker.stop()
+
+
+async def test_the_watchdog_never_connects_a_dropped_connection_again(
+    redis_client: Redis, key_prefix: str
+) -> None:
+    # The watchdog PINGs a connection that carried nothing for silence_timeout.
+    # redis-py connects a dropped connection again to send a command: the
+    # watchdog's PING opened a new connection, unsubscribed, behind the
+    # reconnect loop (and after close(), had it raced with it).
+    silence = 0.1
+    broker = RedisPubSubBroker(redis_client, key_prefix, silence_timeout=silence)
+    subscription = await broker.subscribe(f"{key_prefix}:*")
+    try:
+        connection = subscription._connection
+        assert connection is not None
+        watchdog = subscription._watchdog
+        assert watchdog is not None
+        connects: list[object] = []
+        connect = connection.connect_check_health
+
+        async def recording_connect(*args: Any, **kwargs: Any) -> None:
+            connects.append(args)
+            await connect(*args, **kwargs)
+
+        connection.connect_check_health = recording_connect  # type: ignore[method-assign]
+        # Dropped while nobody reads it: only the watchdog looks at it.
+        await connection.disconnect()
+        await asyncio.wait_for(watchdog, WAIT)
+        assert connects == [], "the watchdog's PING connected it again"
+        assert not connection.is_connected
     finally:
         await broker.stop()

@@ -9,17 +9,20 @@ import hashlib
 import logging
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.connection import parse_url
 
-from brokers.redis import _CLAIM_CALLS, RedisStreamBroker, RedisStreamDelivery
+from brokers.redis import _ACK_DELAY, _CLAIM_CALLS, RedisStreamBroker, RedisStreamDelivery
 from mediator import EventConsumer, EventEmitter, EventMap, NotificationEvent
 from mediator.testing import wait_until
 from tests.conftest import _start_private_server, _stop, _unavailable
+from tests.tcp_proxy import SilencingProxy
 
 WAIT = 10.0  # seconds: the bound of every wait for something that should happen now
 
@@ -744,3 +747,64 @@ async def test_entry_renewal_goes_on_after_an_unexpected_error(
         await held.ack()
     finally:
         await subscription.close()
+
+
+# -- what close() and stop() leave behind ----------------------------------------
+
+
+@asynccontextmanager
+async def proxied_broker(
+    redis_url: str, prefix: str, **options: object
+) -> AsyncIterator[tuple[RedisStreamBroker, SilencingProxy]]:
+    """A broker whose client reaches Redis through a `SilencingProxy`."""
+    where = parse_url(redis_url)
+    async with SilencingProxy(where.get("host", "127.0.0.1"), where.get("port", 6379)) as proxy:
+        client = Redis.from_url(f"redis://127.0.0.1:{proxy.port}/{where.get('db', 0)}")
+        broker = stream_broker(client, prefix, **options)
+        try:
+            yield broker, proxy
+        finally:
+            proxy.hold_new = False
+            proxy.release()
+            proxy.resume()
+            await broker.stop()
+            await client.aclose()
+
+
+async def until(condition: Callable[[], object]) -> None:
+    """Wait until `condition()`, a state of this process, is true."""
+    async with asyncio.timeout(WAIT):
+        while not condition():  # noqa: ASYNC110 - no event to wait on
+            await asyncio.sleep(0.005)
+
+
+async def test_close_waits_for_the_acknowledgements_under_way_and_starts_no_more(
+    redis_url: str, client: Redis, key_prefix: str
+) -> None:
+    # An acknowledgement waits _ACK_DELAY for the next read, then goes out on
+    # its own. One due while close() waited for an earlier one went out in a
+    # task that close() never waited for: still using the client (a new
+    # connection, even) after close(), and after stop() closed the client.
+    stream = f"{key_prefix}:notification_event:OrderPlaced"
+    # No renewal meanwhile (claim_idle): one connection in the pool, one flush.
+    async with proxied_broker(redis_url, key_prefix, claim_idle=60) as (broker, proxy):
+        subscription = await broker.subscribe(f"{key_prefix}:*", group="billing")
+        await publish(stream_broker(client, key_prefix), 1, 2)
+        entries = aiter(subscription)
+        first = await asyncio.wait_for(anext(entries), WAIT)
+        second = await asyncio.wait_for(anext(entries), WAIT)
+        # The first acknowledgement goes out on a connection gone silent, and
+        # waits for its reply; a new connection would be held silent too.
+        assert proxy.silence() >= 1
+        proxy.hold_new = True
+        await first.ack()
+        await until(lambda: subscription._flushes and not subscription._acks)
+        await second.ack()  # queued: due after _ACK_DELAY, while close() waits
+        closing = asyncio.create_task(subscription.close())
+        await asyncio.sleep(_ACK_DELAY * 4)
+        # The first one's reply comes; a connection opened meanwhile stays silent.
+        proxy.resume()
+        await asyncio.wait_for(closing, WAIT)
+        assert not subscription._flushes, "an acknowledgement went on after close()"
+        assert proxy.held == 0, "a connection was opened while closing"
+        assert (await client.xpending(stream, "billing"))["pending"] == 0

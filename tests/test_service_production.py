@@ -15,6 +15,7 @@ from sqlalchemy import text
 from brokers.memory import InMemoryMessageBroker
 from mediator import (
     EventMap,
+    MessageTooLargeError,
     NotificationEvent,
     Request,
     RequestHandler,
@@ -224,3 +225,34 @@ async def test_the_documents_show_the_outbox_and_the_inbox(db: Database) -> None
     chart = mermaid_diagram(service)
     assert "-- outbox, relay -->" in chart
     assert f"{db.prefix}:notification_event:* group billing inbox" in chart
+
+
+async def test_an_event_too_large_for_the_broker_fails_its_send_through_the_outbox(
+    db: Database,
+) -> None:
+    broker = InMemoryMessageBroker(channel_prefix=db.prefix, max_message_size=2048)
+
+    @attrs.frozen(kw_only=True)
+    class Scanned(NotificationEvent):
+        text: str
+
+    @attrs.frozen(kw_only=True)
+    class Scan(Request[None]):
+        text: str
+
+    class ScanHandler(RequestHandler[Scan, None]):
+        async def handle(self, request: Scan) -> None:
+            self.events.append(Scanned(text=request.text))
+
+    requests = RequestMap()
+    requests.bind(Scan, ScanHandler)
+    service = Service(broker, request_map=requests, outbox=db.outbox)
+    async with service:
+        with pytest.raises(MessageTooLargeError, match=r"at most 2048 \(max_message_size\)"):
+            await service.mediator.send(Scan(text="x" * 4096))
+        await service.mediator.send(Scan(text="fits"))
+        assert service.relay is not None
+        await relayed(service.relay, lambda s: s.published >= 1)
+
+    assert [m.payload["text"] for m in broker.messages] == ["fits"]
+    assert await db.outbox.counts() == {"pending": 0, "sent": 1, "dead": 0}
