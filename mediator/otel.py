@@ -226,14 +226,8 @@ class OpenTelemetry(Interceptor):
             propagate.inject(carrier)
             if carrier:
                 publishing.messages = [_with_headers(message, carrier) for message in messages]
-            try:
+            with self._publish_outcome(span, publishing, started, metric_attributes):
                 yield
-            except BaseException as exc:
-                metric_attributes["error.type"] = type(exc).__qualname__
-                span.set_attribute("error.type", type(exc).__qualname__)
-                raise
-            finally:
-                self._record_publish(publishing, started, metric_attributes)
 
     @contextmanager
     def _relay_span(self, publishing: Publishing) -> Iterator[None]:
@@ -243,21 +237,35 @@ class OpenTelemetry(Interceptor):
         destination, metric_attributes, attributes = self._publish_attributes(publishing)
         name = f"publish {destination}" if destination is not None else "publish"
         started = time.perf_counter()
-        with self.tracer.start_as_current_span(
-            name,
-            context=context.Context(),
-            kind=SpanKind.PRODUCER,
-            attributes=attributes,
-            links=_links(publishing.messages),
-        ) as span:
-            try:
-                yield
-            except BaseException as exc:
-                metric_attributes["error.type"] = type(exc).__qualname__
-                span.set_attribute("error.type", type(exc).__qualname__)
-                raise
-            finally:
-                self._record_publish(publishing, started, metric_attributes)
+        with (
+            self.tracer.start_as_current_span(
+                name,
+                context=context.Context(),
+                kind=SpanKind.PRODUCER,
+                attributes=attributes,
+                links=_links(publishing.messages),
+            ) as span,
+            self._publish_outcome(span, publishing, started, metric_attributes),
+        ):
+            yield
+
+    @contextmanager
+    def _publish_outcome(
+        self,
+        span: trace.Span,
+        publishing: Publishing,
+        started: float,
+        metric_attributes: dict[str, Any],
+    ) -> Iterator[None]:
+        """A publish's error type on its span and metrics, and its metrics recorded."""
+        try:
+            yield
+        except BaseException as exc:
+            metric_attributes["error.type"] = type(exc).__qualname__
+            span.set_attribute("error.type", type(exc).__qualname__)
+            raise
+        finally:
+            self._record_publish(publishing, started, metric_attributes)
 
     @contextmanager
     def _process_span(self, consuming: Consuming) -> Iterator[None]:
