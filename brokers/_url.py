@@ -169,6 +169,7 @@ URL_OPTIONS: dict[str, dict[str, Callable[[str], Any]]] = {
         "sasl_plain_password": _text,
         # the consumers' (consumer_options) and the producer's (producer_options):
         "session_timeout_ms": _integer,
+        "heartbeat_interval_ms": _integer,
         "max_request_size": _integer,
     },
 }
@@ -231,6 +232,7 @@ _KAFKA_SECTIONS = {
     "sasl_plain_username": "client_options",
     "sasl_plain_password": "client_options",
     "session_timeout_ms": "consumer_options",
+    "heartbeat_interval_ms": "consumer_options",
     "max_request_size": "producer_options",
 }
 

@@ -880,6 +880,11 @@ class KafkaMessageBroker(BrokerLifecycle):
         self.client_options = dict(client_options or {})
         self.producer_options = dict(producer_options or {})
         self.consumer_options = dict(consumer_options or {})
+        session = self.consumer_options.get("session_timeout_ms")
+        if session is not None and "heartbeat_interval_ms" not in self.consumer_options:
+            # aiokafka's heartbeat (3 s) outlasts a short session: the group
+            # would expire each member between heartbeats and rebalance for ever.
+            self.consumer_options["heartbeat_interval_ms"] = max(1, int(session) // 3)
         self._owns_client = True  # every aiokafka client here is the broker's own
         self._producer: Any = None
         self._admin_client: Any = None

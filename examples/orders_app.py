@@ -108,7 +108,12 @@ async def started(event: ServiceStarted) -> None:
 def engine() -> AsyncEngine:
     if DATABASE_URL.startswith("sqlite"):
         return sqlite_engine(DATABASE_URL)
-    return create_async_engine(DATABASE_URL)
+    # Named, so that pg_stat_activity tells the service's connections from
+    # those of the process placing orders.
+    role = "place" if sys.argv[1:2] == ["place"] else "service"
+    return create_async_engine(
+        DATABASE_URL, connect_args={"server_settings": {"application_name": f"{PREFIX} {role}"}}
+    )
 
 
 outbox = Outbox(engine(), prefix=PREFIX)

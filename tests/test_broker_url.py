@@ -270,6 +270,8 @@ def test_options_in_the_query_are_typed_and_reach_the_broker() -> None:
     assert kafka.bootstrap_servers == ["k1:9092", "k2:9093"]  # type: ignore[attr-defined]
     assert kafka.idempotence is False  # type: ignore[attr-defined]
     assert kafka.consumer_options["session_timeout_ms"] == 30000  # type: ignore[attr-defined]
+    # A third of the session unless given: aiokafka's 3 s would outlast a short one.
+    assert kafka.consumer_options["heartbeat_interval_ms"] == 10000  # type: ignore[attr-defined]
     assert kafka.client_options["sasl_plain_password"] == "p"  # type: ignore[attr-defined]
 
 

