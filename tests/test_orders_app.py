@@ -204,9 +204,9 @@ KAFKA_SOAK = pytest.param(
     "kafka",
     marks=pytest.mark.xfail(
         strict=False,
-        reason="open fault: after worker kills and terminated backends on Kafka (Tansu), "
-        "some released deliveries are never handled again (244 of 300 charged, nothing "
-        "pending in the outbox); being investigated, see the session note",
+        reason="open fault, flaky: after worker kills and terminated backends on Kafka "
+        "(Tansu) the group can keep rebalancing and some orders stay uncharged (244 and 269 "
+        "of 300 seen, nothing pending in the outbox; 3 of 5 runs pass); cause not found yet",
     ),
 )
 
