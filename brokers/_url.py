@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
-from mediator import SubscribingBroker
+from mediator.transport import SubscribingBroker
 
 __all__ = ["BROKER_URL_VARIABLE", "SCHEMES", "URL_OPTIONS", "from_env", "from_url", "redact"]
 

@@ -63,7 +63,6 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "brokers.azure needs azure-servicebus: pip install 'mediator-toolkit[azure]'"
     ) from exc
 
-from mediator._exceptions import MessageTooLargeError
 from mediator.transport import (
     DEFAULT_MAX_MESSAGE_SIZE,
     Backoff,
@@ -78,6 +77,7 @@ from mediator.transport import (
     ErrorTable,
     GlobPattern,
     Message,
+    MessageTooLargeError,
     PublishError,
     ReconnectingSubscription,
     TransportError,

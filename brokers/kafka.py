@@ -71,7 +71,6 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from brokers._kafka_partitions import PartitionState
-from mediator._exceptions import MediatorError, MessageTooLargeError
 from mediator.transport import (
     DEAD_LETTER_BODY_LIMIT,
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -84,7 +83,9 @@ from mediator.transport import (
     ErrorRow,
     ErrorTable,
     GlobPattern,
+    MediatorError,
     Message,
+    MessageTooLargeError,
     PublishError,
     ReconnectingSubscription,
     being_cancelled,

@@ -71,7 +71,6 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "brokers.rabbitmq needs aio-pika: pip install 'mediator-toolkit[rabbitmq]'"
     ) from exc
 
-from mediator._exceptions import MessageTooLargeError
 from mediator.transport import (
     DEFAULT_MAX_MESSAGE_SIZE,
     RECONNECT,
@@ -85,6 +84,7 @@ from mediator.transport import (
     ErrorTable,
     GlobPattern,
     Message,
+    MessageTooLargeError,
     PublishError,
     ReconnectingSubscription,
     SubscriptionLostError,

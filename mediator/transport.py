@@ -32,6 +32,8 @@ from mediator._broker import Subscription as Subscription
 from mediator._exceptions import BrokerUnavailableError as BrokerUnavailableError
 from mediator._exceptions import CredentialError as CredentialError
 from mediator._exceptions import EntityNotFoundError as EntityNotFoundError
+from mediator._exceptions import MediatorError as MediatorError
+from mediator._exceptions import MessageTooLargeError as MessageTooLargeError
 from mediator._exceptions import PublishError as PublishError
 from mediator._exceptions import SubscriptionLostError as SubscriptionLostError
 from mediator._exceptions import TransportError as TransportError
@@ -74,8 +76,10 @@ __all__ = [
     "ErrorRow",
     "ErrorTable",
     "GlobPattern",
+    "MediatorError",
     "Message",
     "MessageBroker",
+    "MessageTooLargeError",
     "PublishError",
     "ReconnectingSubscription",
     "Reconnection",
