@@ -522,9 +522,8 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
                 kept[tp] = self._new_partition(tp)
             self._partitions = kept
             logger.info("%r: %d partition(s) assigned, %d new", self, len(assigned), len(fresh))
-            if not self._started:
-                await self._start_where_told(consumer, fresh)
-                self._started = True
+            await self._start_where_told(consumer, fresh)
+            self._started = True
         except Exception as exc:
             self._failure = exc
             self._wakeup.set()
@@ -532,28 +531,42 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
             self._joined.set()
 
     async def _start_where_told(self, consumer: Any, fresh: list[Partition]) -> None:
-        """At the group's first join, the topics that exist start where
-        `start_from` says; committed at once, so that the choice holds for
-        the members and restarts that follow."""
-        broker, initial = self._owner, self._initial or {}
-        if broker.start_from != "new":
-            return  # from the beginning: what auto_offset_reset does already
-        existing = [tp for tp in fresh if tp[0] in initial]
-        if not existing:
+        """Give every partition the group has no commit for its starting
+        point, and commit it at once, so that the members and restarts that
+        follow go on from it: a member killed before its first commit would
+        otherwise leave its successor to choose again, and to skip to the end
+        what the first one had started reading from the beginning.
+
+        The end of the topics that existed when this subscription first
+        connected, if `start_from` is "new" and the group has no commit at
+        all (it is new); the first record otherwise (a topic that appeared
+        later, or ``start_from="beginning"``)."""
+        if not fresh:
             return
-        every = [TopicPartition(topic, p) for topic, ids in initial.items() for p in ids]
+        broker, initial = self._owner, self._initial or {}
+        known = {TopicPartition(topic, p) for topic, ids in initial.items() for p in ids}
         committed = await (await broker._admin()).list_consumer_group_offsets(
-            broker.group_id(self.group or ""), partitions=every
+            broker.group_id(self.group or ""), partitions=sorted(known.union(fresh))
         )
-        if any(meta.offset >= 0 for meta in committed.values()):
-            return  # the group has been here before: it goes on from its commits
-        # An explicit offset, never seek_to_end(): aiokafka's own reset to the
+        unstarted = [tp for tp in fresh if committed.get(tp) is None or committed[tp].offset < 0]
+        if not unstarted:
+            return
+        group_is_new = broker.start_from == "new" and all(
+            meta.offset < 0 for meta in committed.values()
+        )
+        # Explicit offsets, never seek_to_end(): aiokafka's own reset to the
         # earliest offset, in flight already, would land after it.
-        ends = await consumer.end_offsets(existing)
-        for tp, offset in ends.items():
+        to_end = [tp for tp in unstarted if group_is_new and tp[0] in initial]
+        to_start = [tp for tp in unstarted if tp not in to_end]
+        starts: dict[Partition, int] = {}
+        if to_end:
+            starts.update(await consumer.end_offsets(to_end))
+        if to_start:
+            starts.update(await consumer.beginning_offsets(to_start))
+        for tp, offset in starts.items():
             consumer.seek(tp, offset)
-        await consumer.commit(ends)
-        for tp, offset in ends.items():
+        await consumer.commit(starts)
+        for tp, offset in starts.items():
             self._partitions[tp].committed = offset
 
     # -- fetching ----------------------------------------------------------

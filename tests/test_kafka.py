@@ -676,7 +676,31 @@ async def test_a_rebalance_from_one_consumer_to_two_mid_stream_loses_nothing(
 async def test_a_consumer_process_killed_mid_stream_loses_nothing(
     kafka: KafkaTransport, tmp_path: Path
 ) -> None:
-    total = 5_000
+    await _killed_mid_stream(kafka, tmp_path, total=5_000, kill_after=4)
+
+
+async def test_a_consumer_killed_before_its_group_ever_committed_loses_nothing(
+    kafka: KafkaTransport, tmp_path: Path
+) -> None:
+    # The topic appears after the group subscribed, so the first member reads
+    # it from the beginning; killed before any commit, its successor (to whom
+    # the topic existed at its start) must not take start_from="new" as
+    # "skip to the end".
+    await _killed_mid_stream(
+        kafka, tmp_path, total=1_000, kill_after=1, options={"commit_interval": 3600}
+    )
+
+
+async def _killed_mid_stream(
+    kafka: KafkaTransport,
+    tmp_path: Path,
+    *,
+    total: int,
+    kill_after: int,
+    options: dict[str, Any] | None = None,
+) -> None:
+    """A consumer process SIGKILLed after `kill_after` times 250 events handled,
+    then a new one in the same group: every event handled at least once."""
     handled = tmp_path / "handled"
     settings = orjson.dumps(
         {
@@ -685,7 +709,7 @@ async def test_a_consumer_process_killed_mid_stream_loses_nothing(
             "group": "killed",
             "path": str(handled),
             "total": total,
-            "options": kafka.server.broker_options(),
+            "options": {**kafka.server.broker_options(), **(options or {})},
         }
     ).decode()
 
@@ -716,7 +740,7 @@ async def test_a_consumer_process_killed_mid_stream_loses_nothing(
             await emitter.emit_all(
                 [Numbered(n=n, key=f"k{n % 30}") for n in range(begin, begin + 500)]
             )
-        for _ in range(4):  # 1,000 handled: mid-stream
+        for _ in range(kill_after):  # mid-stream
             await until(first, "handled")
         first.kill()  # SIGKILL: no drain, no last commit, no leaving the group
         await first.wait()
