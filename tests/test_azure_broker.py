@@ -21,7 +21,7 @@ try:
     from azure.servicebus.aio import ServiceBusClient
     from azure.servicebus.exceptions import ServiceBusAuthenticationError
 
-    from brokers.azure import AzureMessageBroker, CredentialError, sql_filter
+    from brokers.azure import AzureMessageBroker, CredentialError
     from tests.azure_peer import AmqpPeer
 except ImportError as exc:  # pragma: no cover - depends on the environment
     if os.environ.get("CI"):
@@ -133,7 +133,7 @@ async def test_a_batch_too_big_for_one_transfer_is_split_in_order(
 ) -> None:
     big = "x" * 100_000  # three of these exceed the peer's 256 KiB batch limit
     events = [OrderPlaced(order_id=n, note=big) for n in range(5)]
-    sender = broker._get_sender()
+    sender = broker._publisher.sender()
     transfers: list[int] = []
     send = sender.send_messages
 
@@ -411,25 +411,6 @@ async def test_a_refused_credential_says_so() -> None:
     assert "expired" in str(caught.value)
     # The library's own class, so one `except CredentialError` serves every broker.
     assert CredentialError is mediator.CredentialError
-
-
-@pytest.mark.parametrize(
-    ("pattern", "expected"),
-    [
-        (
-            "shop:notification_event:Order*",
-            "channel LIKE 'shop:notification!_event:Order%' ESCAPE '!'",
-        ),
-        ("shop:*:User?", "channel LIKE 'shop:%:User_' ESCAPE '!'"),
-        ("shop:100\\%:*", "channel LIKE 'shop:100!%:%' ESCAPE '!'"),
-        ("it's:*", "channel LIKE 'it''s:%' ESCAPE '!'"),
-        ("shop:[ab]*", None),
-    ],
-)
-def test_sql_filter_translates_what_sql_like_can_express(
-    pattern: str, expected: str | None
-) -> None:
-    assert sql_filter(pattern) == expected
 
 
 async def test_stop_settles_in_flight_work_and_gives_back_what_was_never_started(
