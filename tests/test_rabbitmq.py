@@ -24,7 +24,7 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aiormq.exceptions import ChannelInvalidStateError
 
-from brokers.rabbitmq import RabbitMQMessageBroker, binding_key
+from brokers.rabbitmq import RabbitMQMessageBroker
 from mediator import (
     BrokerUnavailableError,
     CredentialError,
@@ -222,36 +222,7 @@ async def test_a_group_queue_is_a_durable_quorum_queue_that_keeps_messages_while
             )
 
 
-# -- patterns --------------------------------------------------------------------
-
-BINDINGS = [
-    ("shop:notification_event:OrderPlaced", "notification_event.OrderPlaced"),
-    ("shop:notification_event:Order*", "notification_event.#"),
-    ("shop:notification_event:Order?", "notification_event.#"),
-    ("shop:notification_event:Order.*", "notification_event.Order.#"),
-    ("shop:notification_event:*", "notification_event.#"),
-    ("shop:ecst_event:Customer[AB]", "ecst_event.#"),
-    ("shop:*:Order?", "#"),
-    ("shop:*", "#"),
-    ("shop:[ne]*:*", "#"),
-    ("sh?p:notification_event:OrderPlaced", "#"),
-    ("*", "#"),
-    ("shop:notification_event:Order\\*", "notification_event.Order*"),
-    ("shop:notification_event:a.*.b", "notification_event.a.#"),
-    ("shop:notification_event:x.\\*.y", "notification_event.#"),  # a literal "*" word
-]
-
-
-@pytest.mark.parametrize(("pattern", "key"), BINDINGS)
-def test_a_glob_binds_the_narrowest_amqp_key_that_covers_it(pattern: str, key: str) -> None:
-    assert binding_key(pattern, "shop") == key
-
-
-@pytest.mark.parametrize("pattern", ["other:notification_event:*", "shop", "shopping:*", "sho"])
-def test_a_glob_that_can_match_no_channel_of_the_prefix_is_refused(pattern: str) -> None:
-    with pytest.raises(ValueError, match="can match no channel of prefix 'shop'"):
-        binding_key(pattern, "shop")
-
+# -- patterns (binding keys without a server: test_rabbitmq_naming.py) ------------
 
 GLOBS = [
     "{p}:notification_event:Order*",
