@@ -57,6 +57,10 @@ from mediator._middlewares import Handle as Handle
 from mediator._middlewares import LoggingMiddleware as LoggingMiddleware
 from mediator._middlewares import Middleware as Middleware
 from mediator._middlewares import MiddlewareChain as MiddlewareChain
+from mediator._operations.service import Service as Service
+from mediator._operations.service import ServiceStarted as ServiceStarted
+from mediator._operations.service import ServiceStopping as ServiceStopping
+from mediator._operations.service import SubscriptionSpec as SubscriptionSpec
 from mediator._patterns import glob_match as glob_match
 from mediator._policies import Backoff as Backoff
 from mediator._policies import DeadLetter as DeadLetter
@@ -73,10 +77,6 @@ from mediator._requests import RequestMap as RequestMap
 from mediator._requests import Response as Response
 from mediator._requests import StreamingRequestHandler as StreamingRequestHandler
 from mediator._requests import StreamRequest as StreamRequest
-from mediator._service import Service as Service
-from mediator._service import ServiceStarted as ServiceStarted
-from mediator._service import ServiceStopping as ServiceStopping
-from mediator._service import SubscriptionSpec as SubscriptionSpec
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",

@@ -1,5 +1,5 @@
 """``python -m mediator``: the same as the ``mediator`` command."""
 
-from mediator._cli import main
+from mediator._operations.cli import main
 
 raise SystemExit(main())

@@ -22,6 +22,7 @@ __all__ = [
     "MessageBroker",
     "SubscribingBroker",
     "Subscription",
+    "describe_broker",
 ]
 
 
@@ -153,3 +154,17 @@ class SubscribingBroker(BatchMessageBroker, Protocol):
         ungrouped subscription gets every matching message.
         """
         ...
+
+
+def describe_broker(broker: object) -> str:
+    """A broker as logs show it: its class, where it connects and its prefix."""
+    if broker is None:
+        return "no broker"
+    where = getattr(broker, "address", None) or getattr(broker, "bootstrap_servers", None)
+    if isinstance(where, list | tuple):
+        where = ",".join(map(str, where))
+    prefix = getattr(broker, "channel_prefix", None)
+    details = ", ".join(
+        part for part in (where and str(where), prefix and f"prefix {prefix!r}") if part
+    )
+    return f"{type(broker).__name__}({details})"

@@ -22,8 +22,8 @@ from referencing.jsonschema import DRAFT7
 
 import brokers
 from mediator import EventMap, MessageCodec, NotificationEvent, Service, encode_message
-from mediator._asyncapi import asyncapi_document, dump
-from mediator._cli import main
+from mediator._operations.asyncapi import asyncapi_document, dump
+from mediator._operations.cli import main
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

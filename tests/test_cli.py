@@ -22,7 +22,8 @@ import redis.asyncio
 
 from brokers.redis import RedisStreamBroker
 from mediator import EventEmitter, EventMap
-from mediator._cli import (
+from mediator._operations.cli import main
+from mediator._operations.exit_status import (
     DRAIN_CANCELLED,
     FAILED,
     FORCED,
@@ -30,7 +31,6 @@ from mediator._cli import (
     SEVERITY,
     STOPPED,
     USAGE,
-    main,
 )
 from tests.cli_app import OrderPlaced
 

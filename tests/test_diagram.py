@@ -12,8 +12,8 @@ import pytest
 
 import brokers
 from mediator import DomainEvent, EventMap, Request, RequestHandler, RequestMap, Service
-from mediator._cli import main
-from mediator._diagram import mermaid_diagram
+from mediator._operations.cli import main
+from mediator._operations.diagram import mermaid_diagram
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 NODE = re.compile(r'^    (\w+)(\[/|\(\[|\[\(|\{\{|\[)"(.*)"(/\]|\]\)|\)\]|\}\}|\])$')

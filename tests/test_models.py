@@ -40,8 +40,8 @@ from mediator import (
     Service,
     encode_message,
 )
-from mediator._asyncapi import asyncapi_document
-from mediator._diagram import mermaid_diagram
+from mediator._operations.asyncapi import asyncapi_document
+from mediator._operations.diagram import mermaid_diagram
 from mediator.testing import wait_until
 from tests import bad_inputs
 from tests.bad_inputs import CASES, PROBE_NAME, Probe

@@ -291,7 +291,8 @@ async def test_one_trace_across_two_processes_on_redis_streams(
 def test_nothing_imports_opentelemetry_unless_asked() -> None:
     # The command, the service and the brokers work without the otel extra.
     code = (
-        "import sys, mediator, brokers, mediator._cli, mediator._asyncapi, mediator._diagram\n"
+        "import sys, mediator, brokers, mediator._operations.cli, mediator._operations.asyncapi,"
+        " mediator._operations.diagram\n"
         "loaded = sorted(m for m in sys.modules if m.startswith('opentelemetry'))\n"
         "assert not loaded, loaded\n"
     )

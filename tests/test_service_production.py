@@ -23,7 +23,7 @@ from mediator import (
     Service,
     encode_message,
 )
-from mediator._health import HealthServer
+from mediator._operations.health import HealthServer
 from mediator.outbox import Inbox, current_session
 from mediator.testing import wait_until
 from tests.outbox_support import KINDS, Database, open_database, relayed
@@ -214,8 +214,8 @@ async def test_readyz_is_503_with_the_reason_until_start_up_has_finished() -> No
 
 
 async def test_the_documents_show_the_outbox_and_the_inbox(db: Database) -> None:
-    from mediator._asyncapi import asyncapi_document
-    from mediator._diagram import mermaid_diagram
+    from mediator._operations.asyncapi import asyncapi_document
+    from mediator._operations.diagram import mermaid_diagram
 
     service = await shop(db, InMemoryMessageBroker(channel_prefix=db.prefix), inbox=True)
 

@@ -1,23 +1,10 @@
-"""The outbox's tables: their SQLAlchemy definitions, their DDL, and the
-PostgreSQL trigger that wakes relays on commit.
-
-Three tables per prefix (default ``mediator``):
-
-- ``{prefix}_outbox``: one row per broker-bound event, written in the
-  transaction of the send that raised it, published by a relay.
-- ``{prefix}_outbox_keys``: one row per partition key, upserted before a
-  send writes keyed rows so that two transactions writing events of one key
-  commit in the order their rows were numbered (not used on SQLite, whose
-  writers are serialized by the database lock already).
-- ``{prefix}_inbox``: one row per (consumer, message id) handled.
-
-Types are portable: on SQLite ``id`` is the ``INTEGER PRIMARY KEY`` rowid,
-UUIDs are ``CHAR(32)`` and times ``DATETIME`` text in UTC; on PostgreSQL
-``BIGSERIAL``, ``UUID`` and ``TIMESTAMP WITH TIME ZONE``.
-"""
+"""The outbox's tables (outbox, partition-key locks, inbox): their SQLAlchemy
+definitions, their DDL, and the PostgreSQL trigger that wakes relays on commit.
+docs/outbox.md, "The tables", shows the SQL."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import zlib
 
@@ -41,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlalchemy.types import TypeEngine
 
-__all__ = ["DEAD", "PENDING", "SENT", "OutboxTables"]
+__all__ = ["DEAD", "PENDING", "SENT", "OutboxTables", "as_utc", "utcnow"]
 
 PENDING = "pending"
 """A row waiting to be published (or to be retried)."""
@@ -49,6 +36,16 @@ SENT = "sent"
 """A row the broker took; deleted once older than the relay's retention."""
 DEAD = "dead"
 """A row that failed `max_attempts` times; kept until someone requeues or deletes it."""
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """A time read back from the database, in UTC (SQLite returns naive UTC)."""
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
 
 _PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,39}")
 

@@ -39,22 +39,22 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "pip install 'mediator-toolkit[outbox]'"
     ) from exc
 
-from mediator._outbox import PUBLISH_FAILED as PUBLISH_FAILED
-from mediator._outbox import Outbox as Outbox
-from mediator._outbox import OutboxError as OutboxError
-from mediator._outbox import UnitOfWork as UnitOfWork
-from mediator._outbox import current_session as current_session
-from mediator._outbox import sqlite_engine as sqlite_engine
-from mediator._outbox_inbox import DEFAULT_INBOX_WINDOW as DEFAULT_INBOX_WINDOW
-from mediator._outbox_inbox import Inbox as Inbox
-from mediator._outbox_inbox import InboxEntry as InboxEntry
-from mediator._outbox_relay import OutboxRelay as OutboxRelay
-from mediator._outbox_relay import RelayRound as RelayRound
-from mediator._outbox_relay import RelayStats as RelayStats
-from mediator._outbox_tables import DEAD as DEAD
-from mediator._outbox_tables import PENDING as PENDING
-from mediator._outbox_tables import SENT as SENT
-from mediator._outbox_tables import OutboxTables as OutboxTables
+from mediator.outbox._inbox import DEFAULT_INBOX_WINDOW as DEFAULT_INBOX_WINDOW
+from mediator.outbox._inbox import Inbox as Inbox
+from mediator.outbox._inbox import InboxEntry as InboxEntry
+from mediator.outbox._outbox import PUBLISH_FAILED as PUBLISH_FAILED
+from mediator.outbox._outbox import Outbox as Outbox
+from mediator.outbox._relay import OutboxRelay as OutboxRelay
+from mediator.outbox._relay_stats import RelayRound as RelayRound
+from mediator.outbox._relay_stats import RelayStats as RelayStats
+from mediator.outbox._sqlite import sqlite_engine as sqlite_engine
+from mediator.outbox._tables import DEAD as DEAD
+from mediator.outbox._tables import PENDING as PENDING
+from mediator.outbox._tables import SENT as SENT
+from mediator.outbox._tables import OutboxTables as OutboxTables
+from mediator.outbox._unit_of_work import OutboxError as OutboxError
+from mediator.outbox._unit_of_work import UnitOfWork as UnitOfWork
+from mediator.outbox._unit_of_work import current_session as current_session
 
 __all__ = [
     "DEAD",

@@ -1,5 +1,5 @@
 """The inbox: a consumer handles each message id once, in the transaction of
-the handlers' own writes."""
+the handlers' own writes (docs/outbox.md, "The inbox")."""
 
 from __future__ import annotations
 
@@ -18,15 +18,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from mediator._limits import quote
 from mediator._message import Message
-from mediator._outbox import (
-    IMMEDIATE,
-    Outbox,
-    OutboxError,
-    _Work,
-    _work,
-    current_session,
-    utcnow,
-)
+from mediator.outbox._outbox import Outbox
+from mediator.outbox._sqlite import IMMEDIATE
+from mediator.outbox._tables import utcnow
+from mediator.outbox._unit_of_work import OutboxError, _Work, _work, current_session
 
 __all__ = ["DEFAULT_INBOX_WINDOW", "Inbox"]
 
@@ -52,20 +47,9 @@ class Inbox:
     )
     ```
 
-    Each delivery is one transaction: the inbox records ``(consumer,
-    message_id)``, the handlers write through `current_session()` (and their
-    follow-up events go to the outbox when the emitter's broker is the
-    outbox), and it all commits once every handler succeeded, before the
-    delivery is acknowledged. A delivery that fails rolls everything back,
-    the record included, so its redelivery is handled again. A message id
-    recorded already is a duplicate: acknowledged, counted in
-    `ConsumerStats.duplicates`, not handled.
-
-    `consumer` names the logical consumer (a service, a consumer group):
-    every replica uses the same name, so they recognise each other's work.
-    Records are deleted after `window` (default 24 hours), checked every
-    `cleanup_interval` seconds after a delivery, in a task beside the
-    deliveries; a copy arriving later than that is handled again.
+    `consumer` names the logical consumer, the same on every replica.
+    Records are deleted after `window` (default 24 hours), checked at most
+    every `cleanup_interval` seconds; a copy arriving later is handled again.
     """
 
     def __init__(

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 if TYPE_CHECKING:
-    from mediator._service import Service
+    from mediator._operations.service import Service
 
 __all__ = ["HealthServer"]
 
@@ -29,18 +29,13 @@ _REASONS = {
 
 
 class HealthServer:
-    """Serves ``GET /livez``, ``GET /readyz`` and ``GET /stats`` for a `Service`.
+    """Serves ``GET /livez``, ``GET /readyz`` (`Service.ready`) and ``GET
+    /stats`` (`Service.stats()`) for a `Service` (docs/operations.md, "Health").
 
     ```python
     async with HealthServer(service, port=8080):
         await service.run()
     ```
-
-    - ``/livez``: 200 while the process's event loop answers.
-    - ``/readyz``: 200 once the service has started (its start-up hooks
-      done), every subscription is connected and its outbox relay runs
-      (`Service.ready`); else 503 with the reason (`Service.not_ready_because`).
-    - ``/stats``: the consumers' and the relay's counters as JSON (`Service.stats()`).
 
     It binds to 127.0.0.1 unless told otherwise: expose it on purpose.
     """

@@ -7,8 +7,9 @@ from typing import Any
 
 from mediator._event_map import EventBinding
 from mediator._events import Event, event_name, message_type_of
+from mediator._operations.raised_events import events_raised_by
+from mediator._operations.service import Service
 from mediator._patterns import GlobPattern
-from mediator._service import Service, events_raised_by
 
 __all__ = ["mermaid_diagram"]
 
@@ -43,15 +44,9 @@ def _short(handler: object) -> str:
 
 
 def mermaid_diagram(service: Service) -> str:
-    """A Mermaid ``flowchart LR`` of `service`'s routing, without the fence.
-
-    Requests (parallelograms) go to their handler (rectangles); the events a
-    handler raises (stadiums; found by reading its code, see
-    `events_raised_by`) go to the local handlers bound to them, or, when they
-    are broker-bound, to their logical channel (cylinders); each channel goes
-    to the subscriptions (hexagons: pattern and group) that match it, and
-    those to their handlers.
-    """
+    """A Mermaid ``flowchart LR`` of `service`'s routing, without the fence:
+    requests to handlers, the events they raise to local handlers or logical
+    channels, channels to the subscriptions that match them (docs/diagrams.md)."""
     chart = _Chart()
     broker = service.broker
     prefix = broker.channel_prefix if broker is not None else "{prefix}"

@@ -1,19 +1,17 @@
-"""The Service: what one process runs, bundled, started and stopped in order."""
+"""The Service: what one process runs, bundled, started and stopped in order
+(docs/operations.md, "The service")."""
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import functools
-import inspect
 import logging
-import textwrap
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
-from mediator._broker import SubscribingBroker
+from mediator._broker import SubscribingBroker, describe_broker
 from mediator._consumer import ConsumerStats, EventConsumer
 from mediator._container import Container
 from mediator._emitter import EventEmitter
@@ -23,21 +21,21 @@ from mediator._interceptors import Interceptor
 from mediator._mediator import Mediator
 from mediator._message import Message
 from mediator._middlewares import MiddlewareChain
+from mediator._operations.raised_events import events_raised_by
 from mediator._policies import ErrorPolicy
 from mediator._requests import RequestMap
 from mediator._running import RunsUntilStopped
 
 if TYPE_CHECKING:  # the outbox extra (SQLAlchemy) is imported only by a service that uses it
-    from mediator._outbox import Outbox
-    from mediator._outbox_inbox import Inbox
-    from mediator._outbox_relay import OutboxRelay
+    from mediator.outbox._inbox import Inbox
+    from mediator.outbox._outbox import Outbox
+    from mediator.outbox._relay import OutboxRelay
 
 __all__ = [
     "Service",
     "ServiceStarted",
     "ServiceStopping",
     "SubscriptionSpec",
-    "events_raised_by",
 ]
 
 logger = logging.getLogger("mediator.service")
@@ -94,16 +92,9 @@ class Service(RunsUntilStopped):
     await service.run()       # until stop(), SIGTERM under `mediator run`, or a failure
     ```
 
-    `start()` starts the broker, runs the start-up hooks in order, starts one
-    `EventConsumer` per event map (returning once every subscription is live),
-    starts the background tasks, then emits `ServiceStarted` through the event
-    map. `stop()` stops the consumers (each drains its deliveries in flight
-    within `drain_timeout` seconds), emits `ServiceStopping`, cancels the
-    background tasks, runs the shut-down hooks in reverse order and stops the
-    broker. A consumer or background task that fails stops the service, and
-    `run()` (or leaving ``async with``) raises its error.
-
-    The service starts and stops its broker: it is the one that runs it.
+    `start()` and `stop()` run their steps in a fixed order; a consumer or
+    background task that fails stops the service, and `run()` raises its
+    error. The service starts and stops its broker.
     """
 
     def __init__(
@@ -243,16 +234,12 @@ class Service(RunsUntilStopped):
         inbox: bool | Inbox | None = None,
     ) -> None:
         """Receive what matches `pattern` once the service starts, handled by
-        `event_map` (the service's by default) in consumer `group`.
+        `event_map` (the service's by default) in consumer `group`; ``{prefix}``
+        in `pattern` stands for the broker's channel prefix.
 
-        ``{prefix}`` in `pattern` stands for the broker's channel prefix, so the
-        pattern follows the broker ``mediator run --broker`` sets.
-
-        `inbox` (the service's `inbox` setting when None): True handles each
-        message id once, in one transaction with the handlers' writes and
-        their follow-up events, recorded under ``"{service name}:{group}"``
-        (the same on every replica; ``"{service name}"`` without a group); an
-        `Inbox` of the service's outbox gives the name yourself.
+        `inbox` (the service's `inbox` setting when None): True records
+        deliveries under ``"{service name}:{group}"`` (``"{service name}"``
+        without a group); an `Inbox` of the service's outbox names it yourself.
         """
         if self._running:
             raise RuntimeError(
@@ -339,11 +326,8 @@ class Service(RunsUntilStopped):
         return hook
 
     def background(self, task: H) -> H:
-        """Run `task` from start to stop (an outbox relay, a poller); a decorator.
-
-        It is cancelled at stop, after the consumers drained; if it fails
-        before, the service stops and `run()` raises its error.
-        """
+        """Run `task` from start to stop (a poller, say), cancelled at stop
+        after the consumers drained; a decorator."""
         self._background.append(task)
         return task
 
@@ -361,9 +345,8 @@ class Service(RunsUntilStopped):
 
     @property
     def ready(self) -> bool:
-        """Started (every start-up hook done), running, with every consumer
-        taking deliveries, every subscription connected (where its transport
-        says) and the outbox relay running; `not_ready_because` says what is missing."""
+        """Started, with every subscription connected and the outbox relay
+        running; `not_ready_because` says what is missing."""
         return self.not_ready_because() is None
 
     def not_ready_because(self) -> str | None:
@@ -409,8 +392,8 @@ class Service(RunsUntilStopped):
     # -- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
-        """Start everything (see the class docs); returns once every
-        subscription is live and `ServiceStarted` was handled."""
+        """Start everything; returns once every subscription is live and
+        `ServiceStarted` was handled."""
         if self._running:
             return
         if self._subscriptions and self._broker is None:
@@ -483,7 +466,7 @@ class Service(RunsUntilStopped):
         if not self._relay_wanted:
             return None
         if self._relay is None or self._relay.broker is not broker:
-            from mediator._outbox_relay import OutboxRelay
+            from mediator.outbox._relay import OutboxRelay
 
             assert broker is not None
             self._relay = OutboxRelay(
@@ -532,7 +515,7 @@ class Service(RunsUntilStopped):
         return list(built.values())
 
     def _new_inbox(self, name: str) -> Inbox:
-        from mediator._outbox_inbox import Inbox
+        from mediator.outbox._inbox import Inbox
 
         assert self.outbox is not None
         return Inbox(self.outbox, name)
@@ -601,53 +584,6 @@ class Service(RunsUntilStopped):
         if errors and self._failure is None:
             self._failure = errors[0]
         logger.info("service %s %s", self.name, "stopped" if announce else "did not start")
-
-
-def events_raised_by(handler: object) -> tuple[type[Event], ...]:
-    """The event classes a handler (class or function) constructs in its code,
-    in the order they appear, found by reading its source: a best effort for
-    documents and diagrams, blind to events built elsewhere (declare those
-    with `Service.publishes`)."""
-    function = getattr(handler, "handle", handler)
-    function = inspect.unwrap(function)  # type: ignore[arg-type]
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
-        names = inspect.getclosurevars(function)
-    except (OSError, TypeError, SyntaxError):
-        return ()
-    scope = {**names.builtins, **names.globals, **names.nonlocals}
-    found: dict[type[Event], None] = {}
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call):
-            continue
-        target = _resolve(node.func, scope)
-        if isinstance(target, type) and issubclass(target, Event):
-            found[target] = None
-    return tuple(found)
-
-
-def _resolve(node: ast.expr, scope: dict[str, Any]) -> Any:
-    # `OrderPlaced(...)` or `events.OrderPlaced(...)`; anything else is not followed.
-    if isinstance(node, ast.Name):
-        return scope.get(node.id)
-    if isinstance(node, ast.Attribute):
-        owner = _resolve(node.value, scope)
-        return getattr(owner, node.attr, None) if inspect.ismodule(owner) else None
-    return None
-
-
-def describe_broker(broker: object) -> str:
-    """A broker as logs show it: its class, where it connects and its prefix."""
-    if broker is None:
-        return "no broker"
-    where = getattr(broker, "address", None) or getattr(broker, "bootstrap_servers", None)
-    if isinstance(where, list | tuple):
-        where = ",".join(map(str, where))
-    prefix = getattr(broker, "channel_prefix", None)
-    details = ", ".join(
-        part for part in (where and str(where), prefix and f"prefix {prefix!r}") if part
-    )
-    return f"{type(broker).__name__}({details})"
 
 
 def _relay_dict(relay: OutboxRelay) -> dict[str, int]:

@@ -1,178 +1,31 @@
-"""The transactional outbox: a send's database writes and its broker-bound
-events commit together, in one transaction, or not at all."""
+"""The outbox: a send's broker-bound events become rows of a table, written
+in the send's transaction (docs/outbox.md)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from contextvars import ContextVar, Token
-from types import TracebackType
 from typing import Any
 
 from sqlalchemy import event, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from mediator._exceptions import MediatorError, MessageTooLargeError
+from mediator._exceptions import MessageTooLargeError
 from mediator._limits import quote
 from mediator._message import DEFAULT_MAX_MESSAGE_SIZE, Message, encode_message
-from mediator._outbox_tables import DEAD, PENDING, SENT, OutboxTables
 from mediator._transport import DeadLetterRecord
+from mediator.outbox._sqlite import IMMEDIATE
+from mediator.outbox._tables import DEAD, PENDING, SENT, OutboxTables, utcnow
+from mediator.outbox._unit_of_work import OutboxError, UnitOfWork, _Work, _work
 
-__all__ = [
-    "PUBLISH_FAILED",
-    "Outbox",
-    "OutboxError",
-    "UnitOfWork",
-    "current_session",
-    "sqlite_engine",
-]
+__all__ = ["PUBLISH_FAILED", "Outbox"]
 
 PUBLISH_FAILED = "publish_failed"
 """The reason `Outbox.dead_letters()` gives for a row that failed `max_attempts` times."""
 
 _SUPPORTED = ("postgresql", "sqlite")
-IMMEDIATE = {"sqlite_begin": "IMMEDIATE"}
-"""Execution options under which `sqlite_engine` begins with BEGIN IMMEDIATE."""
-
-
-class OutboxError(MediatorError):
-    """The outbox was used outside what it can make atomic: no unit of work
-    open, another outbox's unit of work, an unsupported database."""
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def as_utc(value: dt.datetime) -> dt.datetime:
-    """A time read back from the database, in UTC (SQLite returns naive UTC)."""
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-
-
-class _Work:
-    """The unit of work open in this context: its session, and what it wrote."""
-
-    __slots__ = ("keys", "outbox", "owned", "session", "wrote")
-
-    def __init__(self, outbox: Outbox, session: AsyncSession, owned: bool) -> None:
-        self.outbox = outbox
-        self.session = session
-        self.owned = owned
-        """Whether the unit of work commits (False: the caller's own session)."""
-        self.wrote = False
-        self.keys: set[str] = set()
-        """Partition keys already locked in this transaction."""
-
-
-_work: ContextVar[_Work | None] = ContextVar("mediator_unit_of_work", default=None)
-
-
-def current_session() -> AsyncSession:
-    """The `AsyncSession` of the unit of work in progress: write through it in
-    a handler, and the writes commit with the events the handler raises.
-
-    ```python
-    class PlaceOrderHandler(RequestHandler[PlaceOrder, int]):
-        async def handle(self, request: PlaceOrder) -> int:
-            session = current_session()
-            order = Order(total=request.total)
-            session.add(order)
-            await session.flush()
-            self.events.append(OrderPlaced(order_id=order.id))
-            return order.id
-    ```
-
-    Raises OutboxError outside a unit of work (a send of a Mediator built
-    with ``unit_of_work=outbox.unit_of_work``, a delivery handled under an
-    `Inbox`, ``async with outbox.unit_of_work()`` or ``with outbox.bind(session)``).
-    """
-    work = _work.get()
-    if work is None:
-        raise OutboxError(
-            "current_session() was called outside a unit of work; build the Mediator with "
-            "Mediator(unit_of_work=outbox.unit_of_work), give the EventConsumer an "
-            "inbox=Inbox(outbox, consumer=...), or open one with "
-            "`async with outbox.unit_of_work():`"
-        )
-    return work.session
-
-
-class UnitOfWork:
-    """One transaction: ``async with outbox.unit_of_work() as session:``.
-
-    Entering opens a session (or joins the unit of work already open in this
-    context, e.g. a send made by a handler); leaving commits when the block
-    succeeded and rolls back when it raised. Only the outermost unit of work
-    commits. Relays in this process are woken after a commit that wrote rows.
-    """
-
-    __slots__ = ("_outbox", "_token", "_work")
-
-    def __init__(self, outbox: Outbox) -> None:
-        self._outbox = outbox
-        self._work: _Work | None = None
-        self._token: Token[_Work | None] | None = None
-
-    async def __aenter__(self) -> AsyncSession:
-        current = _work.get()
-        if current is not None:
-            if current.outbox is not self._outbox:
-                raise OutboxError(
-                    f"a unit of work of {current.outbox!r} is open in this context; one "
-                    f"transaction cannot span two databases. Send through {self._outbox!r} "
-                    "outside it, or use one Outbox for both"
-                )
-            return current.session  # joined: the outer unit of work commits
-        outbox = self._outbox
-        work = _Work(outbox, outbox.sessions(), owned=True)
-        token = _work.set(work)
-        if outbox.dialect == "sqlite":
-            try:
-                # Takes SQLite's write lock now (with sqlite_engine), not at the
-                # first write, which fails if another transaction committed since.
-                await work.session.connection(execution_options=IMMEDIATE)
-            except BaseException:
-                _work.reset(token)
-                await work.session.close()
-                raise
-        self._work, self._token = work, token
-        return work.session
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        work, token = self._work, self._token
-        if work is None or token is None:
-            return
-        self._work = self._token = None
-        _work.reset(token)
-        session = work.session
-        try:
-            if exc_type is None:
-                try:
-                    await session.commit()
-                except BaseException:
-                    # SQLite keeps a transaction open when COMMIT fails (a deferred
-                    # constraint): the connection is discarded, which rolls it back.
-                    await session.invalidate()
-                    raise
-        finally:
-            # Closing rolls back whatever was not committed.
-            await session.close()
-        if work.wrote:
-            self._outbox._committed()
 
 
 class Outbox:
@@ -189,19 +42,12 @@ class Outbox:
     )
     ```
 
-    The Outbox is the emitter's broker: `send_messages` inserts one row per
-    envelope in the session of the unit of work open in this context, and
-    raises OutboxError when none is. `database` is an `AsyncEngine` or an
-    `async_sessionmaker` (bound to an engine) that makes the sessions.
-    PostgreSQL (asyncpg) and SQLite (aiosqlite) are supported.
-
-    `channel_prefix` is the prefix of the broker the rows are relayed to,
-    which names their logical channels in traces (`mediator.otel`), and
-    `max_message_size` that broker's limit: an envelope larger than it is
-    refused when written (MessageTooLargeError, the send rolled back) rather
-    than dead in the table later. An `OutboxRelay` built on the outbox sets
-    both from its broker when they are None, and so does a `Service`; give
-    them when the relay runs elsewhere (the limit is 1 MiB until known).
+    `database` is an `AsyncEngine`, or an `async_sessionmaker` bound to one
+    (PostgreSQL with asyncpg, SQLite with aiosqlite). `channel_prefix` and
+    `max_message_size` are those of the broker the rows are relayed to; a
+    relay built on the outbox sets them when they are None. An envelope over
+    that size (1 MiB while unknown) is refused at the send, with
+    MessageTooLargeError, rather than dead in the table later.
     """
 
     def __init__(
@@ -280,20 +126,8 @@ class Outbox:
 
     @contextmanager
     def bind(self, session: AsyncSession) -> Iterator[AsyncSession]:
-        """Use your own session (and transaction) for the sends in the block.
-
-        ```python
-        async with sessions() as session, session.begin():
-            session.add(Audit(...))
-            with outbox.bind(session):
-                await mediator.send(PlaceOrder(total=42))
-        # committed here, by you, with the events
-        ```
-
-        The units of work inside the block join `session` and never commit
-        or roll back: that is yours to do. `session` must be on the outbox's
-        database. Relays in this process are woken when the session commits.
-        """
+        """Use your own session (and transaction) for the sends in the block:
+        their units of work join `session` and never commit or roll back."""
         if _work.get() is not None:
             raise OutboxError(
                 f"{self!r}.bind(): a unit of work is open in this context already; bind "
@@ -460,62 +294,3 @@ class Outbox:
             statement = statement.where(table.c.status == status)
         async with self.engine.connect() as connection:
             return list((await connection.execute(statement)).scalars())
-
-
-def sqlite_engine(url: str, *, busy_timeout: float = 15.0, **options: Any) -> AsyncEngine:
-    """An aiosqlite engine set up for the outbox, and for an application that
-    writes from several tasks or processes.
-
-    ```python
-    engine = sqlite_engine("sqlite+aiosqlite:///app.db")
-    ```
-
-    - WAL journal: readers never wait for the writer, nor the writer for them;
-      ``synchronous=NORMAL``, which WAL makes safe against a crash of the
-      process (a power cut may lose the last commits, rows and events alike).
-    - SQLAlchemy begins every transaction (not the driver, which would begin
-      only at the first write, outside savepoints): with ``BEGIN``, or with
-      ``BEGIN IMMEDIATE`` under the execution option
-      ``sqlite_begin="IMMEDIATE"``, which the outbox's units of work, inbox
-      deliveries and relay use. IMMEDIATE takes the write lock at once,
-      waiting up to `busy_timeout` seconds for it, instead of failing with
-      "database is locked" when a transaction that read first tries to write
-      after another one committed. Give it to your own writing transactions:
-      ``engine.execution_options(sqlite_begin="IMMEDIATE")``.
-    - Foreign keys are enforced (``PRAGMA foreign_keys=ON``).
-
-    `options` go to `create_async_engine`. A ``:memory:`` database is refused:
-    it lives in one connection, which the sends and the relay would share.
-    """
-    parsed = make_url(url)
-    if parsed.drivername != "sqlite+aiosqlite":
-        raise ValueError(
-            f"sqlite_engine({url!r}): the URL must start with sqlite+aiosqlite:/// "
-            "(the asyncio SQLite driver)"
-        )
-    database = parsed.database or ""
-    if database in ("", ":memory:") or "mode=memory" in str(parsed.query):
-        raise ValueError(
-            f"sqlite_engine({url!r}): an in-memory database lives in one connection, which "
-            "the units of work and the relay would share; use a file, e.g. "
-            "sqlite+aiosqlite:///app.db"
-        )
-    connect_args = {"timeout": busy_timeout, **options.pop("connect_args", {})}
-    engine = create_async_engine(url, connect_args=connect_args, **options)
-
-    def connect(dbapi_connection: Any, record: Any) -> None:
-        # SQLAlchemy emits BEGIN itself (below), rather than the driver, which
-        # would begin only before the first write.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
-            cursor.execute(f"PRAGMA {pragma}")
-        cursor.close()
-
-    def begin(connection: Any) -> None:
-        mode = connection.get_execution_options().get("sqlite_begin", "")
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if mode == "IMMEDIATE" else "BEGIN")
-
-    event.listen(engine.sync_engine, "connect", connect)
-    event.listen(engine.sync_engine, "begin", begin)
-    return engine

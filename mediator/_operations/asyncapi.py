@@ -1,4 +1,5 @@
-"""The AsyncAPI 3.0 document of a Service: what it publishes and receives, on which broker."""
+"""The AsyncAPI 3.0 document of a Service: what it publishes and receives, on
+which broker (docs/asyncapi.md)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import orjson
 
 from mediator._events import Event, event_name, message_type_of
 from mediator._models import form_of
+from mediator._operations.service import Service
 from mediator._patterns import GlobPattern
-from mediator._service import Service
 
 __all__ = ["ASYNCAPI_VERSION", "asyncapi_document", "dump"]
 
@@ -43,18 +44,9 @@ _HEADERS_SCHEMA: dict[str, Any] = {
 
 
 def asyncapi_document(service: Service, *, version: str = "1.0.0") -> dict[str, Any]:
-    """The AsyncAPI 3.0 document of `service`, as a JSON-ready dict.
-
-    - ``servers``: where its broker connects (none for the in-memory broker).
-    - ``channels``: one per logical channel the service publishes to (the
-      broker-bound events its handlers raise, see `Service.published_events`)
-      or receives from (the registered events matching a subscription), with
-      the transport's address and binding.
-    - ``operations``: a ``send`` per published channel, a ``receive`` per
-      subscription and channel it matches (naming its consumer group).
-    - ``components``: each event's message (the wire envelope around the
-      payload) and the payload's JSON Schema, generated from the event class.
-    """
+    """The AsyncAPI 3.0 document of `service`, as a JSON-ready dict: its
+    broker, the channels it publishes to and receives from, and each event's
+    message and payload schema (docs/asyncapi.md, "What is in it")."""
     broker = service.broker
     transport = _Transport.of(broker)
     prefix = broker.channel_prefix if broker is not None else "{prefix}"
