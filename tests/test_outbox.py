@@ -507,6 +507,42 @@ async def test_a_relay_in_another_process_is_woken_without_polling(db: Database)
     assert [m.message_id for m in broker.published] == ids
 
 
+@only("postgresql")
+async def test_a_lost_listen_connection_is_given_back_not_left_to_the_garbage_collector(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A backend terminated under the relay's LISTEN: SQLAlchemy must get its
+    # connection back (invalidated), not find it unreturned when the
+    # garbage collector comes ("non-checked-in connection").
+    import gc
+
+    caplog.set_level(logging.WARNING)
+    relay = relay_of(db.outbox, Refusing(), poll_interval=0.05)
+    async with relay:
+        assert relay.listening
+        async with db.outbox.engine.begin() as connection:
+            terminated = await connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE query = :listen AND pid <> pg_backend_pid()"
+                ),
+                {"listen": f'LISTEN "{db.outbox.tables.channel}"'},
+            )
+            assert terminated.all() == [(True,)]
+        await observed(lambda: _true(not relay.listening))
+        ids = await send_pings(db.outbox, 2)  # the relay goes on, polling
+        await relayed(relay, lambda stats: stats.published == 2, timeout=10.0)
+        gc.collect()
+    assert "the LISTEN connection closed" in caplog.text
+    unreturned = [r for r in caplog.records if "non-checked-in connection" in r.getMessage()]
+    assert not unreturned, unreturned[0].getMessage()
+    assert len(ids) == 2
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
 async def test_the_relay_stops_gracefully_after_its_round(db: Database) -> None:
     await send_pings(db.outbox, 3)
     broker = Refusing()

@@ -3,6 +3,7 @@ outbox's trigger sends on commit, on a connection of its own."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ class CommitListener:
         self._wake = wake
         self._listener: tuple[Any, Any] | None = None
         self._next_listen = 0.0
+        self._discarding: asyncio.Task[None] | None = None
 
     @property
     def listening(self) -> bool:
@@ -70,12 +72,18 @@ class CommitListener:
         logger.warning(
             "outbox relay %s: the LISTEN connection closed; polling until it is back", self.name
         )
-        self._listener = None
+        listener, self._listener = self._listener, None
         self._next_listen = time.monotonic() + _LISTEN_RETRY
+        if listener is not None:
+            # Given back to the pool as dead, not left to the garbage collector.
+            self._discarding = asyncio.get_running_loop().create_task(_invalidate(listener[0]))
         self._wake()
 
     async def stop(self) -> None:
         """UNLISTEN and close the connection, if there is one."""
+        discarding, self._discarding = self._discarding, None
+        if discarding is not None:
+            await discarding
         listener, self._listener = self._listener, None
         if listener is None:
             return
@@ -93,3 +101,10 @@ async def _close_quietly(connection: Any) -> None:
         await connection.close()
     except Exception:
         logger.debug("closing the LISTEN connection failed", exc_info=True)
+
+
+async def _invalidate(connection: Any) -> None:
+    try:
+        await connection.invalidate()
+    except Exception:
+        logger.debug("discarding the lost LISTEN connection failed", exc_info=True)
