@@ -18,7 +18,9 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.connection import parse_url
 
-from brokers.redis import _ACK_DELAY, _CLAIM_CALLS, RedisStreamBroker, RedisStreamDelivery
+from brokers.redis import RedisStreamBroker, RedisStreamDelivery
+from brokers.redis._streams_acks import ACK_DELAY
+from brokers.redis._streams_claims import CLAIM_CALLS
 from mediator import EventConsumer, EventEmitter, EventMap, NotificationEvent
 from mediator.testing import wait_until
 from tests.conftest import _start_private_server, _stop, _unavailable
@@ -682,8 +684,8 @@ async def test_an_oversize_entry_is_dead_lettered_as_a_bounded_prefix_with_size_
 @pytest.mark.parametrize(
     "live",
     # One XAUTOCLAIM looks at 10 x batch_size (2) pending entries at most, and
-    # one claim pass sends _CLAIM_CALLS of them per stream.
-    [30, 10 * 2 * _CLAIM_CALLS + 10],
+    # one claim pass sends CLAIM_CALLS of them per stream.
+    [30, 10 * 2 * CLAIM_CALLS + 10],
     ids=["beyond-one-call", "beyond-one-pass"],
 )
 async def test_idle_entries_behind_many_live_pending_ones_are_all_claimed(
@@ -781,7 +783,7 @@ async def until(condition: Callable[[], object]) -> None:
 async def test_close_waits_for_the_acknowledgements_under_way_and_starts_no_more(
     redis_url: str, client: Redis, key_prefix: str
 ) -> None:
-    # An acknowledgement waits _ACK_DELAY for the next read, then goes out on
+    # An acknowledgement waits ACK_DELAY for the next read, then goes out on
     # its own. One due while close() waited for an earlier one went out in a
     # task that close() never waited for: still using the client (a new
     # connection, even) after close(), and after stop() closed the client.
@@ -798,13 +800,13 @@ async def test_close_waits_for_the_acknowledgements_under_way_and_starts_no_more
         assert proxy.silence() >= 1
         proxy.hold_new = True
         await first.ack()
-        await until(lambda: subscription._flushes and not subscription._acks)
-        await second.ack()  # queued: due after _ACK_DELAY, while close() waits
+        await until(lambda: subscription._acks.flushes and not subscription._acks.pending)
+        await second.ack()  # queued: due after ACK_DELAY, while close() waits
         closing = asyncio.create_task(subscription.close())
-        await asyncio.sleep(_ACK_DELAY * 4)
+        await asyncio.sleep(ACK_DELAY * 4)
         # The first one's reply comes; a connection opened meanwhile stays silent.
         proxy.resume()
         await asyncio.wait_for(closing, WAIT)
-        assert not subscription._flushes, "an acknowledgement went on after close()"
+        assert not subscription._acks.flushes, "an acknowledgement went on after close()"
         assert proxy.held == 0, "a connection was opened while closing"
         assert (await client.xpending(stream, "billing"))["pending"] == 0
