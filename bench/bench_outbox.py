@@ -153,7 +153,7 @@ async def bench_relay_throughput(db: Database, rows: int) -> None:
     redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379"
     from redis.asyncio import Redis
 
-    from brokers.redis import RedisStreamBroker
+    from brokers.redis import RedisStreamMessageBroker
 
     client = Redis.from_url(redis_url)
     prefix = f"mtk-bench-{uuid.uuid4().hex[:8]}"
@@ -164,7 +164,7 @@ async def bench_relay_throughput(db: Database, rows: int) -> None:
         await client.aclose()
         return
     try:
-        broker = RedisStreamBroker(client=client, channel_prefix=prefix)
+        broker = RedisStreamMessageBroker(client=client, channel_prefix=prefix)
         await relay_through(db, rows, broker, "Redis Streams")
     finally:
         keys = [key async for key in client.scan_iter(match=f"{prefix}*")]

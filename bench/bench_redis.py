@@ -67,7 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _timing import interleaved, rate_line
 
-from brokers.redis import RedisPubSubBroker, RedisStreamBroker
+from brokers.redis import RedisPubSubMessageBroker, RedisStreamMessageBroker
 from mediator import (
     EventConsumer,
     EventEmitter,
@@ -129,7 +129,7 @@ def counting_writes() -> Iterator[list[int]]:
 
 
 async def publishing(client: Redis, prefix: str, n: int, batches: int, repeats: int) -> None:
-    broker = RedisPubSubBroker(client, channel_prefix=prefix)
+    broker = RedisPubSubMessageBroker(client, channel_prefix=prefix)
     message = envelope(1)
     channel, data = broker.channel(message), encode_message(message)
     event = Tick(number=1)
@@ -291,7 +291,7 @@ async def through_consumer(
     async def handler(event: Tick) -> None:
         tick()
 
-    broker = RedisPubSubBroker(client, channel_prefix=prefix)
+    broker = RedisPubSubMessageBroker(client, channel_prefix=prefix)
     consumer = EventConsumer(broker=broker, event_map=events)
     await consumer.subscribe(f"{prefix}:notification_event:*")
     async with consumer:  # every subscription is live here
@@ -380,7 +380,7 @@ async def raw_stream_consume(
 async def stream_through_consumer(
     client: Redis, publisher: Redis, prefix: str, datas: list[bytes], m: int
 ) -> float:
-    """EventConsumer in a group on RedisStreamBroker: decode to Tick, call its
+    """EventConsumer in a group on RedisStreamMessageBroker: decode to Tick, call its
     handler, acknowledge after it."""
     key = f"{prefix}:notification_event:Tick"
     await fill_stream(publisher, key, datas, m)
@@ -393,7 +393,7 @@ async def stream_through_consumer(
     async def handler(event: Tick) -> None:
         tick()
 
-    broker = RedisStreamBroker(client, channel_prefix=prefix, start_from="beginning")
+    broker = RedisStreamMessageBroker(client, channel_prefix=prefix, start_from="beginning")
     consumer = EventConsumer(broker=broker, event_map=events)
     await consumer.subscribe(f"{prefix}:notification_event:*", group=STREAM_GROUP)
     async with consumer:  # the group exists here; reading starts

@@ -18,10 +18,10 @@ BROKER_URL_VARIABLE = "MEDIATOR_BROKER_URL"
 
 SCHEMES: dict[str, str] = {
     "memory": "in-process broker (brokers.memory), at-most-once",
-    "redis": "Redis Pub/Sub (brokers.redis.RedisPubSubBroker), at-most-once",
+    "redis": "Redis Pub/Sub (brokers.redis.RedisPubSubMessageBroker), at-most-once",
     "rediss": "Redis Pub/Sub over TLS",
     "unix": "Redis Pub/Sub over a unix socket",
-    "redis+streams": "Redis Streams (brokers.redis.RedisStreamBroker), at-least-once",
+    "redis+streams": "Redis Streams (brokers.redis.RedisStreamMessageBroker), at-least-once",
     "rediss+streams": "Redis Streams over TLS",
     "unix+streams": "Redis Streams over a unix socket",
     "amqp": "RabbitMQ (brokers.rabbitmq.RabbitMQMessageBroker), at-least-once",
@@ -326,10 +326,10 @@ def from_url(url: str, *, channel_prefix: str | None = None, **options: Any) -> 
     if scheme == "memory":
         return _build("memory", "InMemoryMessageBroker", **prefix, **options)
     if scheme in ("redis", "rediss", "unix"):
-        return _build("redis", "RedisPubSubBroker.from_url", url, **prefix, **options)
+        return _build("redis", "RedisPubSubMessageBroker.from_url", url, **prefix, **options)
     if scheme in ("redis+streams", "rediss+streams", "unix+streams"):
         plain = scheme.removesuffix("+streams") + url[len(scheme) :]
-        return _build("redis", "RedisStreamBroker.from_url", plain, **prefix, **options)
+        return _build("redis", "RedisStreamMessageBroker.from_url", plain, **prefix, **options)
     if scheme in ("amqp", "amqps"):
         return _build("rabbitmq", "RabbitMQMessageBroker.from_url", url, **prefix, **options)
     if scheme == "kafka":

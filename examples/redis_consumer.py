@@ -19,7 +19,7 @@ import sys
 
 from redis.asyncio import Redis
 
-from brokers.redis import RedisStreamBroker
+from brokers.redis import RedisStreamMessageBroker
 from mediator import EventConsumer
 from mediator.testing import wait_until
 from shop import billing_events
@@ -31,7 +31,9 @@ async def main() -> None:
     count = int(sys.argv[2]) if len(sys.argv) > 2 else 3
 
     async with Redis.from_url(url) as client:
-        broker = RedisStreamBroker(client=client, channel_prefix=prefix, start_from="beginning")
+        broker = RedisStreamMessageBroker(
+            client=client, channel_prefix=prefix, start_from="beginning"
+        )
         consumer = EventConsumer(broker=broker, event_map=billing_events())
         await consumer.subscribe(f"{prefix}:notification_event:Order*", group="billing")
         async with consumer:  # the group exists on every matching stream from here

@@ -17,7 +17,7 @@ import sys
 
 from redis.asyncio import Redis
 
-from brokers.redis import RedisStreamBroker
+from brokers.redis import RedisStreamMessageBroker
 from mediator import EventEmitter, Mediator
 from shop import place_orders, shop_requests
 
@@ -26,7 +26,7 @@ async def main() -> None:
     url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
     prefix = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("SHOP_PREFIX", "shop")
     async with Redis.from_url(url) as client:
-        broker = RedisStreamBroker(client=client, channel_prefix=prefix, maxlen=10_000)
+        broker = RedisStreamMessageBroker(client=client, channel_prefix=prefix, maxlen=10_000)
         mediator = Mediator(
             request_map=shop_requests(), event_emitter=EventEmitter(message_broker=broker)
         )

@@ -43,8 +43,8 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.
 
 _SYSTEMS = {
     "InMemoryMessageBroker": "memory",
-    "RedisPubSubBroker": "redis",
-    "RedisStreamBroker": "redis",
+    "RedisPubSubMessageBroker": "redis",
+    "RedisStreamMessageBroker": "redis",
     "RabbitMQMessageBroker": "rabbitmq",
     "KafkaMessageBroker": "kafka",
     "AzureMessageBroker": "servicebus",

@@ -26,7 +26,7 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import Session
 
-from brokers.redis import RedisStreamBroker
+from brokers.redis import RedisStreamMessageBroker
 from mediator import EventConsumer, EventMap, NotificationEvent
 from mediator.outbox import Inbox, Outbox, OutboxRelay, current_session, sqlite_engine
 
@@ -43,8 +43,8 @@ def engine_for(url: str) -> AsyncEngine:
     return sqlite_engine(url) if url.startswith("sqlite") else create_async_engine(url)
 
 
-def stream_broker(redis_url: str, channel_prefix: str) -> RedisStreamBroker:
-    return RedisStreamBroker(
+def stream_broker(redis_url: str, channel_prefix: str) -> RedisStreamMessageBroker:
+    return RedisStreamMessageBroker(
         client=Redis.from_url(redis_url),
         channel_prefix=channel_prefix,
         discovery_interval=0.05,

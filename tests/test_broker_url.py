@@ -58,21 +58,21 @@ async def test_memory_url_builds_the_in_memory_broker() -> None:
 
 
 async def test_redis_url_is_pubsub_and_round_trips(redis_url: str, key_prefix: str) -> None:
-    from brokers.redis import RedisPubSubBroker
+    from brokers.redis import RedisPubSubMessageBroker
 
     broker = brokers.from_url(redis_url, channel_prefix=key_prefix)
-    assert type(broker) is RedisPubSubBroker
+    assert type(broker) is RedisPubSubMessageBroker
     assert broker.delivery_guarantee is DeliveryGuarantee.AT_MOST_ONCE
     assert broker.owns_client
     await _round_trip(broker, group=None)
 
 
 async def test_redis_streams_url_round_trips_in_a_group(redis_url: str, key_prefix: str) -> None:
-    from brokers.redis import RedisStreamBroker
+    from brokers.redis import RedisStreamMessageBroker
 
     url = redis_url.replace("redis://", "redis+streams://", 1)
     broker = brokers.from_url(url, channel_prefix=key_prefix, start_from="beginning")
-    assert type(broker) is RedisStreamBroker
+    assert type(broker) is RedisStreamMessageBroker
     assert broker.delivery_guarantee is DeliveryGuarantee.AT_LEAST_ONCE
     assert broker.start_from == "beginning"
     # The +streams suffix is the library's: redis-py is given the plain scheme.
@@ -92,7 +92,9 @@ async def test_redis_streams_url_round_trips_in_a_group(redis_url: str, key_pref
 def test_every_redis_form_reaches_redis_py(url: str, path: str | None) -> None:
     broker = brokers.from_url(url, channel_prefix="shop")
     streams = "+streams" in url
-    assert type(broker).__name__ == ("RedisStreamBroker" if streams else "RedisPubSubBroker")
+    assert type(broker).__name__ == (
+        "RedisStreamMessageBroker" if streams else "RedisPubSubMessageBroker"
+    )
     kwargs = broker.client.connection_pool.connection_kwargs  # type: ignore[attr-defined]
     if path is None:
         assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("cache.example", 6380, 2)

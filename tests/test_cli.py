@@ -20,7 +20,7 @@ import orjson
 import pytest
 import redis.asyncio
 
-from brokers.redis import RedisStreamBroker
+from brokers.redis import RedisStreamMessageBroker
 from mediator import EventEmitter, EventMap
 from mediator._operations.cli import main
 from mediator._operations.exit_status import (
@@ -109,7 +109,7 @@ async def commands() -> AsyncIterator[list[Command]]:
 
 
 async def _publish(redis_url: str, prefix: str, order_ids: range) -> None:
-    broker = RedisStreamBroker.from_url(redis_url, prefix)
+    broker = RedisStreamMessageBroker.from_url(redis_url, prefix)
     emitter = EventEmitter(event_map=EventMap(), message_broker=broker)
     async with broker:
         for order_id in order_ids:

@@ -252,7 +252,7 @@ async def _silenceable_redis(
     from redis.asyncio import Redis
     from redis.asyncio.connection import parse_url
 
-    from brokers.redis import RedisPubSubBroker, RedisStreamBroker
+    from brokers.redis import RedisPubSubMessageBroker, RedisStreamMessageBroker
     from tests.transports import RedisPubSubTransport, RedisStreamsTransport
 
     url = request.getfixturevalue("redis_url")
@@ -267,10 +267,10 @@ async def _silenceable_redis(
         direct: SubscribingBroker
         if name == "redis-pubsub":
             transport = RedisPubSubTransport(prefix, proxied, silence_timeout=silence_timeout)
-            direct = RedisPubSubBroker(direct_client, prefix)
+            direct = RedisPubSubMessageBroker(direct_client, prefix)
         else:
             transport = RedisStreamsTransport(prefix, proxied, silence_timeout=silence_timeout)
-            direct = RedisStreamBroker(direct_client, prefix)
+            direct = RedisStreamMessageBroker(direct_client, prefix)
         try:
             yield Silenceable(transport, direct, proxy, bound=2 * silence_timeout)
         finally:

@@ -29,7 +29,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.util.types import Attributes
 
 from brokers.memory import InMemoryMessageBroker
-from brokers.redis import RedisStreamBroker
+from brokers.redis import RedisStreamMessageBroker
 from mediator import (
     DeadLetter,
     EventMap,
@@ -260,7 +260,7 @@ async def test_one_trace_across_two_processes_on_redis_streams(
     consumer = await _start("run", "tests.cli_app:service", env=env)
     try:
         await consumer.line("stdout", "started billing")
-        producer = shop(RedisStreamBroker.from_url(redis_url, key_prefix), telemetry.otel)
+        producer = shop(RedisStreamMessageBroker.from_url(redis_url, key_prefix), telemetry.otel)
         producer._subscriptions.clear()  # this side only sends
         async with producer:
             await producer.mediator.send(PlaceOrder(order_id=41))

@@ -912,9 +912,9 @@ async def test_the_progress_line_gives_the_pending_rows_and_how_long_they_waited
 async def test_the_relay_logs_where_it_publishes_without_a_password(
     db: Database, relay_log: Callable[[OutboxRelay], RelayLog]
 ) -> None:
-    from brokers.redis import RedisStreamBroker
+    from brokers.redis import RedisStreamMessageBroker
 
-    broker = RedisStreamBroker.from_url("redis://relay:s3cret@127.0.0.1:1/0", "shop")
+    broker = RedisStreamMessageBroker.from_url("redis://relay:s3cret@127.0.0.1:1/0", "shop")
     relay = relay_of(db.outbox, broker, progress_interval=None)
     log = relay_log(relay)
     try:
@@ -923,7 +923,7 @@ async def test_the_relay_logs_where_it_publishes_without_a_password(
     finally:
         await broker.client.aclose()
     start, stop = log.lines
-    assert "to RedisStreamBroker(127.0.0.1:1, prefix 'shop')" in start
+    assert "to RedisStreamMessageBroker(127.0.0.1:1, prefix 'shop')" in start
     assert start.endswith("; no progress lines")
     assert "s3cret" not in " ".join(log.lines)
     assert "in total 0 published" in stop

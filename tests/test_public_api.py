@@ -81,7 +81,7 @@ def test_applications_transport_authors_and_tests_each_have_their_module() -> No
         ("mediator.container", "RodiContainer"),
         ("brokers.memory", "InMemoryMessageBroker"),
         ("brokers.redis", "RedisMessageBroker"),
-        ("brokers.redis", "RedisStreamBroker"),
+        ("brokers.redis", "RedisStreamMessageBroker"),
         ("brokers.azure", "AzureMessageBroker"),
         ("brokers.rabbitmq", "RabbitMQMessageBroker"),
         ("brokers.kafka", "KafkaMessageBroker"),
@@ -94,6 +94,20 @@ def test_module_level_names(module: str, name: str) -> None:
 
 
 def test_redis_pubsub_keeps_diators_name() -> None:
-    from brokers.redis import RedisMessageBroker, RedisPubSubBroker
+    from brokers.redis import RedisMessageBroker, RedisPubSubMessageBroker
 
-    assert RedisMessageBroker is RedisPubSubBroker
+    assert RedisMessageBroker is RedisPubSubMessageBroker
+
+
+def test_every_broker_is_named_transport_message_broker_and_old_names_still_import() -> None:
+    import brokers.memory
+    import brokers.redis
+
+    for module in ("memory", "redis", "azure", "rabbitmq", "kafka"):
+        imported = importlib.import_module(f"brokers.{module}")
+        named = [name for name in imported.__all__ if name.endswith("Broker")]
+        assert named, module
+        assert all(name.endswith("MessageBroker") for name in named), named
+    assert brokers.redis.RedisPubSubBroker is brokers.redis.RedisPubSubMessageBroker
+    assert brokers.redis.RedisStreamBroker is brokers.redis.RedisStreamMessageBroker
+    assert brokers.memory.InMemoryMessageBroker.__name__ == "InMemoryMessageBroker"

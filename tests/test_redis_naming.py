@@ -14,7 +14,7 @@ from mediator.transport import Message, channel_for
 try:
     from redis.asyncio import Redis
 
-    from brokers.redis import RedisMessageBroker, RedisPubSubBroker, RedisStreamBroker
+    from brokers.redis import RedisMessageBroker, RedisPubSubMessageBroker, RedisStreamMessageBroker
     from brokers.redis._naming import (
         PRIVATE_GROUP_PREFIX,
         channel_name,
@@ -42,8 +42,8 @@ def test_a_message_goes_to_its_logical_channel_on_both_transports() -> None:
     client = Redis()  # never connects: nothing here sends a command
     expected = channel_for("shop", PLACED)
     assert expected == "shop:notification_event:OrderPlaced"
-    assert RedisPubSubBroker(client, "shop").channel(PLACED) == expected
-    assert RedisStreamBroker(client, "shop").channel(PLACED) == expected
+    assert RedisPubSubMessageBroker(client, "shop").channel(PLACED) == expected
+    assert RedisStreamMessageBroker(client, "shop").channel(PLACED) == expected
     assert channel_name("shop", PLACED) == expected
 
 
@@ -55,10 +55,10 @@ def test_the_diator_layout_ends_with_the_message_id_where_diator_published() -> 
 
 def test_the_registry_and_the_dead_letters_have_fixed_keys_under_the_prefix() -> None:
     # Documented keys: operators and scripts read and delete them by name.
-    streams = RedisStreamBroker(Redis(), "shop")
+    streams = RedisStreamMessageBroker(Redis(), "shop")
     assert streams.registry_key == registry_key("shop") == "shop:streams"
     assert streams.dead_letter_key == dead_letter_key("shop") == "shop:dead-letter"
-    assert RedisPubSubBroker(Redis(), "shop").dead_letter_key == "shop:dead-letter"
+    assert RedisPubSubMessageBroker(Redis(), "shop").dead_letter_key == "shop:dead-letter"
 
 
 def test_no_message_is_ever_published_to_the_registry_or_the_dead_letter_key() -> None:

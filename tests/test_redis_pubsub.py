@@ -1,4 +1,4 @@
-"""RedisPubSubBroker (diator's RedisMessageBroker) on a real Redis: what goes over
+"""RedisPubSubMessageBroker (diator's RedisMessageBroker) on a real Redis: what goes over
 the wire, and what survives faults.
 
 The transport-independent consumer behaviour is in ``test_consumer.py`` (it runs on
@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline, PubSub
 from redis.asyncio.connection import Connection, parse_url
 
-from brokers.redis import RedisMessageBroker, RedisPubSubBroker, RedisStreamBroker
+from brokers.redis import RedisMessageBroker, RedisPubSubMessageBroker, RedisStreamMessageBroker
 from mediator import (
     BrokerUnavailableError,
     ConsumerStats,
@@ -585,7 +585,7 @@ async def test_a_publish_right_after_the_server_killed_the_pooled_connections_is
         redis_url, client_name=client_name, retry=Retry(NoBackoff(), 0)
     )
     emitter = EventEmitter(
-        message_broker=RedisPubSubBroker(client=publisher_client, channel_prefix=key_prefix)
+        message_broker=RedisPubSubMessageBroker(client=publisher_client, channel_prefix=key_prefix)
     )
     listener = redis_client.pubsub()
     await listener.psubscribe(f"{key_prefix}:notification_event:*")
@@ -695,7 +695,9 @@ async def test_closing_a_subscription_ends_an_iteration_in_progress(
 async def test_undecodable_messages_land_in_the_capped_dead_letter_stream(
     redis_client: Redis, key_prefix: str
 ) -> None:
-    broker = RedisPubSubBroker(client=redis_client, channel_prefix=key_prefix, dead_letter_limit=3)
+    broker = RedisPubSubMessageBroker(
+        client=redis_client, channel_prefix=key_prefix, dead_letter_limit=3
+    )
     events = EventMap()
     events.bind(OrderPlaced, Inbox())
     channel = f"{key_prefix}:notification_event:OrderPlaced"
@@ -743,7 +745,7 @@ async def test_undecodable_messages_land_in_the_capped_dead_letter_stream(
 async def test_an_oversize_message_is_dead_lettered_as_a_bounded_prefix_with_size_and_hash(
     redis_client: Redis, key_prefix: str
 ) -> None:
-    broker = RedisPubSubBroker(client=redis_client, channel_prefix=key_prefix)
+    broker = RedisPubSubMessageBroker(client=redis_client, channel_prefix=key_prefix)
     channel = f"{key_prefix}:notification_event:OrderPlaced"
     body = b"x" * (2 * 1024 * 1024)  # over the consumer's 1 MiB limit
     consumer = EventConsumer(broker=broker, event_map=EventMap())
@@ -764,7 +766,7 @@ async def test_log_lines_quote_at_most_a_kibibyte_of_a_message(
     redis_client: Redis, key_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="mediator.brokers.redis")
-    broker = RedisPubSubBroker(client=redis_client, channel_prefix=key_prefix)
+    broker = RedisPubSubMessageBroker(client=redis_client, channel_prefix=key_prefix)
     subscription = await broker.subscribe(f"{key_prefix}:*")
     channel = f"{key_prefix}:" + "n" * 100_000  # a hostile channel name
     try:
@@ -782,7 +784,7 @@ async def test_log_lines_quote_at_most_a_kibibyte_of_a_message(
 async def test_a_dead_letter_limit_below_one_is_refused(
     redis_client: Redis, key_prefix: str
 ) -> None:
-    for broker_class in (RedisPubSubBroker, RedisStreamBroker):
+    for broker_class in (RedisPubSubMessageBroker, RedisStreamMessageBroker):
         with pytest.raises(ValueError, match=r"dead_letter_limit.*at least 1"):
             broker_class(client=redis_client, channel_prefix=key_prefix, dead_letter_limit=0)
 
@@ -791,14 +793,14 @@ async def test_a_dead_letter_limit_below_one_is_refused(
 
 
 def test_diators_name_is_the_pub_sub_broker() -> None:
-    assert RedisMessageBroker is RedisPubSubBroker
+    assert RedisMessageBroker is RedisPubSubMessageBroker
 
 
 async def test_from_url_builds_a_working_broker(redis_url: str, key_prefix: str) -> None:
-    broker = RedisPubSubBroker.from_url(
+    broker = RedisPubSubMessageBroker.from_url(
         redis_url, key_prefix, channel_layout="diator", dead_letter_limit=7
     )
-    assert isinstance(broker, RedisPubSubBroker)
+    assert isinstance(broker, RedisPubSubMessageBroker)
     assert isinstance(broker.client, Redis)
     assert (broker.channel_prefix, broker.channel_layout) == (key_prefix, "diator")
     assert broker.dead_letter_limit == 7
@@ -818,15 +820,15 @@ async def test_from_url_builds_a_working_broker(redis_url: str, key_prefix: str)
 
 def test_from_url_refuses_an_unknown_channel_layout(redis_url: str) -> None:
     with pytest.raises(ValueError, match="channel_layout"):
-        RedisPubSubBroker.from_url(redis_url, "x", channel_layout="topic")
+        RedisPubSubMessageBroker.from_url(redis_url, "x", channel_layout="topic")
 
 
-BROKERS = [RedisPubSubBroker, RedisStreamBroker]
+BROKERS = [RedisPubSubMessageBroker, RedisStreamMessageBroker]
 
 
 @pytest.mark.parametrize("broker_class", BROKERS)
 async def test_start_and_subscribe_say_when_redis_does_not_answer(
-    closed_port: int, broker_class: type[RedisPubSubBroker | RedisStreamBroker]
+    closed_port: int, broker_class: type[RedisPubSubMessageBroker | RedisStreamMessageBroker]
 ) -> None:
     address = f"127.0.0.1:{closed_port}"
     broker = broker_class.from_url(f"redis://{address}", "unreachable")
@@ -851,7 +853,7 @@ async def test_start_and_subscribe_say_when_redis_does_not_answer(
 
 @pytest.mark.parametrize("broker_class", BROKERS)
 async def test_a_refused_credential_is_a_credential_error(
-    redis_url: str, broker_class: type[RedisPubSubBroker | RedisStreamBroker]
+    redis_url: str, broker_class: type[RedisPubSubMessageBroker | RedisStreamMessageBroker]
 ) -> None:
     if "@" in redis_url:
         pytest.skip("REDIS_URL carries a credential already")
@@ -875,7 +877,7 @@ async def test_the_watchdog_never_connects_a_dropped_connection_again(
     # watchdog's PING opened a new connection, unsubscribed, behind the
     # reconnect loop (and after close(), had it raced with it).
     silence = 0.1
-    broker = RedisPubSubBroker(redis_client, key_prefix, silence_timeout=silence)
+    broker = RedisPubSubMessageBroker(redis_client, key_prefix, silence_timeout=silence)
     subscription = await broker.subscribe(f"{key_prefix}:*")
     try:
         connection = subscription._connection

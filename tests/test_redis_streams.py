@@ -18,7 +18,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.connection import parse_url
 
-from brokers.redis import RedisStreamBroker, RedisStreamDelivery
+from brokers.redis import RedisStreamDelivery, RedisStreamMessageBroker
 from brokers.redis._streams_acks import ACK_DELAY
 from brokers.redis._streams_claims import CLAIM_CALLS
 from mediator import EventConsumer, EventEmitter, EventMap, NotificationEvent
@@ -51,7 +51,7 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def stream_broker(client: Redis, prefix: str, **options: object) -> RedisStreamBroker:
+def stream_broker(client: Redis, prefix: str, **options: object) -> RedisStreamMessageBroker:
     settings: dict[str, object] = {
         "discovery_interval": 0.05,
         "claim_interval": 0.1,
@@ -59,10 +59,10 @@ def stream_broker(client: Redis, prefix: str, **options: object) -> RedisStreamB
         "block_ms": 50,
     }
     settings.update(options)
-    return RedisStreamBroker(client, prefix, **settings)  # type: ignore[arg-type]
+    return RedisStreamMessageBroker(client, prefix, **settings)  # type: ignore[arg-type]
 
 
-async def publish(broker: RedisStreamBroker, *order_ids: int) -> None:
+async def publish(broker: RedisStreamMessageBroker, *order_ids: int) -> None:
     await EventEmitter(message_broker=broker).emit_all([OrderPlaced(order_id=n) for n in order_ids])
 
 
@@ -257,7 +257,7 @@ async def test_a_poison_message_ends_in_the_dead_letter_stream(
 
 def test_the_brokers_own_delivery_limit_is_gone_and_says_where_it_went(client: Redis) -> None:
     with pytest.warns(DeprecationWarning, match=r"EventConsumer\(max_deliveries=\.\.\.\)"):
-        RedisStreamBroker(client, "mtk-unused", max_deliveries=3)
+        RedisStreamMessageBroker(client, "mtk-unused", max_deliveries=3)
 
 
 async def test_the_consumer_resumes_after_its_connection_is_killed(
@@ -340,7 +340,7 @@ async def test_publishing_without_redis_raises_a_publish_error() -> None:
     from mediator import PublishError
 
     dead = Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
-    broker = RedisStreamBroker(dead, "nowhere")
+    broker = RedisStreamMessageBroker(dead, "nowhere")
     with pytest.raises(PublishError, match="could not append OrderPlaced"):
         await publish(broker, 1)
     await dead.aclose()
@@ -405,7 +405,7 @@ def test_a_client_that_decodes_to_str_is_refused(redis_url: str) -> None:
 
     text_client = Redis.from_url(redis_url, decode_responses=True)
     with pytest.raises(ValueError, match="decode_responses=False"):
-        RedisStreamBroker(text_client)
+        RedisStreamMessageBroker(text_client)
     with pytest.raises(ValueError, match="decode_responses=False"):
         RedisMessageBroker(text_client)
 
@@ -413,7 +413,7 @@ def test_a_client_that_decodes_to_str_is_refused(redis_url: str) -> None:
 async def test_a_broker_from_url_closes_its_own_client(
     redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    broker = RedisStreamBroker.from_url(redis_url, key_prefix)
+    broker = RedisStreamMessageBroker.from_url(redis_url, key_prefix)
     closed: list[bool] = []
     close = broker.client.aclose
 
@@ -757,7 +757,7 @@ async def test_entry_renewal_goes_on_after_an_unexpected_error(
 @asynccontextmanager
 async def proxied_broker(
     redis_url: str, prefix: str, **options: object
-) -> AsyncIterator[tuple[RedisStreamBroker, SilencingProxy]]:
+) -> AsyncIterator[tuple[RedisStreamMessageBroker, SilencingProxy]]:
     """A broker whose client reaches Redis through a `SilencingProxy`."""
     where = parse_url(redis_url)
     async with SilencingProxy(where.get("host", "127.0.0.1"), where.get("port", 6379)) as proxy:

@@ -79,19 +79,21 @@ class RedisPubSubTransport:
     def __init__(self, prefix: str, url: str, **options: object) -> None:
         from redis.asyncio import Redis
 
-        from brokers.redis import RedisPubSubBroker
+        from brokers.redis import RedisPubSubMessageBroker
 
         self.prefix = prefix
         self.client = Redis.from_url(url, client_name=prefix)
-        self.broker = RedisPubSubBroker(
-            client=self.client, channel_prefix=prefix, **options  # type: ignore[arg-type]
+        self.broker = RedisPubSubMessageBroker(
+            client=self.client,
+            channel_prefix=prefix,
+            **options,  # type: ignore[arg-type]
         )
-        self._others: list[RedisPubSubBroker] = []
+        self._others: list[RedisPubSubMessageBroker] = []
 
     def new_broker(self) -> SubscribingBroker:
-        from brokers.redis import RedisPubSubBroker
+        from brokers.redis import RedisPubSubMessageBroker
 
-        other = RedisPubSubBroker(client=self.client, channel_prefix=self.prefix)
+        other = RedisPubSubMessageBroker(client=self.client, channel_prefix=self.prefix)
         self._others.append(other)
         return other
 
@@ -136,10 +138,10 @@ class RedisStreamsTransport:
         self.broker = self.new_broker()
 
     def new_broker(self) -> SubscribingBroker:
-        from brokers.redis import RedisStreamBroker
+        from brokers.redis import RedisStreamMessageBroker
 
         # Short intervals so tests see new streams and idle entries quickly.
-        return RedisStreamBroker(
+        return RedisStreamMessageBroker(
             client=self.client,
             channel_prefix=self.prefix,
             discovery_interval=0.05,
@@ -157,9 +159,9 @@ class RedisStreamsTransport:
         await self.client.sadd(f"{self.prefix}:streams", channel)
 
     async def dead_letters(self) -> list[tuple[str, str]]:
-        from brokers.redis import RedisStreamBroker
+        from brokers.redis import RedisStreamMessageBroker
 
-        assert isinstance(self.broker, RedisStreamBroker)
+        assert isinstance(self.broker, RedisStreamMessageBroker)
         return [(r.reason, r.description) for r in await self.broker.dead_letters()]
 
     async def close(self) -> None:

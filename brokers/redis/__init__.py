@@ -1,6 +1,6 @@
-"""Redis transports: Pub/Sub (`RedisPubSubBroker`, also importable as
+"""Redis transports: Pub/Sub (`RedisPubSubMessageBroker`, also importable as
 diator's `RedisMessageBroker`), at-most-once, and Streams
-(`RedisStreamBroker`), at-least-once in consumer groups.
+(`RedisStreamMessageBroker`), at-least-once in consumer groups.
 
 See docs/redis-pubsub.md and docs/redis-streams.md. Both keep dead letters
 in the stream ``{prefix}:dead-letter``; `await broker.dead_letters()`
@@ -23,18 +23,20 @@ from brokers.redis._naming import ChannelLayout as ChannelLayout
 from brokers.redis.pubsub import RedisMessageBroker as RedisMessageBroker
 from brokers.redis.pubsub import RedisPubSubBroker as RedisPubSubBroker
 from brokers.redis.pubsub import RedisPubSubDelivery as RedisPubSubDelivery
+from brokers.redis.pubsub import RedisPubSubMessageBroker as RedisPubSubMessageBroker
 from brokers.redis.pubsub import RedisPubSubSubscription as RedisPubSubSubscription
 from brokers.redis.streams import RedisStreamBroker as RedisStreamBroker
 from brokers.redis.streams import RedisStreamDelivery as RedisStreamDelivery
+from brokers.redis.streams import RedisStreamMessageBroker as RedisStreamMessageBroker
 from brokers.redis.streams import RedisStreamSubscription as RedisStreamSubscription
 from brokers.redis.streams import StartFrom as StartFrom
 
 __all__ = [
     "RedisMessageBroker",
-    "RedisPubSubBroker",
     "RedisPubSubDelivery",
+    "RedisPubSubMessageBroker",
     "RedisPubSubSubscription",
-    "RedisStreamBroker",
     "RedisStreamDelivery",
+    "RedisStreamMessageBroker",
     "RedisStreamSubscription",
 ]

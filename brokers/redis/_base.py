@@ -64,7 +64,7 @@ class _RedisBroker(BrokerLifecycle):
         ``rediss://``, ``unix://``); `stop()` closes that client.
 
         ```python
-        async with RedisStreamBroker.from_url("redis://localhost:6379/0", "shop") as broker:
+        async with RedisStreamMessageBroker.from_url("redis://localhost:6379/0", "shop") as broker:
             ...
         ```
         """

@@ -37,7 +37,7 @@ from mediator.transport import (
 )
 
 if TYPE_CHECKING:  # for annotations only: streams.py imports this module
-    from brokers.redis.streams import RedisStreamBroker
+    from brokers.redis.streams import RedisStreamMessageBroker
 
 __all__ = ["RedisStreamDelivery", "RedisStreamSubscription"]
 
@@ -103,7 +103,7 @@ class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
     logger = logger
     transient: ClassVar[tuple[type[BaseException], ...]] = (TransportError,)
 
-    def __init__(self, broker: RedisStreamBroker, pattern: str, group: str | None) -> None:
+    def __init__(self, broker: RedisStreamMessageBroker, pattern: str, group: str | None) -> None:
         super().__init__(pattern, group, broker=broker)
         self._stream_broker = broker
         self._client = broker.client

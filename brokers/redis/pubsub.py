@@ -34,8 +34,8 @@ from mediator.transport import (
 
 __all__ = [
     "RedisMessageBroker",
-    "RedisPubSubBroker",
     "RedisPubSubDelivery",
+    "RedisPubSubMessageBroker",
     "RedisPubSubSubscription",
 ]
 
@@ -57,7 +57,7 @@ class RedisPubSubDelivery(DeliveryBase):
 
     __slots__ = ("_broker",)
 
-    def __init__(self, broker: RedisPubSubBroker, channel: str, data: bytes) -> None:
+    def __init__(self, broker: RedisPubSubMessageBroker, channel: str, data: bytes) -> None:
         self._broker = broker
         self.channel = channel
         self.data = data
@@ -91,7 +91,7 @@ class RedisPubSubSubscription(ReconnectingSubscription[RedisPubSubDelivery]):
     logger = logger
     transient: ClassVar[tuple[type[BaseException], ...]] = (TransportError,)
 
-    def __init__(self, broker: RedisPubSubBroker, pattern: str) -> None:
+    def __init__(self, broker: RedisPubSubMessageBroker, pattern: str) -> None:
         super().__init__(pattern, None, broker=broker)
         self._pubsub_broker = broker
         self._pubsub: PubSub | None = None
@@ -204,13 +204,13 @@ class RedisPubSubSubscription(ReconnectingSubscription[RedisPubSubDelivery]):
         return fatal(self, error)
 
 
-class RedisPubSubBroker(_RedisBroker):
+class RedisPubSubMessageBroker(_RedisBroker):
     """Publishes envelopes with ``PUBLISH`` and subscribes with ``PSUBSCRIBE``;
     at-most-once (docs/redis-pubsub.md).
 
     ```python
     from redis.asyncio import Redis
-    broker = RedisPubSubBroker(client=Redis(), channel_prefix="shop")
+    broker = RedisPubSubMessageBroker(client=Redis(), channel_prefix="shop")
     ```
 
     The client is yours (configure AUTH, TLS or a unix socket on it, and
@@ -231,7 +231,8 @@ class RedisPubSubBroker(_RedisBroker):
     ) -> None:
         if channel_layout not in ("name", "diator"):
             raise ValueError(
-                f"RedisPubSubBroker(channel_layout={channel_layout!r}): must be 'name' or 'diator'"
+                f"RedisPubSubMessageBroker(channel_layout={channel_layout!r}): "
+                "must be 'name' or 'diator'"
             )
         super().__init__(
             client, channel_prefix, dead_letter_limit, silence_timeout, max_message_size
@@ -287,12 +288,15 @@ class RedisPubSubBroker(_RedisBroker):
         if group is not None:
             raise ValueError(
                 f"Redis Pub/Sub has no consumer groups (asked for group {group!r}); every "
-                "subscriber gets every message. Use RedisStreamBroker for groups."
+                "subscriber gets every message. Use RedisStreamMessageBroker for groups."
             )
         subscription = RedisPubSubSubscription(self, pattern)
         await self._subscribed(subscription)
         return subscription
 
 
-RedisMessageBroker = RedisPubSubBroker
+RedisMessageBroker = RedisPubSubMessageBroker
 """diator's name for the Pub/Sub broker: the same class."""
+
+RedisPubSubBroker = RedisPubSubMessageBroker
+"""The class's name before every broker was named ``<Transport>MessageBroker``."""

@@ -22,18 +22,18 @@ from mediator.transport import (
     quote,
 )
 
-__all__ = ["RedisStreamBroker", "RedisStreamDelivery", "RedisStreamSubscription"]
+__all__ = ["RedisStreamDelivery", "RedisStreamMessageBroker", "RedisStreamSubscription"]
 
 StartFrom = Literal["new", "beginning"]
 """Where a group made on an existing stream starts."""
 
 
-class RedisStreamBroker(_RedisBroker):
+class RedisStreamMessageBroker(_RedisBroker):
     """Redis Streams: every logical channel is a stream, read in consumer
     groups; at-least-once (docs/redis-streams.md).
 
     ```python
-    broker = RedisStreamBroker(client=Redis(), channel_prefix="shop", maxlen=100_000)
+    broker = RedisStreamMessageBroker(client=Redis(), channel_prefix="shop", maxlen=100_000)
     ```
 
     Streams are keyed ``{prefix}:{message_type}:{message_name}``, an entry's
@@ -66,7 +66,7 @@ class RedisStreamBroker(_RedisBroker):
     ) -> None:
         if start_from not in ("new", "beginning"):
             raise ValueError(
-                f"RedisStreamBroker(start_from={start_from!r}): must be 'new' or 'beginning'"
+                f"RedisStreamMessageBroker(start_from={start_from!r}): must be 'new' or 'beginning'"
             )
         for name, value in (
             ("claim_idle", claim_idle),
@@ -77,12 +77,12 @@ class RedisStreamBroker(_RedisBroker):
             ("idle_consumer_timeout", idle_consumer_timeout),
         ):
             if value is not None and value <= 0:
-                raise ValueError(f"RedisStreamBroker({name}={value}): must be above 0")
+                raise ValueError(f"RedisStreamMessageBroker({name}={value}): must be above 0")
         if max_deliveries is not None:
             warnings.warn(
-                f"RedisStreamBroker(max_deliveries={max_deliveries}) is no longer used: the one "
-                "delivery limit is EventConsumer(max_deliveries=...), which also dead-letters "
-                "an entry delivered more often without being settled; pass it there",
+                f"RedisStreamMessageBroker(max_deliveries={max_deliveries}) is no longer used: "
+                "the one delivery limit is EventConsumer(max_deliveries=...), which also "
+                "dead-letters an entry delivered more often without being settled; pass it there",
                 DeprecationWarning,
                 stacklevel=2,
             )
@@ -152,3 +152,7 @@ class RedisStreamBroker(_RedisBroker):
         subscription = RedisStreamSubscription(self, pattern, group)
         await self._subscribed(subscription)
         return subscription
+
+
+RedisStreamBroker = RedisStreamMessageBroker
+"""The class's name before every broker was named ``<Transport>MessageBroker``."""

@@ -278,7 +278,7 @@ class _Transport:
 
 
 class _RedisPubSub(_Transport):
-    class_name = "RedisPubSubBroker"
+    class_name = "RedisPubSubMessageBroker"
     description = "Redis Pub/Sub (at-most-once)"
     kind = "pubsub"
 
@@ -301,7 +301,7 @@ class _RedisPubSub(_Transport):
 
 
 class _RedisStreams(_RedisPubSub):
-    class_name = "RedisStreamBroker"
+    class_name = "RedisStreamMessageBroker"
     description = "Redis Streams (at-least-once, consumer groups)"
     kind = "stream"
 

@@ -48,7 +48,7 @@ class OutboxRelay(RunsUntilStopped):
     batches, with retries, leases shared with other relays, and cleanup.
 
     ```python
-    relay = OutboxRelay(outbox, RedisStreamBroker.from_url("redis://localhost:6379", "shop"))
+    relay = OutboxRelay(outbox, RedisStreamMessageBroker.from_url("redis://localhost:6379", "shop"))
     async with relay:             # a task next to the mediator
         ...
     await relay.run()             # or the whole process: until stop() or cancellation
