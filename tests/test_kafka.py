@@ -29,7 +29,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import murmur2
 
-from brokers.kafka import KafkaMessageBroker, channel_of_topic, topic_pattern
+from brokers.kafka import KafkaMessageBroker
 from mediator import (
     BrokerUnavailableError,
     DomainEvent,
@@ -45,7 +45,6 @@ from mediator import (
     encode_message,
 )
 from mediator.testing import wait_until
-from mediator.transport import GlobPattern
 from tests.kafka_support import KafkaServer, start_tansu, unavailable
 from tests.transports import KafkaTransport
 
@@ -113,45 +112,7 @@ def test_a_partition_key_naming_no_field_says_which_class_and_what_to_do() -> No
         MessageCodec.to_message(Misnamed(order_id=1))
 
 
-# -- names, patterns, options (no server) -----------------------------------------
-
-
-CHANNELS = [
-    "shop:notification_event:OrderPlaced",
-    "shop:notification_event:OrderPaid",
-    "shop:ecst_event:Customer",
-    "shop:notification_event:user.joined",
-    "shop.eu:notification_event:OrderPlaced",
-    "other:notification_event:OrderPlaced",
-]
-GLOBS = [
-    "shop:*",
-    "shop:notification_event:Order*",
-    "shop:*:Order?laced",
-    "shop:notification_event:[OU]*",
-    "shop:notification_event:[^O]*",
-    "shop\\:notification_event:Order*",
-    "*:notification_event:OrderPlaced",
-    "shop:notification_event:user.joined",
-]
-
-
-@pytest.mark.parametrize("glob", GLOBS)
-def test_a_glob_selects_exactly_the_topics_of_the_channels_it_matches(glob: str) -> None:
-    regex = re.compile(topic_pattern(glob))
-    for channel in CHANNELS:
-        topic = channel.replace(":", ".")
-        channel_of = channel_of_topic(topic)
-        selected = regex.match(topic) is not None and GlobPattern(glob).matches(channel_of or "")
-        assert selected == GlobPattern(glob).matches(channel), (glob, channel)
-
-
-def test_no_subscription_reads_the_dead_letter_topic_or_foreign_topics() -> None:
-    for glob in ("shop*", "*", "shop:*"):
-        regex = re.compile(topic_pattern(glob))
-        assert regex.match("shop.dead-letter") is None
-        assert regex.match("__consumer_offsets") is None
-    assert channel_of_topic("shop.dead-letter") is None
+# -- options (no server; names and patterns: test_kafka_naming.py) ----------------
 
 
 def test_from_url_reads_every_bootstrap_server() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from brokers.kafka import KafkaMessageBroker, KafkaSubscription
+from brokers.kafka._rebalance import Rebalance
 from mediator import BrokerUnavailableError
 
 
@@ -64,11 +65,12 @@ async def test_a_subscription_in_a_rebalance_is_not_connected_until_assigned() -
     broker = broker_with(consumer, timeout=5)
     subscription = KafkaSubscription(broker, "join:*", "billing")
     subscription._connected = True  # as open() leaves it once the first join completed
-    await subscription._assigned(set())
+    listener = Rebalance(subscription)  # what aiokafka calls as the group rebalances
+    await listener.on_partitions_assigned(set())
     assert subscription.connected
 
-    await subscription._revoked(set())  # a member joined or left: the group rebalances
+    await listener.on_partitions_revoked(set())  # a member joined or left
     assert not subscription.connected
 
-    await subscription._assigned(set())
+    await listener.on_partitions_assigned(set())
     assert subscription.connected

@@ -1,4 +1,4 @@
-"""What a Kafka subscription knows of one partition (brokers/_kafka_partitions.py),
+"""What a Kafka subscription knows of one partition (brokers/kafka/_partitions.py),
 without a server: hand-out order, settling, commits, redelivery, rebalances
 and the prefetch bound."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from brokers._kafka_partitions import PartitionState
+from brokers.kafka._partitions import PartitionState
 
 
 @dataclass(frozen=True)

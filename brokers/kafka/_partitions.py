@@ -2,7 +2,7 @@
 
 Pure bookkeeping, with no client: the records fetched and not handed out
 yet, the offsets not settled yet, and the rules between them (what to hand
-out next, what may be committed, when to fetch again). `brokers.kafka`
+out next, what may be committed, when to fetch again). The subscription
 keeps one per partition and does the fetching, waking and committing;
 docs/kafka.md, "How partition state is kept", says how the two meet.
 """
@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-__all__ = ["PartitionState", "Record"]
+__all__ = ["AssignedPartition", "Partition", "PartitionState", "Record"]
+
+Partition = tuple[str, int]
+"""A topic partition, as aiokafka's ``TopicPartition`` (a named tuple)."""
 
 
 class Record(Protocol):
@@ -207,3 +210,22 @@ class PartitionState(Generic[R]):
         committing changes nothing more (its next reader starts at the commit)."""
         self.owned = False
         self.waiting.clear()
+
+
+class AssignedPartition(PartitionState[Any]):
+    """A partition a subscription reads: its bookkeeping (holding aiokafka's
+    records and the deliveries given back), which one it is, and its place
+    in the subscription's queue of partitions to hand out."""
+
+    __slots__ = ("channel", "queued", "recheck", "tp")
+
+    def __init__(
+        self, tp: Partition, channel: str | None, matches: bool, prefetch: int, ordered: bool
+    ) -> None:
+        super().__init__(prefetch, ordered=ordered, matches=matches)
+        self.tp = tp
+        self.channel = channel or tp[0]
+        self.queued = False
+        """In the subscription's queue of partitions with a record to hand out."""
+        self.recheck = False
+        """A look at whether to queue it is due at the loop's next turn."""
