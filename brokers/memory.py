@@ -261,9 +261,11 @@ class InMemoryMessageBroker(BrokerLifecycle):
 
     # -- dead letters --------------------------------------------------------
 
-    async def dead_letters(self) -> list[DeadLetterRecord]:
-        """The most recent dead letters (at most `dead_letter_limit`), oldest first."""
-        return list(self._dead_letters)
+    async def dead_letters(self, *, limit: int | None = None) -> list[DeadLetterRecord]:
+        """The most recent dead letters (at most `dead_letter_limit`), oldest
+        first; with `limit`, the oldest `limit` of them."""
+        records = list(self._dead_letters)
+        return records if limit is None else records[:limit]
 
     def clear(self) -> None:
         """Forget every kept message and dead letter."""

@@ -226,6 +226,30 @@ async def test_bad_input_is_dead_lettered_and_the_next_message_handled(
     assert any(kind in record.getMessage() for record in caplog.records)
 
 
+async def test_dead_letters_are_read_back_oldest_first_up_to_a_limit(
+    transport: Transport,
+) -> None:
+    # The broker contract's one signature: dead_letters(*, limit=None).
+    events = EventMap()
+    events.bind(OrderPlaced, Inbox())
+    consumer = EventConsumer(broker=transport.broker, event_map=events)
+    channel = f"{prefix_of(transport)}:notification_event:OrderPlaced"
+    await consumer.subscribe(channel)
+    async with consumer:
+        await transport.publish_raw(channel, BAD_INPUT["not_json"])
+        await wait_until(consumer, lambda s: s.dead_lettered >= 1)
+        await transport.publish_raw(channel, BAD_INPUT["not_object"])
+        await wait_until(consumer, lambda s: s.dead_lettered >= 2)
+    assert [reason for reason, _ in await transport.dead_letters()] == [
+        "not_json",
+        "not_object",
+    ]
+    assert [reason for reason, _ in await transport.dead_letters(limit=1)] in (
+        ["not_json"],  # a queue or a trimmed stream: its oldest
+        ["not_object"],  # Kafka's unbounded topic: its newest
+    )
+
+
 async def run_with_policy(
     transport: Transport, policy: object, failures: int
 ) -> tuple[EventConsumer, list[int]]:

@@ -36,7 +36,7 @@ class Transport(Protocol):
         """Put bytes on a channel as they are, bypassing the envelope codec."""
         ...
 
-    async def dead_letters(self) -> list[tuple[str, str]]:
+    async def dead_letters(self, limit: int | None = None) -> list[tuple[str, str]]:
         """(reason, description) of what was dead-lettered, oldest first."""
         ...
 
@@ -58,8 +58,8 @@ class MemoryTransport:
     async def publish_raw(self, channel: str, data: bytes) -> None:
         await self.broker.publish_raw(channel, data)
 
-    async def dead_letters(self) -> list[tuple[str, str]]:
-        return [(d.reason, d.description) for d in await self.broker.dead_letters()]
+    async def dead_letters(self, limit: int | None = None) -> list[tuple[str, str]]:
+        return [(d.reason, d.description) for d in await self.broker.dead_letters(limit=limit)]
 
 
 @asynccontextmanager
@@ -103,8 +103,8 @@ class RedisPubSubTransport:
     async def publish_raw(self, channel: str, data: bytes) -> None:
         await self.client.publish(channel, data)
 
-    async def dead_letters(self) -> list[tuple[str, str]]:
-        return [(r.reason, r.description) for r in await self.broker.dead_letters()]
+    async def dead_letters(self, limit: int | None = None) -> list[tuple[str, str]]:
+        return [(r.reason, r.description) for r in await self.broker.dead_letters(limit=limit)]
 
     async def close(self) -> None:
         for broker in (self.broker, *self._others):
@@ -158,11 +158,11 @@ class RedisStreamsTransport:
         await self.client.xadd(channel, {"data": data})
         await self.client.sadd(f"{self.prefix}:streams", channel)
 
-    async def dead_letters(self) -> list[tuple[str, str]]:
+    async def dead_letters(self, limit: int | None = None) -> list[tuple[str, str]]:
         from brokers.redis import RedisStreamMessageBroker
 
         assert isinstance(self.broker, RedisStreamMessageBroker)
-        return [(r.reason, r.description) for r in await self.broker.dead_letters()]
+        return [(r.reason, r.description) for r in await self.broker.dead_letters(limit=limit)]
 
     async def close(self) -> None:
         await self.broker.stop()
@@ -262,10 +262,13 @@ class AzureTransport:
             ServiceBusMessage(data, application_properties={"channel": channel})
         )
 
-    async def dead_letters(self) -> list[tuple[str, str]]:
+    async def dead_letters(self, limit: int | None = None) -> list[tuple[str, str]]:
         """Read back from the "default" subscription's dead-letter sub-queue,
         where the tests that look at dead letters receive."""
-        return [(r.reason, r.description) for r in await self._brokers[0].dead_letters(limit=1000)]
+        return [
+            (r.reason, r.description)
+            for r in await self._brokers[0].dead_letters(limit=1000 if limit is None else limit)
+        ]
 
     async def close(self) -> None:
         import asyncio
@@ -350,8 +353,8 @@ class RabbitMQTransport:
                 routing_key=rest.replace(":", ".", 1),
             )
 
-    async def dead_letters(self) -> list[tuple[str, str]]:
-        return [(r.reason, r.description) for r in await self.broker.dead_letters()]
+    async def dead_letters(self, limit: int | None = None) -> list[tuple[str, str]]:
+        return [(r.reason, r.description) for r in await self.broker.dead_letters(limit=limit)]
 
     async def close(self) -> None:
         import asyncio
@@ -445,8 +448,8 @@ class KafkaTransport:
             await self._raw.start()
         await self._raw.send_and_wait(topic, data)
 
-    async def dead_letters(self) -> list[tuple[str, str]]:
-        return [(r.reason, r.description) for r in await self.broker.dead_letters()]
+    async def dead_letters(self, limit: int | None = None) -> list[tuple[str, str]]:
+        return [(r.reason, r.description) for r in await self.broker.dead_letters(limit=limit)]
 
     def kill_connections(self) -> int:
         """Abort every socket of the test's aiokafka clients, as a network

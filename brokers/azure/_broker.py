@@ -26,6 +26,10 @@ from mediator.transport import (
 __all__ = ["AzureMessageBroker"]
 
 
+DEFAULT_DEAD_LETTER_READ = 100
+"""How many dead letters `dead_letters()` peeks when no `limit` is given."""
+
+
 class AzureMessageBroker(BrokerLifecycle):
     """Publishes envelopes to a Service Bus topic; receives from its subscriptions.
 
@@ -166,11 +170,11 @@ class AzureMessageBroker(BrokerLifecycle):
     # -- dead letters ------------------------------------------------------
 
     async def dead_letters(
-        self, group: str | None = None, *, limit: int = 100
+        self, group: str | None = None, *, limit: int | None = None
     ) -> list[DeadLetterRecord]:
-        """Up to `limit` messages of the dead-letter sub-queue of topic
-        subscription `group` (or the broker's `subscription`), oldest first.
-        They are peeked, so they stay there.
+        """Up to `limit` (default 100) messages of the dead-letter sub-queue of
+        topic subscription `group` (or the broker's `subscription`), oldest
+        first. They are peeked, so they stay there.
 
         ```python
         for record in await broker.dead_letters("billing"):
@@ -188,7 +192,7 @@ class AzureMessageBroker(BrokerLifecycle):
             self.client,
             self.topic_name,
             name,
-            limit=limit,
+            limit=DEFAULT_DEAD_LETTER_READ if limit is None else limit,
             receiver_options=self.receiver_options,
         )
 

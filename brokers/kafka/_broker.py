@@ -284,16 +284,17 @@ class KafkaMessageBroker(BrokerLifecycle):
         producer = await self._started_producer()
         await (await producer.send(topic, value, key=key, headers=headers))
 
-    async def dead_letters(self) -> list[DeadLetterRecord]:
-        """The newest `dead_letter_limit` records of ``{prefix}.dead-letter``,
-        oldest first (as far as the topic's retention kept them)."""
+    async def dead_letters(self, *, limit: int | None = None) -> list[DeadLetterRecord]:
+        """The newest `limit` (default `dead_letter_limit`) records of
+        ``{prefix}.dead-letter``, oldest first (as far as the topic's
+        retention kept them)."""
         with kafka_errors(f"reading {self.dead_letter_topic}", self.bootstrap_servers):
             async with asyncio.timeout(self.timeout):
                 return await read_dead_letters(
                     await self._admin(),
                     self._dead_letter_consumer,
                     self.dead_letter_topic,
-                    self.dead_letter_limit,
+                    self.dead_letter_limit if limit is None else limit,
                 )
 
     def _dead_letter_consumer(self) -> Any:

@@ -123,6 +123,7 @@ class _RedisBroker(BrokerLifecycle):
             await subscription.close()
             raise
 
-    async def dead_letters(self) -> list[DeadLetterRecord]:
-        """What was dead-lettered (at most the newest `dead_letter_limit`), oldest first."""
-        return await read_dead_letters(self.client, self.dead_letter_key)
+    async def dead_letters(self, *, limit: int | None = None) -> list[DeadLetterRecord]:
+        """What was dead-lettered (the stream keeps the newest `dead_letter_limit`),
+        oldest first; with `limit`, the oldest `limit` of them."""
+        return await read_dead_letters(self.client, self.dead_letter_key, limit)

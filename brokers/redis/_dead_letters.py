@@ -23,7 +23,10 @@ def append_dead_letter(
     return target.xadd(key, fields, maxlen=limit, approximate=False)
 
 
-async def read_dead_letters(client: Redis, key: str) -> list[DeadLetterRecord]:
-    """Every record of the dead-letter stream `key`, oldest first."""
-    entries: Any = await client.xrange(key)
+async def read_dead_letters(
+    client: Redis, key: str, limit: int | None = None
+) -> list[DeadLetterRecord]:
+    """The records of the dead-letter stream `key` (the oldest `limit` of
+    them, or every one), oldest first."""
+    entries: Any = await client.xrange(key, count=limit)
     return [DeadLetterRecord.from_fields(fields) for _, fields in entries]
