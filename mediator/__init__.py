@@ -11,6 +11,7 @@ from mediator._broker import DeliveryGuarantee as DeliveryGuarantee
 from mediator._broker import MessageBroker as MessageBroker
 from mediator._broker import SubscribingBroker as SubscribingBroker
 from mediator._broker import Subscription as Subscription
+from mediator._codec import MessageCodec as MessageCodec
 from mediator._consumer import ConsumerStats as ConsumerStats
 from mediator._consumer import EventConsumer as EventConsumer
 from mediator._container import Container as Container
@@ -50,7 +51,6 @@ from mediator._interceptors import Publishing as Publishing
 from mediator._mediator import Mediator as Mediator
 from mediator._message import DEFAULT_MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE
 from mediator._message import Message as Message
-from mediator._message import MessageCodec as MessageCodec
 from mediator._message import channel_for as channel_for
 from mediator._message import encode_message as encode_message
 from mediator._middlewares import Handle as Handle

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-from mediator._message import Message, Received
+from mediator._codec import Received
+from mediator._message import Message
 
 __all__ = ["correlation_scope", "current_correlation_id", "current_message"]
 

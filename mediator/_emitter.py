@@ -8,13 +8,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mediator._broker import MessageBroker
+from mediator._codec import MessageCodec
 from mediator._container import Container, Resolver, as_container, described, misplaced
 from mediator._context import outgoing_headers
 from mediator._event_map import EventBinding, EventMap
 from mediator._events import Event, message_type_of
 from mediator._exceptions import EventCycleError, NoMessageBrokerError
 from mediator._interceptors import Interceptor, Publishing, intercept_publish, overrides
-from mediator._message import Message, MessageCodec
+from mediator._message import Message
 from mediator._policies import ErrorPolicy, FailFast
 from mediator._recovery import run_bindings
 

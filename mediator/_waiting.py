@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 from mediator._limits import quote
 
 if TYPE_CHECKING:
-    from mediator._consumer import EventConsumer, Settled
+    from mediator._consumer import EventConsumer
+    from mediator._handling import Settled
 
 __all__ = ["WaitTimeout", "describe", "watch"]
 

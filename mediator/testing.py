@@ -26,10 +26,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from mediator._broker import MessageBroker
-from mediator._consumer import ConsumerStats, EventConsumer, Settled
+from mediator._consumer import ConsumerStats, EventConsumer
+from mediator._dead_letters import DeadLetterRecord
 from mediator._events import Event
+from mediator._handling import Settled
 from mediator._message import Message
-from mediator._transport import DeadLetterRecord
 from mediator._waiting import WaitTimeout, describe, watch
 
 __all__ = [

@@ -29,6 +29,12 @@ from mediator._broker import DeliveryGuarantee as DeliveryGuarantee
 from mediator._broker import MessageBroker as MessageBroker
 from mediator._broker import SubscribingBroker as SubscribingBroker
 from mediator._broker import Subscription as Subscription
+from mediator._dead_letters import DeadLetterRecord as DeadLetterRecord
+from mediator._delivery import DeliveryBase as DeliveryBase
+from mediator._error_mapping import ErrorRow as ErrorRow
+from mediator._error_mapping import ErrorTable as ErrorTable
+from mediator._error_mapping import being_cancelled as being_cancelled
+from mediator._error_mapping import map_errors as map_errors
 from mediator._exceptions import BrokerUnavailableError as BrokerUnavailableError
 from mediator._exceptions import CredentialError as CredentialError
 from mediator._exceptions import EntityNotFoundError as EntityNotFoundError
@@ -37,6 +43,8 @@ from mediator._exceptions import MessageTooLargeError as MessageTooLargeError
 from mediator._exceptions import PublishError as PublishError
 from mediator._exceptions import SubscriptionLostError as SubscriptionLostError
 from mediator._exceptions import TransportError as TransportError
+from mediator._lifecycle import BrokerLifecycle as BrokerLifecycle
+from mediator._lifecycle import close_all as close_all
 from mediator._limits import DEAD_LETTER_BODY_LIMIT as DEAD_LETTER_BODY_LIMIT
 from mediator._limits import QUOTE_LIMIT as QUOTE_LIMIT
 from mediator._limits import quote as quote
@@ -46,17 +54,9 @@ from mediator._message import channel_for as channel_for
 from mediator._message import encode_message as encode_message
 from mediator._patterns import GlobPattern as GlobPattern
 from mediator._policies import Backoff as Backoff
-from mediator._transport import RECONNECT as RECONNECT
-from mediator._transport import BrokerLifecycle as BrokerLifecycle
-from mediator._transport import DeadLetterRecord as DeadLetterRecord
-from mediator._transport import DeliveryBase as DeliveryBase
-from mediator._transport import ErrorRow as ErrorRow
-from mediator._transport import ErrorTable as ErrorTable
-from mediator._transport import ReconnectingSubscription as ReconnectingSubscription
-from mediator._transport import Reconnection as Reconnection
-from mediator._transport import being_cancelled as being_cancelled
-from mediator._transport import close_all as close_all
-from mediator._transport import map_errors as map_errors
+from mediator._subscription import RECONNECT as RECONNECT
+from mediator._subscription import ReconnectingSubscription as ReconnectingSubscription
+from mediator._subscription import Reconnection as Reconnection
 
 __all__ = [
     "DEAD_LETTER_BODY_LIMIT",

@@ -12,10 +12,10 @@ from sqlalchemy import event, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from mediator._dead_letters import DeadLetterRecord
 from mediator._exceptions import MessageTooLargeError
 from mediator._limits import quote
 from mediator._message import DEFAULT_MAX_MESSAGE_SIZE, Message, encode_message
-from mediator._transport import DeadLetterRecord
 from mediator.outbox._sqlite import IMMEDIATE
 from mediator.outbox._tables import DEAD, PENDING, SENT, OutboxTables, utcnow
 from mediator.outbox._unit_of_work import OutboxError, UnitOfWork, _Work, _work

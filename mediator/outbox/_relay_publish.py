@@ -12,10 +12,11 @@ from typing import Any
 import attrs
 
 from mediator._broker import MessageBroker
+from mediator._codec import MessageCodec
 from mediator._exceptions import MessageDecodeError
 from mediator._interceptors import Interceptor, Publishing, intercept_publish, overrides
 from mediator._limits import quote
-from mediator._message import Message, MessageCodec
+from mediator._message import Message
 from mediator._policies import Backoff
 from mediator.outbox._outbox import Outbox
 from mediator.outbox._relay_rows import ClaimedRow, Leases, RelayStatements
