@@ -78,7 +78,7 @@ from _timing import Progress, interleaved, rate_line
 
 from brokers.kafka import KafkaMessageBroker
 from mediator import EventConsumer, EventMap, Message, MessageCodec, NotificationEvent
-from mediator import encode_message as encode
+from mediator.transport import encode_message as encode
 from tests.kafka_support import start_tansu
 
 HEADERS = {"correlation_id": uuid.uuid4().hex}

@@ -58,9 +58,8 @@ from mediator import (
     Request,
     RequestHandler,
     RequestMap,
-    channel_for,
-    encode_message,
 )
+from mediator.transport import channel_for, encode_message
 
 PREFIX = "bench"
 PATTERN = f"{PREFIX}:notification_event:*"

@@ -52,9 +52,9 @@ from mediator import (
     Request,
     RequestHandler,
     RequestMap,
-    encode_message,
 )
 from mediator.outbox import Outbox, OutboxRelay, current_session
+from mediator.transport import encode_message
 from tests.outbox_support import Database, _probe, database_url, open_database, soak
 
 BUDGET = 1.3

@@ -57,14 +57,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import Body, Progress, interleaved, rate_line
 
 from brokers.rabbitmq import RabbitMQMessageBroker
-from mediator import (
-    EventConsumer,
-    EventMap,
-    Message,
-    MessageCodec,
-    NotificationEvent,
-    encode_message,
-)
+from mediator import EventConsumer, EventMap, Message, MessageCodec, NotificationEvent
+from mediator.transport import encode_message
 
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 HEADERS = {"correlation_id": uuid.uuid4().hex}

@@ -68,15 +68,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import interleaved, rate_line
 
 from brokers.redis import RedisPubSubMessageBroker, RedisStreamMessageBroker
-from mediator import (
-    EventConsumer,
-    EventEmitter,
-    EventMap,
-    Message,
-    MessageCodec,
-    NotificationEvent,
-    encode_message,
-)
+from mediator import EventConsumer, EventEmitter, EventMap, Message, MessageCodec, NotificationEvent
+from mediator.transport import encode_message
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
 HEADERS = {"correlation_id": uuid.uuid4().hex}

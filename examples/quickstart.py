@@ -22,8 +22,8 @@ from mediator import (
     Request,
     RequestHandler,
     RequestMap,
-    encode_message,
 )
+from mediator.transport import encode_message
 
 
 @attrs.frozen(kw_only=True)

@@ -5,12 +5,7 @@ from mediator import Mediator, RequestMap, EventMap, EventEmitter
 ```
 """
 
-from mediator._broker import BatchMessageBroker as BatchMessageBroker
-from mediator._broker import Delivery as Delivery
-from mediator._broker import DeliveryGuarantee as DeliveryGuarantee
 from mediator._broker import MessageBroker as MessageBroker
-from mediator._broker import SubscribingBroker as SubscribingBroker
-from mediator._broker import Subscription as Subscription
 from mediator._codec import MessageCodec as MessageCodec
 from mediator._consumer import ConsumerStats as ConsumerStats
 from mediator._consumer import EventConsumer as EventConsumer
@@ -45,14 +40,12 @@ from mediator._exceptions import PublishError as PublishError
 from mediator._exceptions import RequestBindingError as RequestBindingError
 from mediator._exceptions import SubscriptionLostError as SubscriptionLostError
 from mediator._exceptions import TransportError as TransportError
+from mediator._handling import Settled as Settled
 from mediator._interceptors import Consuming as Consuming
 from mediator._interceptors import Interceptor as Interceptor
 from mediator._interceptors import Publishing as Publishing
 from mediator._mediator import Mediator as Mediator
-from mediator._message import DEFAULT_MAX_MESSAGE_SIZE as DEFAULT_MAX_MESSAGE_SIZE
 from mediator._message import Message as Message
-from mediator._message import channel_for as channel_for
-from mediator._message import encode_message as encode_message
 from mediator._middlewares import Handle as Handle
 from mediator._middlewares import LoggingMiddleware as LoggingMiddleware
 from mediator._middlewares import Middleware as Middleware
@@ -79,9 +72,7 @@ from mediator._requests import StreamingRequestHandler as StreamingRequestHandle
 from mediator._requests import StreamRequest as StreamRequest
 
 __all__ = [
-    "DEFAULT_MAX_MESSAGE_SIZE",
     "Backoff",
-    "BatchMessageBroker",
     "BrokerUnavailableError",
     "ConsumerStats",
     "Consuming",
@@ -89,8 +80,6 @@ __all__ = [
     "CredentialError",
     "DeadLetter",
     "DecodeFailure",
-    "Delivery",
-    "DeliveryGuarantee",
     "DomainEvent",
     "ECSTEvent",
     "EntityNotFoundError",
@@ -135,20 +124,48 @@ __all__ = [
     "Service",
     "ServiceStarted",
     "ServiceStopping",
+    "Settled",
     "StreamRequest",
     "StreamingRequestHandler",
-    "SubscribingBroker",
-    "Subscription",
     "SubscriptionLostError",
     "SubscriptionSpec",
     "TransportError",
-    "channel_for",
     "correlation_scope",
     "current_correlation_id",
     "current_message",
-    "encode_message",
     "event_name",
     "glob_match",
     "publish_arguments",
     "publish_result",
 ]
+
+_FOR_TRANSPORTS = frozenset(
+    {
+        "BatchMessageBroker",
+        "DEFAULT_MAX_MESSAGE_SIZE",
+        "Delivery",
+        "DeliveryGuarantee",
+        "SubscribingBroker",
+        "Subscription",
+        "channel_for",
+        "encode_message",
+    }
+)
+"""Names for transport authors that `mediator` exported before they went to
+`mediator.transport` only: still importable from here, with a warning."""
+
+
+def __getattr__(name: str) -> object:
+    if name in _FOR_TRANSPORTS:
+        import warnings
+
+        from mediator import transport
+
+        warnings.warn(
+            f"mediator.{name} is for transport authors and moved to mediator.transport: "
+            f"import it from there (from mediator.transport import {name})",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(transport, name)
+    raise AttributeError(f"module 'mediator' has no attribute {name!r}")

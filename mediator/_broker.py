@@ -13,10 +13,12 @@ import enum
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol, runtime_checkable
 
+from mediator._dead_letters import DeadLetterRecord
 from mediator._message import Message
 
 __all__ = [
     "BatchMessageBroker",
+    "DeadLetterStore",
     "Delivery",
     "DeliveryGuarantee",
     "MessageBroker",
@@ -153,6 +155,17 @@ class SubscribingBroker(BatchMessageBroker, Protocol):
         share the messages (each goes to one of them); every group and every
         ungrouped subscription gets every matching message.
         """
+        ...
+
+
+@runtime_checkable
+class DeadLetterStore(Protocol):
+    """A broker that keeps its dead letters and reads them back; every broker
+    in `brokers` is one (Azure also takes the subscription to read from)."""
+
+    async def dead_letters(self, *, limit: int | None = None) -> list[DeadLetterRecord]:
+        """Up to `limit` dead letters (by default the broker's own bound),
+        oldest first; each broker's page says which ones a limit keeps."""
         ...
 
 

@@ -24,6 +24,7 @@ The "Writing a transport" page of the docs builds a toy transport on it.
 """
 
 from mediator._broker import BatchMessageBroker as BatchMessageBroker
+from mediator._broker import DeadLetterStore as DeadLetterStore
 from mediator._broker import Delivery as Delivery
 from mediator._broker import DeliveryGuarantee as DeliveryGuarantee
 from mediator._broker import MessageBroker as MessageBroker
@@ -69,6 +70,7 @@ __all__ = [
     "BrokerUnavailableError",
     "CredentialError",
     "DeadLetterRecord",
+    "DeadLetterStore",
     "Delivery",
     "DeliveryBase",
     "DeliveryGuarantee",

@@ -26,7 +26,8 @@ from typing import Any, NamedTuple
 import attrs
 import orjson
 
-from mediator import DEFAULT_MAX_MESSAGE_SIZE, DomainEvent, EventMap, NotificationEvent
+from mediator import DomainEvent, EventMap, NotificationEvent
+from mediator.transport import DEFAULT_MAX_MESSAGE_SIZE
 
 __all__ = [
     "CASES",

@@ -21,9 +21,10 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
 import brokers
-from mediator import EventMap, MessageCodec, NotificationEvent, Service, encode_message
+from mediator import EventMap, MessageCodec, NotificationEvent, Service
 from mediator._operations.asyncapi import asyncapi_document, dump
 from mediator._operations.cli import main
+from mediator.transport import encode_message
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -40,9 +40,9 @@ from mediator import (
     PublishError,
     Retry,
     correlation_scope,
-    encode_message,
 )
 from mediator.testing import wait_until
+from mediator.transport import encode_message
 
 TOPIC = "orders"
 

@@ -12,15 +12,9 @@ import attrs
 import pytest
 
 import brokers
-from mediator import (
-    DeliveryGuarantee,
-    EventConsumer,
-    EventEmitter,
-    EventMap,
-    NotificationEvent,
-    SubscribingBroker,
-)
+from mediator import EventConsumer, EventEmitter, EventMap, NotificationEvent
 from mediator.testing import keep_handled, wait_for_event
+from mediator.transport import DeliveryGuarantee, SubscribingBroker
 
 
 @attrs.frozen(kw_only=True)

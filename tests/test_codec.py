@@ -20,9 +20,8 @@ from mediator import (
     MessageCodec,
     MessageDecodeError,
     NotificationEvent,
-    encode_message,
 )
-from mediator.transport import QUOTE_LIMIT
+from mediator.transport import QUOTE_LIMIT, encode_message
 from tests import bad_inputs
 
 

@@ -27,7 +27,6 @@ import attrs
 import pytest
 
 from mediator import (
-    DeliveryGuarantee,
     DomainEvent,
     EventConsumer,
     EventEmitter,
@@ -36,9 +35,9 @@ from mediator import (
     Message,
     NotificationEvent,
     PublishError,
-    SubscribingBroker,
 )
 from mediator.testing import wait_until
+from mediator.transport import DeliveryGuarantee, SubscribingBroker
 from tests.bad_inputs import CASES, PROBE_NAME, Probe, probe_event_map, valid
 from tests.conftest import _free_port, _ping, _stop
 from tests.tcp_proxy import SilencingProxy

@@ -33,10 +33,9 @@ from mediator import (
     Retry,
     correlation_scope,
     current_message,
-    encode_message,
 )
 from mediator.testing import wait_until
-from mediator.transport import DeliveryBase
+from mediator.transport import DeliveryBase, encode_message
 from tests.transports import FACTORIES, Transport
 
 NO_WAIT = Backoff(initial=0, jitter=0)

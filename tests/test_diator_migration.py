@@ -50,10 +50,10 @@ from mediator import (
     Request,
     RequestHandler,
     RequestMap,
-    encode_message,
 )
 from mediator.container import DIContainer, RodiContainer
 from mediator.testing import keep_handled, wait_for_event, wait_until
+from mediator.transport import encode_message
 
 T = TypeVar("T")
 

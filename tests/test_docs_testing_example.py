@@ -22,9 +22,9 @@ from mediator import (
     NotificationEvent,
     Retry,
     correlation_scope,
-    encode_message,
 )
 from mediator.testing import dead_letters, keep_handled, wait_for_event, wait_until
+from mediator.transport import encode_message
 
 # -- the application's code (normally imported from your package) ----------
 

@@ -42,9 +42,9 @@ from mediator import (
     NotificationEvent,
     PublishError,
     correlation_scope,
-    encode_message,
 )
 from mediator.testing import wait_until
+from mediator.transport import encode_message
 from tests.kafka_support import KafkaServer, start_tansu, unavailable
 from tests.transports import KafkaTransport
 

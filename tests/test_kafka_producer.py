@@ -21,8 +21,8 @@ from mediator import (
     MessageTooLargeError,
     NotificationEvent,
     PublishError,
-    encode_message,
 )
+from mediator.transport import encode_message
 
 
 @attrs.frozen(kw_only=True)

@@ -10,15 +10,9 @@ from collections.abc import AsyncIterator
 import attrs
 import pytest
 
-from mediator import (
-    DEFAULT_MAX_MESSAGE_SIZE,
-    EventConsumer,
-    EventEmitter,
-    EventMap,
-    MessageTooLargeError,
-    NotificationEvent,
-)
+from mediator import EventConsumer, EventEmitter, EventMap, MessageTooLargeError, NotificationEvent
 from mediator.testing import wait_until
+from mediator.transport import DEFAULT_MAX_MESSAGE_SIZE
 from tests.transports import FACTORIES, Transport
 
 

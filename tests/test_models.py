@@ -38,11 +38,11 @@ from mediator import (
     RequestMap,
     Retry,
     Service,
-    encode_message,
 )
 from mediator._operations.asyncapi import asyncapi_document
 from mediator._operations.diagram import mermaid_diagram
 from mediator.testing import wait_until
+from mediator.transport import encode_message
 from tests import bad_inputs
 from tests.bad_inputs import CASES, PROBE_NAME, Probe
 from tests.transports import FACTORIES, Transport

@@ -111,3 +111,39 @@ def test_every_broker_is_named_transport_message_broker_and_old_names_still_impo
     assert brokers.redis.RedisPubSubBroker is brokers.redis.RedisPubSubMessageBroker
     assert brokers.redis.RedisStreamBroker is brokers.redis.RedisStreamMessageBroker
     assert brokers.memory.InMemoryMessageBroker.__name__ == "InMemoryMessageBroker"
+
+
+def test_every_broker_reads_its_dead_letters_with_the_contracts_signature() -> None:
+    import inspect
+
+    from brokers.azure import AzureMessageBroker
+    from brokers.kafka import KafkaMessageBroker
+    from brokers.memory import InMemoryMessageBroker
+    from brokers.rabbitmq import RabbitMQMessageBroker
+    from brokers.redis import RedisPubSubMessageBroker, RedisStreamMessageBroker
+    from mediator.transport import DeadLetterStore
+
+    assert isinstance(InMemoryMessageBroker(), DeadLetterStore)
+    for broker in (
+        AzureMessageBroker,
+        KafkaMessageBroker,
+        InMemoryMessageBroker,
+        RabbitMQMessageBroker,
+        RedisPubSubMessageBroker,
+        RedisStreamMessageBroker,
+    ):
+        limit = inspect.signature(broker.dead_letters).parameters["limit"]
+        assert limit.kind is inspect.Parameter.KEYWORD_ONLY, broker
+        assert limit.default is None, broker
+
+
+def test_names_for_transport_authors_moved_out_of_mediator_still_import_with_a_warning() -> None:
+    import mediator
+    import mediator.transport
+
+    for name in ("Delivery", "SubscribingBroker", "channel_for", "encode_message"):
+        assert name not in mediator.__all__
+        assert name in mediator.transport.__all__
+        with pytest.warns(DeprecationWarning, match=f"from mediator.transport import {name}"):
+            assert getattr(mediator, name) is getattr(mediator.transport, name)
+    assert "Settled" in mediator.__all__

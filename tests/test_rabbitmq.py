@@ -38,11 +38,10 @@ from mediator import (
     PublishError,
     SubscriptionLostError,
     correlation_scope,
-    encode_message,
     event_name,
 )
 from mediator.testing import wait_until
-from mediator.transport import GlobPattern
+from mediator.transport import GlobPattern, encode_message
 from tests.rabbitmq_support import (
     amqp_url,
     close_connections,

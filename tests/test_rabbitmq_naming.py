@@ -12,8 +12,8 @@ import pytest
 
 from brokers.rabbitmq import binding_key
 from brokers.rabbitmq._naming import MANDATORY_KEY, Layout, covers, routing_key_of
-from mediator import ECSTEvent, MessageCodec, NotificationEvent, channel_for
-from mediator.transport import GlobPattern
+from mediator import ECSTEvent, MessageCodec, NotificationEvent
+from mediator.transport import GlobPattern, channel_for
 
 # -- names -------------------------------------------------------------------------
 

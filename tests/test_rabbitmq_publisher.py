@@ -9,7 +9,8 @@ import pytest
 
 from brokers.rabbitmq._naming import MANDATORY_KEY, routing_key_of
 from brokers.rabbitmq._publisher import outgoing_of
-from mediator import Message, MessageCodec, NotificationEvent, PublishError, encode_message
+from mediator import Message, MessageCodec, NotificationEvent, PublishError
+from mediator.transport import encode_message
 
 
 @attrs.frozen(kw_only=True)

@@ -21,11 +21,11 @@ from mediator import (
     RequestHandler,
     RequestMap,
     Service,
-    encode_message,
 )
 from mediator._operations.health import HealthServer
 from mediator.outbox import Inbox, current_session
 from mediator.testing import wait_until
+from mediator.transport import encode_message
 from tests.outbox_support import KINDS, Database, open_database, relayed
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Protocol
 import pytest
 
 from brokers.memory import InMemoryMessageBroker
-from mediator import SubscribingBroker
+from mediator.transport import SubscribingBroker
 
 
 class Transport(Protocol):
