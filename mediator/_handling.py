@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
@@ -114,6 +115,10 @@ class Settled:
     """The decoded envelope; None when it could not be decoded."""
     event: Event | None
     """The decoded event; None when it could not be decoded."""
+    duration: float = 0.0
+    """Seconds from taking the delivery to the end of its settlement: the
+    decode, the handlers (their retries included), the follow-ups and the
+    settlement."""
 
 
 class DeliveryHandling:
@@ -170,6 +175,8 @@ class DeliveryHandling:
         current: Delivery | None = delivery
         while current is not None:
             delivery = current
+            # Timed only for listeners: a consumer without any reads no clock.
+            started = time.perf_counter() if listeners else 0.0
             stats.received += 1
             stats.in_flight += 1
             received: Received | None = None
@@ -275,7 +282,7 @@ class DeliveryHandling:
             finally:
                 stats.in_flight -= 1
                 if listeners and report is not None:
-                    self._report(report, delivery, received, event)
+                    self._report(report, delivery, received, event, started)
             until_yield -= 1
             # The delivery to handle next in this task, taken from its
             # transport now; none once the consumer stops (what is not taken
@@ -314,7 +321,12 @@ class DeliveryHandling:
         return await self._settlement.release(delivery, f"unexpected error: {error!r}", message_id)
 
     def _report(
-        self, report: Report, delivery: Delivery, received: Received | None, event: Event | None
+        self,
+        report: Report,
+        delivery: Delivery,
+        received: Received | None,
+        event: Event | None,
+        started: float,
     ) -> None:
         settled = Settled(
             outcome=report[0],
@@ -322,6 +334,7 @@ class DeliveryHandling:
             channel=delivery.channel,
             message=None if received is None else received.message(),
             event=event,
+            duration=time.perf_counter() - started,
         )
         for listener in tuple(self._listeners):
             listener(settled)

@@ -1,4 +1,5 @@
-"""A small HTTP endpoint for probes: liveness, readiness and the consumers' stats."""
+"""A small HTTP endpoint for probes: liveness, readiness, the consumers' stats
+and Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import orjson
 
 if TYPE_CHECKING:
     from mediator._operations.service import Service
+    from mediator.prometheus import ServiceMetrics
 
 __all__ = ["HealthServer"]
 
@@ -28,9 +30,14 @@ _REASONS = {
 }
 
 
+_JSON = "application/json"
+
+
 class HealthServer:
-    """Serves ``GET /livez``, ``GET /readyz`` (`Service.ready`) and ``GET
-    /stats`` (`Service.stats()`) for a `Service` (docs/operations.md, "Health").
+    """Serves ``GET /livez``, ``GET /readyz`` (`Service.ready`), ``GET
+    /stats`` (`Service.stats()`) and ``GET /metrics`` (Prometheus, with the
+    ``prometheus`` extra) for a `Service` (docs/operations.md, "Health";
+    docs/metrics.md).
 
     ```python
     async with HealthServer(service, port=8080):
@@ -38,13 +45,32 @@ class HealthServer:
     ```
 
     It binds to 127.0.0.1 unless told otherwise: expose it on purpose.
+    Made before the service starts, it counts everything the service does
+    (`mediator.prometheus.metrics_for`); ``metrics=False`` serves no metrics.
     """
 
-    def __init__(self, service: Service, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        service: Service,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        metrics: bool = True,
+    ) -> None:
         self.service = service
         self.host = host
         self._port = port
         self._server: asyncio.Server | None = None
+        self.metrics: ServiceMetrics | None = None
+        """What ``GET /metrics`` serves; None without the extra or with ``metrics=False``."""
+        self._no_metrics = "metrics are off: HealthServer(metrics=False)"
+        if metrics:
+            try:
+                from mediator.prometheus import metrics_for
+            except ImportError as exc:
+                self._no_metrics = str(exc)
+            else:
+                self.metrics = metrics_for(service)
 
     @property
     def port(self) -> int:
@@ -87,7 +113,22 @@ class HealthServer:
             return 503, {"status": "not ready", "reason": reason}
         if path == "/stats":
             return 200, self.service.stats()
-        return 404, {"error": f"no such path {path[:100]!r}; try /livez, /readyz or /stats"}
+        if path == "/metrics":
+            # Served by `respond` when there are metrics.
+            return 404, {"error": self._no_metrics}
+        return 404, {
+            "error": f"no such path {path[:100]!r}; try /livez, /readyz, /stats or /metrics"
+        }
+
+    def respond(self, method: str, path: str) -> tuple[int, str, bytes]:
+        """The status, content type and body for one request."""
+        metrics = self.metrics
+        if metrics is not None and method in ("GET", "HEAD") and path.split("?")[0] == "/metrics":
+            from mediator.prometheus import CONTENT_TYPE
+
+            return 200, CONTENT_TYPE, metrics.exposition()
+        status, body = self.answer(method, path)
+        return status, _JSON, orjson.dumps(body)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -97,18 +138,18 @@ class HealthServer:
                 raise ValueError("request too long")
             parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
             if len(parts) != 3:
-                status, body = 400, {"error": "malformed request line"}
+                status, content_type = 400, _JSON
+                payload = orjson.dumps({"error": "malformed request line"})
                 method = "GET"
             else:
                 method = parts[0]
-                status, body = self.answer(method, parts[1])
+                status, content_type, payload = self.respond(method, parts[1])
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             writer.close()
             return
-        payload = orjson.dumps(body)
         writer.write(
             f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
-            "Content-Type: application/json\r\n"
+            f"Content-Type: {content_type}\r\n"
             f"Content-Length: {len(payload)}\r\n"
             "Connection: close\r\n\r\n".encode()
         )

@@ -43,6 +43,9 @@ logger = logging.getLogger("mediator.service")
 Hook = Callable[[], Coroutine[Any, Any, None]]
 """A start-up or shut-down hook, or a background task: an async function without arguments."""
 H = TypeVar("H", bound=Hook)
+ConsumerHook = Callable[[EventConsumer, "list[SubscriptionSpec]"], None]
+"""Called with each consumer the service builds, and its subscriptions (`Service.on_consumer`)."""
+C = TypeVar("C", bound=ConsumerHook)
 
 
 @attrs.frozen(kw_only=True)
@@ -160,6 +163,7 @@ class Service(RunsUntilStopped):
         self._startup: list[Hook] = []
         self._shutdown_hooks: list[Hook] = []
         self._background: list[Hook] = []
+        self._consumer_hooks: list[ConsumerHook] = []
         self._consumers: list[tuple[EventConsumer, list[SubscriptionSpec]]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._emitter: EventEmitter | None = None
@@ -331,6 +335,13 @@ class Service(RunsUntilStopped):
         self._background.append(task)
         return task
 
+    def on_consumer(self, hook: C) -> C:
+        """Call `hook(consumer, subscriptions)` for each consumer the service
+        builds at start, before it takes a delivery (a decorator): to add a
+        listener (`EventConsumer.add_listener`) for metrics, say."""
+        self._consumer_hooks.append(hook)
+        return hook
+
     # -- state ---------------------------------------------------------------
 
     @property
@@ -424,6 +435,9 @@ class Service(RunsUntilStopped):
                 await relay.start()
                 self._watch(asyncio.create_task(relay.run(), name=f"{self.name}:outbox relay"))
             self._consumers = await self._build_consumers()
+            for consumer, specs in self._consumers:
+                for consumer_hook in self._consumer_hooks:
+                    consumer_hook(consumer, list(specs))
             for consumer, _ in self._consumers:
                 await consumer.start()
                 self._watch(asyncio.create_task(consumer.run(), name=f"{self.name}:consumer"))
