@@ -5,6 +5,7 @@ diagram (docs/operations.md, "The command"; docs/running.md).
 mediator run shop.service:app --broker redis+streams://localhost:6379/0 --workers 2
 mediator asyncapi shop.service:app --yaml -o asyncapi.yaml
 mediator diagram shop.service:app
+mediator dead-letters list --broker redis+streams://localhost:6379/0 --prefix shop
 ```
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mediator._exceptions import MediatorError
+from mediator._operations import dead_letters
 from mediator._operations.exit_status import DRAIN_CANCELLED, FAILED, FORCED, STOPPED, USAGE
 from mediator._operations.health import HealthServer
 from mediator._operations.service import Service
@@ -174,6 +176,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     diagram.add_argument("app", help="module:attribute naming a mediator.Service")
     diagram.add_argument("-o", "--output", metavar="FILE", help="write here, not to stdout")
+    dead_letters.add_parser(commands)
     return parser
 
 
@@ -184,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args, list(argv) if argv is not None else sys.argv[1:])
+        if args.command == "dead-letters":
+            return dead_letters.run(args)
         service = load_service(args.app)
         if args.command == "asyncapi":
             from mediator._operations.asyncapi import asyncapi_document, dump
