@@ -37,7 +37,7 @@ from tests.transports import FACTORIES, Transport
 ROOT = Path(__file__).resolve().parent.parent
 STEP = 60.0
 """Seconds one command may take before the test fails."""
-TRANSPORTS = ("redis-pubsub", "redis-streams", "rabbitmq", "kafka")
+TRANSPORTS = ("redis-pubsub", "redis-streams", "rabbitmq", "kafka", "azure")
 
 
 @attrs.frozen(kw_only=True)
@@ -80,7 +80,7 @@ async def mediator(*args: str, env: dict[str, str] | None = None) -> tuple[int, 
     return process.returncode, out.decode(), err.decode()
 
 
-def url_of(name: str, request: pytest.FixtureRequest) -> str:
+def url_of(name: str, request: pytest.FixtureRequest, transport: Transport) -> str:
     if name in ("redis-pubsub", "redis-streams"):
         url: str = request.getfixturevalue("redis_url")
         return url if name == "redis-pubsub" else url.replace("redis://", "redis+streams://", 1)
@@ -88,6 +88,10 @@ def url_of(name: str, request: pytest.FixtureRequest) -> str:
         from tests.rabbitmq_support import amqp_url
 
         return amqp_url()
+    if name == "azure":
+        # The loopback peer's connection string; the dead letters are the
+        # "default" subscription's, where the fixture's consumer receives.
+        return str(transport.peer.connection_string)  # type: ignore[attr-defined]
     return f"kafka://{request.getfixturevalue('kafka_server').bootstrap_servers}"
 
 
@@ -112,7 +116,7 @@ async def dead_lettered(request: pytest.FixtureRequest) -> AsyncIterator[tuple[T
             await transport.publish_raw(channel, UNKNOWN_NAME)
             await EventEmitter(message_broker=transport.new_broker()).emit(OrderPlaced(order_id=7))
             await wait_until(consumer, lambda s: s.dead_lettered >= 4, timeout=30)
-        yield transport, url_of(request.param, request)
+        yield transport, url_of(request.param, request, transport)
 
 
 async def test_list_groups_filters_limits_and_shows(
@@ -120,6 +124,8 @@ async def test_list_groups_filters_limits_and_shows(
 ) -> None:
     transport, url = dead_lettered
     where = ["--broker", url, "--prefix", transport.broker.channel_prefix]
+    if "sb://" in url:
+        where += ["--subscription", "default"]
 
     status, out, err = await mediator("list", *where, "--json")
     assert (status, err) == (STOPPED, "")
@@ -197,7 +203,16 @@ def _closed_port() -> int:
     [
         (["--broker", "nats://x"], USAGE, "has scheme 'nats'"),
         (["--broker", "memory://"], USAGE, "the memory broker keeps its dead letters"),
-        (["--broker", "Endpoint=sb://x/;SharedAccessKey=k;EntityPath=t"], USAGE, "not supported"),
+        (
+            ["--broker", "Endpoint=sb://x/;SharedAccessKey=k;EntityPath=t"],
+            USAGE,
+            "pass --subscription NAME",
+        ),
+        (
+            ["--broker", "redis://localhost", "--subscription", "billing"],
+            USAGE,
+            "--subscription is for Azure Service Bus only",
+        ),
         (["--broker", "redis://localhost?bogus=1"], USAGE, "'bogus' is not an option"),
         (["--broker", "redis://localhost", "--limit", "0"], USAGE, "--limit 0"),
         ([], USAGE, "no broker: pass --broker URL or set MEDIATOR_BROKER_URL"),

@@ -271,6 +271,11 @@ def add_parser(commands: Any) -> None:
         metavar="SECONDS",
         help=f"give up after this long (default: {DEFAULT_TIMEOUT:g})",
     )
+    common.add_argument(
+        "--subscription",
+        metavar="NAME",
+        help="Azure Service Bus: the topic subscription whose dead letters to read",
+    )
     common.add_argument("--json", action="store_true", help="print one JSON document")
     listing = actions.add_parser(
         "list", parents=[common], help="the dead letters by reason and event, then each"
@@ -353,18 +358,26 @@ def _broker(args: argparse.Namespace) -> Any:
         raise _Usage(f"--timeout {args.timeout}: must be more than 0 seconds")
     url: str = args.broker
     shown = brokers.redact(url)
+    options: dict[str, Any] = {}
     if "sb://" in url.lower():
-        raise _Usage(
-            f"{shown!r}: reading Azure Service Bus dead letters from the command line is not "
-            "supported yet; use AzureMessageBroker.dead_letters(group)"
-        )
+        # Service Bus keeps dead letters per topic subscription.
+        if not args.subscription:
+            raise _Usage(
+                f"{shown!r}: Service Bus keeps dead letters per topic subscription; "
+                "pass --subscription NAME"
+            )
+        options["subscription"] = args.subscription
+        if "entitypath=" not in url.lower() and args.prefix:
+            options["topic"] = args.prefix  # the topic, as AzureMessageBroker's prefix is
+    elif args.subscription:
+        raise _Usage("--subscription is for Azure Service Bus only; this broker has one store")
     if url.partition("://")[0].lower() == "memory":
         raise _Usage(
             f"{url!r}: the memory broker keeps its dead letters in its own process; "
             "there is nothing to read from another"
         )
     try:
-        broker = brokers.from_url(url, channel_prefix=args.prefix)
+        broker = brokers.from_url(url, channel_prefix=args.prefix, **options)
     except ValueError as exc:
         raise _Usage(str(exc).splitlines()[0]) from None
     if not isinstance(broker, DeadLetterStore):
