@@ -12,7 +12,9 @@ and consumer groups behave as on every other transport:
   is let go when that subscription closes;
 - a released delivery goes back to its subscription ahead of the buffer,
   without waiting, so a stop never blocks on a full buffer;
-- `dead_letters()` returns the most recent dead letters, oldest first.
+- `dead_letters()` returns the most recent dead letters, oldest first;
+  `replay_dead_letters()` routes them again and `purge_dead_letters()`
+  forgets them.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 from mediator.transport import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -32,6 +34,7 @@ from mediator.transport import (
     Message,
     channel_for,
     quote,
+    replayable,
 )
 
 __all__ = [
@@ -54,13 +57,20 @@ DEFAULT_BUFFER = 1_000
 class MemoryDelivery(DeliveryBase):
     """One message handed to one subscription."""
 
-    __slots__ = ("_subscription",)
+    __slots__ = ("_subscription", "replay_count")
 
     def __init__(
-        self, subscription: MemorySubscription, channel: str, data: bytes, delivery_count: int = 1
+        self,
+        subscription: MemorySubscription,
+        channel: str,
+        data: bytes,
+        delivery_count: int = 1,
+        replay_count: int = 0,
     ) -> None:
         super().__init__(channel, data, delivery_count)
         self._subscription = subscription
+        self.replay_count = replay_count
+        """How many times the message was replayed from the dead letters."""
 
     async def _ack(self) -> None:
         """Nothing to do: the broker keeps no copy."""
@@ -72,7 +82,14 @@ class MemoryDelivery(DeliveryBase):
 
     async def _dead_letter(self, reason: str, description: str) -> None:
         self._subscription._broker._dead_letters.append(
-            DeadLetterRecord.of(self.channel, self.data, reason, description, self.delivery_count)
+            DeadLetterRecord.of(
+                self.channel,
+                self.data,
+                reason,
+                description,
+                self.delivery_count,
+                replay_count=self.replay_count,
+            )
         )
 
 
@@ -222,13 +239,15 @@ class InMemoryMessageBroker(BrokerLifecycle):
         """Route bytes as they are, for tests of what consumers do with bad input."""
         await self._route(channel, data)
 
-    async def _route(self, channel: str, data: bytes) -> None:
+    async def _route(self, channel: str, data: bytes, replay_count: int = 0) -> None:
         targets = [sub for pattern, sub in self._solo if pattern.matches(channel)]
         targets.extend(
             group.pick() for pattern, group in self._groups.values() if pattern.matches(channel)
         )
         for subscription in targets:
-            await subscription._put(MemoryDelivery(subscription, channel, data))
+            await subscription._put(
+                MemoryDelivery(subscription, channel, data, replay_count=replay_count)
+            )
 
     # -- subscribe ---------------------------------------------------------
 
@@ -266,6 +285,33 @@ class InMemoryMessageBroker(BrokerLifecycle):
         first; with `limit`, the oldest `limit` of them."""
         records = list(self._dead_letters)
         return records if limit is None else records[:limit]
+
+    async def replay_dead_letters(
+        self, records: Iterable[DeadLetterRecord]
+    ) -> AsyncIterator[DeadLetterRecord]:
+        """Route each of `records` again to the subscriptions of its channel,
+        counting the replay, and forget it; yield each once routed. (Like
+        any message here, it reaches only subscriptions that exist now.)"""
+        for record in replayable(records):
+            kept = self._find(record)
+            if kept is None:
+                continue
+            self._dead_letters.remove(kept)
+            await self._route(record.channel, record.data, record.replay_count + 1)
+            yield kept
+
+    async def purge_dead_letters(self, records: Iterable[DeadLetterRecord]) -> int:
+        """Forget `records`; how many were still kept."""
+        removed = 0
+        for record in records:
+            kept = self._find(record)
+            if kept is not None:
+                self._dead_letters.remove(kept)
+                removed += 1
+        return removed
+
+    def _find(self, record: DeadLetterRecord) -> DeadLetterRecord | None:
+        return next((kept for kept in self._dead_letters if kept.id == record.id), None)
 
     def clear(self) -> None:
         """Forget every kept message and dead letter."""

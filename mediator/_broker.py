@@ -10,7 +10,7 @@ the shared pieces they are built from.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
 from mediator._dead_letters import DeadLetterRecord
@@ -166,6 +166,26 @@ class DeadLetterStore(Protocol):
     async def dead_letters(self, *, limit: int | None = None) -> list[DeadLetterRecord]:
         """Up to `limit` dead letters (by default the broker's own bound),
         oldest first; each broker's page says which ones a limit keeps."""
+        ...
+
+
+@runtime_checkable
+class DeadLetterQueue(DeadLetterStore, Protocol):
+    """A `DeadLetterStore` whose dead letters can be published again and removed."""
+
+    def replay_dead_letters(
+        self, records: Iterable[DeadLetterRecord]
+    ) -> AsyncIterator[DeadLetterRecord]:
+        """Publish each of `records` (as `dead_letters()` returned them) again,
+        one at a time: its whole body to its channel, with its message id and
+        `REPLAY_COUNT_HEADER` one more; once the broker confirmed the publish,
+        remove the dead letter, then yield it. A record that is no longer in
+        the store is skipped; one whose body was cut (`truncated`) raises
+        `TruncatedDeadLetterError` before anything is published."""
+        ...
+
+    async def purge_dead_letters(self, records: Iterable[DeadLetterRecord]) -> int:
+        """Remove `records` from the store; how many were still there."""
         ...
 
 

@@ -3,21 +3,42 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
 
+from mediator._exceptions import MediatorError
 from mediator._limits import DEAD_LETTER_BODY_LIMIT, quote
 
-__all__ = ["DeadLetterRecord"]
+__all__ = [
+    "REPLAY_COUNT_HEADER",
+    "DeadLetterRecord",
+    "TruncatedDeadLetterError",
+    "replay_count_of",
+    "replayable",
+]
+
+REPLAY_COUNT_HEADER = "replay_count"
+"""The transport header a replayed message carries: how many times it was
+replayed from a dead-letter place. It comes back in the record if the
+message is dead-lettered again."""
+TRUNCATED_REASON = "too_large"
+"""The one reason a dead letter keeps only a prefix of the body for."""
+
+
+class TruncatedDeadLetterError(MediatorError, ValueError):
+    """A dead letter that keeps only a prefix of its body cannot be replayed."""
 
 
 @attrs.frozen(kw_only=True)
 class DeadLetterRecord:
     """One dead-lettered message (`broker.dead_letters()` returns them oldest
-    first): at most the first 64 KiB of the body, with the size and SHA-256
-    of the whole."""
+    first), with the size and SHA-256 of its body. The body is kept whole,
+    except for a message over the consumer's size limit (reason
+    ``too_large``): of that, only the first 64 KiB."""
 
     channel: str
     """The logical channel (or the transport's destination) it came from."""
@@ -33,25 +54,59 @@ class DeadLetterRecord:
     """The size of the whole body in bytes."""
     sha256: str
     """The SHA-256 of the whole body, in hex."""
+    id: str = ""
+    """The store's name for it (a stream entry id, ``partition:offset``, a
+    sequence number...): what `replay_dead_letters` and `purge_dead_letters`
+    find it by."""
+    dead_lettered_at: datetime | None = None
+    """When it was dead-lettered (UTC), where the store says."""
+    replay_count: int = 0
+    """How many times the message had been replayed before this dead letter."""
 
     @property
     def truncated(self) -> bool:
         """Whether `data` is only a prefix of the body."""
         return len(self.data) < self.size
 
+    @property
+    def replayable(self) -> bool:
+        """Whether the whole body is kept, so that it can be published again."""
+        return not self.truncated
+
+    def check_replayable(self) -> None:
+        """Raise `TruncatedDeadLetterError` unless the whole body is kept."""
+        if self.truncated:
+            raise TruncatedDeadLetterError(
+                f"dead letter {self.id or self.sha256[:12]} keeps only the first "
+                f"{len(self.data)} of {self.size} bytes (reason {self.reason}); it cannot be "
+                "replayed: publish the message again from its source, or purge it"
+            )
+
     @classmethod
     def of(
-        cls, channel: str, data: bytes, reason: str, description: str, delivery_count: int = 1
+        cls,
+        channel: str,
+        data: bytes,
+        reason: str,
+        description: str,
+        delivery_count: int = 1,
+        *,
+        replay_count: int = 0,
     ) -> DeadLetterRecord:
-        """A record of `data`, bounded, with a bounded `description`."""
+        """A record of `data` dead-lettered now, with a bounded `description`;
+        the body is cut to 64 KiB only for reason ``too_large``."""
+        kept = data[:DEAD_LETTER_BODY_LIMIT] if reason == TRUNCATED_REASON else data
         return cls(
             channel=channel,
             reason=reason,
             description=quote(description),
             delivery_count=delivery_count,
-            data=bytes(data[:DEAD_LETTER_BODY_LIMIT]),
+            data=bytes(kept),
             size=len(data),
             sha256=hashlib.sha256(data).hexdigest(),
+            id=uuid.uuid4().hex,
+            dead_lettered_at=datetime.now(UTC),
+            replay_count=replay_count,
         )
 
     def fields(self) -> dict[str, str | bytes]:
@@ -64,6 +119,9 @@ class DeadLetterRecord:
             "delivery_count": str(self.delivery_count),
             "size": str(self.size),
             "sha256": self.sha256,
+            "id": self.id,
+            "dead_lettered_at": self.dead_lettered_at.isoformat() if self.dead_lettered_at else "",
+            REPLAY_COUNT_HEADER: str(self.replay_count),
             "data": self.data,
         }
 
@@ -85,4 +143,41 @@ class DeadLetterRecord:
             data=data,
             size=int(text("size", str(len(data))) or len(data)),
             sha256=text("sha256"),
+            id=text("id"),
+            dead_lettered_at=_timestamp(text("dead_lettered_at")),
+            replay_count=_count(text(REPLAY_COUNT_HEADER, "0")),
         )
+
+
+def replayable(records: Iterable[DeadLetterRecord]) -> list[DeadLetterRecord]:
+    """`records` as a list, once every one of them is checked replayable
+    (`TruncatedDeadLetterError` for the first that is not)."""
+    checked = list(records)
+    for record in checked:
+        record.check_replayable()
+    return checked
+
+
+def replay_count_of(headers: Mapping[Any, Any] | None) -> int:
+    """The `REPLAY_COUNT_HEADER` of transport headers (str or bytes keys and
+    values), 0 when absent or unreadable."""
+    if not headers:
+        return 0
+    value = headers.get(REPLAY_COUNT_HEADER, headers.get(REPLAY_COUNT_HEADER.encode()))
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return _count(str(value)) if value is not None else 0
+
+
+def _timestamp(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
+def _count(text: str) -> int:
+    try:
+        return max(0, int(text))
+    except ValueError:
+        return 0

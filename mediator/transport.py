@@ -24,13 +24,18 @@ The "Writing a transport" page of the docs builds a toy transport on it.
 """
 
 from mediator._broker import BatchMessageBroker as BatchMessageBroker
+from mediator._broker import DeadLetterQueue as DeadLetterQueue
 from mediator._broker import DeadLetterStore as DeadLetterStore
 from mediator._broker import Delivery as Delivery
 from mediator._broker import DeliveryGuarantee as DeliveryGuarantee
 from mediator._broker import MessageBroker as MessageBroker
 from mediator._broker import SubscribingBroker as SubscribingBroker
 from mediator._broker import Subscription as Subscription
+from mediator._dead_letters import REPLAY_COUNT_HEADER as REPLAY_COUNT_HEADER
 from mediator._dead_letters import DeadLetterRecord as DeadLetterRecord
+from mediator._dead_letters import TruncatedDeadLetterError as TruncatedDeadLetterError
+from mediator._dead_letters import replay_count_of as replay_count_of
+from mediator._dead_letters import replayable as replayable
 from mediator._delivery import DeliveryBase as DeliveryBase
 from mediator._error_mapping import ErrorRow as ErrorRow
 from mediator._error_mapping import ErrorTable as ErrorTable
@@ -64,11 +69,13 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "QUOTE_LIMIT",
     "RECONNECT",
+    "REPLAY_COUNT_HEADER",
     "Backoff",
     "BatchMessageBroker",
     "BrokerLifecycle",
     "BrokerUnavailableError",
     "CredentialError",
+    "DeadLetterQueue",
     "DeadLetterRecord",
     "DeadLetterStore",
     "Delivery",
@@ -89,10 +96,13 @@ __all__ = [
     "Subscription",
     "SubscriptionLostError",
     "TransportError",
+    "TruncatedDeadLetterError",
     "being_cancelled",
     "channel_for",
     "close_all",
     "encode_message",
     "map_errors",
     "quote",
+    "replay_count_of",
+    "replayable",
 ]

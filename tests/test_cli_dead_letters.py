@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from mediator._operations.dead_letters import (
     groups_of,
     hex_dump,
     json_document,
+    parse_age,
     select,
 )
 from mediator._operations.exit_status import FAILED, STOPPED, USAGE
@@ -141,7 +144,8 @@ async def test_list_groups_filters_limits_and_shows(
         "{nope again",
     ]
     [unknown] = [r for r in records if r["reason"] == "unknown_name"]
-    assert unknown["id"] == UNKNOWN_ID
+    assert unknown["message_id"] == UNKNOWN_ID
+    assert unknown["id"] and unknown["dead_lettered_at"]
     [failed] = [r for r in records if r["reason"] == "handler_failed"]
     assert "cannot be billed" in failed["description"]
 
@@ -151,7 +155,7 @@ async def test_list_groups_filters_limits_and_shows(
     assert lines[0] == "4 dead letters in 3 groups"
     assert lines[2].split() == ["COUNT", "REASON", "EVENT"]
     assert lines[3].split() == ["2", "not_json", "-"]
-    assert any(line.startswith(UNKNOWN_ID) and "NobodyKnowsMe" in line for line in lines)
+    assert any(line.startswith(unknown["id"]) and "NobodyKnowsMe" in line for line in lines)
 
     status, out, _ = await mediator("list", *where, "--reason", "not_json", "--json")
     assert status == STOPPED
@@ -167,7 +171,8 @@ async def test_list_groups_filters_limits_and_shows(
 
     status, out, err = await mediator("show", *where, UNKNOWN_ID)
     assert (status, err) == (STOPPED, "")
-    assert "reason:         unknown_name" in out
+    assert re.search(r"^reason: +unknown_name$", out, re.MULTILINE)
+    assert re.search(rf"^id: +{re.escape(unknown['id'])}$", out, re.MULTILINE)
     assert "NobodyKnowsMe" in out
     position = next(str(r["position"]) for r in records if r["body"] == "{nope")
     status, out, _ = await mediator("show", *where, position)
@@ -176,7 +181,7 @@ async def test_list_groups_filters_limits_and_shows(
 
     status, _, err = await mediator("show", *where, "no-such-id")
     assert status == FAILED
-    assert "no dead letter with id or position 'no-such-id'" in err
+    assert "no dead letter with id, message id or position 'no-such-id'" in err
 
 
 async def test_an_empty_store_and_the_environment_variable(redis_url: str, key_prefix: str) -> None:
@@ -252,14 +257,36 @@ RECORDS = [
 ]
 
 
-def test_ids_are_message_ids_where_the_body_decodes_else_positions() -> None:
+def test_ids_are_the_stores_and_message_ids_are_read_from_the_body() -> None:
     entries = entries_of(RECORDS)
-    assert [(e.id, e.event) for e in entries] == [
-        ("1", "-"),
-        (UNKNOWN_ID, "NobodyKnowsMe"),
-        ("3", "-"),
-        ("m-1", "OrderPlaced"),
+    assert [(e.id, e.message_id, e.event) for e in entries] == [
+        (RECORDS[0].id, None, "-"),
+        (RECORDS[1].id, UNKNOWN_ID, "NobodyKnowsMe"),
+        (RECORDS[2].id, None, "-"),
+        (RECORDS[3].id, "m-1", "OrderPlaced"),
     ]
+    unnamed = attrs.evolve(RECORDS[0], id="")
+    assert entries_of([unnamed])[0].id == "1"  # a store without ids: the position
+    assert entries_of(RECORDS)[1].named(UNKNOWN_ID) and entries_of(RECORDS)[1].named("2")
+
+
+def test_select_by_event_and_age() -> None:
+    now = datetime.now(UTC)
+    aged = [
+        attrs.evolve(r, dead_lettered_at=now - timedelta(hours=hours))
+        for r, hours in zip(RECORDS, (0, 1, 3, 48), strict=True)
+    ]
+    entries = entries_of(aged)
+    assert [e.position for e in select(entries, event="OrderPlaced")] == [4]
+    assert [e.position for e in select(entries, older_than=parse_age("2h"), now=now)] == [3, 4]
+    assert [e.position for e in select(entries, newer_than=parse_age("90m"), now=now)] == [1, 2]
+    undated = entries_of([attrs.evolve(RECORDS[0], dead_lettered_at=None)])
+    assert select(undated, older_than=timedelta(0)) == []
+    assert parse_age("1h30m") == timedelta(minutes=90)
+    assert parse_age("7d") == timedelta(days=7)
+    for bad in ("", "10", "h", "5 weeks", "1h 2x"):
+        with pytest.raises(ValueError, match="not an age"):
+            parse_age(bad)
 
 
 def test_groups_are_counted_largest_first() -> None:
@@ -278,12 +305,13 @@ def test_select_by_reason_and_channel_glob() -> None:
 
 
 def test_the_list_shows_groups_then_one_line_each() -> None:
-    text = format_list(entries_of(RECORDS))
+    undated = [attrs.evolve(r, dead_lettered_at=None) for r in RECORDS]
+    text = format_list(entries_of(undated))
     lines = text.splitlines()
     assert lines[0] == "4 dead letters in 3 groups"
     assert lines[3].split() == ["2", "not_json", "-"]
-    assert lines[7].split()[:5] == ["ID", "REASON", "CHANNEL", "EVENT", "SIZE"]
-    assert lines[8].split()[:5] == ["1", "not_json", "shop:x:A", "-", "5"]
+    assert lines[7].split()[:6] == ["ID", "REASON", "CHANNEL", "EVENT", "AGE", "SIZE"]
+    assert lines[8].split()[:6] == [RECORDS[0].id, "not_json", "shop:x:A", "-", "-", "5"]
     assert "not_json: the detail second line" in lines[8]  # one line
     assert format_list([]) == "no dead letters\n"
 
@@ -292,7 +320,7 @@ def test_long_descriptions_are_shortened_in_the_list() -> None:
     long = DeadLetterRecord.of("c", b"x", "rejected", "word " * 100)
     line = format_list(entries_of([long])).splitlines()[-1]
     assert line.endswith("...")
-    assert len(line) < 100
+    assert len(line.split("  rejected", 1)[1]) < 100
 
 
 def test_json_bodies_are_text_or_base64() -> None:
@@ -308,7 +336,7 @@ def test_json_bodies_are_text_or_base64() -> None:
 def test_show_prints_the_fields_and_the_body() -> None:
     text_entry, _, binary_entry, _ = entries_of(RECORDS)
     shown = format_record(text_entry)
-    assert "reason:         not_json" in shown
+    assert re.search(r"^reason: +not_json$", shown, re.MULTILINE)
     assert "sha256:" in shown
     assert "not_json: the detail\nsecond line" in shown
     assert shown.endswith("body (utf-8, whole):\n{nope\n")
@@ -323,3 +351,105 @@ def test_a_truncated_body_says_so() -> None:
     shown = format_record(entries_of([big])[0])
     assert f"body (utf-8, first {len(big.data)} of 70000 bytes):" in shown
     assert json_document(entries_of([big]))["records"][0]["truncated"] is True
+
+
+POISON = 50
+"""How many messages the replay test dead-letters, then replays."""
+
+
+async def replay_until_killed(*args: str, after: int) -> int:
+    """Run ``mediator dead-letters replay ARGS`` and SIGKILL it once it said
+    it replayed `after` dead letters (or let it end first); how many it said."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mediator",
+        "dead-letters",
+        "replay",
+        *args,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert process.stdout is not None
+    said = 0
+    try:
+        async with asyncio.timeout(STEP):
+            async for line in process.stdout:
+                said += line.startswith(b"replayed ")
+                if said >= after:
+                    process.kill()
+                    break
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+    return said
+
+
+@pytest.mark.parametrize("name", ["redis-pubsub", "redis-streams"])
+async def test_replay_after_the_fix_handles_every_poison_message_once_even_when_killed(
+    name: str, request: pytest.FixtureRequest
+) -> None:
+    prefix = f"mtk-{uuid.uuid4().hex[:8]}"
+    async with FACTORIES[name](prefix, request) as transport:
+        fixed = False
+        handled: list[int] = []
+        all_handled = asyncio.Event()
+
+        async def billing(event: OrderPlaced) -> None:
+            if not fixed:
+                raise RuntimeError(f"order {event.order_id}: the tariff table is missing")
+            handled.append(event.order_id)
+            if len(set(handled)) == POISON:
+                all_handled.set()
+
+        events = EventMap()
+        events.bind(OrderPlaced, billing, policy=DeadLetter())
+        consumer = EventConsumer(broker=transport.broker, event_map=events)
+        channel = f"{prefix}:notification_event:OrderPlaced"
+        await consumer.subscribe(channel, group=transport.own_group("billing"))
+        url = url_of(name, request, transport)
+        where = ["--broker", url, "--prefix", prefix, "--timeout", "20"]
+        async with consumer:
+            emitter = EventEmitter(message_broker=transport.new_broker())
+            for order_id in range(POISON):
+                await emitter.emit(OrderPlaced(order_id=order_id))
+            await wait_until(consumer, lambda s: s.dead_lettered >= POISON, timeout=30)
+            await transport.publish_raw(channel, b"{not json")
+            await wait_until(consumer, lambda s: s.dead_lettered >= POISON + 1, timeout=30)
+
+            status, out, _ = await mediator("list", *where, "--json")
+            assert status == STOPPED
+            assert orjson.loads(out)["groups"] == [
+                {"reason": "handler_failed", "event": "OrderPlaced", "count": POISON},
+                {"reason": "not_json", "event": None, "count": 1},
+            ]
+
+            status, _, err = await mediator("replay", *where)
+            assert status == USAGE
+            assert "pass --all" in err
+            fixed = True
+            # Killed half-way, then run again: every message is handled.
+            first = await replay_until_killed(*where, "--reason", "handler_failed", after=10)
+            status, out, err = await mediator("replay", *where, "--reason", "handler_failed")
+            assert (status, err) == (STOPPED, "")
+            # The killed run may have replayed one more than it said.
+            said = sum(line.startswith("replayed ") for line in out.splitlines()) - 1
+            assert first + said in (POISON, POISON - 1)
+            async with asyncio.timeout(30):
+                await all_handled.wait()
+
+            status, out, _ = await mediator("list", *where, "--json")
+            assert [g["reason"] for g in orjson.loads(out)["groups"]] == ["not_json"]
+            status, _, err = await mediator("purge", *where, "--reason", "not_json")
+            assert (status, "--yes" in err) == (USAGE, True)
+            status, out, _ = await mediator("purge", *where, "--reason", "not_json", "--yes")
+            assert (status, out) == (STOPPED, "purged 1 of 1\n")
+            status, out, _ = await mediator("list", *where)
+            assert out == "no dead letters\n"
+
+    assert sorted(set(handled)) == list(range(POISON))
+    # Killed between its publish and its removal, one message may come twice.
+    assert len(handled) - POISON <= 1, f"handled {len(handled)} for {POISON}"

@@ -83,10 +83,10 @@ async def test_dead_letters_are_bounded_records_oldest_first() -> None:
     broker = InMemoryMessageBroker(channel_prefix="dl", dead_letter_limit=2)
     subscription = await broker.subscribe("dl:*")
     deliveries = aiter(subscription)
-    for data in (b"a", b"b", b"x" * 100_000):
+    for data, reason in ((b"a", "not_json"), (b"b", "not_json"), (b"x" * 100_000, "too_large")):
         await broker.publish_raw("dl:c", data)
         delivery = await anext(deliveries)
-        await delivery.dead_letter("not_json", f"bad {data[:1]!r}")
+        await delivery.dead_letter(reason, f"bad {data[:1]!r}")
     first, second = await broker.dead_letters()
     assert isinstance(first, DeadLetterRecord)
     assert (first.data, first.reason, first.truncated) == (b"b", "not_json", False)

@@ -3,16 +3,38 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC
 from typing import Any
 
-from azure.servicebus import ServiceBusSubQueue
+import attrs
+from azure.servicebus import ServiceBusReceivedMessage, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 
 from brokers.azure._errors import service_bus_errors
 from brokers.azure._naming import channel_of, dead_letter_path
-from mediator.transport import BrokerUnavailableError, DeadLetterRecord
+from mediator.transport import BrokerUnavailableError, DeadLetterRecord, replay_count_of
 
-__all__ = ["peek_dead_letters"]
+__all__ = ["peek_dead_letters", "record_of"]
+
+
+def record_of(message: ServiceBusReceivedMessage, entity: str) -> DeadLetterRecord:
+    """The record of a message of the dead-letter sub-queue `entity`, named by
+    its sequence number and dated by its enqueued time."""
+    properties = message.application_properties
+    record = DeadLetterRecord.of(
+        channel_of(properties) or entity,
+        b"".join(message.body),
+        message.dead_letter_reason or "",
+        message.dead_letter_error_description or "",
+        (message.delivery_count or 0) + 1,
+        replay_count=replay_count_of(properties),
+    )
+    at = message.enqueued_time_utc
+    return attrs.evolve(
+        record,
+        id=str(message.sequence_number),
+        dead_lettered_at=at.astimezone(UTC) if at is not None else None,
+    )
 
 
 async def peek_dead_letters(
@@ -41,15 +63,6 @@ async def peek_dead_letters(
                 )
                 if not page:
                     break
-                records.extend(
-                    DeadLetterRecord.of(
-                        channel_of(message.application_properties) or entity,
-                        b"".join(message.body),
-                        message.dead_letter_reason or "",
-                        message.dead_letter_error_description or "",
-                        (message.delivery_count or 0) + 1,
-                    )
-                    for message in page
-                )
+                records.extend(record_of(message, entity) for message in page)
                 next_number = (page[-1].sequence_number or 0) + 1
     return records

@@ -4,12 +4,12 @@ error mapping, the dead-letter stream)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any, Self
 
 from redis.asyncio import Redis
 
-from brokers.redis._dead_letters import read_dead_letters
+from brokers.redis._dead_letters import read_dead_letters, remove_dead_letters, still_there
 from brokers.redis._errors import ERRORS
 from brokers.redis._naming import dead_letter_key
 from mediator.transport import (
@@ -18,6 +18,7 @@ from mediator.transport import (
     ReconnectingSubscription,
     TransportError,
     quote,
+    replayable,
 )
 
 
@@ -126,4 +127,27 @@ class _RedisBroker(BrokerLifecycle):
     async def dead_letters(self, *, limit: int | None = None) -> list[DeadLetterRecord]:
         """What was dead-lettered (the stream keeps the newest `dead_letter_limit`),
         oldest first; with `limit`, the oldest `limit` of them."""
-        return await read_dead_letters(self.client, self.dead_letter_key, limit)
+        with self._mapped("reading the dead letters from"):
+            return await read_dead_letters(self.client, self.dead_letter_key, limit)
+
+    async def replay_dead_letters(
+        self, records: Iterable[DeadLetterRecord]
+    ) -> AsyncIterator[DeadLetterRecord]:
+        """Publish each of `records` again to its channel, then ``XDEL`` it
+        from the dead-letter stream; yield it once both are done. One that
+        is no longer in the stream is skipped (docs/dead-letters.md)."""
+        for record in replayable(records):
+            with self._mapped(f"replaying dead letter {record.id} on"):
+                if not await still_there(self.client, self.dead_letter_key, record):
+                    continue
+                await self._replay(record)
+            yield record
+
+    async def _replay(self, record: DeadLetterRecord) -> None:
+        """Publish `record`'s body to its channel and remove its entry."""
+        raise NotImplementedError
+
+    async def purge_dead_letters(self, records: Iterable[DeadLetterRecord]) -> int:
+        """``XDEL`` `records` from the dead-letter stream; how many were there."""
+        with self._mapped("purging dead letters on"):
+            return await remove_dead_letters(self.client, self.dead_letter_key, records)

@@ -34,6 +34,7 @@ from mediator.transport import (
     TransportError,
     being_cancelled,
     quote,
+    replay_count_of,
 )
 
 if TYPE_CHECKING:  # for annotations only: streams.py imports this module
@@ -375,8 +376,15 @@ class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
     ) -> None:
         self._forget(delivery)
         broker = self._stream_broker
+        # Read only here, not on every read: whether the entry was a replay.
+        entry = await self._client.xrange(delivery.channel, delivery.entry_id, delivery.entry_id)
         record = DeadLetterRecord.of(
-            delivery.channel, delivery.data, reason, description, delivery.delivery_count
+            delivery.channel,
+            delivery.data,
+            reason,
+            description,
+            delivery.delivery_count,
+            replay_count=replay_count_of(entry[0][1] if entry else None),
         )
         async with self._client.pipeline(transaction=True) as pipe:
             append_dead_letter(

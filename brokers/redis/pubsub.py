@@ -283,6 +283,18 @@ class RedisPubSubMessageBroker(_RedisBroker):
                 f"{self.address}: {quote(str(exc))}"
             ) from exc
 
+    async def _replay(self, record: DeadLetterRecord) -> None:
+        """``PUBLISH`` the body to its channel, then ``XDEL`` the dead letter;
+        when no subscriber received it, keep the dead letter and raise."""
+        receivers = await self.client.publish(record.channel, record.data)
+        if not receivers:
+            raise PublishError(
+                f"no subscriber is listening on {quote(record.channel, 200)}, so the replay of "
+                f"dead letter {record.id} reached no one (Pub/Sub keeps nothing); it stays a "
+                "dead letter: start the consumer, then replay again"
+            )
+        await self.client.xdel(self.dead_letter_key, record.id)
+
     async def subscribe(self, pattern: str, *, group: str | None = None) -> RedisPubSubSubscription:
         """``PSUBSCRIBE`` to `pattern`; returns once Redis confirmed it."""
         if group is not None:

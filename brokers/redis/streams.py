@@ -16,6 +16,8 @@ from brokers.redis._naming import channel_name, registry_key
 from brokers.redis._streams_subscription import RedisStreamDelivery, RedisStreamSubscription
 from mediator.transport import (
     DEFAULT_MAX_MESSAGE_SIZE,
+    REPLAY_COUNT_HEADER,
+    DeadLetterRecord,
     DeliveryGuarantee,
     Message,
     PublishError,
@@ -144,6 +146,20 @@ class RedisStreamMessageBroker(_RedisBroker):
                     f"could not append {batch_names(messages)} to Redis streams at "
                     f"{self.address}: {quote(str(exc))}"
                 ) from exc
+
+    async def _replay(self, record: DeadLetterRecord) -> None:
+        """``XADD`` the body to its stream with the replay counted, register
+        the stream and ``XDEL`` the dead letter, in one transaction."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.xadd(
+                record.channel,
+                {"data": record.data, REPLAY_COUNT_HEADER: str(record.replay_count + 1)},
+                maxlen=self.maxlen,
+                approximate=True,
+            )
+            pipe.sadd(self.registry_key, record.channel)
+            pipe.xdel(self.dead_letter_key, record.id)
+            await pipe.execute()
 
     async def subscribe(self, pattern: str, *, group: str | None = None) -> RedisStreamSubscription:
         """Read the streams matching `pattern` in consumer `group` (a private

@@ -1,72 +1,60 @@
-"""``mediator dead-letters list|show``: read a broker's dead letters from the
-command line, without changing them (docs/dead-letters.md).
-
-```sh
-mediator dead-letters list --broker redis+streams://localhost:6379/0 --prefix shop
-mediator dead-letters show --broker amqp://guest:guest@localhost/ 5f0c...
-```
-"""
+"""Dead letters as operators see them: with their ids, message ids and event
+names, grouped by reason and event, selected, and formatted for a terminal
+or as JSON (``mediator dead-letters``, the status page; docs/dead-letters.md)."""
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import base64
-import logging
-import os
-import sys
+import re
 from collections import Counter
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import attrs
 import orjson
 
-from mediator._broker import DeadLetterStore
 from mediator._dead_letters import DeadLetterRecord
-from mediator._operations.exit_status import FAILED, STOPPED, USAGE
 from mediator._patterns import glob_match
 
 __all__ = [
     "Entry",
-    "add_parser",
     "body_of",
     "entries_of",
+    "entry_json",
     "format_list",
     "format_record",
     "groups_of",
     "hex_dump",
     "json_document",
-    "run",
+    "parse_age",
     "select",
 ]
 
-BROKER_URL_VARIABLE = "MEDIATOR_BROKER_URL"
-"""Where ``--broker`` falls back to, as for ``mediator run``."""
-DEFAULT_TIMEOUT = 30.0
-"""Seconds a read may take before the command gives up."""
 DESCRIPTION_WIDTH = 60
 """Characters of the description a line of ``list`` shows."""
 NO_EVENT = "-"
 """The event name of a record whose body is not an envelope."""
 
 
-class _Usage(Exception):
-    """A command line that cannot be carried out (exit status 2)."""
-
-
 @attrs.frozen(kw_only=True)
 class Entry:
     """A dead letter as the command shows it: the record with its id and
-    the event name read from its body."""
+    the message id and event name read from its body."""
 
     id: str
-    """The envelope's message id when the body decodes, else `position`."""
+    """The store's id of the record (`DeadLetterRecord.id`), else `position`."""
     position: int
     """1 for the first record read (oldest first), 2 for the next, ..."""
+    message_id: str | None
+    """The envelope's message id when the body decodes."""
     event: str
     """The envelope's message name, or ``-``."""
     record: DeadLetterRecord
+
+    def named(self, name: str) -> bool:
+        """Whether `name` is its id, its message id or its position."""
+        return name in (self.id, self.message_id, str(self.position))
 
 
 def _envelope(data: bytes) -> dict[str, Any] | None:
@@ -86,8 +74,9 @@ def entries_of(records: Sequence[DeadLetterRecord]) -> list[Entry]:
         name = envelope.get("message_name")
         entries.append(
             Entry(
-                id=message_id if isinstance(message_id, str) and message_id else str(position),
+                id=record.id or str(position),
                 position=position,
+                message_id=message_id if isinstance(message_id, str) and message_id else None,
                 event=name if isinstance(name, str) and name else NO_EVENT,
                 record=record,
             )
@@ -96,15 +85,50 @@ def entries_of(records: Sequence[DeadLetterRecord]) -> list[Entry]:
 
 
 def select(
-    entries: Sequence[Entry], *, reason: str | None = None, channel: str | None = None
+    entries: Sequence[Entry],
+    *,
+    reason: str | None = None,
+    channel: str | None = None,
+    event: str | None = None,
+    older_than: timedelta | None = None,
+    newer_than: timedelta | None = None,
+    now: datetime | None = None,
 ) -> list[Entry]:
-    """The entries of `reason` (exactly) whose channel matches the glob `channel`."""
+    """The entries of `reason` and `event` (exactly) whose channel matches
+    the glob `channel`, dead-lettered more than `older_than` or less than
+    `newer_than` before `now`; a record without a time is in no age range."""
+    now = now or datetime.now(UTC)
+
+    def in_age(entry: Entry) -> bool:
+        if older_than is None and newer_than is None:
+            return True
+        at = entry.record.dead_lettered_at
+        if at is None:
+            return False
+        age = now - at
+        return (older_than is None or age > older_than) and (newer_than is None or age < newer_than)
+
     return [
         entry
         for entry in entries
         if (reason is None or entry.record.reason == reason)
+        and (event is None or entry.event == event)
         and (channel is None or glob_match(channel, entry.record.channel))
+        and in_age(entry)
     ]
+
+
+_AGE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_age(text: str) -> timedelta:
+    """``90s``, ``15m``, ``2h``, ``7d`` (or several: ``1h30m``) as a timedelta."""
+    compact = text.strip().lower()
+    parts = _AGE.findall(compact)
+    if not parts or "".join(number + unit for number, unit in parts) != compact:
+        raise ValueError(f"{text!r} is not an age: write it as 90s, 15m, 2h, 7d or 1h30m")
+    return timedelta(seconds=sum(float(number) * _UNITS[unit] for number, unit in parts))
 
 
 def groups_of(entries: Sequence[Entry]) -> list[tuple[str, str, int]]:
@@ -149,13 +173,14 @@ def format_list(entries: Sequence[Entry]) -> str:
     )
     lines.append("")
     lines += _table(
-        ("ID", "REASON", "CHANNEL", "EVENT", "SIZE", "DESCRIPTION"),
+        ("ID", "REASON", "CHANNEL", "EVENT", "AGE", "SIZE", "DESCRIPTION"),
         [
             (
                 entry.id,
                 entry.record.reason,
                 entry.record.channel,
                 entry.event,
+                _age(entry.record.dead_lettered_at),
                 str(entry.record.size),
                 _one_line(entry.record.description, DESCRIPTION_WIDTH),
             )
@@ -163,6 +188,17 @@ def format_list(entries: Sequence[Entry]) -> str:
         ],
     )
     return "\n".join(lines) + "\n"
+
+
+def _age(at: datetime | None, now: datetime | None = None) -> str:
+    """How long ago `at` was, in its largest unit (``45s``, ``12m``, ``3h``, ``2d``)."""
+    if at is None:
+        return "-"
+    seconds = max(0, int(((now or datetime.now(UTC)) - at).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def body_of(data: bytes) -> tuple[str, str]:
@@ -173,17 +209,20 @@ def body_of(data: bytes) -> tuple[str, str]:
         return "base64", base64.b64encode(data).decode("ascii")
 
 
-def _entry_json(entry: Entry) -> dict[str, Any]:
+def entry_json(entry: Entry) -> dict[str, Any]:
     record = entry.record
     encoding, body = body_of(record.data)
     return {
         "id": entry.id,
         "position": entry.position,
+        "message_id": entry.message_id,
         "reason": record.reason,
         "channel": record.channel,
         "event": None if entry.event == NO_EVENT else entry.event,
         "description": record.description,
         "delivery_count": record.delivery_count,
+        "replay_count": record.replay_count,
+        "dead_lettered_at": at.isoformat() if (at := record.dead_lettered_at) else None,
         "size": record.size,
         "sha256": record.sha256,
         "truncated": record.truncated,
@@ -199,7 +238,7 @@ def json_document(entries: Sequence[Entry]) -> dict[str, Any]:
             {"reason": reason, "event": None if event == NO_EVENT else event, "count": count}
             for reason, event, count in groups_of(entries)
         ],
-        "records": [_entry_json(entry) for entry in entries],
+        "records": [entry_json(entry) for entry in entries],
     }
 
 
@@ -220,11 +259,12 @@ def format_record(entry: Entry) -> str:
     fields = [
         ("id", entry.id),
         ("position", str(entry.position)),
+        ("message_id", entry.message_id or "-"),
         ("event", entry.event),
         *(
-            (name, str(value))
+            (name, str(value) or "-")
             for name, value in record.fields().items()
-            if name not in ("data", "description")
+            if name not in ("data", "description", "id")
         ),
     ]
     width = max(len(name) for name, _ in fields)
@@ -234,171 +274,3 @@ def format_record(entry: Entry) -> str:
     text = body if encoding == "utf-8" else hex_dump(record.data)
     lines += ["", "description:", record.description, "", f"body ({encoding}, {shown}):"]
     return "\n".join(lines) + "\n" + text + ("" if text.endswith("\n") else "\n")
-
-
-# -- the command ---------------------------------------------------------------
-
-
-def add_parser(commands: Any) -> None:
-    """Add ``dead-letters list`` and ``dead-letters show`` to the subparsers `commands`."""
-    parser = commands.add_parser(
-        "dead-letters",
-        help="list or show a broker's dead letters",
-        description="Read the dead letters a broker keeps, without changing them "
-        "(see docs/dead-letters.md).",
-    )
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--broker",
-        metavar="URL",
-        default=os.environ.get(BROKER_URL_VARIABLE),
-        help=f"broker URL (default: ${BROKER_URL_VARIABLE})",
-    )
-    common.add_argument(
-        "--prefix", metavar="PREFIX", help="the channel prefix (default: the broker's, mediator)"
-    )
-    common.add_argument(
-        "--limit",
-        type=int,
-        metavar="N",
-        help="read at most N dead letters (default: the broker's own bound)",
-    )
-    common.add_argument(
-        "--timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT,
-        metavar="SECONDS",
-        help=f"give up after this long (default: {DEFAULT_TIMEOUT:g})",
-    )
-    common.add_argument(
-        "--subscription",
-        metavar="NAME",
-        help="Azure Service Bus: the topic subscription whose dead letters to read",
-    )
-    common.add_argument("--json", action="store_true", help="print one JSON document")
-    listing = actions.add_parser(
-        "list", parents=[common], help="the dead letters by reason and event, then each"
-    )
-    listing.add_argument("--reason", help="only this reason (e.g. not_json, handler_failed)")
-    listing.add_argument("--channel", metavar="GLOB", help="only channels matching this glob")
-    show = actions.add_parser("show", parents=[common], help="one dead letter in full")
-    show.add_argument("id", metavar="ID", help="its message id, or its position in the list")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Carry out ``dead-letters`` `args`; the exit status."""
-    command = f"mediator dead-letters {args.action}"
-    root = logging.getLogger()
-    if not root.handlers:
-        # The clients' own warnings (a refused connection, a retry) would go to
-        # stderr beside the one line this command writes about them.
-        root.addHandler(logging.NullHandler())
-    try:
-        broker = _broker(args)
-        records = asyncio.run(_read(broker, args.limit, args.timeout, args.broker))
-    except _Usage as exc:
-        sys.stderr.write(f"{command}: {exc}\n")
-        return USAGE
-    except Exception as exc:  # one line an operator can act on, never a traceback
-        text = _scrub(str(exc).splitlines()[0] if str(exc) else "", args.broker)
-        sys.stderr.write(f"{command}: {type(exc).__name__}: {text}\n")
-        return FAILED
-    entries = entries_of(records)
-    if args.action == "list":
-        entries = select(entries, reason=args.reason, channel=args.channel)
-        if args.json:
-            sys.stdout.write(
-                orjson.dumps(json_document(entries), option=orjson.OPT_INDENT_2).decode()
-            )
-            sys.stdout.write("\n")
-        else:
-            sys.stdout.write(format_list(entries))
-        return STOPPED
-    found = [entry for entry in entries if args.id in (entry.id, str(entry.position))]
-    if not found:
-        sys.stderr.write(
-            f"{command}: no dead letter with id or position {args.id!r} "
-            f"among the {len(entries)} read; see mediator dead-letters list\n"
-        )
-        return FAILED
-    if args.json:
-        document = [_entry_json(entry) for entry in found]
-        sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
-        sys.stdout.write("\n".join(format_record(entry) for entry in found))
-    return STOPPED
-
-
-def _scrub(text: str, url: str) -> str:
-    """`text` with the URL redacted and its password masked wherever it occurs."""
-    from urllib.parse import unquote, urlsplit
-
-    import brokers
-
-    text = text.replace(url, brokers.redact(url))
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return text
-    for secret in {password, unquote(password or "")} - {None, ""}:
-        assert secret is not None
-        text = text.replace(secret, "***")
-    return text
-
-
-def _broker(args: argparse.Namespace) -> Any:
-    import brokers
-
-    if not args.broker:
-        raise _Usage(f"no broker: pass --broker URL or set {BROKER_URL_VARIABLE}")
-    if args.limit is not None and args.limit < 1:
-        raise _Usage(f"--limit {args.limit}: must be 1 or more")
-    if not args.timeout > 0:
-        raise _Usage(f"--timeout {args.timeout}: must be more than 0 seconds")
-    url: str = args.broker
-    shown = brokers.redact(url)
-    options: dict[str, Any] = {}
-    if "sb://" in url.lower():
-        # Service Bus keeps dead letters per topic subscription.
-        if not args.subscription:
-            raise _Usage(
-                f"{shown!r}: Service Bus keeps dead letters per topic subscription; "
-                "pass --subscription NAME"
-            )
-        options["subscription"] = args.subscription
-        if "entitypath=" not in url.lower() and args.prefix:
-            options["topic"] = args.prefix  # the topic, as AzureMessageBroker's prefix is
-    elif args.subscription:
-        raise _Usage("--subscription is for Azure Service Bus only; this broker has one store")
-    if url.partition("://")[0].lower() == "memory":
-        raise _Usage(
-            f"{url!r}: the memory broker keeps its dead letters in its own process; "
-            "there is nothing to read from another"
-        )
-    try:
-        broker = brokers.from_url(url, channel_prefix=args.prefix, **options)
-    except ValueError as exc:
-        raise _Usage(str(exc).splitlines()[0]) from None
-    if not isinstance(broker, DeadLetterStore):
-        raise _Usage(f"{type(broker).__name__} for {shown!r} keeps no dead letters")
-    return broker
-
-
-async def _read(broker: Any, limit: int | None, timeout: float, url: str) -> list[DeadLetterRecord]:
-    import brokers
-
-    try:
-        async with asyncio.timeout(timeout):
-            records: list[DeadLetterRecord] = await broker.dead_letters(limit=limit)
-            return records
-    except TimeoutError:
-        raise TimeoutError(
-            f"no answer from {brokers.redact(url)} within {timeout:g} s (--timeout)"
-        ) from None
-    finally:
-        try:
-            async with asyncio.timeout(timeout):
-                await broker.stop()
-        except Exception:  # the read's own error is the one to report
-            pass
