@@ -388,7 +388,7 @@ async def replay_until_killed(*args: str, after: int) -> int:
     return said
 
 
-@pytest.mark.parametrize("name", ["redis-pubsub", "redis-streams"])
+@pytest.mark.parametrize("name", ["redis-pubsub", "redis-streams", "rabbitmq"])
 async def test_replay_after_the_fix_handles_every_poison_message_once_even_when_killed(
     name: str, request: pytest.FixtureRequest
 ) -> None:

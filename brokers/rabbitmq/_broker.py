@@ -4,7 +4,7 @@ subscriptions and the dead-letter queue together."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any, Self
 from urllib.parse import urlsplit
 
@@ -18,6 +18,8 @@ from brokers.rabbitmq._dead_letters import (
     dead_letter_copy,
     read_queue,
     record_of,
+    replayed_copy,
+    take_from_queue,
     unroutable_record,
 )
 from brokers.rabbitmq._errors import ERRORS
@@ -34,6 +36,7 @@ from mediator.transport import (
     DeliveryGuarantee,
     Message,
     quote,
+    replayable,
 )
 
 __all__ = ["DEFAULT_HEARTBEAT", "DEFAULT_PREFETCH", "RabbitMQMessageBroker"]
@@ -365,13 +368,56 @@ class RabbitMQMessageBroker(BrokerLifecycle):
         """How many messages the queue ``{prefix}.unroutable`` holds."""
         return await count_queue(self._ready, self.unroutable_queue, timeout=self.connect_timeout)
 
+    async def replay_dead_letters(
+        self, records: Iterable[DeadLetterRecord]
+    ) -> AsyncIterator[DeadLetterRecord]:
+        """Publish each of `records` again, with its routing key, message id
+        and headers, to the exchange; once RabbitMQ confirmed the publish,
+        acknowledge it off ``{prefix}.dead-letter`` and yield it. The queue is
+        walked once, in order; records no longer there are skipped."""
+        whole = replayable(records)
+
+        async def publish(message: DeliveredMessage, record: DeadLetterRecord) -> None:
+            copy = replayed_copy(message, record)
+            await self._publish(self.exchange, [copy], redeclare_on_return=True)
+
+        async for record in take_from_queue(
+            self._ready,
+            self.dead_letter_queue,
+            [record.id for record in whole],
+            timeout=self.connect_timeout,
+            record=self._record,
+            before_ack=publish,
+        ):
+            yield record
+
+    async def purge_dead_letters(self, records: Iterable[DeadLetterRecord]) -> int:
+        """Acknowledge `records` off ``{prefix}.dead-letter``; how many were there."""
+        removed = 0
+        async for _ in take_from_queue(
+            self._ready,
+            self.dead_letter_queue,
+            [record.id for record in records],
+            timeout=self.connect_timeout,
+            record=self._record,
+        ):
+            removed += 1
+        return removed
+
     def _record(self, message: DeliveredMessage) -> DeadLetterRecord:
         channel = self._layout.channel(message.routing_key or "")
-        return record_of(message.header.properties.headers or {}, message.body, channel)
+        properties = message.header.properties
+        return record_of(properties.headers or {}, message.body, channel, properties.message_id)
 
     def _unroutable_record(self, message: DeliveredMessage) -> DeadLetterRecord:
         key = message.routing_key or ""
-        return unroutable_record(message.body, key, self._layout.channel(key), self.exchange)
+        return unroutable_record(
+            message.body,
+            key,
+            self._layout.channel(key),
+            self.exchange,
+            message.header.properties.message_id,
+        )
 
     # -- lifecycle -----------------------------------------------------------
 

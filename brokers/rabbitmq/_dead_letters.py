@@ -10,15 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
+import attrs
 from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from pamqp import commands as spec
 
 from brokers.rabbitmq._errors import ERRORS, close_quietly
 from brokers.rabbitmq._publisher import Outgoing
-from mediator.transport import BrokerUnavailableError, DeadLetterRecord, quote
+from mediator.transport import (
+    REPLAY_COUNT_HEADER,
+    BrokerUnavailableError,
+    DeadLetterRecord,
+    quote,
+    replay_count_of,
+)
 
 __all__ = [
     "DEAD_LETTER_HEADER",
@@ -27,6 +35,8 @@ __all__ = [
     "dead_letter_copy",
     "read_queue",
     "record_of",
+    "replayed_copy",
+    "take_from_queue",
     "unroutable_record",
 ]
 
@@ -63,10 +73,13 @@ def dead_letter_copy(
     )
 
 
-def record_of(headers: Mapping[str, Any], body: bytes, channel: str) -> DeadLetterRecord:
+def record_of(
+    headers: Mapping[str, Any], body: bytes, channel: str, message_id: str | None = None
+) -> DeadLetterRecord:
     """The record of a message in the dead-letter queue: the one the broker
     wrote in its headers, else what RabbitMQ's ``x-death`` says (a message
-    dead-lettered by RabbitMQ itself, from `channel`)."""
+    dead-lettered by RabbitMQ itself, from `channel`; its id is its message
+    id and the time of its death)."""
     ours = {
         name[len(DEAD_LETTER_HEADER) :]: value
         for name, value in headers.items()
@@ -78,29 +91,63 @@ def record_of(headers: Mapping[str, Any], body: bytes, channel: str) -> DeadLett
     # a message TTL): x-death says why.
     deaths = headers.get("x-death")
     death = deaths[0] if isinstance(deaths, list) and deaths else {}
-    reason = str(death.get("reason", "unknown")) if isinstance(death, dict) else "unknown"
-    queue = death.get("queue", "?") if isinstance(death, dict) else "?"
+    if not isinstance(death, dict):
+        death = {}
+    reason = str(death.get("reason", "unknown"))
+    queue = death.get("queue", "?")
     previous = headers.get("x-delivery-count")
-    return DeadLetterRecord.of(
+    record = DeadLetterRecord.of(
         channel,
         body,
         reason,
         f"dead-lettered by RabbitMQ from queue {quote(str(queue), 200)}: {reason}",
         previous + 1 if isinstance(previous, int) else 1,
+        replay_count=replay_count_of(headers),
+    )
+    at = death.get("time")
+    at = at.astimezone(UTC) if isinstance(at, datetime) else None
+    name = f"{message_id or record.sha256[:16]}@{int(at.timestamp()) if at else 0}"
+    return attrs.evolve(record, id=name, dead_lettered_at=at)
+
+
+def replayed_copy(message: DeliveredMessage, record: DeadLetterRecord) -> Outgoing:
+    """The message a dead letter is replayed as: its body, routing key and
+    properties, its headers without the dead-letter record and RabbitMQ's
+    own, and the replay counted."""
+    properties = message.header.properties
+    headers: dict[str, Any] = {
+        k: v
+        for k, v in (properties.headers or {}).items()
+        if not k.startswith((DEAD_LETTER_HEADER, "x-"))
+    }
+    headers[REPLAY_COUNT_HEADER] = record.replay_count + 1
+    return Outgoing(
+        message.routing_key or "",
+        message.body,
+        spec.Basic.Properties(
+            content_type=properties.content_type,
+            delivery_mode=2,
+            message_id=properties.message_id,
+            message_type=properties.message_type,
+            headers=headers,
+        ),
+        f"the replay of dead letter {quote(record.id, 100)} to {quote(record.channel, 200)}",
     )
 
 
 def unroutable_record(
-    body: bytes, routing_key: str, channel: str, exchange: str
+    body: bytes, routing_key: str, channel: str, exchange: str, message_id: str | None = None
 ) -> DeadLetterRecord:
-    """The record of a message in the unroutable queue, reason `UNROUTABLE`."""
-    return DeadLetterRecord.of(
+    """The record of a message in the unroutable queue, reason `UNROUTABLE`,
+    named by its message id (else its hash); RabbitMQ does not say when."""
+    record = DeadLetterRecord.of(
         channel,
         body,
         UNROUTABLE,
         f"published to exchange {exchange!r} with routing key {quote(routing_key, 300)!r} "
         "while no queue was bound for it",
     )
+    return attrs.evolve(record, id=message_id or record.sha256[:16], dead_lettered_at=None)
 
 
 async def read_queue(
@@ -120,6 +167,39 @@ async def read_queue(
                 break
             records.append(record(message))
     return records
+
+
+async def take_from_queue(
+    ready: Ready,
+    queue: str,
+    ids: Iterable[str],
+    *,
+    timeout: float,
+    record: Callable[[DeliveredMessage], DeadLetterRecord],
+    before_ack: Callable[[DeliveredMessage, DeadLetterRecord], Awaitable[None]] | None = None,
+) -> AsyncIterator[DeadLetterRecord]:
+    """Walk `queue` for the messages whose record id is one of `ids`; for
+    each, await `before_ack` (a replay's publish), acknowledge it, and yield
+    its record. Every other message goes back in its place."""
+    wanted = set(ids)
+    async with _reading(ready, queue, timeout) as channel:
+        while wanted:
+            with ERRORS.mapped(f"reading {queue}", BrokerUnavailableError):
+                async with asyncio.timeout(timeout):
+                    message = await channel.basic_get(queue, no_ack=False)
+            got = message.delivery
+            if not isinstance(got, spec.Basic.GetOk) or got.delivery_tag is None:
+                break
+            found = record(message)
+            if found.id not in wanted:
+                continue
+            if before_ack is not None:
+                await before_ack(message, found)
+            with ERRORS.mapped(f"removing a message from {queue}", BrokerUnavailableError):
+                async with asyncio.timeout(timeout):
+                    await channel.basic_ack(got.delivery_tag)
+            wanted.discard(found.id)
+            yield found
 
 
 async def count_queue(ready: Ready, queue: str, *, timeout: float) -> int:

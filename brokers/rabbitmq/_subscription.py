@@ -36,6 +36,7 @@ from mediator.transport import (
     SubscriptionLostError,
     TransportError,
     quote,
+    replay_count_of,
 )
 
 if TYPE_CHECKING:
@@ -84,7 +85,12 @@ class RabbitMQDelivery(DeliveryBase):
             self._unsettled("dead-letter", LinkLost("its channel is closed"))
             return
         record = DeadLetterRecord.of(
-            self.channel, self.data, reason, description, self.delivery_count
+            self.channel,
+            self.data,
+            reason,
+            description,
+            self.delivery_count,
+            replay_count=replay_count_of(self.message.header.properties.headers),
         )
         owner = self._subscription._owner
         try:
