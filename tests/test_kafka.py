@@ -421,9 +421,13 @@ async def test_a_poison_record_ends_in_the_dead_letter_topic_with_its_source(
         "delivery_count": "3",
         "size": str(len(source.value)),
         "sha256": hashlib.sha256(source.value).hexdigest(),
+        "id": headers["id"],
+        "dead_lettered_at": headers["dead_lettered_at"],
+        "replay_count": "0",
         "topic": topic,
         "partition": str(source.partition),
         "offset": str(source.offset),
+        **{f"header.{name}": value.decode() for name, value in source.headers},
     }
     assert "the audit store refuses it" in headers["description"]
     assert (dead.key, dead.value) == (b"p", source.value)

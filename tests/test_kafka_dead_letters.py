@@ -1,12 +1,22 @@
 """Kafka dead letters (brokers/kafka/_dead_letters.py), without a server:
-the record written for a delivery, read back as it was written, and the
-newest of them read from every partition, oldest first."""
+the record written for a delivery, read back as it was written, read from
+every partition, oldest first, and the records a replay and a purge write."""
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from brokers.kafka._dead_letters import dead_letter_of, read_dead_letters, record_of
+import attrs
+
+from brokers.kafka._dead_letters import (
+    REMOVED_HEADER,
+    dead_letter_of,
+    live,
+    read_topic,
+    record_of,
+    removal_of,
+    replayed_record,
+)
 from mediator.transport import DEAD_LETTER_BODY_LIMIT, DeadLetterRecord
 
 
@@ -23,12 +33,14 @@ class Fetched(NamedTuple):
 
 
 def source(key: bytes | None = b"order-7") -> Fetched:
-    return Fetched("shop.notification_event.OrderPlaced", 2, 41, key, b"{}", [])
+    return Fetched(
+        "shop.notification_event.OrderPlaced", 2, 41, key, b"{}", [("traceparent", b"00-ab")]
+    )
 
 
-def dead(data: bytes = b'{"order_id": 7}') -> DeadLetterRecord:
+def dead(data: bytes = b'{"order_id": 7}', reason: str = "handler_failed") -> DeadLetterRecord:
     return DeadLetterRecord.of(
-        "shop:notification_event:OrderPlaced", data, "handler_failed", "ValueError: no", 3
+        "shop:notification_event:OrderPlaced", data, reason, "ValueError: no", 3
     )
 
 
@@ -57,14 +69,31 @@ def test_a_dead_letter_keeps_the_key_and_names_its_source_in_the_headers() -> No
     assert "data" not in named, "the value carries the data"
 
 
-def test_a_dead_letter_read_back_is_the_one_written() -> None:
+def test_a_dead_letter_read_back_is_the_one_written_named_by_its_offset() -> None:
     letter = dead()
-    assert record_of(written(source(), letter)) == letter
+    assert record_of(written(source(), letter)) == attrs.evolve(letter, id="0:0")
+
+
+def test_a_replay_goes_to_the_source_topic_with_its_key_and_headers_and_the_count() -> None:
+    letter = attrs.evolve(dead(), replay_count=2)
+    stored = written(source(), letter)
+    topic, value, key, headers = replayed_record(stored, record_of(stored))
+    assert (topic, value, key) == ("shop.notification_event.OrderPlaced", letter.data, b"order-7")
+    assert headers == [("traceparent", b"00-ab"), ("replay_count", b"3")]
+
+
+def test_a_marker_removes_the_dead_letter_it_names() -> None:
+    first = written(source(), dead(b"1"))
+    second = written(source(), dead(b"2"))._replace(offset=1)
+    _, value, key, headers = removal_of("0:0", "shop.dead-letter", "replayed")
+    marker = Fetched("shop.dead-letter", 0, 2, key, value, headers)
+    assert dict(headers)[REMOVED_HEADER] == b"0:0"
+    assert [dead.data for _, dead in live([first, second, marker])] == [b"2"]
 
 
 def test_an_oversize_value_and_key_are_bounded_and_the_size_still_told() -> None:
     big = b"x" * (DEAD_LETTER_BODY_LIMIT + 10)
-    letter = dead(big)
+    letter = dead(big, "too_large")
     record = written(source(key=big), letter)
 
     assert record.key == big[:DEAD_LETTER_BODY_LIMIT]
@@ -139,7 +168,7 @@ def letter_at(partition: int, offset: int, timestamp: int) -> Fetched:
     return Fetched("shop.dead-letter", partition, offset, key, value, headers, timestamp)
 
 
-async def test_the_newest_dead_letters_of_every_partition_come_oldest_first() -> None:
+async def test_the_dead_letters_of_every_partition_come_oldest_first() -> None:
     logs = {
         0: [letter_at(0, offset, timestamp) for offset, timestamp in enumerate([1, 4, 5, 8])],
         1: [letter_at(1, offset, timestamp) for offset, timestamp in enumerate([2, 3, 6, 7])],
@@ -147,9 +176,12 @@ async def test_the_newest_dead_letters_of_every_partition_come_oldest_first() ->
     consumer = Consumer(logs)
     admin = Admin({"shop.dead-letter": 2, "shop.notification_event.Step": 3})
 
-    letters = await read_dead_letters(admin, lambda: consumer, "shop.dead-letter", 3)
+    letters = [
+        dead for _, dead in live(await read_topic(admin, lambda: consumer, "shop.dead-letter"))
+    ]
 
-    assert [letter.data for letter in letters] == [b"6", b"7", b"8"]
+    assert [letter.data for letter in letters] == [b"1", b"2", b"3", b"4", b"5", b"6", b"7", b"8"]
+    assert [letter.id for letter in letters[:3]] == ["0:0", "1:0", "1:1"]
     assert consumer.stopped
 
 
@@ -158,4 +190,4 @@ async def test_no_dead_letter_topic_reads_nothing_and_makes_no_consumer() -> Non
         raise AssertionError("no consumer is needed")
 
     admin = Admin({"shop.notification_event.Step": 3})
-    assert await read_dead_letters(admin, no_consumer, "shop.dead-letter", 10) == []
+    assert await read_topic(admin, no_consumer, "shop.dead-letter") == []

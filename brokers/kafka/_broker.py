@@ -5,13 +5,19 @@ subscriptions and dead letters to them."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, Literal, Self
 
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 
 from brokers.kafka._admin import create_or_check_topics, start_admin, stop_client
-from brokers.kafka._dead_letters import dead_letter_of, read_dead_letters
+from brokers.kafka._dead_letters import (
+    dead_letter_of,
+    live,
+    read_topic,
+    removal_of,
+    replayed_record,
+)
 from brokers.kafka._errors import kafka_errors
 from brokers.kafka._naming import (
     check_prefix,
@@ -21,7 +27,13 @@ from brokers.kafka._naming import (
     servers_of_url,
     topic_name,
 )
-from brokers.kafka._producer import publish_error, records_of, send_records, start_producer
+from brokers.kafka._producer import (
+    Record,
+    publish_error,
+    records_of,
+    send_records,
+    start_producer,
+)
 from brokers.kafka._subscription import KafkaDelivery, KafkaSubscription
 from mediator.transport import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -31,6 +43,8 @@ from mediator.transport import (
     MediatorError,
     Message,
     quote,
+    replay_count_of,
+    replayable,
 )
 
 __all__ = ["KafkaMessageBroker", "StartFrom"]
@@ -277,25 +291,71 @@ class KafkaMessageBroker(BrokerLifecycle):
         self, delivery: KafkaDelivery, reason: str, description: str
     ) -> None:
         dead = DeadLetterRecord.of(
-            delivery.channel, delivery.data, reason, description, delivery.delivery_count
+            delivery.channel,
+            delivery.data,
+            reason,
+            description,
+            delivery.delivery_count,
+            replay_count=replay_count_of(dict(delivery.record.headers or ())),
         )
-        topic, value, key, headers = dead_letter_of(delivery.record, dead, self.dead_letter_topic)
+        await self._produce(dead_letter_of(delivery.record, dead, self.dead_letter_topic))
+
+    async def _produce(self, record: Record) -> None:
+        """Produce one record and wait for its acknowledgement."""
+        topic, value, key, headers = record
         await self._ensure_topics((topic,), partitions=1)
         producer = await self._started_producer()
         await (await producer.send(topic, value, key=key, headers=headers))
 
+    async def _live_dead_letters(self) -> list[tuple[Any, DeadLetterRecord]]:
+        with kafka_errors(f"reading {self.dead_letter_topic}", self.bootstrap_servers):
+            async with asyncio.timeout(self.timeout):
+                records = await read_topic(
+                    await self._admin(), self._dead_letter_consumer, self.dead_letter_topic
+                )
+        return live(records)
+
     async def dead_letters(self, *, limit: int | None = None) -> list[DeadLetterRecord]:
         """The newest `limit` (default `dead_letter_limit`) records of
         ``{prefix}.dead-letter``, oldest first (as far as the topic's
-        retention kept them)."""
-        with kafka_errors(f"reading {self.dead_letter_topic}", self.bootstrap_servers):
-            async with asyncio.timeout(self.timeout):
-                return await read_dead_letters(
-                    await self._admin(),
-                    self._dead_letter_consumer,
-                    self.dead_letter_topic,
-                    self.dead_letter_limit if limit is None else limit,
-                )
+        retention kept them), leaving out those replayed or purged."""
+        found = [dead for _, dead in await self._live_dead_letters()]
+        return found[-(self.dead_letter_limit if limit is None else limit) :]
+
+    async def replay_dead_letters(
+        self, records: Iterable[DeadLetterRecord]
+    ) -> AsyncIterator[DeadLetterRecord]:
+        """Produce each of `records` again to its source topic (its value,
+        key and headers, the replay counted); once Kafka acknowledged it,
+        append a marker that removes it from ``{prefix}.dead-letter``, and
+        yield it. Records no longer there are skipped."""
+        whole = replayable(records)
+        if not whole:
+            return
+        sources = {dead.id: record for record, dead in await self._live_dead_letters()}
+        for dead in whole:
+            source = sources.get(dead.id)
+            if source is None:
+                continue
+            with kafka_errors(f"replaying dead letter {dead.id}", self.bootstrap_servers):
+                async with asyncio.timeout(self.timeout):
+                    await self._produce(replayed_record(source, dead))
+                    await self._produce(removal_of(dead.id, self.dead_letter_topic, "replayed"))
+            yield dead
+
+    async def purge_dead_letters(self, records: Iterable[DeadLetterRecord]) -> int:
+        """Append a marker removing each of `records` that is still in
+        ``{prefix}.dead-letter``; how many were."""
+        there = {dead.id for _, dead in await self._live_dead_letters()}
+        removed = 0
+        for dead in records:
+            if dead.id in there:
+                with kafka_errors(f"purging dead letter {dead.id}", self.bootstrap_servers):
+                    async with asyncio.timeout(self.timeout):
+                        await self._produce(removal_of(dead.id, self.dead_letter_topic, "purged"))
+                there.discard(dead.id)
+                removed += 1
+        return removed
 
     def _dead_letter_consumer(self) -> Any:
         return AIOKafkaConsumer(
