@@ -421,10 +421,17 @@ class AmqpPeer:
         with self._lock:
             return len(self._queues[path].entries)
 
-    def expire_locks(self) -> None:
-        """Act as if every lock ran out: the messages come back with delivery-count + 1."""
+    def expire_locks(self, *, dead_letters_only: bool = False) -> None:
+        """Act as if every lock ran out (or only those on dead-letter
+        sub-queues): the messages come back with delivery-count + 1."""
         with self._lock:
-            self._expire(list(self._locks))
+            self._expire(
+                [
+                    token
+                    for token, (queue, _) in self._locks.items()
+                    if not dead_letters_only or queue.path.endswith("/$deadletterqueue")
+                ]
+            )
         self._injector.trigger(ApplicationEvent("peer_pump"))
 
     def _expire(self, tokens: list[uuid.UUID]) -> None:

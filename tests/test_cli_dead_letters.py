@@ -147,7 +147,8 @@ async def test_list_groups_filters_limits_and_shows(
     ]
     [unknown] = [r for r in records if r["reason"] == "unknown_name"]
     assert unknown["message_id"] == UNKNOWN_ID
-    assert unknown["id"] and unknown["dead_lettered_at"]
+    assert unknown["id"]
+    assert unknown["dead_lettered_at"]
     [failed] = [r for r in records if r["reason"] == "handler_failed"]
     assert "cannot be billed" in failed["description"]
 
@@ -269,7 +270,8 @@ def test_ids_are_the_stores_and_message_ids_are_read_from_the_body() -> None:
     ]
     unnamed = attrs.evolve(RECORDS[0], id="")
     assert entries_of([unnamed])[0].id == "1"  # a store without ids: the position
-    assert entries_of(RECORDS)[1].named(UNKNOWN_ID) and entries_of(RECORDS)[1].named("2")
+    assert entries_of(RECORDS)[1].named(UNKNOWN_ID)
+    assert entries_of(RECORDS)[1].named("2")
 
 
 def test_select_by_event_and_age() -> None:
@@ -390,7 +392,7 @@ async def replay_until_killed(*args: str, after: int) -> int:
     return said
 
 
-@pytest.mark.parametrize("name", ["redis-pubsub", "redis-streams", "rabbitmq", "kafka"])
+@pytest.mark.parametrize("name", TRANSPORTS)
 async def test_replay_after_the_fix_handles_every_poison_message_once_even_when_killed(
     name: str, request: pytest.FixtureRequest
 ) -> None:
@@ -414,6 +416,8 @@ async def test_replay_after_the_fix_handles_every_poison_message_once_even_when_
         await consumer.subscribe(channel, group=transport.own_group("billing"))
         url = url_of(name, request, transport)
         where = ["--broker", url, "--prefix", prefix, "--timeout", "20"]
+        if name == "azure":
+            where += ["--subscription", "billing"]
         async with consumer:
             emitter = EventEmitter(message_broker=transport.new_broker())
             for order_id in range(POISON):
@@ -434,12 +438,18 @@ async def test_replay_after_the_fix_handles_every_poison_message_once_even_when_
             assert "pass --all" in err
             fixed = True
             # Killed half-way, then run again: every message is handled.
-            first = await replay_until_killed(*where, "--reason", "handler_failed", after=10)
-            status, out, err = await mediator("replay", *where, "--reason", "handler_failed")
-            assert (status, err) == (STOPPED, "")
+            said = await replay_until_killed(*where, "--reason", "handler_failed", after=10)
+            for _ in range(5):
+                if name == "azure":
+                    # What a killed run had locked comes back once its locks run out.
+                    transport.peer.expire_locks(dead_letters_only=True)  # type: ignore[attr-defined]
+                status, out, err = await mediator("replay", *where, "--reason", "handler_failed")
+                assert status == STOPPED, err
+                said += sum(line.startswith("replayed ") for line in out.splitlines()) - 1
+                if out.startswith("replayed 0 of 0"):
+                    break
             # The killed run may have replayed one more than it said.
-            said = sum(line.startswith("replayed ") for line in out.splitlines()) - 1
-            assert first + said in (POISON, POISON - 1)
+            assert said in (POISON, POISON - 1)
             async with asyncio.timeout(30):
                 await all_handled.wait()
 

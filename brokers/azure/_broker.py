@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, Self
 
-from azure.servicebus import ServiceBusMessage
+from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage
 from azure.servicebus.aio import ServiceBusClient
 
-from brokers.azure._dead_letters import peek_dead_letters
+from brokers.azure._dead_letters import peek_dead_letters, replayed_message, take_dead_letters
 from brokers.azure._errors import service_bus_errors
 from brokers.azure._publisher import TopicPublisher, service_bus_message
 from brokers.azure._subscription import AzureSubscription
@@ -19,8 +19,10 @@ from mediator.transport import (
     DeadLetterRecord,
     DeliveryGuarantee,
     Message,
+    PublishError,
     channel_for,
     quote,
+    replayable,
 )
 
 __all__ = ["AzureMessageBroker"]
@@ -181,13 +183,7 @@ class AzureMessageBroker(BrokerLifecycle):
             print(record.reason, record.description, record.size)
         ```
         """
-        name = group or self.subscription
-        if name is None:
-            raise ValueError(
-                "Service Bus keeps dead letters per topic subscription: pass "
-                "dead_letters(group='<subscription name>') or "
-                "AzureMessageBroker(..., subscription='<subscription name>')"
-            )
+        name = self._dead_letter_subscription(group)
         return await peek_dead_letters(
             self.client,
             self.topic_name,
@@ -195,6 +191,65 @@ class AzureMessageBroker(BrokerLifecycle):
             limit=DEFAULT_DEAD_LETTER_READ if limit is None else limit,
             receiver_options=self.receiver_options,
         )
+
+    async def replay_dead_letters(
+        self, records: Iterable[DeadLetterRecord], group: str | None = None
+    ) -> AsyncIterator[DeadLetterRecord]:
+        """Send each of `records` (dead letters of subscription `group`, or of
+        the broker's `subscription`) to the topic again, with its message id
+        and properties, the replay counted and `REPLAY_FOR` naming the
+        subscription; once Service Bus took it, complete it off the
+        dead-letter sub-queue and yield it. Records no longer there are skipped."""
+        name = self._dead_letter_subscription(group)
+        whole = replayable(records)
+        if not whole:
+            return
+        sender = self.client.get_topic_sender(self.topic_name, **self.sender_options)
+        topic = f"topic {self.topic_name}"
+
+        async def send(message: ServiceBusReceivedMessage) -> None:
+            with service_bus_errors(topic, "replaying to", PublishError):
+                await sender.send_messages(replayed_message(message, name))
+
+        try:
+            async for record in take_dead_letters(
+                self.client,
+                self.topic_name,
+                name,
+                [record.id for record in whole],
+                receiver_options=self.receiver_options,
+                before_complete=send,
+            ):
+                yield record
+        finally:
+            await sender.close()
+
+    async def purge_dead_letters(
+        self, records: Iterable[DeadLetterRecord], group: str | None = None
+    ) -> int:
+        """Complete `records` off the dead-letter sub-queue of subscription
+        `group` (or the broker's `subscription`); how many were there."""
+        removed = 0
+        async for _ in take_dead_letters(
+            self.client,
+            self.topic_name,
+            self._dead_letter_subscription(group),
+            [record.id for record in records],
+            receiver_options=self.receiver_options,
+        ):
+            removed += 1
+        return removed
+
+    def _dead_letter_subscription(self, group: str | None) -> str:
+        name = group or self.subscription
+        if name is None:
+            raise ValueError(
+                "Service Bus keeps dead letters per topic subscription: pass "
+                "dead_letters(group='<subscription name>') (the same to replay_dead_letters "
+                "and purge_dead_letters) or "
+                "AzureMessageBroker(..., subscription='<subscription name>')"
+            )
+        return name
 
     # -- lifecycle ---------------------------------------------------------
 

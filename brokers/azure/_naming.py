@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["channel_of", "dead_letter_path", "sql_filter", "subscription_path"]
+__all__ = [
+    "REPLAY_FOR",
+    "channel_of",
+    "dead_letter_path",
+    "replayed_for",
+    "sql_filter",
+    "subscription_path",
+]
+
+REPLAY_FOR = "replay_for"
+"""The application property of a replayed dead letter: the subscription it
+is replayed for. A replay goes to the topic; the receivers of every other
+subscription complete it without handling it."""
 
 
 def subscription_path(topic: str, subscription: str) -> str:
@@ -22,6 +34,16 @@ def channel_of(properties: Mapping[str | bytes, object] | None) -> str | None:
     or None when it has none (a message from another producer)."""
     properties = properties or {}
     value = properties.get(b"channel", properties.get("channel"))
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
+
+
+def replayed_for(properties: Mapping[str | bytes, object] | None) -> str | None:
+    """The subscription a replayed message is for (`REPLAY_FOR`), or None."""
+    if not properties:
+        return None
+    value = properties.get(b"replay_for", properties.get(REPLAY_FOR))
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return value if isinstance(value, str) else None

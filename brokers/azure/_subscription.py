@@ -20,7 +20,7 @@ from azure.servicebus.exceptions import (
 )
 
 from brokers.azure._errors import RETRY, refused
-from brokers.azure._naming import channel_of, subscription_path
+from brokers.azure._naming import channel_of, replayed_for, subscription_path
 from mediator.transport import (
     BrokerUnavailableError,
     DeliveryBase,
@@ -213,15 +213,20 @@ class AzureSubscription(ReconnectingSubscription[AzureDelivery]):
         self._heard_at = asyncio.get_running_loop().time()
 
     async def _take(self, receiver: ServiceBusReceiver, message: ServiceBusReceivedMessage) -> None:
-        channel = channel_of(message.application_properties)
-        if channel is not None and not self._matcher.matches(channel):
-            # Not for this pattern: take it off the subscription. A SQL rule
-            # on the subscription keeps such messages away in the first place.
+        properties = message.application_properties
+        channel = channel_of(properties)
+        replayed = replayed_for(properties) if properties else None
+        if (channel is not None and not self._matcher.matches(channel)) or (
+            replayed is not None and replayed != self.group
+        ):
+            # Not for this pattern, or a replay for another subscription: take
+            # it off. A SQL rule on the subscription keeps the first kind away.
             logger.debug(
-                "completing %s from %s: outside %s",
+                "completing %s from %s: outside %s or replayed for %s",
                 quote(str(message.message_id), 200),
                 quote(channel),
                 quote(self.pattern, 200),
+                quote(replayed, 200),
             )
             try:
                 await receiver.complete_message(message)

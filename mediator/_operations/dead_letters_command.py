@@ -285,7 +285,10 @@ async def _replay(
     gone = len(whole) - replayed
     summary = f"replayed {replayed} of {len(entries)}"
     if gone:
-        summary += f"; {gone} were no longer there (replayed or purged meanwhile)"
+        summary += (
+            f"; {gone} were not taken: replayed or purged meanwhile, or (Service Bus) "
+            "locked by an earlier run until its locks run out"
+        )
     if cut:
         summary += f"; {len(cut)} cannot be replayed (body cut)"
     if not args.json:
