@@ -25,7 +25,7 @@ from typing import Any
 from mediator._exceptions import MediatorError
 from mediator._operations import dead_letters_command
 from mediator._operations.exit_status import DRAIN_CANCELLED, FAILED, FORCED, STOPPED, USAGE
-from mediator._operations.health import HealthServer
+from mediator._operations.health import TOKEN_VARIABLE, HealthServer
 from mediator._operations.service import Service
 from mediator._operations.workers import (
     MAX_RESTART_DELAY,
@@ -141,10 +141,15 @@ def _parser() -> argparse.ArgumentParser:
         "--health-port",
         type=int,
         metavar="PORT",
-        help="serve GET /livez, /readyz and /stats on this port (worker i uses PORT + i)",
+        help="serve the probes /livez and /readyz, /stats, /metrics, /dead-letters and a "
+        "status page at / on this port (worker i uses PORT + i; docs/status-page.md)",
     )
     run.add_argument(
-        "--health-host", default="127.0.0.1", metavar="HOST", help="(default: 127.0.0.1)"
+        "--health-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="(default: 127.0.0.1) any other address needs a secret in "
+        f"${TOKEN_VARIABLE}, which every path but the probes then asks for",
     )
     run.add_argument(
         "--restart-delay",
