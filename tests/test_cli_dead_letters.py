@@ -224,6 +224,9 @@ def _closed_port() -> int:
         (["--broker", "redis://localhost?bogus=1"], USAGE, "'bogus' is not an option"),
         (["--broker", "redis://localhost", "--limit", "0"], USAGE, "--limit 0"),
         ([], USAGE, "no broker: pass --broker URL or set MEDIATOR_BROKER_URL"),
+        (["--outbox", "nosuch://db"], USAGE, "--outbox 'nosuch://db': "),
+        (["--outbox", "mysql+aiomysql://u:p@h/db"], USAGE, "outbox supports postgresql+asyncpg://"),
+        (["--older-than", "3 weeks", "--broker", "redis://x"], USAGE, "is not an age"),
     ],
 )
 async def test_usage_errors_are_one_line(args: list[str], status: int, message: str) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import orjson
 import pytest
 from sqlalchemy import text, update
 from sqlalchemy.exc import IntegrityError
@@ -425,6 +426,39 @@ async def test_a_poison_row_goes_dead_after_max_attempts_and_the_rows_behind_it_
     assert await relay_all(relay) == 1
     assert broker.published[-1].message_id == poison
     assert await db.outbox.counts() == {PENDING: 0, SENT: 6, DEAD: 0}
+
+
+async def test_dead_rows_are_listed_replayed_and_purged_from_the_command_line(
+    db: Database,
+) -> None:
+    from mediator._operations.exit_status import STOPPED
+    from tests.test_cli_dead_letters import mediator as dead_letters_command
+
+    ids = await send_pings(db.outbox, 4)
+    poison = {ids[1], ids[2]}
+    broker = Refusing(refuse=lambda m: m.message_id in poison)
+    relay = relay_of(db.outbox, broker, batch_size=100, max_attempts=1)
+    async with relay:
+        await relayed(relay, lambda stats: stats.dead == 2 and stats.published == 2)
+    where = ["--outbox", db.url, "--prefix", db.prefix]
+
+    status, out, err = await dead_letters_command("list", *where, "--json")
+    assert (status, err) == (STOPPED, "")
+    records = orjson.loads(out)["records"]
+    assert [r["message_id"] for r in records] == [str(ids[1]), str(ids[2])]
+    assert {r["reason"] for r in records} == {PUBLISH_FAILED}
+    assert all(r["dead_lettered_at"] for r in records)
+
+    broker.refuse = lambda m: False
+    status, out, _ = await dead_letters_command("replay", *where, str(ids[1]))
+    assert (status, out.splitlines()[-1]) == (STOPPED, "replayed 1 of 1")
+    assert await db.outbox.counts() == {PENDING: 1, SENT: 2, DEAD: 1}
+    assert await relay_all(relay) == 1
+    assert broker.published[-1].message_id == ids[1]
+
+    status, out, _ = await dead_letters_command("purge", *where, "--all", "--yes")
+    assert (status, out) == (STOPPED, "purged 1 of 1\n")
+    assert await db.outbox.counts() == {PENDING: 0, SENT: 3, DEAD: 0}
 
 
 async def test_a_failed_row_holds_the_later_rows_of_its_partition_key_only(

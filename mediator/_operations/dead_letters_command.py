@@ -67,7 +67,15 @@ def add_parser(commands: Any) -> None:
         help=f"broker URL (default: ${BROKER_URL_VARIABLE})",
     )
     common.add_argument(
-        "--prefix", metavar="PREFIX", help="the channel prefix (default: the broker's, mediator)"
+        "--outbox",
+        metavar="DATABASE_URL",
+        help="read the outbox's dead rows in this database instead of a broker's "
+        "(postgresql+asyncpg://..., sqlite+aiosqlite:///...)",
+    )
+    common.add_argument(
+        "--prefix",
+        metavar="PREFIX",
+        help="the channel prefix, or with --outbox the tables' prefix (default: mediator)",
     )
     common.add_argument(
         "--limit",
@@ -139,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"{command}: {exc}\n")
         return USAGE
     except Exception as exc:  # one line an operator can act on, never a traceback
-        text = _scrub(str(exc).splitlines()[0] if str(exc) else "", args.broker)
+        text = _scrub(str(exc).splitlines()[0] if str(exc) else "", _url(args))
         sys.stderr.write(f"{command}: {type(exc).__name__}: {text}\n")
         return FAILED
 
@@ -208,12 +216,12 @@ async def _run(broker: Any, args: argparse.Namespace, command: str) -> int:
         return await _replay(broker, entries, args, command)
     except TimeoutError:
         raise TimeoutError(
-            f"no answer from {brokers.redact(args.broker)} within {args.timeout:g} s (--timeout)"
+            f"no answer from {brokers.redact(_url(args))} within {args.timeout:g} s (--timeout)"
         ) from None
     finally:
         try:
             async with asyncio.timeout(args.timeout):
-                await broker.stop()
+                await (broker.stop() if hasattr(broker, "stop") else broker.engine.dispose())
         except Exception:  # the command's own error is the one to report
             pass
 
@@ -327,11 +335,40 @@ def _scrub(text: str, url: str | None) -> str:
     return text
 
 
+def _url(args: argparse.Namespace) -> str:
+    """The URL the command reads: the outbox's database, or the broker's."""
+    return str(args.outbox or args.broker or "")
+
+
+def _outbox(args: argparse.Namespace) -> Any:
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from mediator.outbox import Outbox, OutboxError
+
+    try:
+        return Outbox(create_async_engine(args.outbox), prefix=args.prefix or "mediator")
+    except (ArgumentError, NoSuchModuleError, OutboxError, ValueError, ImportError) as exc:
+        import brokers
+
+        raise _Usage(
+            f"--outbox {brokers.redact(args.outbox)!r}: {str(exc).splitlines()[0]} (the "
+            "outbox supports postgresql+asyncpg:// and sqlite+aiosqlite://)"
+        ) from None
+
+
 def _broker(args: argparse.Namespace) -> Any:
     import brokers
 
+    if args.outbox:
+        if args.subscription:
+            raise _Usage("--subscription is for Azure Service Bus only, not for --outbox")
+        return _outbox(args)
     if not args.broker:
-        raise _Usage(f"no broker: pass --broker URL or set {BROKER_URL_VARIABLE}")
+        raise _Usage(
+            f"no broker: pass --broker URL or set {BROKER_URL_VARIABLE} "
+            "(or --outbox DATABASE_URL for the outbox's dead rows)"
+        )
     url: str = args.broker
     shown = brokers.redact(url)
     options: dict[str, Any] = {}

@@ -3,12 +3,14 @@ in the send's transaction (docs/outbox.md)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import event, func, select, update
+import attrs
+from sqlalchemy import delete, event, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -245,28 +247,71 @@ class Outbox:
             found: dict[str, int] = {row[0]: row[1] for row in result}
         return {status: found.get(status, 0) for status in (PENDING, SENT, DEAD)}
 
-    async def dead_letters(self) -> list[DeadLetterRecord]:
-        """The rows that failed `max_attempts` times, oldest first, as records
-        of the same shape as a broker's dead letters (reason "publish_failed",
-        the last error as description, the attempts as delivery count)."""
+    async def dead_letters(self, *, limit: int | None = None) -> list[DeadLetterRecord]:
+        """The rows that failed `max_attempts` times (the oldest `limit`, or
+        all), oldest first, as records of the same shape as a broker's dead
+        letters: reason "publish_failed", the last error as description, the
+        attempts as delivery count, the row's id as `id`."""
         table = self.tables.outbox
+        query = (
+            select(
+                table.c.id,
+                table.c.message_name,
+                table.c.body,
+                table.c.last_error,
+                table.c.attempts,
+                table.c.next_attempt_at,
+            )
+            .where(table.c.status == DEAD)
+            .order_by(table.c.id)
+        )
+        if limit is not None:
+            query = query.limit(limit)
         async with self.engine.connect() as connection:
-            result = await connection.execute(
-                select(table.c.message_name, table.c.body, table.c.last_error, table.c.attempts)
-                .where(table.c.status == DEAD)
-                .order_by(table.c.id)
-            )
-            rows = result.all()
+            rows = (await connection.execute(query)).all()
         return [
-            DeadLetterRecord.of(
-                f"{table.name}:{name}", body.encode(), PUBLISH_FAILED, error or "", attempts
+            attrs.evolve(
+                DeadLetterRecord.of(
+                    f"{table.name}:{name}", body.encode(), PUBLISH_FAILED, error or "", attempts
+                ),
+                id=str(row_id),
+                # A row that dies is due "now": the time of its last attempt.
+                dead_lettered_at=_utc(due),
             )
-            for name, body, error, attempts in rows
+            for row_id, name, body, error, attempts, due in rows
         ]
+
+    async def replay_dead_letters(
+        self, records: Iterable[DeadLetterRecord]
+    ) -> AsyncIterator[DeadLetterRecord]:
+        """Give the dead rows of `records` a fresh round of attempts, due now,
+        and yield each: the relay publishes it as any row, with its message
+        id, and marks it sent once the broker confirmed it. Rows no longer
+        dead are skipped."""
+        for record in records:
+            if await self._requeue(self.tables.outbox.c.id == int(record.id)):
+                yield record
+
+    async def purge_dead_letters(self, records: Iterable[DeadLetterRecord]) -> int:
+        """Delete the dead rows of `records`; how many were still dead."""
+        table = self.tables.outbox
+        ids = [int(record.id) for record in records]
+        if not ids:
+            return 0
+        async with self.writer.begin() as connection:
+            result = await connection.execute(
+                delete(table).where(table.c.status == DEAD, table.c.id.in_(ids))
+            )
+        return int(result.rowcount)
 
     async def requeue_dead(self, message_ids: Sequence[uuid.UUID] | None = None) -> int:
         """Give dead rows (all, or those of `message_ids`) a fresh round of
         attempts, due now; returns how many. Do it once the cause is mended."""
+        table = self.tables.outbox
+        which = None if message_ids is None else table.c.message_id.in_(list(message_ids))
+        return await self._requeue(which)
+
+    async def _requeue(self, which: Any) -> int:
         table = self.tables.outbox
         statement = (
             update(table)
@@ -279,8 +324,8 @@ class Outbox:
                 locked_until=None,
             )
         )
-        if message_ids is not None:
-            statement = statement.where(table.c.message_id.in_(list(message_ids)))
+        if which is not None:
+            statement = statement.where(which)
         async with self.writer.begin() as connection:
             result = await connection.execute(statement)
         self._committed()
@@ -294,3 +339,10 @@ class Outbox:
             statement = statement.where(table.c.status == status)
         async with self.engine.connect() as connection:
             return list((await connection.execute(statement)).scalars())
+
+
+def _utc(at: dt.datetime | None) -> dt.datetime | None:
+    """A time as the database returned it, in UTC (SQLite returns it naive)."""
+    if at is None:
+        return None
+    return at.replace(tzinfo=dt.UTC) if at.tzinfo is None else at.astimezone(dt.UTC)
