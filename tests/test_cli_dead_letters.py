@@ -468,3 +468,46 @@ async def test_replay_after_the_fix_handles_every_poison_message_once_even_when_
     assert sorted(set(handled)) == list(range(POISON))
     # Killed between its publish and its removal, one message may come twice.
     assert len(handled) - POISON <= 1, f"handled {len(handled)} for {POISON}"
+
+
+def test_the_command_line_reference_names_every_command_and_option() -> None:
+    import argparse
+
+    from mediator._operations.cli import _parser
+
+    reference = (ROOT / "docs" / "cli.md").read_text()
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    assert f"{path} {name}" in reference or f"`{name}" in reference, (
+                        f"docs/cli.md does not name {path} {name}"
+                    )
+                    walk(sub, f"{path} {name}")
+            for option in action.option_strings:
+                if option not in ("-h", "--help"):
+                    assert f"`{option}" in reference, f"docs/cli.md does not name {path} {option}"
+
+    walk(_parser(), "mediator")
+
+
+def test_every_broker_and_the_outbox_is_a_dead_letter_queue() -> None:
+    from brokers.azure import AzureMessageBroker
+    from brokers.kafka import KafkaMessageBroker
+    from brokers.memory import InMemoryMessageBroker
+    from brokers.rabbitmq import RabbitMQMessageBroker
+    from brokers.redis import RedisPubSubMessageBroker, RedisStreamMessageBroker
+    from mediator.outbox import Outbox
+    from mediator.transport import DeadLetterQueue
+
+    for kind in (
+        InMemoryMessageBroker,
+        RedisPubSubMessageBroker,
+        RedisStreamMessageBroker,
+        RabbitMQMessageBroker,
+        KafkaMessageBroker,
+        AzureMessageBroker,
+        Outbox,
+    ):
+        assert issubclass(kind, DeadLetterQueue), kind
