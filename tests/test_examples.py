@@ -56,3 +56,13 @@ def test_models_sends_and_receives_all_three_forms() -> None:
         "received OrderPlaced: order 1, 4200 cents",
         "received UserJoinedNotificationEvent: user 7 at 2026-03-07T09:26:00 (naive)",
     ]
+
+
+def test_dead_letters_are_listed_replayed_once_mended_and_purged() -> None:
+    assert run_ok("dead_letters.py") == [
+        "3 dead-lettered: handler_failed",
+        "1 dead-lettered: not_json",
+        *["replayed shop:notification_event:OrderPlaced (replayed 0 times before)"] * 3,
+        "charged orders [1, 2, 3]",
+        "purged 1: not_json; left 0",
+    ]
