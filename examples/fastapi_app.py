@@ -6,10 +6,13 @@ own billing subscription consumes, behind the broker.
     python fastapi_app.py                  # uvicorn on 127.0.0.1:8000 (PORT, HOST)
     curl -si -X POST localhost:8000/orders -H 'X-Correlation-ID: checkout-1' \\
          -H 'content-type: application/json' -d '{"order_id": 1, "total_cents": 4200}'
+    curl -si localhost:8000/orders/1/receipt
 
-The service starts with the application and stops with it: on SIGTERM
-uvicorn finishes the requests in flight, then the service drains its
-consumers (billing a placed order takes a moment) and the process exits 0.
+``GET /orders/{id}/receipt`` waits (up to 10 s) until billing charged the
+order. The service starts with the application and stops with it: on
+SIGTERM uvicorn finishes the requests in flight (a receipt still waiting
+for billing included), then the service drains its consumers (billing a
+placed order takes a moment) and the process exits 0.
 A second PlaceOrder of the same order answers 409 (`OrderExists`). The
 broker is in memory; ``MEDIATOR_BROKER_URL`` names another one.
 """
@@ -68,6 +71,14 @@ class PlaceOrder(Request[int]):
 
 placed: set[int] = set()
 """The orders table."""
+billed: dict[int, int] = {}
+"""Billing's ledger: the cents charged per order."""
+_charged: dict[int, asyncio.Event] = {}
+
+
+def charged(order_id: int) -> asyncio.Event:
+    """Set once billing charged `order_id`."""
+    return _charged.setdefault(order_id, asyncio.Event())
 
 
 class PlaceOrderHandler(RequestHandler[PlaceOrder, int]):
@@ -94,6 +105,8 @@ def build_service() -> Service:
             event.total_cents,
             current_correlation_id(),
         )
+        billed[event.order_id] = event.total_cents
+        charged(event.order_id).set()
 
     service = Service(
         brokers.from_env(default="memory://", channel_prefix="web"),
@@ -119,6 +132,17 @@ async def place_order(
 ) -> dict[str, Any]:
     order_id = await mediator.send(PlaceOrder(order_id=body.order_id, total_cents=body.total_cents))
     return {"order_id": order_id, "correlation_id": current_correlation_id()}
+
+
+@router.get("/orders/{order_id}/receipt")
+async def receipt(order_id: int) -> JSONResponse:
+    logger.info("waiting for the receipt of order %d", order_id)
+    try:
+        async with asyncio.timeout(10):
+            await charged(order_id).wait()
+    except TimeoutError:
+        return JSONResponse({"error": f"order {order_id} is not billed yet"}, 404)
+    return JSONResponse({"order_id": order_id, "billed_cents": billed[order_id]})
 
 
 @router.get("/readyz")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib
 import queue
 import re
@@ -398,7 +399,7 @@ class Output:
         return self.lines
 
 
-def test_under_uvicorn_sigterm_drains_the_consumer_and_exits_0() -> None:
+def test_under_uvicorn_sigterm_finishes_the_request_in_flight_drains_and_exits_0() -> None:
     command, env = example_command("fastapi_app.py", PORT="0")
     env.pop("MEDIATOR_BROKER_URL", None)
     process = subprocess.Popen(
@@ -407,15 +408,23 @@ def test_under_uvicorn_sigterm_drains_the_consumer_and_exits_0() -> None:
     try:
         output = Output(process.stderr)
         port = output.wait_for(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")[1]
-        response = httpx.post(
-            f"http://127.0.0.1:{port}/orders",
-            json={"order_id": 7, "total_cents": 990},
-            headers={"X-Correlation-ID": "checkout-7"},
-            timeout=TIMEOUT,
-        )
-        assert response.status_code == 201
-        # Billing takes 0.2 s: the signal comes while it is in flight, or soon after.
-        process.send_signal(signal.SIGTERM)
+        base = f"http://127.0.0.1:{port}"
+        # A request in flight at the signal: the receipt waits for billing,
+        # which can only start once the order below is placed.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(httpx.get, f"{base}/orders/7/receipt", timeout=TIMEOUT)
+            output.wait_for(r"waiting for the receipt of order 7")
+            response = httpx.post(
+                f"{base}/orders",
+                json={"order_id": 7, "total_cents": 990},
+                headers={"X-Correlation-ID": "checkout-7"},
+                timeout=TIMEOUT,
+            )
+            assert response.status_code == 201
+            # Billing takes 0.2 s: the signal comes while it and the receipt are in flight.
+            process.send_signal(signal.SIGTERM)
+            receipt = waiting.result(timeout=TIMEOUT)
+        assert (receipt.status_code, receipt.json()) == (200, {"order_id": 7, "billed_cents": 990})
         assert process.wait(timeout=TIMEOUT) == 0, output.rest()
         lines = output.rest()
     finally:
