@@ -3,7 +3,6 @@ in the send's transaction (docs/outbox.md)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -19,7 +18,7 @@ from mediator._exceptions import MessageTooLargeError
 from mediator._limits import quote
 from mediator._message import DEFAULT_MAX_MESSAGE_SIZE, Message, encode_message
 from mediator.outbox._sqlite import IMMEDIATE
-from mediator.outbox._tables import DEAD, PENDING, SENT, OutboxTables, utcnow
+from mediator.outbox._tables import DEAD, PENDING, SENT, OutboxTables, as_utc, utcnow
 from mediator.outbox._unit_of_work import OutboxError, UnitOfWork, _Work, _work
 
 __all__ = ["PUBLISH_FAILED", "Outbox"]
@@ -276,7 +275,7 @@ class Outbox:
                 ),
                 id=str(row_id),
                 # A row that dies is due "now": the time of its last attempt.
-                dead_lettered_at=_utc(due),
+                dead_lettered_at=as_utc(due),
             )
             for row_id, name, body, error, attempts, due in rows
         ]
@@ -340,9 +339,3 @@ class Outbox:
         async with self.engine.connect() as connection:
             return list((await connection.execute(statement)).scalars())
 
-
-def _utc(at: dt.datetime | None) -> dt.datetime | None:
-    """A time as the database returned it, in UTC (SQLite returns it naive)."""
-    if at is None:
-        return None
-    return at.replace(tzinfo=dt.UTC) if at.tzinfo is None else at.astimezone(dt.UTC)
