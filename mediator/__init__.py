@@ -70,10 +70,20 @@ from mediator._requests import RequestMap as RequestMap
 from mediator._requests import Response as Response
 from mediator._requests import StreamingRequestHandler as StreamingRequestHandler
 from mediator._requests import StreamRequest as StreamRequest
+from mediator._circuit import CircuitBreaker as CircuitBreaker
+from mediator._circuit import CircuitBreakerInterceptor as CircuitBreakerInterceptor
+from mediator._circuit import CircuitBreakerMiddleware as CircuitBreakerMiddleware
+from mediator._circuit import CircuitOpenError as CircuitOpenError
+from mediator._circuit import CircuitState as CircuitState
 
 __all__ = [
     "Backoff",
     "BrokerUnavailableError",
+    "CircuitBreaker",
+    "CircuitBreakerInterceptor",
+    "CircuitBreakerMiddleware",
+    "CircuitOpenError",
+    "CircuitState",
     "ConsumerStats",
     "Consuming",
     "Container",

@@ -9,6 +9,10 @@ MediatorError
 ├── MessageDecodeError          a received message cannot become an event
 │                               (carries .reason and .message_id)
 ├── MessageTooLargeError        an outgoing message exceeds a transport's limit
+├── CircuitOpenError            a circuit breaker refused the call while open
+├── SagaError                   a saga cannot be run as asked (mediator.sagas)
+│   └── SagaConflictError       another runner changed the saga first
+├── TruncatedDeadLetterError    a dead letter that kept only a prefix cannot be replayed
 └── TransportError              a broker answered with an error, or did not answer
     ├── PublishError            a message could not be handed to the broker
     ├── BrokerUnavailableError  the broker cannot be reached (start, subscribe)

@@ -25,6 +25,7 @@ from mediator._operations.raised_events import events_raised_by
 from mediator._policies import ErrorPolicy
 from mediator._requests import RequestMap
 from mediator._running import RunsUntilStopped
+from mediator._circuit import CircuitBreaker
 
 if TYPE_CHECKING:  # the outbox extra (SQLAlchemy) is imported only by a service that uses it
     from mediator.outbox._inbox import Inbox
@@ -118,6 +119,7 @@ class Service(RunsUntilStopped):
         outbox: Outbox | None = None,
         relay: bool | OutboxRelay = True,
         inbox: bool = False,
+        circuits: Sequence[CircuitBreaker] = (),
     ) -> None:
         if drain_timeout < 0:
             raise ValueError(f"Service(drain_timeout={drain_timeout}): must be 0 or more seconds")
@@ -155,6 +157,9 @@ class Service(RunsUntilStopped):
             )
         self.inbox = inbox
         """Whether subscriptions have an inbox unless `subscribe` says otherwise."""
+        self.circuits: list[CircuitBreaker] = list(circuits)
+        """The circuit breakers whose states `stats()` reports; an open one
+        does not make the service not ready."""
         self._subscriptions: list[tuple[str, str | None, EventMap, bool | Inbox | None]] = []
         self._started = False
         self.cancelled_at_stop = 0
@@ -379,7 +384,8 @@ class Service(RunsUntilStopped):
         return None
 
     def stats(self) -> dict[str, Any]:
-        """The consumers' (and the relay's) counters, for health checks."""
+        """The consumers' (and the relay's) counters and the circuits' states,
+        for health checks."""
         stats: dict[str, Any] = {
             "service": self.name,
             "running": self.running,
@@ -398,6 +404,8 @@ class Service(RunsUntilStopped):
         if self._relay is not None:
             relay = self._relay
             stats["relay"] = {"name": relay.name, "running": relay.running, **_relay_dict(relay)}
+        if self.circuits:
+            stats["circuits"] = [circuit.stats() for circuit in self.circuits]
         return stats
 
     # -- lifecycle -----------------------------------------------------------
