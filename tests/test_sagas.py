@@ -55,6 +55,7 @@ class Shop:
         self.hold: dict[str, asyncio.Event] = {}
         """Step name → an event the call waits for (a crash lands meanwhile)."""
         self.entered: dict[str, asyncio.Event] = {}
+        self.ship_timeout: float | None = None
 
     async def call(self, name: str, order: Order) -> None:
         self.calls.append(name)
@@ -85,7 +86,7 @@ class PlaceOrder(Saga[Order]):
                 compensate=self.refund_payment,
                 retry=Retry(attempts=2, backoff=NO_WAIT),
             ),
-            Step(self.ship),
+            Step(self.ship, timeout=self.shop.ship_timeout),
         ]
 
     async def reserve_stock(self, order: Order) -> Order:
@@ -185,6 +186,18 @@ async def test_a_failed_shipment_compensates_the_completed_steps_last_first(worl
         "refund_payment",
         "release_stock",
     ]
+
+
+async def test_a_shipment_that_times_out_refunds_the_payment_and_releases_the_stock(
+    world: World,
+) -> None:
+    world.shop.ship_timeout = 0.05
+    world.shop.hold["ship"] = asyncio.Event()  # the carrier never answers
+    result = await world.runner().start(PlaceOrder, Order(order_id=11, total_cents=100))
+    assert result.status is SagaStatus.COMPENSATED
+    assert result.error is not None
+    assert "step ship: timed out after 0.05 s" in result.error
+    assert world.shop.calls[-2:] == ["refund_payment", "release_stock"]
 
 
 async def test_a_compensation_that_keeps_failing_fails_the_saga_until_an_operator_acts(

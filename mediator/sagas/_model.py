@@ -96,10 +96,15 @@ class Step(Generic[C]):
     retry: Retry = attrs.field(factory=lambda: Retry(attempts=1), kw_only=True)
     """How often `act` is tried (its `then` is not used: after the last
     attempt the saga compensates)."""
+    timeout: float | None = attrs.field(default=None, kw_only=True)
+    """Seconds one attempt of `act` may take: a slower one is cancelled and
+    counts as failed (`TimeoutError`)."""
 
     def __attrs_post_init__(self) -> None:
         if not self.name:
             object.__setattr__(self, "name", _name_of(self.act))
+        if self.timeout is not None and not self.timeout > 0:
+            raise ValueError(f"Step({self.name}, timeout={self.timeout}): must be above 0")
 
 
 class Saga(Generic[C]):

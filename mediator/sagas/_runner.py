@@ -58,7 +58,10 @@ class _Failed(Exception):
     """A step's action or compensation failed on its last attempt."""
 
     def __init__(self, step: Step[Any], exc: BaseException) -> None:
-        super().__init__(f"step {step.name}: {type(exc).__name__}: {quote(str(exc), 500)}")
+        if isinstance(exc, TimeoutError) and not str(exc) and step.timeout is not None:
+            super().__init__(f"step {step.name}: timed out after {step.timeout:g} s")
+        else:
+            super().__init__(f"step {step.name}: {type(exc).__name__}: {quote(str(exc), 500)}")
 
 
 class SagaRunner:
@@ -224,7 +227,9 @@ class SagaRunner:
             if state.phase != STARTED:
                 state = await self.store.save(attrs.evolve(state, phase=STARTED))
             try:
-                state = await self._attempts(saga, step.act, step, step.retry, state, +1)
+                state = await self._attempts(
+                    saga, step.act, step, step.retry, state, +1, step.timeout
+                )
             except _Failed as failed:
                 logger.warning(
                     "saga %s %s: %s; compensating %d completed step(s)",
@@ -285,15 +290,17 @@ class SagaRunner:
         retry: Retry,
         state: SagaState,
         move: int,
+        timeout: float | None = None,
     ) -> SagaState:
-        """Run `action` until an attempt succeeds, each in a transaction with
-        the recording of its outcome (the step moved by `move`); `_Failed`
-        after the last attempt."""
+        """Run `action` until an attempt succeeds (within `timeout` seconds
+        each), each in a transaction with the recording of its outcome (the
+        step moved by `move`); `_Failed` after the last attempt."""
         for attempt in range(1, retry.attempts + 1):
             try:
                 async with self.store.transaction():
                     context = decode_context(saga.context_type, state.context)
-                    outcome = await action(context)
+                    async with asyncio.timeout(timeout):
+                        outcome = await action(context)
                     kept = context if outcome is None else outcome
                     return await self.store.save(
                         attrs.evolve(
