@@ -335,3 +335,41 @@ async def test_unknown_sagas_and_contexts_of_another_type_are_refused() -> None:
         await runner.start(PlaceOrder, {"order_id": 1})
     with pytest.raises(SagaError, match=r"no saga .* is kept"):
         await runner.resume(uuid.uuid4())
+
+
+class Recovering(SagaRunner):
+    """A runner that says when its recovery is over."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.recovered = asyncio.Event()
+
+    async def recover(self) -> list[Any]:
+        try:
+            return await super().recover()
+        finally:
+            self.recovered.set()
+
+
+@pytest.mark.parametrize("world", ["memory"], indirect=True)
+async def test_a_service_resumes_its_runners_sagas_at_start_and_reports_them(
+    world: World,
+) -> None:
+    from brokers.memory import InMemoryMessageBroker
+    from mediator import Service
+
+    saga_id = await stop_during(world, "ship", Order(order_id=12, total_cents=100))
+    runner = Recovering(world.store, [PlaceOrder(world.shop)])
+    service = Service(InMemoryMessageBroker(), name="orders", sagas=[runner])
+    await service.start()
+    try:
+        async with asyncio.timeout(10):
+            await runner.recovered.wait()
+        [stats] = service.stats()["sagas"]
+    finally:
+        await service.stop()
+    assert stats["sagas"] == ["PlaceOrder"]
+    assert (stats["resumed"], stats["completed"]) == (1, 1)
+    state = await world.store.load(saga_id)
+    assert state is not None
+    assert state.status is SagaStatus.COMPLETED

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 
 from mediator._broker import SubscribingBroker, describe_broker
+from mediator._circuit import CircuitBreaker
 from mediator._consumer import ConsumerStats, EventConsumer
 from mediator._container import Container
 from mediator._emitter import EventEmitter
@@ -25,12 +26,12 @@ from mediator._operations.raised_events import events_raised_by
 from mediator._policies import ErrorPolicy
 from mediator._requests import RequestMap
 from mediator._running import RunsUntilStopped
-from mediator._circuit import CircuitBreaker
 
 if TYPE_CHECKING:  # the outbox extra (SQLAlchemy) is imported only by a service that uses it
     from mediator.outbox._inbox import Inbox
     from mediator.outbox._outbox import Outbox
     from mediator.outbox._relay import OutboxRelay
+    from mediator.sagas import SagaRunner
 
 __all__ = [
     "Service",
@@ -120,6 +121,7 @@ class Service(RunsUntilStopped):
         relay: bool | OutboxRelay = True,
         inbox: bool = False,
         circuits: Sequence[CircuitBreaker] = (),
+        sagas: Sequence[SagaRunner] = (),
     ) -> None:
         if drain_timeout < 0:
             raise ValueError(f"Service(drain_timeout={drain_timeout}): must be 0 or more seconds")
@@ -160,6 +162,9 @@ class Service(RunsUntilStopped):
         self.circuits: list[CircuitBreaker] = list(circuits)
         """The circuit breakers whose states `stats()` reports; an open one
         does not make the service not ready."""
+        self.sagas: list[SagaRunner] = list(sagas)
+        """The saga runners: each resumes its store's unfinished sagas in the
+        background once the service started (`SagaRunner.recover`)."""
         self._subscriptions: list[tuple[str, str | None, EventMap, bool | Inbox | None]] = []
         self._started = False
         self.cancelled_at_stop = 0
@@ -406,6 +411,8 @@ class Service(RunsUntilStopped):
             stats["relay"] = {"name": relay.name, "running": relay.running, **_relay_dict(relay)}
         if self.circuits:
             stats["circuits"] = [circuit.stats() for circuit in self.circuits]
+        if self.sagas:
+            stats["sagas"] = [runner.stats() for runner in self.sagas]
         return stats
 
     # -- lifecycle -----------------------------------------------------------
@@ -449,6 +456,8 @@ class Service(RunsUntilStopped):
             for consumer, _ in self._consumers:
                 await consumer.start()
                 self._watch(asyncio.create_task(consumer.run(), name=f"{self.name}:consumer"))
+            for runner in self.sagas:
+                self._watch(asyncio.create_task(_recovered(runner), name=f"{self.name}:sagas"))
             for task in self._background:
                 name = getattr(task, "__qualname__", repr(task))
                 self._watch(asyncio.create_task(task(), name=f"{self.name}:{name}"))
@@ -623,3 +632,8 @@ def _stats_dict(stats: ConsumerStats) -> dict[str, Any]:
         "dead_lettered_by_reason": dict(stats.dead_lettered_by_reason),
         "in_flight": stats.in_flight,
     }
+
+
+async def _recovered(runner: SagaRunner) -> None:
+    """Resume `runner`'s unfinished sagas (a background task of the service)."""
+    await runner.recover()

@@ -101,6 +101,21 @@ class SagaRunner:
                 )
             self._sagas[saga.name] = saga
         self._sleep = sleep
+        self.counts_here: dict[str, int] = dict.fromkeys(
+            (
+                "started",
+                "resumed",
+                "conflicts",
+                *(s.value for s in SagaStatus if s not in UNFINISHED),
+            ),
+            0,
+        )
+        """What this runner did since it was made: sagas started and resumed,
+        runs left to another runner, and how many ended in each status."""
+
+    def stats(self) -> dict[str, Any]:
+        """The runner's sagas and `counts_here`, for `Service.stats()`."""
+        return {"sagas": sorted(self._sagas), **self.counts_here}
 
     def saga(self, which: type[Saga[Any]] | str) -> Saga[Any]:
         """The saga given to the runner under `which` (its class or name)."""
@@ -148,6 +163,7 @@ class SagaRunner:
         except SagaConflictError:
             return await self.resume(state.id)
         logger.info("saga %s %s started", saga.name, state.id)
+        self.counts_here["started"] += 1
         return await self._run(saga, state)
 
     async def resume(self, saga_id: uuid.UUID) -> SagaResult[Any]:
@@ -166,6 +182,7 @@ class SagaRunner:
             logger.info(
                 "resuming saga %s %s: %s at step %d", state.saga, state.id, state.status, state.step
             )
+            self.counts_here["resumed"] += 1
             results.append(await self._run(self.saga(state.saga), state))
         return results
 
@@ -199,6 +216,7 @@ class SagaRunner:
 
     async def _run(self, saga: Saga[Any], state: SagaState) -> SagaResult[Any]:
         steps = saga.steps()
+        was = state.status
         try:
             if state.status is SagaStatus.RUNNING:
                 state = await self._forward(saga, steps, state)
@@ -206,8 +224,11 @@ class SagaRunner:
                 state = await self._backward(saga, steps, state)
         except SagaConflictError as exc:
             logger.info("saga %s %s: left to another runner (%s)", saga.name, state.id, exc)
+            self.counts_here["conflicts"] += 1
             kept = await self.store.load(state.id)
-            state = kept or state
+            return self._result(saga, kept or state)
+        if state.finished and state.status is not was:
+            self.counts_here[state.status.value] += 1
         return self._result(saga, state)
 
     def _result(self, saga: Saga[Any], state: SagaState) -> SagaResult[Any]:
