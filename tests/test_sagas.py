@@ -8,12 +8,15 @@ its recorded outcome; the optimistic lock."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import attrs
+import orjson
 import pytest
 from sqlalchemy import text
 
@@ -29,7 +32,7 @@ from mediator.sagas import (
     SagaStore,
     Step,
 )
-from tests.outbox_support import Database, open_database
+from tests.outbox_support import ROOT, Database, open_database
 
 STORES = ("memory", "sqlite", "postgresql")
 NO_WAIT = Backoff(initial=0, jitter=0)
@@ -373,3 +376,68 @@ async def test_a_service_resumes_its_runners_sagas_at_start_and_reports_them(
     state = await world.store.load(saga_id)
     assert state is not None
     assert state.status is SagaStatus.COMPLETED
+
+
+async def sagas_command(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    """Run ``python -m mediator sagas ARGS``: (status, stdout, stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mediator",
+        "sagas",
+        *args,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_failed_sagas_are_listed_shown_retried_and_abandoned_from_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.saga_app import Parcel, SendParcel, build
+
+    env = {"SAGA_APP_DB": f"sqlite+aiosqlite:///{tmp_path / 'sagas.db'}", "SAGA_APP_PREFIX": "p"}
+    for name, value in {**env, "SAGA_APP_REFUND_FAILS": "1"}.items():
+        monkeypatch.setenv(name, value)
+    [runner] = build().sagas
+    await runner.store.create_table()  # type: ignore[attr-defined]
+    first = await runner.start(SendParcel, Parcel(parcel_id=1))
+    second = await runner.start(SendParcel, Parcel(parcel_id=2))
+    assert (first.status, second.status) == (SagaStatus.FAILED, SagaStatus.FAILED)
+    monkeypatch.delenv("SAGA_APP_REFUND_FAILS")
+
+    status, out, err = await sagas_command("list", "tests.saga_app:app", "--json", env=env)
+    assert (status, err) == (0, "")
+    document = orjson.loads(out)
+    assert document["counts"]["failed"] == 2
+    assert [s["id"] for s in document["sagas"]] == [str(first.id), str(second.id)]
+    status, out, _ = await sagas_command(
+        "list", "tests.saga_app:app", "--status", "failed", env=env
+    )
+    assert out.splitlines()[0].startswith("running 0, compensating 0, completed 0")
+    assert str(first.id) in out
+    assert "step ship: RuntimeError: no carrier for parcel 1" in out
+
+    status, out, _ = await sagas_command("show", "tests.saga_app:app", str(first.id), env=env)
+    assert status == 0
+    assert 'context:     {"parcel_id":1}' in out
+
+    status, out, _ = await sagas_command("retry", "tests.saga_app:app", str(first.id), env=env)
+    assert (status, out.split(" (")[0]) == (0, f"saga SendParcel {first.id}: compensated")
+    status, out, _ = await sagas_command("abandon", "tests.saga_app:app", str(second.id), env=env)
+    assert (status, out) == (0, f"saga SendParcel {second.id}: abandoned ({second.error})\n")
+
+    status, _, err = await sagas_command("retry", "tests.saga_app:app", str(second.id), env=env)
+    assert status == 1
+    assert "only a saga that is failed can be retried" in err
+    status, _, err = await sagas_command("show", "tests.saga_app:app", "not-an-id", env=env)
+    assert (status, "is not a saga id" in err) == (2, True)
+    status, _, err = await sagas_command("list", "tests.saga_app:app", "--limit", "0", env=env)
+    assert (status, "--limit 0" in err) == (2, True)
+    await runner.store.outbox.engine.dispose()  # type: ignore[attr-defined]

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mediator._exceptions import MediatorError
-from mediator._operations import dead_letters_command
+from mediator._operations import dead_letters_command, sagas_command
 from mediator._operations.exit_status import DRAIN_CANCELLED, FAILED, FORCED, STOPPED, USAGE
 from mediator._operations.health import TOKEN_VARIABLE, HealthServer
 from mediator._operations.service import Service
@@ -182,6 +182,7 @@ def _parser() -> argparse.ArgumentParser:
     diagram.add_argument("app", help="module:attribute naming a mediator.Service")
     diagram.add_argument("-o", "--output", metavar="FILE", help="write here, not to stdout")
     dead_letters_command.add_parser(commands)
+    sagas_command.add_parser(commands)
     return parser
 
 
@@ -194,6 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args, list(argv) if argv is not None else sys.argv[1:])
         if args.command == "dead-letters":
             return dead_letters_command.run(args)
+        if args.command == "sagas":
+            try:
+                return sagas_command.run(args, load_service)
+            except sagas_command.SagasUsage as exc:
+                raise UsageError(str(exc)) from None
         service = load_service(args.app)
         if args.command == "asyncapi":
             from mediator._operations.asyncapi import asyncapi_document, dump
