@@ -152,7 +152,7 @@ class SagaRunner:
             saga=saga.name,
             status=SagaStatus.RUNNING,
             step=0,
-            phase=None,
+            phase=STARTED,  # the first step's start, recorded with the saga
             context=encode_context(context),
             version=0,
             created_at=at,
@@ -247,9 +247,14 @@ class SagaRunner:
             step = steps[state.step]
             if state.phase != STARTED:
                 state = await self.store.save(attrs.evolve(state, phase=STARTED))
+            # The next step's start is recorded with this one's outcome.
+            last = state.step + 1 == len(steps)
+            after: dict[str, Any] = (
+                {"phase": None, "status": SagaStatus.COMPLETED} if last else {"phase": STARTED}
+            )
             try:
                 state = await self._attempts(
-                    saga, step.act, step, step.retry, state, +1, step.timeout
+                    saga, step.act, step, step.retry, state, +1, after, step.timeout
                 )
             except _Failed as failed:
                 logger.warning(
@@ -264,7 +269,10 @@ class SagaRunner:
                         state, status=SagaStatus.COMPENSATING, phase=None, error=str(failed)
                     )
                 )
-        state = await self.store.save(attrs.evolve(state, status=SagaStatus.COMPLETED))
+        if state.status is SagaStatus.RUNNING:
+            state = await self.store.save(
+                attrs.evolve(state, status=SagaStatus.COMPLETED, phase=None)
+            )
         logger.info("saga %s %s completed", saga.name, state.id)
         return state
 
@@ -273,14 +281,18 @@ class SagaRunner:
     ) -> SagaState:
         while state.step > 0:
             step = steps[state.step - 1]
+            left = state.step - 1
+            after: dict[str, Any] = (
+                {"phase": STARTED} if left else {"phase": None, "status": SagaStatus.COMPENSATED}
+            )
             if step.compensate is None:
-                state = await self.store.save(attrs.evolve(state, step=state.step - 1))
+                state = await self.store.save(attrs.evolve(state, step=left, **after))
                 continue
             if state.phase != STARTED:
                 state = await self.store.save(attrs.evolve(state, phase=STARTED))
             try:
                 state = await self._attempts(
-                    saga, step.compensate, step, saga.compensation_retry, state, -1
+                    saga, step.compensate, step, saga.compensation_retry, state, -1, after
                 )
             except _Failed as failed:
                 logger.error(
@@ -297,9 +309,10 @@ class SagaRunner:
                         error=f"{state.error}; compensation failed: {failed}",
                     )
                 )
-        state = await self.store.save(
-            attrs.evolve(state, status=SagaStatus.COMPENSATED, phase=None)
-        )
+        if state.status is SagaStatus.COMPENSATING:
+            state = await self.store.save(
+                attrs.evolve(state, status=SagaStatus.COMPENSATED, phase=None)
+            )
         logger.info("saga %s %s compensated", saga.name, state.id)
         return state
 
@@ -311,11 +324,13 @@ class SagaRunner:
         retry: Retry,
         state: SagaState,
         move: int,
+        after: dict[str, Any],
         timeout: float | None = None,
     ) -> SagaState:
         """Run `action` until an attempt succeeds (within `timeout` seconds
-        each), each in a transaction with the recording of its outcome (the
-        step moved by `move`); `_Failed` after the last attempt."""
+        each), each in a transaction with the recording of its outcome: the
+        step moved by `move`, the new context, and the fields of `after`.
+        `_Failed` after the last attempt."""
         for attempt in range(1, retry.attempts + 1):
             try:
                 async with self.store.transaction():
@@ -327,8 +342,8 @@ class SagaRunner:
                         attrs.evolve(
                             state,
                             step=state.step + move,
-                            phase=None,
                             context=encode_context(kept),
+                            **after,
                         )
                     )
             except SagaConflictError:

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
+    bindparam,
     func,
     insert,
     select,
@@ -75,6 +76,13 @@ class SqlSagaStore:
         """The table, for `create_all` or a migration tool."""
         self.table = saga_table(prefix or outbox.tables.prefix, self.metadata)
         """The ``{prefix}_sagas`` table."""
+        table = self.table
+        # Built once: a step records its outcome with this, in its own transaction.
+        self._update = (
+            update(table)
+            .where(table.c.id == bindparam("saga_id"), table.c.version == bindparam("was"))
+            .values({name: bindparam(name) for name in _CHANGING})
+        )
 
     async def create_table(self) -> None:
         """Create the table and its index where they do not exist."""
@@ -96,11 +104,12 @@ class SqlSagaStore:
     async def save(self, state: SagaState) -> SagaState:
         saved = attrs.evolve(state, version=state.version + 1, updated_at=now())
         table = self.table
+        row = _row(saved)
+        values = {name: row[name] for name in _CHANGING}
         async with self.outbox.unit_of_work() as session:
-            result: Any = await session.execute(
-                update(table)
-                .where(table.c.id == state.id, table.c.version == state.version)
-                .values(**_row(saved))
+            connection = await session.connection()
+            result: Any = await connection.execute(
+                self._update, {"saga_id": state.id, "was": state.version, **values}
             )
             if result.rowcount != 1:
                 kept = await session.scalar(select(table.c.version).where(table.c.id == state.id))
@@ -139,6 +148,10 @@ class SqlSagaStore:
     async def unfinished(self) -> list[SagaState]:
         """The running and compensating sagas, oldest first."""
         return await self.states(UNFINISHED)
+
+
+_CHANGING = ("status", "step", "phase", "context", "version", "error", "updated_at")
+"""The columns a recorded change writes (a saga's id, name and start stay)."""
 
 
 def _row(state: SagaState) -> dict[str, Any]:
