@@ -66,3 +66,14 @@ def test_dead_letters_are_listed_replayed_once_mended_and_purged() -> None:
         "charged orders [1, 2, 3]",
         "purged 1: not_json; left 0",
     ]
+
+
+def test_the_order_saga_completes_compensates_a_declined_card_and_a_shipment_timeout() -> None:
+    assert run_ok("sagas.py") == [
+        "order 1 completed",
+        "order 2 compensated: step charge_payment: RuntimeError: card declined for order 2",
+        "order 3 compensated: step ship: timed out after 0.2 s",
+        "reserved [1], charged {1: 4200}",
+        "counts {'running': 0, 'compensating': 0, 'completed': 1, 'compensated': 2, "
+        "'failed': 0, 'abandoned': 0}",
+    ]
