@@ -62,14 +62,21 @@ def dead_letter_copy(
     return Outgoing(
         routing_key,
         record.data,
-        spec.Basic.Properties(
-            content_type=properties.content_type,
-            delivery_mode=2,
-            message_id=properties.message_id,
-            message_type=properties.message_type,
-            headers=headers,
-        ),
+        _persistent(properties, headers),
         f"the dead letter of {quote(str(properties.message_id), 100)} from {record.channel}",
+    )
+
+
+def _persistent(
+    properties: spec.Basic.Properties, headers: dict[str, Any]
+) -> spec.Basic.Properties:
+    """`properties`' content type, message id and type, persistent, with `headers`."""
+    return spec.Basic.Properties(
+        content_type=properties.content_type,
+        delivery_mode=2,
+        message_id=properties.message_id,
+        message_type=properties.message_type,
+        headers=headers,
     )
 
 
@@ -124,13 +131,7 @@ def replayed_copy(message: DeliveredMessage, record: DeadLetterRecord) -> Outgoi
     return Outgoing(
         message.routing_key or "",
         message.body,
-        spec.Basic.Properties(
-            content_type=properties.content_type,
-            delivery_mode=2,
-            message_id=properties.message_id,
-            message_type=properties.message_type,
-            headers=headers,
-        ),
+        _persistent(properties, headers),
         f"the replay of dead letter {quote(record.id, 100)} to {quote(record.channel, 200)}",
     )
 
