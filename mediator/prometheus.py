@@ -37,7 +37,7 @@ from mediator._patterns import GlobPattern
 if TYPE_CHECKING:
     from mediator._operations.service import Service, SubscriptionSpec
 
-__all__ = ["CONTENT_TYPE", "ServiceMetrics", "metrics_for"]
+__all__ = ["CONTENT_TYPE", "ServiceMetrics", "lag_of", "metrics_for"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The content type of ``GET /metrics``: the text exposition format 0.0.4,
@@ -261,7 +261,7 @@ class _StatsCollector(Collector):
         )
         lag = GaugeMetricFamily(
             "mediator_consumer_lag_messages",
-            "Deliveries waiting for the consumer, where its transport reports them.",
+            "Messages waiting for the subscription, as its transport last measured them.",
             labels=["service", "pattern", "group"],
         )
         consumers: list[tuple[EventConsumer, object]] = list(getattr(service, "_consumers", ()))
@@ -270,14 +270,24 @@ class _StatsCollector(Collector):
         ready.add_metric([name], 1.0 if service.ready else 0.0)
         for consumer, _ in consumers:
             for subscription in getattr(consumer, "_subscriptions", ()):
-                pending = _pending(subscription)
-                if pending is not None:
+                waiting = lag_of(subscription)
+                if waiting is not None:
                     group = getattr(subscription, "group", None) or ""
-                    lag.add_metric([name, subscription.pattern, group], pending)
+                    lag.add_metric([name, subscription.pattern, group], waiting)
         yield from (retries, in_flight, ready, lag)
 
 
-def _pending(subscription: object) -> int | None:
-    """The deliveries buffered for `subscription`, where it reports them (``pending``)."""
-    pending = getattr(subscription, "pending", None)
-    return pending if isinstance(pending, int) and not isinstance(pending, bool) else None
+def lag_of(subscription: object) -> int | None:
+    """The messages waiting for `subscription`, as it last measured them:
+    its ``lag`` attribute, else its ``pending`` one (the in-memory
+    transport's buffer); None where it reports neither.
+
+    A transport reports lag by keeping ``lag: int | None`` on its
+    subscription up to date, off the delivery path: the messages of its
+    queue or group that no consumer has taken yet, None while unknown. It is
+    read here, at the scrape, without waiting for anything."""
+    for name in ("lag", "pending"):
+        value = getattr(subscription, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None

@@ -144,7 +144,8 @@ def _release_key(message_id: str | None, body: bytes) -> str:
 class RabbitMQSubscription(ReconnectingSubscription[RabbitMQDelivery]):
     """A consumer on a queue of its own channel (prefetch = the broker's
     `prefetch`): the group's quorum queue, consumed from the first read, or
-    an exclusive one without a group."""
+    an exclusive one without a group. The queue's depth (`lag`) is measured
+    every `lag_interval` on a short-lived channel."""
 
     logger = logger
     transient: ClassVar[tuple[type[BaseException], ...]] = (
@@ -154,6 +155,8 @@ class RabbitMQSubscription(ReconnectingSubscription[RabbitMQDelivery]):
         amqp_errors.AMQPError,
         amqp_errors.ChannelInvalidStateError,
     )
+    lag_interval: ClassVar[float] = 5.0
+    """Seconds between two measures of `lag`."""
 
     def __init__(
         self, broker: RabbitMQMessageBroker, pattern: str, group: str | None, key: str
@@ -171,6 +174,11 @@ class RabbitMQSubscription(ReconnectingSubscription[RabbitMQDelivery]):
         self._wakeup = asyncio.Event()
         self._broken: LinkLost | None = None
         self._released = ReleaseCounts()
+        self.lag: int | None = None
+        """Messages ready in the queue, not sent to a consumer yet, as last
+        measured; None until then, or when the last measure failed."""
+        self._measurer: asyncio.Task[None] | None = None
+        self._measure: asyncio.Future[int | None] | None = None
 
     def matches(self, channel: str) -> bool:
         """Whether `channel` matches this subscription's glob."""
@@ -204,6 +212,37 @@ class RabbitMQSubscription(ReconnectingSubscription[RabbitMQDelivery]):
             self._channel = None
             await close_quietly(channel)
             raise
+        if self._measurer is None and not self.closed:
+            self._measurer = asyncio.create_task(self._measure_lag(), name=f"lag of {self!r}")
+
+    async def _measure_lag(self) -> None:
+        """Set `lag` every `lag_interval`, while the subscription lives."""
+        while not self.closed:
+            await asyncio.sleep(self.lag_interval)
+            # Shielded: a channel open cancelled half-way can leave aiormq's
+            # connection stuck; `_closing` waits for the measure instead.
+            self._measure = asyncio.ensure_future(self._queue_depth())
+            self.lag = await asyncio.shield(self._measure)
+
+    async def _queue_depth(self) -> int | None:
+        """The messages ready in the queue, by a passive ``queue.declare`` on
+        a channel of its own (a failure there never closes the consuming
+        one); None while the link is down or the measure fails."""
+        channel, queue = self._channel, self.queue
+        if channel is None or channel.is_closed or not queue:
+            return None
+        probe: AbstractChannel | None = None
+        try:
+            async with asyncio.timeout(self._owner.connect_timeout):
+                probe = await channel.connection.channel(publisher_confirms=False)
+                declared = await probe.queue_declare(queue, passive=True)
+        except Exception as exc:
+            logger.debug("%r could not measure its lag: %s", self, quote(repr(exc), 300))
+            return None
+        finally:
+            if probe is not None:
+                await close_quietly(probe)
+        return declared.message_count
 
     async def _consume(self) -> None:
         assert self._channel is not None
@@ -305,6 +344,11 @@ class RabbitMQSubscription(ReconnectingSubscription[RabbitMQDelivery]):
         return SubscriptionLostError(str(refused))
 
     async def _closing(self) -> None:
+        if self._measurer is not None:
+            self._measurer.cancel()
+            await asyncio.gather(
+                self._measurer, *filter(None, [self._measure]), return_exceptions=True
+            )
         self._owner._groups.leave(self)
         # What other members handed over and nobody took goes back to the
         # queue now; what its own channel holds goes back as that closes.

@@ -2,8 +2,8 @@
 
 The read script (acknowledge, then ``XREADGROUP``, in one round trip) with
 its arguments and its flat reply, and the parsed replies of ``XREADGROUP``,
-``XAUTOCLAIM``, ``XPENDING`` and ``XINFO CONSUMERS``, in both the RESP2 and
-the RESP3 shapes redis-py hands over.
+``XAUTOCLAIM``, ``XPENDING``, ``XINFO CONSUMERS`` and ``XINFO GROUPS``, in
+both the RESP2 and the RESP3 shapes redis-py hands over.
 """
 
 from __future__ import annotations
@@ -123,6 +123,29 @@ def idle_members(members: Any, consumer: str, limit: float) -> Iterator[tuple[st
         if name == consumer or member["pending"] or idle <= limit:
             continue
         yield name, idle
+
+
+def group_lag(groups: Any, group: str) -> int | None:
+    """The ``lag`` of `group` in an ``XINFO GROUPS`` reply: the stream's
+    entries not delivered to the group yet. None when Redis does not say
+    (before 7.0, or past entries deleted with ``XDEL``) or the group is not there."""
+    for info in groups:
+        if text(info["name"]) == group:
+            lag = info.get("lag")
+            return lag if isinstance(lag, int) else None
+    return None
+
+
+def streams_lag(replies: Sequence[Any], group: str) -> int | None:
+    """The lag of `group` over streams, from one ``XINFO GROUPS`` reply (or
+    its error) per stream: their sum, or None if one of them does not say."""
+    total = 0
+    for reply in replies:
+        lag = None if isinstance(reply, Exception) else group_lag(reply, group)
+        if lag is None:
+            return None
+        total += lag
+    return total
 
 
 def group_lost(error: BaseException) -> bool:

@@ -23,6 +23,7 @@ from brokers.redis._streams_replies import (
     read_entries,
     script_args,
     script_entries,
+    streams_lag,
     text,
 )
 from mediator.transport import (
@@ -95,10 +96,11 @@ class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
 
     Streams are found in the broker's registry every `discovery_interval`;
     idle entries are claimed every `claim_interval` (`CLAIM_CALLS` per
-    stream and pass) while the entries held are renewed; acknowledgements
-    are batched with the next read. `close()` removes what the subscription
-    made for itself: its private group, or its member name in a named group
-    where nothing is pending for it.
+    stream and pass); every `claim_idle` / 3 the entries held are renewed
+    and the group's `lag` is measured; acknowledgements are batched with the
+    next read. `close()` removes what the subscription made for itself: its
+    private group, or its member name in a named group where nothing is
+    pending for it.
     """
 
     logger = logger
@@ -127,6 +129,10 @@ class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
         """Deliveries a reconnect read, for the next `_receive`."""
         self._next_discovery = 0.0
         self._next_claim = 0.0
+        self.lag: int | None = None
+        """Entries of the streams read not delivered to the group yet, as last
+        measured (``XINFO GROUPS``); None until then, or when Redis cannot say."""
+        self._measurer: asyncio.Task[None] | None = None
 
     # -- the link ----------------------------------------------------------------
 
@@ -140,6 +146,8 @@ class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
                 if not self.closed:  # close() waits only for what it can see
                     keeping = self._claims.keep(broker.claim_idle / 3)
                     self._keeper = asyncio.create_task(keeping, name=f"keep {self!r}")
+                    measuring = self._measure_lag(broker.claim_idle / 3)
+                    self._measurer = asyncio.create_task(measuring, name=f"lag of {self!r}")
             else:
                 # Back only once a read works (READONLY, OOM ... fail here).
                 await self._discover("0")
@@ -200,6 +208,23 @@ class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
                 quote(key, 200),
                 describe(error),
             )
+
+    async def _measure_lag(self, every: float) -> None:
+        """Set `lag` every `every` seconds: one ``XINFO GROUPS`` per stream
+        read, pipelined, off the read path; a failure leaves it None."""
+        while not being_cancelled():  # a cancellation redis-py swallowed ends it too
+            await asyncio.sleep(every)
+            keys = list(self._streams.reading)
+            try:
+                async with asyncio.timeout(self._stream_broker._reply_due()):
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        for key in keys:
+                            pipe.xinfo_groups(key)
+                        replies = await pipe.execute(raise_on_error=False) if keys else []
+                self.lag = streams_lag(replies, self._group)
+            except Exception as exc:
+                self.lag = None
+                logger.debug("%r could not measure its lag: %s", self, quote(repr(exc), 300))
 
     # -- receiving ----------------------------------------------------------------
 
@@ -408,9 +433,10 @@ class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
         # First, so that no flush starts while this waits: one that did went
         # on after close() returned, on a client closed meanwhile.
         self._acks.stop_timer()
-        if self._keeper is not None:
-            self._keeper.cancel()
-            await asyncio.gather(self._keeper, return_exceptions=True)
+        tasks = [task for task in (self._keeper, self._measurer) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self._acks.wait_flushes()
         try:
             await self._acks.flush()
