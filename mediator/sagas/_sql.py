@@ -4,7 +4,6 @@ step's recorded outcome commits with what the step wrote and sent."""
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +27,7 @@ from sqlalchemy import (
 )
 
 from mediator.sagas._model import UNFINISHED, SagaConflictError, SagaState, SagaStatus
-from mediator.sagas._stores import conflict, now
+from mediator.sagas._stores import conflict, now, utc
 
 if TYPE_CHECKING:
     from mediator.outbox import Outbox
@@ -179,11 +178,6 @@ def _state(row: Any) -> SagaState:
         context=bytes(row["context"]),
         version=row["version"],
         error=row["error"],
-        created_at=_utc(row["created_at"]),
-        updated_at=_utc(row["updated_at"]),
+        created_at=utc(row["created_at"]),
+        updated_at=utc(row["updated_at"]),
     )
-
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    """SQLite hands times back naive, in UTC."""
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value

@@ -13,7 +13,7 @@ import attrs
 
 from mediator.sagas._model import SagaConflictError, SagaState, SagaStatus
 
-__all__ = ["MemorySagaStore", "SagaStore", "conflict", "now"]
+__all__ = ["MemorySagaStore", "SagaStore", "conflict", "now", "utc"]
 
 
 class SagaStore(Protocol):
@@ -51,6 +51,11 @@ class SagaStore(Protocol):
 
 def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def utc(value: dt.datetime) -> dt.datetime:
+    """A time read back from a database, in UTC (SQLite hands it back naive)."""
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
 
 
 class MemorySagaStore:
