@@ -278,3 +278,86 @@ async def test_a_handler_sending_without_a_mediator_is_told_how_to_give_one() ->
     process: Process[Tally] = Process("k", None, None)
     with pytest.raises(SagaError, match=r"bind\(event_map, store, mediator=\.\.\.\)"):
         await process.send(object())  # type: ignore[arg-type]
+
+
+KEYS = 200
+EVENTS_PER_KEY = 5
+
+
+async def test_two_consumer_processes_on_the_same_instances_lose_no_update(
+    redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    """Two processes in one group take turns at the events of 200 instances
+    on Redis Streams and PostgreSQL; every instance ends with every event counted."""
+    import os
+    import signal
+    import sys
+
+    from brokers.redis import RedisStreamMessageBroker
+    from mediator.sagas import SqlProcessStore
+    from tests.outbox_support import ROOT
+    from tests.process_manager_processes import Tallied
+
+    db = await open_database("postgresql", tmp_path)
+    store = SqlProcessStore(db.outbox)
+    await store.create_tables()
+    command = [
+        sys.executable,
+        "-m",
+        "tests.process_manager_processes",
+        db.url,
+        db.prefix,
+        redis_url,
+        key_prefix,
+    ]
+    workers = [
+        await asyncio.create_subprocess_exec(
+            *command,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=asyncio.subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    broker = RedisStreamMessageBroker.from_url(redis_url, key_prefix)
+    try:
+        for worker in workers:
+            assert worker.stdout is not None
+            async with asyncio.timeout(30):
+                assert await worker.stdout.readline() == b"ready\n"
+        emitter = EventEmitter(message_broker=broker)
+        # A key's events side by side: both processes, and a process's
+        # concurrent deliveries, meet on the same instances.
+        await emitter.emit_all(
+            [Tallied(key=key) for key in range(KEYS) for _ in range(EVENTS_PER_KEY)]
+        )
+
+        async def counted() -> int:
+            return sum(orjson.loads(i.state)["count"] for i in await store.instances())
+
+        async with asyncio.timeout(60):
+            while await counted() < KEYS * EVENTS_PER_KEY:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)  # the database is the condition: polled
+        conflicts = 0
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+            assert worker.stdout is not None
+            async with asyncio.timeout(30):
+                out = (await worker.stdout.read()).decode()
+                assert await worker.wait() == 0
+            conflicts += int(out.split("conflicts ")[1])
+        counts = [orjson.loads(i.state)["count"] for i in await store.instances()]
+        print(
+            f"{KEYS} instances, {KEYS * EVENTS_PER_KEY} events, 2 processes: "
+            f"{conflicts} saves refused by the version check and handled again"
+        )
+        assert sorted(counts) == [EVENTS_PER_KEY] * KEYS
+        assert conflicts > 0  # the two processes did meet on the same instances
+    finally:
+        for worker in workers:
+            if worker.returncode is None:
+                worker.kill()
+                await worker.wait()
+        await broker.stop()
+        await store.drop_tables()
+        await db.close()

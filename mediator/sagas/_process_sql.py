@@ -74,6 +74,8 @@ class SqlProcessStore:
             Column("payload", LargeBinary(), nullable=False),
         )
         Index(f"{name}_process_timeouts_due", self.timeouts_table.c.due_at)
+        self.conflicts = 0
+        """Saves refused by the version check since the store was made."""
 
     async def create_tables(self) -> None:
         """Create the tables and their index where they do not exist."""
@@ -122,6 +124,7 @@ class SqlProcessStore:
                             )
                         )
                 except IntegrityError:
+                    self.conflicts += 1
                     raise SagaConflictError(
                         f"process {saved.process} {saved.key!r} was started by another "
                         "delivery meanwhile; handle the event again"
@@ -137,6 +140,7 @@ class SqlProcessStore:
                 .values(**values)
             )
             if result.rowcount != 1:
+                self.conflicts += 1
                 kept = await self.load(instance.process, instance.key)
                 raise SagaConflictError(conflict_message(instance, kept))
         return saved

@@ -87,6 +87,8 @@ class MemoryProcessStore:
     def __init__(self) -> None:
         self._instances: dict[tuple[str, str], Instance] = {}
         self._timeouts: dict[uuid.UUID, Timeout] = {}
+        self.conflicts = 0
+        """Saves refused by the version check since the store was made."""
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
@@ -101,6 +103,7 @@ class MemoryProcessStore:
         name = (instance.process, instance.key)
         kept = self._instances.get(name)
         if (kept is None) != new or (kept is not None and kept.version != instance.version):
+            self.conflicts += 1
             raise SagaConflictError(conflict_message(instance, kept))
         saved = attrs.evolve(
             instance, version=instance.version + 1, updated_at=dt.datetime.now(dt.UTC)
