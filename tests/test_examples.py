@@ -77,3 +77,23 @@ def test_the_order_saga_completes_compensates_a_declined_card_and_a_shipment_tim
         "counts {'running': 0, 'compensating': 0, 'completed': 1, 'compensated': 2, "
         "'failed': 0, 'abandoned': 0}",
     ]
+
+
+def test_the_order_process_ships_compensates_a_declined_card_and_an_overdue_shipment() -> None:
+    lines = run_ok("order_process.py")
+    assert lines[-3:] == [
+        "order 1: shipped",
+        "order 2: declined: stock released",
+        "order 3: not shipped in time: refunded, stock released",
+    ]
+    assert sorted(lines[:-3]) == sorted(
+        [
+            *(f"ReserveStock {n}" for n in (1, 2, 3)),
+            *(f"ChargePayment {n}" for n in (1, 2, 3)),
+            "Ship 1",
+            "ReleaseStock 2",
+            "Ship 3",
+            "RefundPayment 3",
+            "ReleaseStock 3",
+        ]
+    )
