@@ -361,3 +361,38 @@ async def test_two_consumer_processes_on_the_same_instances_lose_no_update(
         await broker.stop()
         await store.drop_tables()
         await db.close()
+
+
+async def test_the_order_process_example_runs_on_redis_streams_and_postgresql(
+    redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    from mediator.sagas import SqlProcessStore
+    from tests.examples_runner import run_ok
+
+    db = await open_database("postgresql", tmp_path)
+    try:
+        lines = await asyncio.to_thread(
+            run_ok,
+            "order_process.py",
+            MEDIATOR_BROKER_URL=redis_url.replace("redis://", "redis+streams://", 1),
+            ORDERS_DATABASE_URL=db.url,
+            ORDERS_TABLE_PREFIX=db.prefix,
+            ORDERS_CHANNEL_PREFIX=key_prefix,
+            ORDERS_SHIPPING_TIMEOUT="5",  # new streams are found once a second
+        )
+        assert lines[-3:] == [
+            "order 1: shipped",
+            "order 2: declined: stock released",
+            "order 3: not shipped in time: refunded, stock released",
+        ]
+        store = SqlProcessStore(db.outbox)
+        instances = await store.instances("OrderProcess")
+        assert sorted((i.key, i.finished) for i in instances) == [
+            ("1", True),
+            ("2", True),
+            ("3", True),
+        ]
+        assert await store.timeouts() == []  # order 3's fired; the others' were taken too
+        await store.drop_tables()
+    finally:
+        await db.close()

@@ -6,6 +6,7 @@ event later, across restarts (docs/sagas.md, "Process managers")."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import uuid
@@ -306,6 +307,7 @@ class TimeoutDispatcher:
                 self._routes[(manager.name, marked.event.__name__)] = (manager, marked, method)
         self.delivered = 0
         """Timeouts delivered since it was made."""
+        self._stopping = asyncio.Event()
 
     async def run_once(self) -> int:
         """Deliver the timeouts due now; how many."""
@@ -347,10 +349,19 @@ class TimeoutDispatcher:
                 await self._emitter.emit_all(raised)
 
     async def run(self) -> None:
-        """Deliver due timeouts every `interval` seconds until cancelled."""
-        while True:
+        """Deliver due timeouts every `interval` seconds until `stop()` (or
+        a cancellation, which rolls back the round under way: its timeouts
+        are delivered again later)."""
+        self._stopping.clear()
+        while not self._stopping.is_set():
             try:
                 await self.run_once()
             except SagaConflictError as exc:
                 logger.info("timeouts: %s; trying again", exc)
-            await asyncio.sleep(self.interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval):
+                    await self._stopping.wait()
+
+    def stop(self) -> None:
+        """Let `run()` return once the round under way is over."""
+        self._stopping.set()
