@@ -6,6 +6,11 @@ from mediator import Mediator, RequestMap, EventMap, EventEmitter
 """
 
 from mediator._broker import MessageBroker as MessageBroker
+from mediator._circuit import CircuitBreaker as CircuitBreaker
+from mediator._circuit import CircuitBreakerInterceptor as CircuitBreakerInterceptor
+from mediator._circuit import CircuitBreakerMiddleware as CircuitBreakerMiddleware
+from mediator._circuit import CircuitOpenError as CircuitOpenError
+from mediator._circuit import CircuitState as CircuitState
 from mediator._codec import MessageCodec as MessageCodec
 from mediator._consumer import ConsumerStats as ConsumerStats
 from mediator._consumer import EventConsumer as EventConsumer
@@ -70,11 +75,6 @@ from mediator._requests import RequestMap as RequestMap
 from mediator._requests import Response as Response
 from mediator._requests import StreamingRequestHandler as StreamingRequestHandler
 from mediator._requests import StreamRequest as StreamRequest
-from mediator._circuit import CircuitBreaker as CircuitBreaker
-from mediator._circuit import CircuitBreakerInterceptor as CircuitBreakerInterceptor
-from mediator._circuit import CircuitBreakerMiddleware as CircuitBreakerMiddleware
-from mediator._circuit import CircuitOpenError as CircuitOpenError
-from mediator._circuit import CircuitState as CircuitState
 
 __all__ = [
     "Backoff",
