@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from brokers.memory import InMemoryMessageBroker
-from mediator import EventConsumer, EventEmitter, EventMap, NotificationEvent
+from mediator import EventConsumer, EventEmitter, EventMap, NotificationEvent, Request
 from mediator.sagas import (
     MemoryProcessStore,
     Process,
@@ -396,3 +396,37 @@ async def test_the_order_process_example_runs_on_redis_streams_and_postgresql(
         await store.drop_tables()
     finally:
         await db.close()
+
+
+@attrs.frozen(kw_only=True)
+class ShipOrder(Request[None]):
+    order_id: int
+
+
+class Shipping(ProcessManager[Checkout]):
+    @handles(PaymentReceived, key="order_id", starts=True)
+    async def paid(self, process: Process[Checkout], event: PaymentReceived) -> None:
+        process.state = Checkout(order_id=event.order_id, total_cents=0, paid=True)
+        await process.send(ShipOrder(order_id=event.order_id))
+        process.raise_event(OrderCancelled(order_id=event.order_id))
+
+
+def test_the_routing_diagram_shows_what_a_process_manager_consumes_sends_and_raises() -> None:
+    from mediator import Service
+    from mediator._operations.diagram import mermaid_diagram
+
+    events = EventMap()
+    Shipping().bind(events, MemoryProcessStore())
+    service = Service(InMemoryMessageBroker(channel_prefix="shop"), event_map=events)
+    service.subscribe("shop:notification_event:*")
+    chart = mermaid_diagram(service)
+    handler = next(
+        line.split("[")[0].strip() for line in chart.splitlines() if "Shipping.paid" in line
+    )
+    request = next(line.split("[")[0].strip() for line in chart.splitlines() if "ShipOrder" in line)
+    event = next(
+        line.split("(")[0].strip() for line in chart.splitlines() if '"OrderCancelled"' in line
+    )
+    assert f"    {handler} -- sends --> {request}" in chart.splitlines()
+    assert f"    {handler} -- raises --> {event}" in chart.splitlines()
+    assert f" -- PaymentReceived --> {handler}" in chart

@@ -7,7 +7,7 @@ from typing import Any
 
 from mediator._event_map import EventBinding
 from mediator._events import Event, event_name, message_type_of
-from mediator._operations.raised_events import events_raised_by
+from mediator._operations.raised_events import events_raised_by, requests_sent_by
 from mediator._operations.service import Service
 from mediator._patterns import GlobPattern
 
@@ -63,6 +63,8 @@ def mermaid_diagram(service: Service) -> str:
         chart.edge(source, node, label)
         for raised in events_raised_by(handler):
             chart.edge(node, event_node(raised), "raises")
+        for sent in requests_sent_by(handler):
+            chart.edge(node, chart.node("request", sent, _short(sent), "[/|/]"), "sends")
 
     for request_type, handler_type in service.request_map.items():
         request = chart.node("request", request_type, _short(request_type), "[/|/]")

@@ -211,6 +211,8 @@ class ProcessManager(Generic[S]):
             return await self.handle(event, marked, method, store, mediator)
 
         handle.__name__ = handle.__qualname__ = f"{self.name}.{method.__name__}"
+        # What the routing diagram reads: the events and commands the method builds.
+        handle.__wrapped__ = method  # type: ignore[attr-defined]
         return handle
 
     async def handle(
