@@ -35,6 +35,11 @@ _DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _LONG_NUMBER = b"0" * 19
 """Every integer with fewer digits fits in 64 bits (orjson reads those exactly)."""
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+_STAMP = b'"event_timestamp":'
+_STAMP_SIZE = len(_STAMP)
+_Last = tuple[bytes, str, Any, str | None, int, int, int]
+"""See `MessageCodec._last`."""
+_new = object.__new__
 
 
 class _RawEnvelope(msgspec.Struct):
@@ -87,6 +92,9 @@ def _envelope_decoder(event_type: type[Any]) -> tuple[Any, str | None]:
             ("payload", event_type),
             ("headers", dict[str, str] | None, None),
         ],
+        # Untracked by the cycle collector, one less object a message for it:
+        # nothing a decode builds refers back to its envelope.
+        gc=False,
     )
     return msgspec.json.Decoder(envelope), message_type_of(event_type)
 
@@ -151,6 +159,15 @@ class Received:
         return message
 
 
+def _received(envelope: Any, payload: dict[str, Any] | None, text: bytes | None) -> Received:
+    """``Received(envelope, payload, text)`` without the call of a class (its
+    ``__init__`` in an interpreter frame of its own): one a message."""
+    received: Received = _new(Received)
+    received._envelope, received._payload, received._text = envelope, payload, text
+    received._message = None
+    return received
+
+
 class MessageCodec:
     """Turns events into envelopes and received bytes back into events.
 
@@ -175,10 +192,13 @@ class MessageCodec:
         "Trusted producers"."""
         self._decoders: dict[str, tuple[Any, str | None]] = {}
         """The envelope decoder of each registered name seen, and its message type."""
-        self._last: tuple[bytes, str, tuple[Any, str | None]] | None = None
+        self._last: _Last | None = None
         """The name the previous trusted decode found (as the bytes
-        ``"message_name":"<name>"``, the name, its decoding): most streams
-        carry one event class after another, so it is tried first."""
+        ``"message_name":"<name>"``, the name, its decoder and message
+        type) and where that message held the name (start, end) and the
+        timestamp key: most streams carry one event class after another,
+        from one producer, so it is tried first, its keys looked for there
+        first."""
 
     @staticmethod
     def to_message(event: Event, headers: Mapping[str, str] | None = None) -> Message:
@@ -207,7 +227,35 @@ class MessageCodec:
         """`decode`, with the `Message` built only if asked for."""
         if type(data) is not bytes or len(data) > self.max_size:
             data = self._admit(data)  # raises when too large
-        fast = self._decode_fast(data) if self.strict_json else self._decode_trusting(data)
+        if self.strict_json:
+            fast = self._decode_fast(data)
+        else:
+            last = self._last
+            if last is not None:
+                # `_decode_trusting`'s common case, written out: the class of
+                # the previous message again, its name and timestamp keys
+                # first looked for where they stood in that message.
+                needle, name, decoder, message_type, name_at, name_end, stamp_at = last
+                if (
+                    data[stamp_at : stamp_at + _STAMP_SIZE] == _STAMP or data.find(_STAMP) >= 0
+                ) and (data[name_at:name_end] == needle or data.find(needle) >= 0):
+                    try:
+                        envelope = decoder.decode(data)
+                    except (msgspec.DecodeError, RecursionError):
+                        pass
+                    else:
+                        # Kept only if it is that class's name and the ids agree.
+                        event: Event = envelope.payload
+                        if (
+                            envelope.message_name == name
+                            and envelope.message_type == message_type
+                            and event.event_id.int == envelope.message_id.int
+                        ):
+                            received: Received = _new(Received)  # as in `_received`
+                            received._envelope, received._payload = envelope, None
+                            received._text, received._message = data, None
+                            return received, event
+            fast = self._decode_trusting(data)
         if fast is not None:
             return fast
         message = self._message_of(data)
@@ -286,8 +334,7 @@ class MessageCodec:
         typed = self._typed(name, data)
         if typed is None:
             return None
-        envelope, event = typed
-        return Received(envelope, payload, None if same else data), event
+        return _received(typed[0], payload, None if same else data), typed[1]
 
     def _decode_trusting(self, data: bytes) -> tuple[Received, Event] | None:
         """`_decode_fast` without orjson's parse: msgspec's typed parse straight
@@ -298,16 +345,11 @@ class MessageCodec:
         cannot decode goes through the checks that name the reason."""
         # A typed parse fills a missing timestamp with its default. (find, not
         # `in`: `in` first tries the bytes as an int, raising and clearing a
-        # TypeError on every call.)
-        if data.find(b'"event_timestamp":') < 0:
+        # TypeError on every call.) The class of the previous message was
+        # tried already (`decode_received`).
+        stamp_at = data.find(_STAMP)
+        if stamp_at < 0:
             return None
-        last = self._last
-        if last is not None and data.find(last[0]) >= 0:
-            # Likely the class of the previous message: its typed parse alone,
-            # kept only if the name it reads is that class's name.
-            typed = self._typed_as(last[2], data)
-            if typed is not None and typed[0].message_name == last[1]:
-                return Received(typed[0], None, data), typed[1]
         try:
             name = _NAME_ONLY.decode(data).message_name
         except (msgspec.DecodeError, RecursionError):
@@ -315,7 +357,12 @@ class MessageCodec:
         typed = self._typed(name, data)
         if typed is None:
             return None
-        self._last = (b'"message_name":' + orjson.dumps(name), name, self._decoders[name])
+        needle = b'"message_name":' + orjson.dumps(name)
+        # 0 where it is not found (the name written another way): the slice
+        # there never matches, and it is looked for each time.
+        name_at = max(data.find(needle), 0)
+        decoder, message_type = self._decoders[name]
+        self._last = (needle, name, decoder, message_type, name_at, name_at + len(needle), stamp_at)
         envelope, event = typed
         return Received(envelope, None, data), event
 
@@ -330,11 +377,6 @@ class MessageCodec:
                 return None
             # Kept per name: a name, once registered, names the same class.
             decoding = self._decoders[name] = _envelope_decoder(event_type)
-        return self._typed_as(decoding, data)
-
-    @staticmethod
-    def _typed_as(decoding: tuple[Any, str | None], data: bytes) -> tuple[Any, Event] | None:
-        """`_typed` with the decoder of a name known already."""
         decoder, message_type = decoding
         try:
             envelope = decoder.decode(data)

@@ -162,6 +162,9 @@ class DeliveryHandling:
         stats = self.stats
         decode = self._codec.decode_received
         handlers_for = self.event_map.handlers_for
+        # `handlers_for`'s cache, read first (a bind clears it in place).
+        known = self.event_map._by_type
+        set_message = _message.set
         plain = self._plain
         interceptors = self._interceptors
         settlement = self._settlement
@@ -223,8 +226,8 @@ class DeliveryHandling:
                                 if not plain:
                                     outcome = await self._handle(received.message(), event)
                                 else:
-                                    _message.set(received)
-                                    bindings = handlers_for(type(event))
+                                    set_message(received)
+                                    bindings = known.get(type(event)) or handlers_for(type(event))
                                     if len(bindings) == 1:
                                         # One handler, called here; run_bindings
                                         # takes over only if it raised.
@@ -241,14 +244,23 @@ class DeliveryHandling:
                                             dispatched = await run_bindings(
                                                 bindings, event, None, self._policy, first_error=exc
                                             )
+                                            if dispatched is not NOTHING:
+                                                outcome = await self._outcome_of(
+                                                    dispatched, event, None
+                                                )
                                         else:
-                                            dispatched = Dispatched(more) if more else NOTHING
+                                            if more:
+                                                outcome = await self._outcome_of(
+                                                    Dispatched(more), event, None
+                                                )
                                     else:
                                         dispatched = await run_bindings(
                                             bindings, event, None, self._policy
                                         )
-                                    if dispatched is not NOTHING:
-                                        outcome = await self._outcome_of(dispatched, event, None)
+                                        if dispatched is not NOTHING:
+                                            outcome = await self._outcome_of(
+                                                dispatched, event, None
+                                            )
                             except asyncio.CancelledError:
                                 report = await self._settle_stopped(delivery, received.message_id)
                                 raise

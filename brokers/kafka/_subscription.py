@@ -42,6 +42,8 @@ __all__ = ["KafkaDelivery", "KafkaSubscription"]
 
 logger = logging.getLogger("mediator.brokers.kafka")
 
+_new = object.__new__
+
 _COMMIT_ON_CLOSE = 5.0
 """Seconds a closing or reconnecting subscription gives its last commit."""
 
@@ -60,6 +62,7 @@ class KafkaDelivery(DeliveryBase):
         delivery_count: int = 1,
     ) -> None:
         # DeliveryBase's fields set here: one is built for every record.
+        # (`next_in_order` builds them without this call: the same fields.)
         self.channel = partition.channel
         self.data = record.value or b""
         self.delivery_count = delivery_count
@@ -75,15 +78,28 @@ class KafkaDelivery(DeliveryBase):
         that handled this one to handle next (`EventConsumer` does); None
         otherwise. Call it only once this delivery is settled."""
         subscription = self._subscription
-        if subscription.closed:
-            return None
         part = self._partition
+        waiting = part.waiting
+        # `PartitionState.take_next`, written out: it runs for every record.
         # Taking the next record moves it from waiting to in flight: what
         # the partition holds stays the same, so it cannot reopen here.
-        item = part.take_next()
-        if item is None:
+        if subscription.closed or part.in_flight or not waiting or not part.ordered or part.revoked:
             return None
-        return item if type(item) is KafkaDelivery else KafkaDelivery(subscription, part, item)
+        part.in_flight = 1
+        item = waiting.popleft()
+        if type(item) is KafkaDelivery:
+            return item
+        # KafkaDelivery(subscription, part, item), without the call of a
+        # class (its __init__ in a frame of its own): one for every record.
+        delivery: KafkaDelivery = _new(KafkaDelivery)
+        delivery.channel = part.channel
+        delivery.data = item.value or b""
+        delivery.delivery_count = 1
+        delivery.settled = None
+        delivery.record = item
+        delivery._subscription = subscription
+        delivery._partition = part
+        return delivery
 
     def ack_nowait(self) -> bool:
         # An ack only moves the partition's offsets in memory: settled here,
@@ -91,7 +107,23 @@ class KafkaDelivery(DeliveryBase):
         if self.settled is not None:
             self._settling("ack")  # raises, naming the first settlement
         self.settled = "ack"
-        self._subscription._settled(self)
+        part = self._partition
+        unsettled = part.unsettled
+        if part.owned and not part.done and unsettled and unsettled[0] == self.record.offset:
+            # `PartitionState.settle` where it is quickest (always, in order):
+            # the lowest unsettled offset, with none settled above it.
+            part.in_flight -= 1
+            unsettled.popleft()
+            # Nothing more to do while a recheck of the partition is due
+            # (in order: set by the first record settled since the loop's
+            # last turn) and it needs no reopening: most records.
+            if part.recheck and (
+                not part.full or len(part.waiting) + part.in_flight > part.reopen_at
+            ):
+                return True
+            self._subscription._after_settle(part)
+        else:
+            self._subscription._settled(self)
         return True
 
     async def ack(self) -> None:
@@ -283,8 +315,13 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
 
     def _settled(self, delivery: KafkaDelivery) -> None:
         part = delivery._partition
-        if not part.settle(delivery.record.offset):
-            return  # revoked meanwhile: its new reader commits it
+        if part.settle(delivery.record.offset):
+            self._after_settle(part)
+        # else revoked meanwhile: its new reader commits it
+
+    def _after_settle(self, part: AssignedPartition) -> None:
+        """Once a record of `part` is settled: reopen it for fetching, and
+        see that its next record is handed out."""
         # Full is the usual state (one fetch brings thousands of records):
         # `reopen` is asked only once the partition is down to its threshold.
         if part.full and len(part.waiting) + part.in_flight <= part.reopen_at and part.reopen():
