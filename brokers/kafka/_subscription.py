@@ -17,7 +17,8 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from aiokafka import errors as aiokafka_errors  # type: ignore[import-untyped]
+from aiokafka import TopicPartition  # type: ignore[import-untyped]
+from aiokafka import errors as aiokafka_errors
 
 from brokers.kafka._errors import AUTH_ERRORS, MOVED_ON, TRANSIENT
 from brokers.kafka._fetcher import Fetcher
@@ -188,6 +189,9 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
         """Whether the first assignment is done: a partition new after it
         starts at its first record."""
         self._fetcher = Fetcher(self)
+        self._ends: dict[Partition, int] = {}
+        """Each partition's end offset, as the last measure of the lag found it."""
+        self._measuring: asyncio.Task[None] | None = None
 
     # -- connecting --------------------------------------------------------
 
@@ -216,6 +220,7 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
             await self._stop(consumer)
             raise
         self._pump = asyncio.create_task(self._fetcher.run(consumer), name=f"fetch {self.pattern}")
+        self._measuring = asyncio.create_task(self._measure(consumer), name=f"lag {self.pattern}")
 
     async def _join(self, broker: KafkaMessageBroker) -> None:
         """Wait for the group's first assignment, at most the broker's `timeout`."""
@@ -251,6 +256,47 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
         channel = channel_of_topic(tp[0])
         matches = channel is not None and self._glob.matches(channel)
         return AssignedPartition(tp, channel, matches, self._prefetch, self._ordered)
+
+    lag_interval: float = 5.0
+    """Seconds between two measures of the partitions' end offsets (`lag`)."""
+
+    @property
+    def lag(self) -> int | None:
+        """Records of the partitions it reads that it has not fetched yet:
+        each partition's end (the later of its last fetch's high watermark
+        and its last measured end offset) less the next offset to fetch (or
+        the committed one, before the first fetch). Read at once, without a
+        request; None while a partition's end or position is not known."""
+        consumer = self._consumer
+        if consumer is None or not self._partitions:
+            return None
+        waiting = 0
+        for tp, part in self._partitions.items():
+            if part.revoked or not part.owned:
+                continue
+            high = max(consumer.highwater(TopicPartition(*tp)) or -1, self._ends.get(tp, -1))
+            start = part.next_offset if part.next_offset >= 0 else part.committed
+            if high < 0 or start is None:
+                return None
+            waiting += max(0, high - start)
+        return waiting
+
+    async def _measure(self, consumer: Any) -> None:
+        """Every `lag_interval` seconds, the end offsets of the partitions
+        it reads (a fetch stops at a full partition, so its watermark would
+        stand still while records pile up)."""
+        while True:
+            await asyncio.sleep(self.lag_interval)
+            owned = [TopicPartition(*tp) for tp, part in self._partitions.items() if part.owned]
+            if not owned:
+                continue
+            try:
+                async with asyncio.timeout(self._owner.timeout):
+                    ends = await consumer.end_offsets(owned)
+            except Exception as exc:  # a measure, never a reason to stop reading
+                logger.debug("%r: measuring the lag failed: %r", self, exc)
+                continue
+            self._ends.update({(tp.topic, tp.partition): end for tp, end in ends.items()})
 
     # -- committing --------------------------------------------------------
 
@@ -361,9 +407,14 @@ class KafkaSubscription(ReconnectingSubscription[KafkaDelivery]):
 
     async def _disconnect(self) -> None:
         pump, self._pump = self._pump, None
-        if pump is not None:
-            pump.cancel()
-            await asyncio.gather(pump, return_exceptions=True)
+        measuring, self._measuring = self._measuring, None
+        for task in (pump, measuring):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(
+            *(t for t in (pump, measuring) if t is not None), return_exceptions=True
+        )
+        self._ends = {}
         consumer, self._consumer = self._consumer, None
         if consumer is None:
             return
