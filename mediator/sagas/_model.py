@@ -30,6 +30,7 @@ __all__ = [
     "Step",
     "decode_context",
     "encode_context",
+    "type_argument",
 ]
 
 C = TypeVar("C")
@@ -149,11 +150,9 @@ class Saga(Generic[C]):
         super().__init_subclass__(**kwargs)
         if not cls.__dict__.get("name"):
             cls.name = cls.__name__
-        for base in getattr(cls, "__orig_bases__", ()):
-            if typing.get_origin(base) is Saga:
-                (argument,) = typing.get_args(base)
-                if isinstance(argument, type):
-                    cls.context_type = argument
+        argument = type_argument(cls, Saga)
+        if argument is not None:
+            cls.context_type = argument
 
     def steps(self) -> Sequence[Step[C]]:
         """The steps, in the order their actions run."""
@@ -202,6 +201,16 @@ class SagaState:
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }
+
+
+def type_argument(cls: type[Any], generic: type[Any]) -> type[Any] | None:
+    """The class `cls` gives `generic` in its bases (``Saga[Order]``: Order)."""
+    for base in getattr(cls, "__orig_bases__", ()):
+        if typing.get_origin(base) is generic:
+            (argument,) = typing.get_args(base)
+            if isinstance(argument, type):
+                return argument
+    return None
 
 
 def encode_context(context: Any) -> bytes:

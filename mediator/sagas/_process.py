@@ -21,7 +21,13 @@ from mediator._events import Event
 from mediator._limits import quote
 from mediator._policies import Backoff, ErrorPolicy, Retry
 from mediator._requests import Request
-from mediator.sagas._model import SagaConflictError, SagaError, decode_context, encode_context
+from mediator.sagas._model import (
+    SagaConflictError,
+    SagaError,
+    decode_context,
+    encode_context,
+    type_argument,
+)
 from mediator.sagas._process_stores import Instance, ProcessStore, Timeout
 
 __all__ = ["CONFLICT_RETRY", "Process", "ProcessManager", "TimeoutDispatcher", "handles"]
@@ -153,13 +159,9 @@ class ProcessManager(Generic[S]):
         super().__init_subclass__(**kwargs)
         if not cls.__dict__.get("name"):
             cls.name = cls.__name__
-        import typing
-
-        for base in getattr(cls, "__orig_bases__", ()):
-            if typing.get_origin(base) is ProcessManager:
-                (argument,) = typing.get_args(base)
-                if isinstance(argument, type):
-                    cls.state_type = argument
+        argument = type_argument(cls, ProcessManager)
+        if argument is not None:
+            cls.state_type = argument
 
     def handlers(self) -> list[tuple[_Handles, Callable[..., Awaitable[None]]]]:
         """The marked handlers, bound to this instance."""

@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 
 from mediator.sagas._model import SagaConflictError
 from mediator.sagas._process_stores import Instance, Timeout, conflict_message
+from mediator.sagas._sql import run_ddl
 from mediator.sagas._stores import utc
 
 if TYPE_CHECKING:
@@ -79,13 +80,11 @@ class SqlProcessStore:
 
     async def create_tables(self) -> None:
         """Create the tables and their index where they do not exist."""
-        async with self.outbox.engine.begin() as connection:
-            await connection.run_sync(self.metadata.create_all)
+        await run_ddl(self.outbox, self.metadata, create=True)
 
     async def drop_tables(self) -> None:
         """Drop the tables, with every instance and timeout in them."""
-        async with self.outbox.engine.begin() as connection:
-            await connection.run_sync(self.metadata.drop_all)
+        await run_ddl(self.outbox, self.metadata, create=False)
 
     def transaction(self) -> contextlib.AbstractAsyncContextManager[Any]:
         return self.outbox.unit_of_work()

@@ -32,7 +32,7 @@ from mediator.sagas._stores import conflict, now, utc
 if TYPE_CHECKING:
     from mediator.outbox import Outbox
 
-__all__ = ["SqlSagaStore", "saga_table"]
+__all__ = ["SqlSagaStore", "run_ddl", "saga_table"]
 
 
 def saga_table(prefix: str, metadata: MetaData) -> Table:
@@ -85,13 +85,11 @@ class SqlSagaStore:
 
     async def create_table(self) -> None:
         """Create the table and its index where they do not exist."""
-        async with self.outbox.engine.begin() as connection:
-            await connection.run_sync(self.metadata.create_all)
+        await run_ddl(self.outbox, self.metadata, create=True)
 
     async def drop_table(self) -> None:
         """Drop the table, with every saga in it."""
-        async with self.outbox.engine.begin() as connection:
-            await connection.run_sync(self.metadata.drop_all)
+        await run_ddl(self.outbox, self.metadata, create=False)
 
     def transaction(self) -> contextlib.AbstractAsyncContextManager[Any]:
         return self.outbox.unit_of_work()
@@ -151,6 +149,12 @@ class SqlSagaStore:
 
 _CHANGING = ("status", "step", "phase", "context", "version", "error", "updated_at")
 """The columns a recorded change writes (a saga's id, name and start stay)."""
+
+
+async def run_ddl(outbox: Outbox, metadata: MetaData, *, create: bool) -> None:
+    """Create (or drop) the tables of `metadata` in `outbox`'s database."""
+    async with outbox.engine.begin() as connection:
+        await connection.run_sync(metadata.create_all if create else metadata.drop_all)
 
 
 def _row(state: SagaState) -> dict[str, Any]:
