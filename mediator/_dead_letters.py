@@ -10,7 +10,7 @@ from typing import Any
 
 import attrs
 
-from mediator._exceptions import MediatorError
+from mediator._exceptions import DecodeFailure, MediatorError
 from mediator._limits import DEAD_LETTER_BODY_LIMIT, quote
 
 __all__ = [
@@ -25,7 +25,7 @@ REPLAY_COUNT_HEADER = "replay_count"
 """The transport header a replayed message carries: how many times it was
 replayed from a dead-letter place. It comes back in the record if the
 message is dead-lettered again."""
-TRUNCATED_REASON = "too_large"
+TRUNCATED_REASON = DecodeFailure.TOO_LARGE.value
 """The one reason a dead letter keeps only a prefix of the body for."""
 
 
