@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import attrs
 import pytest
 from aio_pika.abc import AbstractRobustConnection
-from prometheus_client.parser import text_string_to_metric_families
 
 from brokers.rabbitmq import RabbitMQMessageBroker, RabbitMQSubscription
 from mediator import EventEmitter, EventMap, NotificationEvent, Service
-from mediator.prometheus import ServiceMetrics, lag_of, metrics_for
+from mediator.prometheus import lag_of, metrics_for
 from mediator.testing import wait_until
 from tests.rabbitmq_support import connect, delete_everything
-
-LAG = "mediator_consumer_lag_messages"
+from tests.test_lag_redis_streams import lag_when
 
 
 @attrs.frozen(kw_only=True)
@@ -52,28 +50,6 @@ async def connection(prefix: str) -> AsyncIterator[AbstractRobustConnection]:
 @pytest.fixture(autouse=True)
 def measure_often(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(RabbitMQSubscription, "lag_interval", 0.05)
-
-
-def lags(metrics: ServiceMetrics) -> dict[str, float]:
-    """The lag samples of the exposition, by group."""
-    return {
-        sample.labels["group"]: sample.value
-        for family in text_string_to_metric_families(metrics.exposition().decode())
-        for sample in family.samples
-        if sample.name == LAG
-    }
-
-
-async def lag_when(
-    metrics: ServiceMetrics, group: str, holds: Callable[[float], bool], timeout: float = 3
-) -> float:
-    """The group's lag once a scrape reports one that `holds` (polled, bounded)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            value = lags(metrics).get(group)
-            if value is not None and holds(value):
-                return value
-            await asyncio.sleep(0.02)
 
 
 async def test_the_depth_of_a_blocked_groups_queue_rises_then_falls_to_zero(
