@@ -14,6 +14,8 @@ import orjson
 
 from mediator._events import Event, event_name, message_type_of
 from mediator._models import form_of
+from mediator._operations.asyncapi_processes import annotate_operation, describe_process_managers
+from mediator._operations.raised_events import process_handlers
 from mediator._operations.service import Service
 from mediator._patterns import GlobPattern
 
@@ -51,12 +53,16 @@ def asyncapi_document(service: Service, *, version: str = "1.0.0") -> dict[str, 
     transport = _Transport.of(broker)
     prefix = broker.channel_prefix if broker is not None else "{prefix}"
     published = service.published_events()
-    received: dict[type[Event], list[tuple[str, str | None, str | None]]] = {}
+    received: dict[type[Event], list[tuple[str, str | None, str | None, Any]]] = {}
     for spec in service.subscriptions:
         glob = GlobPattern(spec.pattern)
         for event_type in spec.event_map.event_classes().values():
             if glob.matches(_logical(prefix, event_type)):
-                received.setdefault(event_type, []).append((spec.pattern, spec.group, spec.inbox))
+                received.setdefault(event_type, []).append(
+                    (spec.pattern, spec.group, spec.inbox, spec.event_map)
+                )
+    processes = process_handlers(service.event_maps)
+    reaching: dict[tuple[int, type[Event]], list[str]] = {}
     event_types = list(dict.fromkeys([*published, *received]))
     channel_ids = _unique_ids(event_types)
     schemas = _payload_schemas(event_types)
@@ -90,7 +96,7 @@ def asyncapi_document(service: Service, *, version: str = "1.0.0") -> dict[str, 
                     "Written to the outbox in the transaction of the send that raised it; "
                     "published by the outbox relay once that transaction committed."
                 )
-        for pattern, group, inbox in received.get(event_type, ()):
+        for pattern, group, inbox, event_map in received.get(event_type, ()):
             base = f"receive{cid}" + (f"_{_ID.sub('_', group)}" if group else "")
             operation_id, n = base, 2
             while operation_id in operations:
@@ -110,6 +116,8 @@ def asyncapi_document(service: Service, *, version: str = "1.0.0") -> dict[str, 
                 "messages": message_ref,
                 **transport.operation_binding("receive", group),
             }
+            if annotate_operation(operations[operation_id], processes, event_type, event_map):
+                reaching.setdefault((id(event_map), event_type), []).append(operation_id)
 
     document: dict[str, Any] = {
         "asyncapi": ASYNCAPI_VERSION,
@@ -130,6 +138,8 @@ def asyncapi_document(service: Service, *, version: str = "1.0.0") -> dict[str, 
     document["channels"] = channels
     document["operations"] = operations
     document["components"] = {"messages": messages, "schemas": schemas.components}
+    if processes:
+        document["x-process-managers"] = describe_process_managers(processes, reaching, channel_ids)
     return document
 
 

@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # the outbox extra (SQLAlchemy) is imported only by a service
     from mediator.outbox._inbox import Inbox
     from mediator.outbox._outbox import Outbox
     from mediator.outbox._relay import OutboxRelay
-    from mediator.sagas import SagaRunner
+    from mediator.sagas import SagaRunner, TimeoutDispatcher
 
 __all__ = [
     "Service",
@@ -122,6 +122,7 @@ class Service(RunsUntilStopped):
         inbox: bool = False,
         circuits: Sequence[CircuitBreaker] = (),
         sagas: Sequence[SagaRunner] = (),
+        process_managers: Sequence[TimeoutDispatcher] = (),
     ) -> None:
         if drain_timeout < 0:
             raise ValueError(f"Service(drain_timeout={drain_timeout}): must be 0 or more seconds")
@@ -165,6 +166,10 @@ class Service(RunsUntilStopped):
         self.sagas: list[SagaRunner] = list(sagas)
         """The saga runners: each resumes its store's unfinished sagas in the
         background once the service started (`SagaRunner.recover`)."""
+        self.process_managers: list[TimeoutDispatcher] = list(process_managers)
+        """The process managers' timeout dispatchers: each runs from start to
+        stop (`TimeoutDispatcher.run`), and `stats()` and ``mediator sagas``
+        report the instances in its store."""
         self._subscriptions: list[tuple[str, str | None, EventMap, bool | Inbox | None]] = []
         self._started = False
         self.cancelled_at_stop = 0
@@ -389,8 +394,9 @@ class Service(RunsUntilStopped):
         return None
 
     def stats(self) -> dict[str, Any]:
-        """The consumers' (and the relay's) counters and the circuits' states,
-        for health checks."""
+        """The consumers' (and the relay's) counters, the circuits' states,
+        the saga runners' counters and the process managers' instances, for
+        health checks."""
         stats: dict[str, Any] = {
             "service": self.name,
             "running": self.running,
@@ -413,6 +419,8 @@ class Service(RunsUntilStopped):
             stats["circuits"] = [circuit.stats() for circuit in self.circuits]
         if self.sagas:
             stats["sagas"] = [runner.stats() for runner in self.sagas]
+        if self.process_managers:
+            stats["process_managers"] = [d.stats() for d in self.process_managers]
         return stats
 
     # -- lifecycle -----------------------------------------------------------
@@ -458,6 +466,9 @@ class Service(RunsUntilStopped):
                 self._watch(asyncio.create_task(consumer.run(), name=f"{self.name}:consumer"))
             for runner in self.sagas:
                 self._watch(asyncio.create_task(_recovered(runner), name=f"{self.name}:sagas"))
+            for dispatcher in self.process_managers:
+                if dispatcher.run not in self._background:  # also given to background()
+                    self._watch(asyncio.create_task(dispatcher.run(), name=f"{self.name}:timeouts"))
             for task in self._background:
                 name = getattr(task, "__qualname__", repr(task))
                 self._watch(asyncio.create_task(task(), name=f"{self.name}:{name}"))

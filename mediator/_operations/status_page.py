@@ -159,7 +159,7 @@ def _consumers_section(consumers: Sequence[Mapping[str, Any]]) -> Section:
 
 def _other_sections(stats: Mapping[str, Any]) -> list[Section]:
     """A section per stats entry the page has no section of its own for (the
-    outbox relay; circuits or sagas when a service reports them)."""
+    outbox relay; circuits, sagas or process managers when a service reports them)."""
     return [
         Section(id=f"stats-{key}", title=key.replace("_", " ").capitalize(), html=_value(value))
         for key, value in stats.items()

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar, Generic, TypeVar
@@ -28,9 +29,16 @@ from mediator.sagas._model import (
     encode_context,
     type_argument,
 )
-from mediator.sagas._process_stores import Instance, ProcessStore, Timeout
+from mediator.sagas._process_stores import Instance, ProcessStore, Timeout, new_counts
 
-__all__ = ["CONFLICT_RETRY", "Process", "ProcessManager", "TimeoutDispatcher", "handles"]
+__all__ = [
+    "CONFLICT_RETRY",
+    "PROCESS_HANDLER",
+    "Process",
+    "ProcessManager",
+    "TimeoutDispatcher",
+    "handles",
+]
 
 logger = logging.getLogger("mediator.sagas")
 
@@ -40,6 +48,9 @@ E = TypeVar("E", bound=Event)
 Handler = Callable[[Any, "Process[Any]", Any], Awaitable[None]]
 
 _HANDLES = "__mediator_handles__"
+PROCESS_HANDLER = "__mediator_process_handler__"
+"""The attribute of a handler `ProcessManager.bind` binds: (the manager, what
+its method `handles`)."""
 
 CONFLICT_RETRY = Retry(attempts=5, backoff=Backoff(initial=0.01, maximum=0.5))
 """A process manager's handlers' policy unless `bind` is given one: a
@@ -52,6 +63,8 @@ class _Handles:
     event: type[Event]
     key: Callable[[Any], object]
     starts: bool
+    key_field: str | None = None
+    """The event's field that is the key, when `handles` was given one."""
 
 
 def handles(
@@ -66,7 +79,8 @@ def handles(
     key_of: Callable[[Any], object] = (lambda e: getattr(e, key)) if isinstance(key, str) else key
 
     def mark(method: Handler) -> Handler:
-        setattr(method, _HANDLES, _Handles(event=event, key=key_of, starts=starts))
+        field = key if isinstance(key, str) else None
+        setattr(method, _HANDLES, _Handles(event=event, key=key_of, starts=starts, key_field=field))
         return method
 
     return mark
@@ -215,6 +229,8 @@ class ProcessManager(Generic[S]):
         handle.__name__ = handle.__qualname__ = f"{self.name}.{method.__name__}"
         # What the routing diagram reads: the events and commands the method builds.
         handle.__wrapped__ = method  # type: ignore[attr-defined]
+        # What the AsyncAPI document reads: which process manager, which event, which key.
+        setattr(handle, PROCESS_HANDLER, (self, marked))
         return handle
 
     async def handle(
@@ -280,12 +296,14 @@ class TimeoutDispatcher:
 
     ```python
     dispatcher = TimeoutDispatcher(store, [CheckoutProcess()], emitter=emitter)
-    service.background(dispatcher.run)
+    service = Service(broker, event_map=events, process_managers=[dispatcher])
     ```
 
     The events a handler raises on a timeout go to `emitter` (in the same
     transaction, with the outbox). `interval` is how often it looks; `clock`
-    is for tests.
+    is for tests. Every `count_interval` seconds `run()` also counts its
+    managers' instances and pending timeouts (`count`), which `stats()`
+    reports: a `Service(process_managers=[dispatcher])` runs it and shows them.
     """
 
     def __init__(
@@ -298,20 +316,54 @@ class TimeoutDispatcher:
         batch: int = 100,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         mediator: Any = None,
+        count_interval: float = 30.0,
     ) -> None:
         self.store = store
         self.interval = interval
+        self.count_interval = count_interval
         self.batch = batch
         self._clock = clock
         self._emitter = emitter
         self._mediator = mediator
+        managers = list(managers)
         self._routes: dict[tuple[str, str], tuple[ProcessManager[Any], _Handles, Any]] = {}
         for manager in managers:
             for marked, method in manager.handlers():
                 self._routes[(manager.name, marked.event.__name__)] = (manager, marked, method)
+        self.names = tuple(sorted({manager.name for manager in managers}))
+        """The names of its process managers."""
         self.delivered = 0
         """Timeouts delivered since it was made."""
+        self.counted: dict[str, dict[str, int]] | None = None
+        """The last `count()`: per process manager, its active and completed
+        instances and pending timeouts (None before the first)."""
+        self.counted_at: dt.datetime | None = None
         self._stopping = asyncio.Event()
+
+    async def count(self) -> dict[str, dict[str, int]]:
+        """Count its process managers' instances by state, and their pending
+        timeouts, in the store; kept for `stats()`."""
+        counts = await self.store.counts()
+        self.counted = {name: counts.get(name, new_counts()) for name in self.names}
+        self.counted_at = dt.datetime.now(dt.UTC)
+        return self.counted
+
+    def stats(self) -> dict[str, Any]:
+        """Its process managers, the timeouts it delivered, and the instances
+        and pending timeouts of the last `count()`, for `Service.stats()`."""
+        counted = self.counted
+        totals: dict[str, int | None] = dict.fromkeys(("active", "completed", "timeouts"))
+        if counted is not None:
+            totals = {name: sum(c[name] for c in counted.values()) for name in totals}
+        return {
+            "process_managers": list(self.names),
+            "timeouts_delivered": self.delivered,
+            "active": totals["active"],
+            "completed": totals["completed"],
+            "timeouts_pending": totals["timeouts"],
+            "by_process": counted,
+            "counted_at": None if self.counted_at is None else self.counted_at.isoformat(),
+        }
 
     async def run_once(self) -> int:
         """Deliver the timeouts due now; how many."""
@@ -357,11 +409,18 @@ class TimeoutDispatcher:
         a cancellation, which rolls back the round under way: its timeouts
         are delivered again later)."""
         self._stopping.clear()
+        counted_at = None
         while not self._stopping.is_set():
             try:
                 await self.run_once()
             except SagaConflictError as exc:
                 logger.info("timeouts: %s; trying again", exc)
+            if counted_at is None or time.monotonic() - counted_at >= self.count_interval:
+                counted_at = time.monotonic()
+                try:
+                    await self.count()
+                except Exception as exc:  # the stats go stale; the timeouts go on
+                    logger.warning("counting the process instances of %s: %r", self.names, exc)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.interval):
                     await self._stopping.wait()

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Table,
     Uuid,
     delete,
+    func,
     insert,
     select,
     update,
@@ -29,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from mediator.sagas._model import SagaConflictError
-from mediator.sagas._process_stores import Instance, Timeout, conflict_message
+from mediator.sagas._process_stores import Instance, Timeout, conflict_message, new_counts
 from mediator.sagas._sql import run_ddl
 from mediator.sagas._stores import utc
 
@@ -162,14 +163,53 @@ class SqlProcessStore:
                 await session.execute(delete(table).where(table.c.id.in_([t.id for t in due])))
         return due
 
-    async def instances(self, process: str | None = None) -> list[Instance]:
+    async def instances(
+        self,
+        process: str | None = None,
+        *,
+        finished: bool | None = None,
+        limit: int | None = None,
+    ) -> list[Instance]:
         table = self.instances_table
-        query = select(table).order_by(table.c.created_at)
+        query = select(table).order_by(table.c.created_at).limit(limit)
         if process is not None:
             query = query.where(table.c.process == process)
+        if finished is not None:
+            query = query.where(table.c.finished.is_(finished))
         async with self.outbox.engine.connect() as connection:
             rows = (await connection.execute(query)).all()
         return [_instance(row._mapping) for row in rows]
+
+    async def timeouts_for(self, process: str, key: str) -> list[Timeout]:
+        table = self.timeouts_table
+        query = (
+            select(table)
+            .where(table.c.process == process, table.c.key == key)
+            .order_by(table.c.due_at)
+        )
+        async with self.outbox.engine.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        return [_timeout(row._mapping) for row in rows]
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        instances, timeouts = self.instances_table, self.timeouts_table
+        counts: dict[str, dict[str, int]] = {}
+        async with self.outbox.engine.connect() as connection:
+            by_state = await connection.execute(
+                select(instances.c.process, instances.c.finished, func.count()).group_by(
+                    instances.c.process, instances.c.finished
+                )
+            )
+            for process, finished, count in by_state:
+                counts.setdefault(process, new_counts())["completed" if finished else "active"] = (
+                    count
+                )
+            pending = await connection.execute(
+                select(timeouts.c.process, func.count()).group_by(timeouts.c.process)
+            )
+            for process, count in pending:
+                counts.setdefault(process, new_counts())["timeouts"] = count
+        return dict(sorted(counts.items()))
 
     async def timeouts(self) -> list[Timeout]:
         """The timeouts not taken yet, oldest due first."""

@@ -13,7 +13,14 @@ import attrs
 
 from mediator.sagas._model import SagaConflictError
 
-__all__ = ["Instance", "MemoryProcessStore", "ProcessStore", "Timeout", "conflict_message"]
+__all__ = [
+    "Instance",
+    "MemoryProcessStore",
+    "ProcessStore",
+    "Timeout",
+    "conflict_message",
+    "new_counts",
+]
 
 
 @attrs.define(kw_only=True)
@@ -32,6 +39,28 @@ class Instance:
     """Whether the process ended (`Process.complete`): later events are ignored."""
     created_at: dt.datetime
     updated_at: dt.datetime
+
+    @property
+    def status(self) -> str:
+        """``completed`` once the process ended, ``active`` before."""
+        return "completed" if self.finished else "active"
+
+    @property
+    def id(self) -> str:
+        """``{process}/{key}``: how `mediator sagas` names the instance."""
+        return f"{self.process}/{self.key}"
+
+    def summary(self) -> dict[str, Any]:
+        """The instance as a JSON-ready dict (without its state), for the CLI."""
+        return {
+            "id": self.id,
+            "process": self.process,
+            "key": self.key,
+            "status": self.status,
+            "version": self.version,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
 
 
 @attrs.frozen(kw_only=True)
@@ -76,8 +105,24 @@ class ProcessStore(Protocol):
         in the open transaction (a rollback puts them back)."""
         ...
 
-    async def instances(self, process: str | None = None) -> list[Instance]:
-        """The kept instances (of `process`, or all)."""
+    async def instances(
+        self,
+        process: str | None = None,
+        *,
+        finished: bool | None = None,
+        limit: int | None = None,
+    ) -> list[Instance]:
+        """The kept instances (of `process`, or all; only the completed ones
+        or only the active ones with `finished`), oldest first, at most `limit`."""
+        ...
+
+    async def timeouts_for(self, process: str, key: str) -> list[Timeout]:
+        """The timeouts of one instance not taken yet, oldest due first."""
+        ...
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """Per process manager's name: its ``active`` and ``completed``
+        instances, and its ``timeouts`` not taken yet."""
         ...
 
 
@@ -122,17 +167,45 @@ class MemoryProcessStore:
             del self._timeouts[timeout.id]
         return due
 
-    async def instances(self, process: str | None = None) -> list[Instance]:
-        return [
-            attrs.evolve(i)
-            for i in self._instances.values()
-            if process is None or i.process == process
-        ]
+    async def instances(
+        self,
+        process: str | None = None,
+        *,
+        finished: bool | None = None,
+        limit: int | None = None,
+    ) -> list[Instance]:
+        found = sorted(
+            (
+                i
+                for i in self._instances.values()
+                if (process is None or i.process == process)
+                and (finished is None or i.finished is finished)
+            ),
+            key=lambda i: i.created_at,
+        )
+        return [attrs.evolve(i) for i in found[:limit]]
+
+    async def timeouts_for(self, process: str, key: str) -> list[Timeout]:
+        return [t for t in self.timeouts if (t.process, t.key) == (process, key)]
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        for instance in self._instances.values():
+            counted = counts.setdefault(instance.process, new_counts())
+            counted[instance.status] += 1
+        for timeout in self._timeouts.values():
+            counts.setdefault(timeout.process, new_counts())["timeouts"] += 1
+        return dict(sorted(counts.items()))
 
     @property
     def timeouts(self) -> list[Timeout]:
         """The timeouts not taken yet, oldest due first."""
         return sorted(self._timeouts.values(), key=lambda t: t.due_at)
+
+
+def new_counts() -> dict[str, int]:
+    """One process manager's counts before any is counted."""
+    return {"active": 0, "completed": 0, "timeouts": 0}
 
 
 def conflict_message(instance: Instance, kept: Instance | None) -> str:
