@@ -24,6 +24,10 @@ SCHEMES: dict[str, str] = {
     "redis+streams": "Redis Streams (brokers.redis.RedisStreamMessageBroker), at-least-once",
     "rediss+streams": "Redis Streams over TLS",
     "unix+streams": "Redis Streams over a unix socket",
+    "redis+cluster": "Redis Pub/Sub on a Redis Cluster (any node's host:port)",
+    "rediss+cluster": "Redis Pub/Sub on a Redis Cluster over TLS",
+    "redis+cluster+streams": "Redis Streams on a Redis Cluster (any node's host:port)",
+    "rediss+cluster+streams": "Redis Streams on a Redis Cluster over TLS",
     "amqp": "RabbitMQ (brokers.rabbitmq.RabbitMQMessageBroker), at-least-once",
     "amqps": "RabbitMQ over TLS",
     "kafka": "Kafka (brokers.kafka.KafkaMessageBroker), at-least-once",
@@ -40,6 +44,10 @@ _FAMILIES = {
     "redis+streams": "redis+streams",
     "rediss+streams": "redis+streams",
     "unix+streams": "redis+streams",
+    "redis+cluster": "redis",
+    "rediss+cluster": "redis",
+    "redis+cluster+streams": "redis+streams",
+    "rediss+cluster+streams": "redis+streams",
     "amqp": "amqp",
     "amqps": "amqp",
     "kafka": "kafka",
@@ -306,6 +314,8 @@ def from_url(url: str, *, channel_prefix: str | None = None, **options: Any) -> 
     - ``memory://``: `InMemoryMessageBroker`.
     - ``redis://``, ``rediss://``, ``unix://``: Redis Pub/Sub; the same with
       ``+streams`` (``redis+streams://host:6379/0``) for Redis Streams.
+    - ``redis+cluster://host:port``, ``redis+cluster+streams://host:port``
+      (``rediss+`` for TLS): the same on a Redis Cluster, from any one node.
     - ``amqp://``, ``amqps://``: RabbitMQ.
     - ``kafka://host:port[,host:port]``: Kafka.
     - ``Endpoint=sb://...;SharedAccessKeyName=...;SharedAccessKey=...;EntityPath=topic``:
@@ -325,9 +335,15 @@ def from_url(url: str, *, channel_prefix: str | None = None, **options: Any) -> 
         url, options = _url_options(url, family, options)
     if scheme == "memory":
         return _build("memory", "InMemoryMessageBroker", **prefix, **options)
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
         return _build("redis", "RedisPubSubMessageBroker.from_url", url, **prefix, **options)
-    if scheme in ("redis+streams", "rediss+streams", "unix+streams"):
+    if scheme in (
+        "redis+streams",
+        "rediss+streams",
+        "unix+streams",
+        "redis+cluster+streams",
+        "rediss+cluster+streams",
+    ):
         plain = scheme.removesuffix("+streams") + url[len(scheme) :]
         return _build("redis", "RedisStreamMessageBroker.from_url", plain, **prefix, **options)
     if scheme in ("amqp", "amqps"):

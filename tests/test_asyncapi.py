@@ -170,6 +170,13 @@ def test_receive_operations_follow_each_subscription_and_its_group() -> None:
     [
         ("redis://cache:6380/2", "redis", "cache:6380", "shop:notification_event:OrderPlaced"),
         ("rediss+streams://c:6390", "rediss", "c:6390", "shop:notification_event:OrderPlaced"),
+        ("redis+cluster://n1:7000", "redis", "n1:7000", "shop:notification_event:OrderPlaced"),
+        (
+            "redis+cluster+streams://n1:7000",
+            "redis",
+            "n1:7000",
+            "shop:notification_event:OrderPlaced",
+        ),
         ("amqp://u:p@mq:5673/vh", "amqp", "mq:5673", "notification_event.OrderPlaced"),
         ("kafka://k1:9092,k2:9093", "kafka", "k1:9092", "shop.notification_event.OrderPlaced"),
     ],

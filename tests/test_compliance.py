@@ -146,9 +146,18 @@ async def _abort_kafka_sockets(transport: Transport) -> int:
     return transport.kill_connections()  # type: ignore[attr-defined, no-any-return]
 
 
+async def _kill_redis_cluster_connections(transport: Transport) -> int:
+    """CLIENT KILL the test client's connections on every node of the cluster."""
+    from tests.transports_cluster import kill_connections
+
+    return await kill_connections(transport)
+
+
 FAULTS: dict[str, Callable[[Transport], Awaitable[int]]] = {
     "redis-pubsub": _kill_redis_connections,
     "redis-streams": _kill_redis_connections,
+    "redis-cluster-pubsub": _kill_redis_cluster_connections,
+    "redis-cluster-streams": _kill_redis_cluster_connections,
     "rabbitmq": _close_rabbitmq_connections,
     "kafka": _abort_kafka_sockets,
 }
@@ -364,6 +373,15 @@ async def _silenceable_azure(
                 await transport.close()
 
 
+def _silenceable_redis_cluster(
+    name: str, prefix: str, request: pytest.FixtureRequest
+) -> AbstractAsyncContextManager[Silenceable]:
+    """Every node of the cluster behind a proxy of its own (tests/transports_cluster.py)."""
+    from tests.transports_cluster import silenceable_cluster
+
+    return silenceable_cluster(name, prefix, request)
+
+
 SILENCEABLE: dict[
     str, Callable[[str, str, pytest.FixtureRequest], AbstractAsyncContextManager[Silenceable]]
 ] = {
@@ -372,6 +390,8 @@ SILENCEABLE: dict[
     "kafka": _silenceable_kafka,
     "rabbitmq": _silenceable_rabbitmq,
     "azure": _silenceable_azure,
+    "redis-cluster-pubsub": _silenceable_redis_cluster,
+    "redis-cluster-streams": _silenceable_redis_cluster,
 }
 
 
@@ -473,7 +493,12 @@ class Downstream:
         self.sent.extend(message.message_name for message in messages)
 
 
-@transports(without={"redis-pubsub": "at-most-once: a released message is dropped"})
+@transports(
+    without={
+        "redis-pubsub": "at-most-once: a released message is dropped",
+        "redis-cluster-pubsub": "at-most-once: a released message is dropped",
+    }
+)
 async def test_redeliveries_wait_out_a_short_outage_of_the_follow_up_broker(
     transport: Transport,
 ) -> None:
@@ -503,7 +528,12 @@ async def test_redeliveries_wait_out_a_short_outage_of_the_follow_up_broker(
     assert consumer.stats.released < 6, "each redelivery waited longer than the one before"
 
 
-@transports(without={"redis-pubsub": "at-most-once: a released message is dropped"})
+@transports(
+    without={
+        "redis-pubsub": "at-most-once: a released message is dropped",
+        "redis-cluster-pubsub": "at-most-once: a released message is dropped",
+    }
+)
 async def test_a_poison_message_is_dead_lettered_after_the_delivery_limit(
     transport: Transport,
 ) -> None:
@@ -553,7 +583,12 @@ async def test_a_destination_deleted_under_a_consumer_comes_back(transport: Tran
         assert consumer.running
 
 
-@transports(without={"redis-pubsub": "no groups, so no redelivery window"})
+@transports(
+    without={
+        "redis-pubsub": "no groups, so no redelivery window",
+        "redis-cluster-pubsub": "no groups, so no redelivery window",
+    }
+)
 async def test_a_handler_slower_than_the_redelivery_window_runs_once(
     transport: Transport,
 ) -> None:
@@ -590,6 +625,10 @@ NO_RESTART = {
     "azure": "the loopback AMQP peer cannot restart under a live client yet",
     "rabbitmq": "the RabbitMQ server is shared by every test run on the machine",
     "kafka": "Tansu keeps memory storage only: a restart is a new, empty broker",
+    "redis-cluster-pubsub": "a node's restart is tests/test_redis_cluster.py's: a primary "
+    "SIGKILLed, its replica taking over, the node started again",
+    "redis-cluster-streams": "a node's restart is tests/test_redis_cluster.py's: a primary "
+    "SIGKILLed, its replica taking over, the node started again",
 }
 
 

@@ -392,3 +392,10 @@ from tests.transports_kafka import KafkaTransport, kafka_transport  # noqa: E402
 FACTORIES["kafka"] = kafka_transport
 
 __all__ = ["FACTORIES", "KafkaTransport", "Transport"]
+
+
+# Looked up when called: tests/transports_cluster.py imports this module.
+import tests.transports_cluster as _cluster  # noqa: E402
+
+FACTORIES["redis-cluster-pubsub"] = lambda p, r: _cluster.redis_cluster_pubsub_transport(p, r)
+FACTORIES["redis-cluster-streams"] = lambda p, r: _cluster.redis_cluster_streams_transport(p, r)

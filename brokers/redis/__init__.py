@@ -4,7 +4,8 @@ diator's `RedisMessageBroker`), at-most-once, and Streams
 
 See docs/redis-pubsub.md and docs/redis-streams.md. Both keep dead letters
 in the stream ``{prefix}:dead-letter``; `await broker.dead_letters()`
-returns them oldest first.
+returns them oldest first. Both take a `redis.asyncio.cluster.RedisCluster`
+client too, for a Redis Cluster (docs/redis-cluster.md).
 """
 
 import importlib

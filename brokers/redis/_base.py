@@ -7,8 +7,13 @@ import contextlib
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any, Self
 
-from redis.asyncio import Redis
-
+from brokers.redis._client import (
+    Client,
+    address,
+    client_from_url,
+    decodes_responses,
+    default_reply_timeout,
+)
 from brokers.redis._dead_letters import read_dead_letters, remove_dead_letters, still_there
 from brokers.redis._errors import ERRORS
 from brokers.redis._naming import dead_letter_key
@@ -23,12 +28,12 @@ from mediator.transport import (
 
 
 class _RedisBroker(BrokerLifecycle):
-    """The base of both Redis brokers: one redis-py client, owned when
-    `from_url` built it."""
+    """The base of both Redis brokers: one redis-py client (of one server or
+    of a cluster), owned when `from_url` built it."""
 
     def __init__(
         self,
-        client: Redis,
+        client: Client,
         channel_prefix: str,
         dead_letter_limit: int,
         silence_timeout: float,
@@ -37,7 +42,7 @@ class _RedisBroker(BrokerLifecycle):
         name = type(self).__name__
         if not silence_timeout > 0:
             raise ValueError(f"{name}(silence_timeout={silence_timeout}): must be above 0")
-        if client.connection_pool.connection_kwargs.get("decode_responses"):
+        if decodes_responses(client):
             raise ValueError(
                 f"{name}: the Redis client decodes responses to str; envelopes are bytes. "
                 "Build the client with decode_responses=False (the default)"
@@ -62,21 +67,21 @@ class _RedisBroker(BrokerLifecycle):
     @classmethod
     def from_url(cls, url: str, channel_prefix: str = "mediator", **options: Any) -> Self:
         """A broker with a client of its own for `url` (``redis://``,
-        ``rediss://``, ``unix://``); `stop()` closes that client.
+        ``rediss://``, ``unix://``; ``redis+cluster://host:port`` or
+        ``rediss+cluster://`` for a Redis Cluster, naming any of its nodes);
+        `stop()` closes that client.
 
         ```python
         async with RedisStreamMessageBroker.from_url("redis://localhost:6379/0", "shop") as broker:
             ...
         ```
         """
-        client = Redis.from_url(url)
+        client = client_from_url(url)
         broker = cls(client, channel_prefix, **options)
         broker._owns_client = True
         # A command whose reply does not come is given up on, so a publish on a
         # connection gone silent fails instead of waiting for ever.
-        kwargs = client.connection_pool.connection_kwargs
-        if kwargs.get("socket_timeout") is None:
-            kwargs["socket_timeout"] = broker._reply_due()
+        default_reply_timeout(client, broker._reply_due())
         return broker
 
     def _reply_due(self) -> float:
@@ -85,11 +90,9 @@ class _RedisBroker(BrokerLifecycle):
 
     @property
     def address(self) -> str:
-        """Where the client connects (``host:port`` or the socket path), for messages."""
-        kwargs = self.client.connection_pool.connection_kwargs
-        if "path" in kwargs:
-            return str(kwargs["path"])
-        return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+        """Where the client connects (``host:port``, the socket path, or
+        ``cluster host:port``), for messages."""
+        return address(self.client)
 
     @contextlib.contextmanager
     def _mapped(self, doing: str) -> Iterator[None]:

@@ -12,14 +12,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import attrs
-from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
 
+from brokers.redis._client import Client
 from mediator.transport import DeadLetterRecord
 
 
 def append_dead_letter(
-    target: Redis | Pipeline, key: str, limit: int, record: DeadLetterRecord, **extra: str | bytes
+    target: Client | Pipeline | ClusterPipeline,
+    key: str,
+    limit: int,
+    record: DeadLetterRecord,
+    **extra: str | bytes,
 ) -> Any:
     """``XADD`` `record` to the dead-letter stream `key`, trimmed to `limit`
     entries, on a client (await the result) or in a pipeline."""
@@ -28,7 +33,7 @@ def append_dead_letter(
 
 
 async def read_dead_letters(
-    client: Redis, key: str, limit: int | None = None
+    client: Client, key: str, limit: int | None = None
 ) -> list[DeadLetterRecord]:
     """The records of the dead-letter stream `key` (the oldest `limit` of
     them, or every one), oldest first."""
@@ -52,12 +57,12 @@ def record_of(entry_id: bytes | str, fields: Any) -> DeadLetterRecord:
     return attrs.evolve(record, id=name, dead_lettered_at=at)
 
 
-async def still_there(client: Redis, key: str, record: DeadLetterRecord) -> bool:
+async def still_there(client: Client, key: str, record: DeadLetterRecord) -> bool:
     """Whether the entry of `record` is still in the dead-letter stream `key`."""
     return bool(await client.xrange(key, record.id, record.id))
 
 
-async def remove_dead_letters(client: Redis, key: str, records: Iterable[DeadLetterRecord]) -> int:
+async def remove_dead_letters(client: Client, key: str, records: Iterable[DeadLetterRecord]) -> int:
     """``XDEL`` the entries of `records`; how many were there."""
     ids = [record.id for record in records]
     removed = 0

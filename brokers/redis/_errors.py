@@ -28,7 +28,10 @@ CREDENTIAL_ERRORS = (
     redis_errors.NoPermissionError,
 )
 CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
-REDIS_ERRORS = (redis_errors.RedisError, OSError)
+CLUSTER_ERRORS = (redis_errors.RedisClusterException,)
+"""What a cluster client raises of its own (no node for a slot, the cluster
+unreachable while its topology changes); not a RedisError."""
+REDIS_ERRORS = (redis_errors.RedisError, OSError, *CLUSTER_ERRORS)
 """Everything redis-py raises."""
 PASSING = (
     "READONLY",  # a replica after a failover: writes come back with the new primary
@@ -39,7 +42,9 @@ PASSING = (
     "MISCONF",  # snapshots failing: writes refused until they work again
     "NOREPLICAS",
     "TRYAGAIN",
-    "CLUSTERDOWN",
+    "CLUSTERDOWN",  # a cluster failing over, or without a primary for a slot
+    "MOVED",  # a slot moved, still moving after redis-py's redirections
+    "ASK",
     "UNBLOCKED",  # a blocked read ended by the server (role change, key deleted)
 )
 """Error replies of a server state that passes: wait (with backoff) and read again."""
@@ -82,6 +87,12 @@ ERRORS = ErrorTable(
             CONNECTION_ERRORS,
             BrokerUnavailableError,
             "check the address, and that Redis runs and accepts connections",
+        ),
+        ErrorRow(
+            CLUSTER_ERRORS,
+            BrokerUnavailableError,
+            "check that the cluster's nodes run and that every slot has a primary "
+            "(redis-cli --cluster check)",
         ),
     ],
     describe=describe,

@@ -12,8 +12,7 @@ import asyncio
 import logging
 from typing import Any
 
-from redis.asyncio import Redis
-
+from brokers.redis._client import Client
 from brokers.redis._errors import REDIS_ERRORS, describe
 from brokers.redis._streams_replies import refused_acks
 from mediator.transport import ReconnectingSubscription
@@ -28,7 +27,7 @@ ACK_DELAY = 0.05
 class AckBatch:
     """The acknowledgements of one subscription not sent yet, per stream."""
 
-    def __init__(self, owner: ReconnectingSubscription[Any], client: Redis, group: str) -> None:
+    def __init__(self, owner: ReconnectingSubscription[Any], client: Client, group: str) -> None:
         self._owner = owner
         self._client = client
         self._group = group

@@ -12,8 +12,7 @@ import asyncio
 import logging
 from typing import Any
 
-from redis.asyncio import Redis
-
+from brokers.redis._client import Client
 from brokers.redis._errors import REDIS_ERRORS, describe
 from brokers.redis._streams_replies import claimed_entries, delivery_counts, idle_members
 from mediator.transport import being_cancelled, quote
@@ -42,7 +41,7 @@ class Claims:
     def __init__(
         self,
         owner: object,
-        client: Redis,
+        client: Client,
         group: str,
         consumer: str,
         held: dict[str, set[bytes]],

@@ -9,12 +9,14 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from redis import exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
 
 from brokers.redis._dead_letters import append_dead_letter
 from brokers.redis._errors import REDIS_ERRORS, code, describe, fatal, lost
 from brokers.redis._naming import consumer_name, private_group
 from brokers.redis._streams_acks import AckBatch
 from brokers.redis._streams_claims import Claims
+from brokers.redis._streams_cluster import SlotReads
 from brokers.redis._streams_discovery import StreamSet
 from brokers.redis._streams_replies import (
     READ_SCRIPT,
@@ -123,6 +125,11 @@ class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
         self._keeper: asyncio.Task[None] | None = None
         self._opened = False
         self._read_script = self._client.register_script(READ_SCRIPT)
+        client, group = self._client, self._group
+        self._slots = (
+            SlotReads(client, group, self.consumer) if isinstance(client, RedisCluster) else None
+        )
+        """On a cluster: the reads, one per hash slot (docs/redis-cluster.md)."""
         self._plain_until = 0.0
         """Until when reads skip the script (after Redis refused it)."""
         self._ready: list[RedisStreamDelivery] = []
@@ -158,7 +165,9 @@ class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
         self._next_discovery = asyncio.get_running_loop().time() + broker.discovery_interval
 
     async def _disconnect(self) -> None:
-        """Nothing to drop: commands take pooled connections."""
+        """Only a cluster's reads in flight: commands take pooled connections."""
+        if self._slots is not None:
+            await self._slots.cancel()
 
     def _fatal(self, error: BaseException) -> BaseException | None:
         return fatal(self, error)
@@ -273,7 +282,9 @@ class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
     async def _read(self, *, block: bool) -> list[RedisStreamDelivery]:
         """Send the acknowledgements waiting and read the next batch, in one
         round trip: through the read script while entries are waiting, else
-        with a blocking ``XREADGROUP``."""
+        with a blocking ``XREADGROUP``. On a cluster, slot by slot."""
+        if self._slots is not None:
+            return await self._read_slots(block=block)
         if asyncio.get_running_loop().time() >= self._plain_until:
             deliveries = await self._read_scripted()
             if deliveries or (deliveries is not None and not block):
@@ -324,6 +335,17 @@ class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
         if isinstance(replies, redis_errors.ResponseError):
             return await self._read_failed(replies)
         return self._deliveries_of(read_entries(replies))
+
+    async def _read_slots(self, *, block: bool) -> list[RedisStreamDelivery]:
+        """Send the acknowledgements waiting, then read each slot's streams."""
+        broker, slots = self._stream_broker, self._slots
+        assert slots is not None
+        await self._acks.flush()
+        block_ms = broker.block_ms if block else None
+        entries, refused = await slots.read(self._streams.reading, broker.batch_size, block_ms)
+        if refused is not None:  # what it read stays pending if this raises
+            await self._read_failed(refused)
+        return self._deliveries_of(entries)
 
     def _deliveries_of(self, streams: Iterable[Entries]) -> list[RedisStreamDelivery]:
         """Deliveries of the entries read, held until settled."""
@@ -411,16 +433,16 @@ class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
             delivery.delivery_count,
             replay_count=replay_count_of(entry[0][1] if entry else None),
         )
-        async with self._client.pipeline(transaction=True) as pipe:
-            append_dead_letter(
-                pipe,
-                broker.dead_letter_key,
-                broker.dead_letter_limit,
-                record,
-                entry_id=delivery.entry_id,
-                group=self._group,
+        key, limit, group = broker.dead_letter_key, broker.dead_letter_limit, self._group
+        if self._slots is not None:  # two slots: no transaction (docs/redis-cluster.md)
+            await append_dead_letter(
+                self._client, key, limit, record, entry_id=delivery.entry_id, group=group
             )
-            pipe.xack(delivery.channel, self._group, delivery.entry_id)
+            await self._client.xack(delivery.channel, group, delivery.entry_id)
+            return
+        async with self._client.pipeline(transaction=True) as pipe:
+            append_dead_letter(pipe, key, limit, record, entry_id=delivery.entry_id, group=group)
+            pipe.xack(delivery.channel, group, delivery.entry_id)
             await pipe.execute()
 
     # -- closing ------------------------------------------------------------------
@@ -433,6 +455,8 @@ class RedisStreamSubscription(ReconnectingSubscription[RedisStreamDelivery]):
         # First, so that no flush starts while this waits: one that did went
         # on after close() returned, on a client closed meanwhile.
         self._acks.stop_timer()
+        if self._slots is not None:
+            await self._slots.cancel()
         tasks = [task for task in (self._keeper, self._measurer) if task is not None]
         for task in tasks:
             task.cancel()

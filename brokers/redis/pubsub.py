@@ -10,11 +10,12 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, Self
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection
 
 from brokers.redis._base import _RedisBroker
+from brokers.redis._client import Client
 from brokers.redis._dead_letters import append_dead_letter
 from brokers.redis._errors import REDIS_ERRORS, batch_names, fatal, lost
 from brokers.redis._naming import ChannelLayout, channel_name
@@ -86,6 +87,11 @@ class RedisPubSubSubscription(ReconnectingSubscription[RedisPubSubDelivery]):
     Replies are read from the connection directly, never through redis-py's
     retrying `PubSub.parse_response`, which would reconnect and re-subscribe
     silently: every reconnect goes through the kit's loop, and is logged.
+
+    On a cluster, classic Pub/Sub is broadcast to every node, so the pattern
+    is subscribed on one node (primary or replica), the next one in turn at
+    every (re)connect: a node that died is left for another
+    (docs/redis-cluster.md, "Pub/Sub").
     """
 
     logger = logger
@@ -102,17 +108,41 @@ class RedisPubSubSubscription(ReconnectingSubscription[RedisPubSubDelivery]):
         self._silent = False
         """The watchdog dropped the connection: it had gone silent."""
         self._watchdog: asyncio.Task[None] | None = None
+        self._turn = 0
+        """On a cluster: how many nodes were tried, to take the next one."""
+        self.node: str | None = None
+        """On a cluster: the node (``host:port``) subscribed on, as last connected."""
+
+    async def _new_pubsub(self) -> PubSub:
+        client = self._pubsub_broker.client
+        if not isinstance(client, RedisCluster):
+            return client.pubsub(push_handler_func=_push_as_is)
+        try:
+            await client.initialize()
+            nodes = sorted(client.get_nodes(), key=lambda node: node.name)
+        except REDIS_ERRORS as exc:
+            raise lost(exc) from exc
+        node = nodes[self._turn % len(nodes)]
+        self._turn += 1
+        self.node = node.name
+        return client.pubsub(node=node, push_handler_func=_push_as_is)
 
     async def _connect(self) -> None:
-        pubsub = self._pubsub_broker.client.pubsub(push_handler_func=_push_as_is)
+        pubsub = await self._new_pubsub()
         try:
             try:
                 await pubsub.psubscribe(self.pattern)
                 connection: Connection = pubsub.connection  # type: ignore[assignment]
-                # Live only once Redis confirmed the subscription.
+                # Live only once Redis confirmed the subscription; a pooled
+                # connection gone silent (a partition) confirms nothing.
+                due = self._pubsub_broker.silence_timeout
                 while True:
-                    reply = await connection.read_response(timeout=math.inf, push_request=True)
-                    if reply and reply[0] in _PSUBSCRIBE:
+                    reply = await connection.read_response(timeout=due, push_request=True)
+                    if reply is None:  # what redis-py returns when the time is up
+                        raise redis_errors.TimeoutError(
+                            f"no confirmation of the PSUBSCRIBE within {due:g}s"
+                        )
+                    if reply[0] in _PSUBSCRIBE:
                         break
             except REDIS_ERRORS as exc:
                 raise lost(exc) from exc
@@ -214,14 +244,15 @@ class RedisPubSubMessageBroker(_RedisBroker):
     ```
 
     The client is yours (configure AUTH, TLS or a unix socket on it, and
-    close it), unless `from_url` built it.
+    close it), unless `from_url` built it. It may be a `RedisCluster`
+    (docs/redis-cluster.md).
     """
 
     delivery_guarantee = DeliveryGuarantee.AT_MOST_ONCE
 
     def __init__(
         self,
-        client: Redis,
+        client: Client,
         channel_prefix: str = "mediator",
         *,
         channel_layout: ChannelLayout = "name",
@@ -242,7 +273,7 @@ class RedisPubSubMessageBroker(_RedisBroker):
 
     @classmethod
     def diator_compatible(
-        cls, client: Redis, channel_prefix: str = "python_diator_channel", **options: Any
+        cls, client: Client, channel_prefix: str = "python_diator_channel", **options: Any
     ) -> Self:
         """A broker publishing where diator's did: diator's default prefix and
         ``channel_layout="diator"``.
@@ -269,8 +300,10 @@ class RedisPubSubMessageBroker(_RedisBroker):
 
     async def send_messages(self, messages: Sequence[Message]) -> None:
         """Publish a batch in one pipelined round trip, in order."""
-        if len(messages) == 1:
-            await self.send_message(messages[0])
+        if len(messages) == 1 or isinstance(self.client, RedisCluster):
+            # redis-py's cluster pipelines refuse PUBLISH: one after the other.
+            for message in messages:
+                await self.send_message(message)
             return
         try:
             async with self.client.pipeline(transaction=False) as pipe:
@@ -287,6 +320,14 @@ class RedisPubSubMessageBroker(_RedisBroker):
         """``PUBLISH`` the body to its channel, then ``XDEL`` the dead letter;
         when no subscriber received it, keep the dead letter and raise."""
         receivers = await self.client.publish(record.channel, record.data)
+        if not receivers and isinstance(self.client, RedisCluster):
+            # PUBLISH counts the receivers on its own node only: the others
+            # are counted by their pattern subscriptions (which Redis does not
+            # list), so a replay reached someone when any node has one.
+            counts: Any = await self.client.execute_command(
+                "PUBSUB NUMPAT", target_nodes=RedisCluster.ALL_NODES
+            )
+            receivers = sum(counts.values()) if isinstance(counts, dict) else int(counts)
         if not receivers:
             raise PublishError(
                 f"no subscriber is listening on {quote(record.channel, 200)}, so the replay of "

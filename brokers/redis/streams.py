@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from typing import Literal
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from brokers.redis._base import _RedisBroker
+from brokers.redis._client import Client
 from brokers.redis._errors import batch_names
 from brokers.redis._naming import channel_name, registry_key
 from brokers.redis._streams_subscription import RedisStreamDelivery, RedisStreamSubscription
@@ -38,6 +39,10 @@ class RedisStreamMessageBroker(_RedisBroker):
     broker = RedisStreamMessageBroker(client=Redis(), channel_prefix="shop", maxlen=100_000)
     ```
 
+    `client` may be a `RedisCluster`: streams are then spread over the
+    cluster's primaries by hash slot, and read slot by slot
+    (docs/redis-cluster.md).
+
     Streams are keyed ``{prefix}:{message_type}:{message_name}``, an entry's
     field ``data`` holding the envelope; producers register each stream key
     in the set `registry_key`, where subscriptions find them.
@@ -50,7 +55,7 @@ class RedisStreamMessageBroker(_RedisBroker):
 
     def __init__(
         self,
-        client: Redis,
+        client: Client,
         channel_prefix: str = "mediator",
         *,
         maxlen: int | None = None,
@@ -149,8 +154,10 @@ class RedisStreamMessageBroker(_RedisBroker):
 
     async def _replay(self, record: DeadLetterRecord) -> None:
         """``XADD`` the body to its stream with the replay counted, register
-        the stream and ``XDEL`` the dead letter, in one transaction."""
-        async with self.client.pipeline(transaction=True) as pipe:
+        the stream and ``XDEL`` the dead letter, in one transaction (on a
+        cluster, where the keys are in different slots, one after the other)."""
+        cluster = isinstance(self.client, RedisCluster)
+        async with self.client.pipeline(transaction=not cluster) as pipe:
             pipe.xadd(
                 record.channel,
                 {"data": record.data, REPLAY_COUNT_HEADER: str(record.replay_count + 1)},
@@ -158,8 +165,11 @@ class RedisStreamMessageBroker(_RedisBroker):
                 approximate=True,
             )
             pipe.sadd(self.registry_key, record.channel)
-            pipe.xdel(self.dead_letter_key, record.id)
+            if not cluster:
+                pipe.xdel(self.dead_letter_key, record.id)
             await pipe.execute()
+        if cluster:
+            await self.client.xdel(self.dead_letter_key, record.id)
 
     async def subscribe(self, pattern: str, *, group: str | None = None) -> RedisStreamSubscription:
         """Read the streams matching `pattern` in consumer `group` (a private

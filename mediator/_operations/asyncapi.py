@@ -293,7 +293,19 @@ class _RedisPubSub(_Transport):
     kind = "pubsub"
 
     def servers(self) -> dict[str, Any]:
-        pool = self.broker.client.connection_pool
+        client = self.broker.client
+        nodes = getattr(client, "nodes_manager", None)
+        if nodes is not None:  # a RedisCluster: the node it starts from
+            first = next(iter(nodes.startup_nodes.values()), None)
+            tls = nodes.connection_kwargs.get("connection_class", type).__name__ == "SSLConnection"
+            return {
+                "redis": {
+                    "host": "?" if first is None else f"{first.host}:{first.port}",
+                    "protocol": "rediss" if tls else "redis",
+                    "description": f"{self.description}, on a Redis Cluster",
+                }
+            }
+        pool = client.connection_pool
         kwargs = pool.connection_kwargs
         host = kwargs.get("path") or f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
         tls = pool.connection_class.__name__ == "SSLConnection"
