@@ -31,6 +31,8 @@ SCHEMES: dict[str, str] = {
     "amqp": "RabbitMQ (brokers.rabbitmq.RabbitMQMessageBroker), at-least-once",
     "amqps": "RabbitMQ over TLS",
     "kafka": "Kafka (brokers.kafka.KafkaMessageBroker), at-least-once",
+    "nats": "NATS JetStream (brokers.nats.NatsMessageBroker), at-least-once",
+    "tls": "NATS JetStream over TLS",
 }
 """Every URL scheme `from_url` knows, with what it builds. An Azure Service
 Bus connection string (``Endpoint=sb://...``) is taken too."""
@@ -51,6 +53,8 @@ _FAMILIES = {
     "amqp": "amqp",
     "amqps": "amqp",
     "kafka": "kafka",
+    "nats": "nats",
+    "tls": "nats",
 }
 
 
@@ -180,6 +184,27 @@ URL_OPTIONS: dict[str, dict[str, Callable[[str], Any]]] = {
         "heartbeat_interval_ms": _integer,
         "max_request_size": _integer,
     },
+    "nats": {
+        **_SHARED,
+        "prefetch": _integer,
+        "ack_wait": _seconds,
+        "fetch_timeout": _seconds,
+        "max_ack_pending": _integer,
+        "duplicate_window": _seconds,
+        "storage": _one_of("file", "memory"),
+        "replicas": _integer,
+        "max_age": _seconds,
+        "max_bytes": _integer,
+        "create_stream": _flag,
+        "start_from": _START_FROM,
+        "ephemeral_inactivity": _seconds,
+        "publish_timeout": _seconds,
+        "timeout": _seconds,
+        # nats-py's, for the connection the broker makes (connect_options):
+        "name": _text,
+        "token": _text,
+        "user_credentials": _text,
+    },
 }
 """The broker options a URL's query may set, per scheme family, each with
 its parser: ``redis+streams://host:6379/0?claim_idle=60&batch_size=100``.
@@ -282,6 +307,8 @@ def _url_options(url: str, family: str, given: Mapping[str, Any]) -> tuple[str, 
         )
     if family == "kafka":
         options = _kafka_sections(options)
+    elif family == "nats":
+        options = _nats_sections(options)
     merged = dict(given)
     for name, value in options.items():
         if isinstance(value, dict) and isinstance(merged.get(name), Mapping):
@@ -304,6 +331,20 @@ def _kafka_sections(options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_NATS_CONNECT = frozenset({"name", "token", "user_credentials"})
+
+
+def _nats_sections(options: dict[str, Any]) -> dict[str, Any]:
+    """nats-py's own settings, moved into the broker's connect_options."""
+    out: dict[str, Any] = {}
+    for name, value in options.items():
+        if name in _NATS_CONNECT:
+            out.setdefault("connect_options", {})[name] = value
+        else:
+            out[name] = value
+    return out
+
+
 def from_url(url: str, *, channel_prefix: str | None = None, **options: Any) -> SubscribingBroker:
     """A broker for `url`, owning (and closing on `stop()`) the client it builds.
 
@@ -318,6 +359,8 @@ def from_url(url: str, *, channel_prefix: str | None = None, **options: Any) -> 
       (``rediss+`` for TLS): the same on a Redis Cluster, from any one node.
     - ``amqp://``, ``amqps://``: RabbitMQ.
     - ``kafka://host:port[,host:port]``: Kafka.
+    - ``nats://[user:password@]host:port[,host:port]`` (``tls://`` for TLS):
+      NATS JetStream.
     - ``Endpoint=sb://...;SharedAccessKeyName=...;SharedAccessKey=...;EntityPath=topic``:
       Azure Service Bus; without ``EntityPath``, pass ``topic="..."``.
 
@@ -350,6 +393,8 @@ def from_url(url: str, *, channel_prefix: str | None = None, **options: Any) -> 
         return _build("rabbitmq", "RabbitMQMessageBroker.from_url", url, **prefix, **options)
     if scheme == "kafka":
         return _build("kafka", "KafkaMessageBroker.from_url", url, **prefix, **options)
+    if scheme in ("nats", "tls"):
+        return _build("nats", "NatsMessageBroker.from_url", url, **prefix, **options)
     known = ", ".join(f"{name}://" for name in SCHEMES)
     what = f"scheme {scheme!r}" if scheme else "no scheme"
     raise ValueError(

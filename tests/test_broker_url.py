@@ -183,7 +183,7 @@ async def test_a_service_bus_broker_from_its_connection_string_round_trips() -> 
         await _round_trip(broker, group="billing")
 
 
-@pytest.mark.parametrize("url", ["nats://localhost:4222", "localhost:6379", "", "http://x"])
+@pytest.mark.parametrize("url", ["mqtt://localhost:1883", "localhost:6379", "", "http://x"])
 def test_an_unknown_scheme_lists_the_known_ones(url: str) -> None:
     with pytest.raises(ValueError, match="use one of memory://, redis://") as caught:
         brokers.from_url(url)
@@ -194,7 +194,7 @@ def test_an_unknown_scheme_lists_the_known_ones(url: str) -> None:
 
 def test_the_password_of_a_bad_url_is_not_repeated() -> None:
     with pytest.raises(ValueError, match=r"user:\*\*\*@host") as caught:
-        brokers.from_url("nats://user:hunter2@host:4222")
+        brokers.from_url("mqtt://user:hunter2@host:1883")
     assert "hunter2" not in str(caught.value)
 
 

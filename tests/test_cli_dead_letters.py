@@ -211,7 +211,7 @@ def _closed_port() -> int:
 @pytest.mark.parametrize(
     ("args", "status", "message"),
     [
-        (["--broker", "nats://x"], USAGE, "has scheme 'nats'"),
+        (["--broker", "mqtt://x"], USAGE, "has scheme 'mqtt'"),
         (["--broker", "memory://"], USAGE, "the memory broker keeps its dead letters"),
         (
             ["--broker", "Endpoint=sb://x/;SharedAccessKey=k;EntityPath=t"],

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import attrs
@@ -146,6 +146,12 @@ async def _abort_kafka_sockets(transport: Transport) -> int:
     return transport.kill_connections()  # type: ignore[attr-defined, no-any-return]
 
 
+async def _abort_nats_sockets(transport: Transport) -> int:
+    """Abort the socket of every NATS connection of the test's brokers, as a
+    network failure would; nats-py reconnects."""
+    return transport.kill_connections()  # type: ignore[attr-defined, no-any-return]
+
+
 async def _kill_redis_cluster_connections(transport: Transport) -> int:
     """CLIENT KILL the test client's connections on every node of the cluster."""
     from tests.transports_cluster import kill_connections
@@ -160,6 +166,7 @@ FAULTS: dict[str, Callable[[Transport], Awaitable[int]]] = {
     "redis-cluster-streams": _kill_redis_cluster_connections,
     "rabbitmq": _close_rabbitmq_connections,
     "kafka": _abort_kafka_sockets,
+    "nats": _abort_nats_sockets,
 }
 """Kill the transport's live connections; returns how many were killed."""
 
@@ -196,9 +203,15 @@ async def _delete_kafka_topics(transport: Transport) -> None:
     assert await transport.delete_topics() >= 1  # type: ignore[attr-defined]
 
 
+async def _delete_nats_stream(transport: Transport) -> None:
+    """Delete the prefix's stream, and with it the group's durable consumer."""
+    await transport.delete_stream()  # type: ignore[attr-defined]
+
+
 DELETE_DESTINATION: dict[str, Callable[[Transport], Awaitable[None]]] = {
     "rabbitmq": _delete_rabbitmq_queue,
     "kafka": _delete_kafka_topics,
+    "nats": _delete_nats_stream,
 }
 """Delete what a group subscription reads; Redis transports delete their keys."""
 
@@ -373,6 +386,32 @@ async def _silenceable_azure(
                 await transport.close()
 
 
+@asynccontextmanager
+async def _silenceable_nats(
+    name: str, prefix: str, request: pytest.FixtureRequest
+) -> AsyncIterator[Silenceable]:
+    from tests.nats_support import nats_url
+    from tests.transports_nats import NatsTransport
+
+    url = nats_url(request)
+    where = urlsplit(url)
+    # nats-py PINGs every ping_interval and drops a connection with
+    # max_outstanding_pings unanswered: noticed within 3 x 1 s.
+    ping = {"ping_interval": 1, "max_outstanding_pings": 2}
+    async with SilencingProxy(where.hostname or "127.0.0.1", where.port or 4222) as proxy:
+        transport = NatsTransport(prefix, f"nats://127.0.0.1:{proxy.port}")
+        transport._brokers.clear()
+        transport.broker = transport.new_broker(
+            connect_options={"reconnect_time_wait": 0.1, **ping}
+        )
+        direct = NatsTransport(prefix, url)
+        try:
+            yield Silenceable(transport, direct.broker, proxy, bound=3 * 1.0)
+        finally:
+            await direct.close()
+            await transport.close()
+
+
 def _silenceable_redis_cluster(
     name: str, prefix: str, request: pytest.FixtureRequest
 ) -> AbstractAsyncContextManager[Silenceable]:
@@ -392,6 +431,7 @@ SILENCEABLE: dict[
     "azure": _silenceable_azure,
     "redis-cluster-pubsub": _silenceable_redis_cluster,
     "redis-cluster-streams": _silenceable_redis_cluster,
+    "nats": _silenceable_nats,
 }
 
 
@@ -684,19 +724,42 @@ async def publish_through_outage(transport: Transport, *events: NotificationEven
                 await asyncio.sleep(0.05)  # the producer's own retry pause
 
 
-@transports(without=NO_RESTART)
-async def test_a_restarted_server_is_survived(transport: Transport, tmp_path: Path) -> None:
+async def _own_redis(name: str, prefix: str, workdir: Path) -> tuple[Any, Transport]:
     from tests.transports import RedisPubSubTransport, RedisStreamsTransport
 
-    server = PrivateRedis(tmp_path)
+    server = PrivateRedis(workdir)
     await server.start()
-    prefix = transport.broker.channel_prefix
     own = cast(
         Transport,
         RedisStreamsTransport(prefix, server.url)
-        if transport.name == "redis-streams"
+        if name == "redis-streams"
         else RedisPubSubTransport(prefix, server.url),
     )
+    return server, own
+
+
+async def _own_nats(name: str, prefix: str, workdir: Path) -> tuple[Any, Transport]:
+    """A nats-server of the test's own, JetStream on a file store."""
+    from tests.nats_support import PrivateNats
+    from tests.transports_nats import NatsTransport
+
+    server = PrivateNats(workdir)
+    await server.start()
+    return server, cast(Transport, NatsTransport(prefix, server.url))
+
+
+PRIVATE_SERVERS: dict[str, Callable[[str, str, Path], Awaitable[tuple[Any, Transport]]]] = {
+    "nats": _own_nats,
+}
+"""A server of the test's own (with `restart()` and `stop()`) and a transport
+on it, for the restart test; a private Redis for the transports not named."""
+
+
+@transports(without=NO_RESTART)
+async def test_a_restarted_server_is_survived(transport: Transport, tmp_path: Path) -> None:
+    prefix = transport.broker.channel_prefix
+    private = PRIVATE_SERVERS.get(transport.name, _own_redis)
+    server, own = await private(transport.name, prefix, tmp_path)
     try:
         seen = Seen()
         events = EventMap()

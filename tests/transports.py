@@ -399,3 +399,7 @@ import tests.transports_cluster as _cluster  # noqa: E402
 
 FACTORIES["redis-cluster-pubsub"] = lambda p, r: _cluster.redis_cluster_pubsub_transport(p, r)
 FACTORIES["redis-cluster-streams"] = lambda p, r: _cluster.redis_cluster_streams_transport(p, r)
+
+from tests.transports_nats import nats_transport  # noqa: E402
+
+FACTORIES["nats"] = nats_transport
