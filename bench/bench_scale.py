@@ -21,7 +21,8 @@ Transports: Redis Streams (REDIS_URL, default redis://127.0.0.1:6379), Redis
 Streams on a Redis Cluster (REDIS_CLUSTER_URL, or a private cluster started
 from redis-server, as the tests do), RabbitMQ (AMQP_URL, default
 amqp://guest:guest@127.0.0.1:5672/) and Kafka (KAFKA_BOOTSTRAP_SERVERS, or
-a private Tansu) with 4 partitions. One that does not answer is left out
+a private Tansu) with 4 partitions; and NATS JetStream (NATS_URL, default
+nats://127.0.0.1:4222). One that does not answer is left out
 with the reason. Every name made here is removed at the end.
 """
 
@@ -361,11 +362,32 @@ async def kafka() -> AsyncIterator[Target | str]:
                 await asyncio.to_thread(tansu.stop)
 
 
+@contextlib.asynccontextmanager
+async def nats() -> AsyncIterator[Target | str]:
+    import nats as nats_py
+
+    from tests.nats_support import delete_stream
+
+    url = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
+    try:
+        client = await nats_py.connect(url, allow_reconnect=False, connect_timeout=2)
+        await client.close()
+    except Exception as exc:
+        yield f"no NATS at {url} ({type(exc).__name__}: {exc})"
+        return
+
+    async def cleanup(prefix: str) -> None:
+        await delete_stream(url, prefix.replace(".", "_"))
+
+    yield Target("nats", url + "?start_from=beginning", cleanup)
+
+
 TARGETS = {
     "redis-streams": redis_streams,
     "redis-cluster-streams": redis_cluster_streams,
     "rabbitmq": rabbitmq,
     "kafka": kafka,
+    "nats": nats,
 }
 
 
