@@ -2,7 +2,7 @@
 
 It subscribes to ``{prefix}:notification_event:Order*`` in the consumer
 group ``billing``: a durable pull consumer on the stream ``{prefix}``,
-filtered by ``{prefix}.notification_event.>`` and the glob in process,
+filtered by ``{prefix}.*.>`` and the glob in process,
 shared by every instance of the service. It prints one line per event it
 handles, and stops after `count` events. A new group starts with every
 message the stream keeps (``start_from="beginning"``), so it does not matter

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import subprocess
 import sys
 import uuid
@@ -61,6 +62,16 @@ class OrderPlaced(NotificationEvent):
 
 @attrs.frozen(kw_only=True)
 class Audited(DomainEvent):
+    n: int
+
+
+@attrs.frozen(kw_only=True)
+class OrderTaken(NotificationEvent):
+    n: int
+
+
+@attrs.frozen(kw_only=True)
+class PaymentTaken(NotificationEvent):
     n: int
 
 
@@ -172,7 +183,7 @@ def test_the_layout_maps_channels_to_subjects_and_back() -> None:
         "my.app:notification_event:OrderPlaced"
     )
     assert layout.channel("my.app.dead-letter") is None
-    assert layout.durable("billing", "p") == layout.durable("billing", "p")
+    assert layout.durable("billing") == "billing-group"
     with pytest.raises(ValueError, match="cannot start a NATS subject"):
         Layout("shop:eu")
     with pytest.raises(ValueError, match="cannot name a NATS durable consumer"):
@@ -279,7 +290,7 @@ async def test_past_the_delivery_limit_a_message_is_terminated_and_copied_to_the
     js = (await nats.raw()).jetstream()
     stored = await js.get_msg(nats.prefix, int(record.id))
     assert stored.subject == f"{nats.prefix}.dead-letter"
-    durable = nats.broker.durable_for("billing", f"{nats.prefix}:notification_event:*")
+    durable = nats.broker.durable_for("billing")
     info = await js.consumer_info(nats.prefix, durable)
     assert (info.num_ack_pending, info.num_pending) == (0, 0), "terminated, not redelivered"
 
@@ -308,7 +319,7 @@ async def test_a_message_whose_handlers_died_past_the_limit_is_dead_lettered_by_
     await (await nats.broker.subscribe(glob, group="billing")).close()  # the durable exists
     js = (await nats.raw()).jetstream()
     thief = await js.pull_subscribe_bind(
-        consumer=nats.broker.durable_for("billing", glob), stream=nats.prefix
+        consumer=nats.broker.durable_for("billing"), stream=nats.prefix
     )
     await nats.new_broker().send_message(MessageCodec.to_message(Numbered(n=1)))
     [taken] = await thief.fetch(1, timeout=5)  # before the consumer runs: its to take
@@ -342,11 +353,101 @@ async def test_in_progress_acks_keep_a_slow_handlers_message_from_redelivery(
     info = (
         await (await nats.raw())
         .jetstream()
-        .consumer_info(nats.prefix, nats.broker.durable_for("billing", glob))
+        .consumer_info(nats.prefix, nats.broker.durable_for("billing"))
     )
     assert info.num_redelivered == 0
     assert seen.counts == {1: 1}
     assert consumer.stats.received == 1
+
+
+# -- groups ----------------------------------------------------------------------------
+
+
+async def _settled(nats: NatsTransport, group: str) -> None:
+    """Wait until the group's consumer has nothing pending or unacknowledged."""
+    js = (await nats.raw()).jetstream()
+    async with asyncio.timeout(30):
+        while True:
+            info = await js.consumer_info(nats.prefix, nats.broker.durable_for(group))
+            if (info.num_pending, info.num_ack_pending) == (0, 0):
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_a_group_is_one_durable_consumer_shared_by_its_members_and_patterns(
+    nats: NatsTransport,
+) -> None:
+    orders, payments = Seen(), Seen()
+
+    async def order(event: OrderTaken) -> None:
+        await orders(Numbered(n=event.n))
+
+    async def payment(event: PaymentTaken) -> None:
+        await payments(Numbered(n=event.n))
+
+    events = EventMap()
+    events.bind(OrderTaken, order)
+    events.bind(PaymentTaken, payment)
+    members = [
+        EventConsumer(broker=broker, event_map=events)
+        for broker in (nats.broker, nats.new_broker())
+    ]
+    for member in members:
+        for name in ("Order*", "Payment*"):
+            await member.subscribe(f"{nats.prefix}:notification_event:{name}", group="billing")
+    total = 200
+    async with members[0], members[1]:
+        # Interleaved: each subscription pulls the other pattern's messages
+        # too, and hands them over in process.
+        await EventEmitter(message_broker=nats.new_broker()).emit_all(
+            [OrderTaken(n=n) if n % 2 else PaymentTaken(n=n) for n in range(total)]
+        )
+        await orders.until(set(range(1, total, 2)))
+        await payments.until(set(range(0, total, 2)))
+        await _settled(nats, "billing")
+    assert orders.counts == dict.fromkeys(range(1, total, 2), 1)
+    assert payments.counts == dict.fromkeys(range(0, total, 2), 1)
+    assert sum(member.broker.unmatched for member in members) == 0  # type: ignore[attr-defined]
+    [info] = await (await nats.raw()).jetstream().consumers_info(nats.prefix)
+    assert info.name == nats.broker.durable_for("billing") == "billing-group"
+    assert info.config.durable_name == info.name
+    assert info.config.filter_subject == f"{nats.prefix}.*.>"
+    assert info.num_redelivered == 0
+
+
+async def test_a_message_no_pattern_of_the_group_matches_is_acknowledged_and_counted(
+    nats: NatsTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mediator.brokers.nats")
+    orders = Seen()
+
+    async def order(event: OrderTaken) -> None:
+        await orders(Numbered(n=event.n))
+
+    events = EventMap()
+    events.bind(OrderTaken, order)
+    consumer = EventConsumer(broker=nats.broker, event_map=events)
+    await consumer.subscribe(f"{nats.prefix}:notification_event:Order*", group="billing")
+    async with consumer:
+        await EventEmitter(message_broker=nats.new_broker()).emit_all(
+            [PaymentTaken(n=1), PaymentTaken(n=2), OrderTaken(n=3)]
+        )
+        await orders.until({3})
+        await _settled(nats, "billing")
+        await asyncio.sleep(nats.broker.ack_wait * 1.5)  # past the ack wait: still settled
+    info = (
+        await (await nats.raw())
+        .jetstream()
+        .consumer_info(nats.prefix, nats.broker.durable_for("billing"))
+    )
+    assert (info.num_pending, info.num_ack_pending, info.num_redelivered) == (0, 0, 0)
+    assert nats.broker.unmatched == 2
+    assert consumer.stats.received == 1
+    assert await nats.broker.dead_letters() == []
+    lines = [r.getMessage() for r in caplog.records if "acknowledged unhandled" in r.getMessage()]
+    assert len(lines) == 1, lines  # once per channel
+    assert f"{nats.prefix}:notification_event:PaymentTaken" in lines[0]
+    assert "group 'billing'" in lines[0]
 
 
 # -- faults ----------------------------------------------------------------------------

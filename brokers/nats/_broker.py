@@ -24,6 +24,7 @@ from brokers.nats._dead_letters import (
     stored_dead_letter,
 )
 from brokers.nats._errors import ERRORS, ensure_stream, publish_error, raise_if_cancelled
+from brokers.nats._groups import Groups
 from brokers.nats._naming import Layout, check_options, headers_of, servers_of_url
 from brokers.nats._subscription import NatsSubscription
 from mediator.transport import (
@@ -33,7 +34,6 @@ from mediator.transport import (
     BrokerUnavailableError,
     DeadLetterRecord,
     DeliveryGuarantee,
-    MediatorError,
     Message,
     PublishError,
     quote,
@@ -157,8 +157,9 @@ class NatsMessageBroker(BrokerLifecycle):
         self.redelivery_backoff = redelivery_backoff
         """The delay a released message waits at JetStream (``nak``), by its delivery count."""
         self.unmatched = 0
-        """Deliveries acknowledged because they matched no subscription's glob."""
+        """Messages acknowledged because they matched no subscription's glob (of the group)."""
         self._layout = layout
+        self._groups = Groups(layout)
         self._client = client
         self._js: JetStreamContext | None = None if client is None else client.jetstream()
         self._servers: list[str] = []
@@ -222,9 +223,9 @@ class NatsMessageBroker(BrokerLifecycle):
         """The subject `message` is published to: ``{prefix}.{message_type}.{message_name}``."""
         return self._layout.subject_of(message)
 
-    def durable_for(self, group: str, pattern: str) -> str:
-        """The durable consumer `subscribe(pattern, group=group)` reads from."""
-        return self._layout.durable(group, pattern)
+    def durable_for(self, group: str) -> str:
+        """The durable consumer every `subscribe(..., group=group)` reads from."""
+        return self._layout.durable(group)
 
     @property
     def client(self) -> Client:
@@ -380,12 +381,7 @@ class NatsMessageBroker(BrokerLifecycle):
                 except SDK_ERRORS as again:
                     raise_if_cancelled(again)
                     exc = again
-        raise self._publish_error(subject, headers, exc) from exc
-
-    def _publish_error(
-        self, subject: str, headers: Mapping[str, str], exc: BaseException
-    ) -> MediatorError:
-        return publish_error(
+        raise publish_error(
             f"publishing message {headers.get(MESSAGE_ID_HEADER)} to {quote(subject, 300)}",
             exc,
             stream=self.stream,
@@ -393,7 +389,7 @@ class NatsMessageBroker(BrokerLifecycle):
             address=self.address,
             publish_timeout=self.publish_timeout,
             duplicate_window=self.duplicate_window,
-        )
+        ) from exc
 
     async def _publish_dead_letter(self, record: DeadLetterRecord, source: Msg) -> None:
         js = await self._ready()
@@ -415,10 +411,10 @@ class NatsMessageBroker(BrokerLifecycle):
 
     async def subscribe(self, pattern: str, *, group: str | None = None) -> NatsSubscription:
         """Consume the messages whose channel matches `pattern`: from the
-        group's durable pull consumer for the pattern (made when missing,
-        shared by the group's members), or from an ephemeral consumer of
-        its own (new messages only) without a group. Returns once the
-        consumer exists: what is published from then on is delivered."""
+        group's durable pull consumer (made when missing, shared by all the
+        group's members and patterns), or from an ephemeral consumer of its
+        own (new messages only) without a group. Returns once the consumer
+        exists: what is published from then on is delivered."""
         if group is not None:
             self._layout.check_group(group)
         subscription = NatsSubscription(self, pattern, group)

@@ -8,7 +8,6 @@ docs/nats.md gives the layout and the glob mapping.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -29,7 +28,7 @@ class Layout:
     """The names one prefix uses on NATS: a stream named by the prefix
     (``.`` as ``_``) capturing ``{prefix}.>``, subjects
     ``{prefix}.{message_type}.{message_name}``, dead letters on
-    ``{prefix}.dead-letter``, and a durable consumer per group and pattern."""
+    ``{prefix}.dead-letter``, and a durable consumer per group."""
 
     __slots__ = ("_channels", "_subjects", "prefix", "stream")
 
@@ -57,8 +56,9 @@ class Layout:
 
     @property
     def widest_filter(self) -> str:
-        """The filter of a subscription whose glob pins nothing down:
-        ``{prefix}.*.>``, every message subject and not the dead letters."""
+        """The filter of a group's consumer, and of a subscription whose glob
+        pins nothing down: ``{prefix}.*.>``, every message subject and not
+        the dead letters."""
         return f"{self.prefix}.*.>"
 
     def subject_of(self, message: Message) -> str:
@@ -110,11 +110,10 @@ class Layout:
                 "letters, digits, '_' and '-' only (no '.', '*', '>' or whitespace), 1 to 200"
             )
 
-    def durable(self, group: str, pattern: str) -> str:
-        """The durable pull consumer of `group` for `pattern`:
-        ``{group}-{10 hex digits of the pattern's SHA-256}``, shared by the
-        group's members that subscribe the same pattern."""
-        return f"{group}-{hashlib.sha256(pattern.encode()).hexdigest()[:10]}"
+    def durable(self, group: str) -> str:
+        """The durable pull consumer of `group`: ``{group}-group``, filtered
+        by `widest_filter` and shared by every member and pattern of the group."""
+        return f"{group}-group"
 
     def filter_of(self, pattern: str) -> str:
         """The narrowest subject filter covering what `pattern` matches here."""

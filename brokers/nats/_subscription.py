@@ -1,11 +1,13 @@
 """NATS: a subscription's pull consumer, its deliveries and their settlement.
 
 Each subscription pulls from a JetStream pull consumer: the durable one
-of its group and pattern, shared by the group's members, or an ephemeral
-one of its own. A delivery is acknowledged after its handlers, released
-with a ``nak`` that JetStream holds back for the redelivery backoff, and
-dead-lettered with a copy to ``{prefix}.dead-letter`` and a ``term``; the
-deliveries not settled yet are kept alive with in-progress acks.
+of its group, shared by every member and pattern of the group (a message
+pulled for another subscription of the group here is handed to it), or an
+ephemeral one of its own. A delivery is acknowledged after its handlers,
+released with a ``nak`` that JetStream holds back for the redelivery
+backoff, and dead-lettered with a copy to ``{prefix}.dead-letter`` and a
+``term``; the deliveries not settled yet are kept alive with in-progress
+acks.
 """
 
 from __future__ import annotations
@@ -146,10 +148,11 @@ class NatsDelivery(DeliveryBase):
 
 
 class NatsSubscription(ReconnectingSubscription[NatsDelivery]):
-    """A pull consumer filtered by the narrowest subject filter of its
-    glob (`filter_subject`), the glob applied in process. The deliveries it
-    fetched and that are not settled get an in-progress ack every third of
-    the ack wait."""
+    """A pull consumer: its group's, filtered by ``{prefix}.*.>``, or an
+    ephemeral one filtered by the narrowest subject filter of its glob
+    (`filter_subject`); the globs are applied in process. The deliveries
+    handed to it and not settled get an in-progress ack every third of the
+    ack wait."""
 
     logger = logger
     transient: ClassVar[tuple[type[BaseException], ...]] = TRANSIENT
@@ -158,11 +161,13 @@ class NatsSubscription(ReconnectingSubscription[NatsDelivery]):
         super().__init__(pattern, group, broker=broker)
         self._owner = broker
         layout = broker._layout
-        self.filter_subject = layout.filter_of(pattern)
+        self.filter_subject = layout.filter_of(pattern) if group is None else layout.widest_filter
         """The JetStream consumer's filter subject (see `subject_filter`)."""
-        self.consumer: str | None = None if group is None else layout.durable(group, pattern)
+        self.consumer: str | None = None if group is None else layout.durable(group)
         """The consumer's name: the group's durable one, or the server's
         name for an ephemeral one once connected."""
+        if group is not None:
+            broker._groups.join(self, group)
         self._glob = GlobPattern(pattern)
         self._inbox: Subscription | None = None
         self._next: str = ""
@@ -243,7 +248,7 @@ class NatsSubscription(ReconnectingSubscription[NatsDelivery]):
             filter_subject=self.filter_subject,
             max_ack_pending=owner.max_ack_pending,
             inactive_threshold=owner.ephemeral_inactivity if ephemeral else None,
-            description=f"mediator: {quote(self.pattern, 200)}",
+            description=f"mediator: {quote(self.pattern, 200) if ephemeral else f'group {name}'}",
             **start,
         )
         try:
@@ -333,20 +338,27 @@ class NatsSubscription(ReconnectingSubscription[NatsDelivery]):
         self._wakeup.set()
 
     async def _take(self, message: Msg) -> None:
-        """Buffer a message of the pull as a delivery; acknowledge one the
-        glob refuses (the filter is wider than the glob)."""
+        """Buffer a message of the pull as a delivery of the subscription
+        whose glob matches it: this one, else another of its group here;
+        acknowledge one no glob matches (the filter is wider than the globs)."""
         count, sequence = _position(message.reply)
         if self._last_sequence is None or sequence > self._last_sequence:
             self._last_sequence = sequence
-        channel = self._owner._layout.channel(message.subject)
-        if channel is None or not self._glob.matches(channel):
+        owner = self._owner
+        channel = owner._layout.channel(message.subject)
+        target = None if channel is None else owner._groups.member_for(self, channel)
+        if target is None or channel is None:
             logger.debug("acknowledging %s: matches no subscription", message.subject)
-            self._owner.unmatched += 1
+            owner.unmatched += 1
             await message.ack()
+            if self.group is not None and channel is not None:
+                owner._groups.warn_unmatched(self.group, channel)
             return
-        delivery = NatsDelivery(self, message, channel, count, sequence)
-        self._outstanding.add(delivery)
-        self._buffer.append(delivery)
+        delivery = NatsDelivery(target, message, channel, count, sequence)
+        target._outstanding.add(delivery)
+        target._buffer.append(delivery)
+        if target is not self:
+            target._wakeup.set()
 
     async def _check_consumer(self) -> None:
         owner = self._owner
@@ -424,6 +436,7 @@ class NatsSubscription(ReconnectingSubscription[NatsDelivery]):
         return None
 
     async def _closing(self) -> None:
+        self._owner._groups.leave(self)
         if self._progress is not None:
             self._progress.cancel()
             await asyncio.gather(self._progress, return_exceptions=True)
