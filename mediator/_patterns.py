@@ -11,10 +11,10 @@ subscriptions on every broker, so a pattern means the same thing everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 
-__all__ = ["GlobPattern", "glob_match", "is_glob"]
+__all__ = ["GlobPattern", "glob_characters", "glob_match", "is_glob"]
 
 _SPECIAL = frozenset(b"*?[\\")
 _STAR, _QMARK, _LBRACKET, _RBRACKET, _BACKSLASH, _CARET, _DASH = b"*?[]\\^-"
@@ -115,6 +115,29 @@ def _match_steps(steps: tuple[Step, ...], s: bytes) -> bool:
     while ti < nsteps and steps[ti] is STAR:
         ti += 1
     return ti == nsteps
+
+
+def glob_characters(pattern: str) -> Iterator[str | None]:
+    """The glob's characters, unescaped; None for each ``*``, ``?`` or
+    ``[...]``: what a transport reads to find the literal part of a pattern
+    (the narrowest binding key or subject filter that covers it)."""
+    i, end = 0, len(pattern)
+    while i < end:
+        char = pattern[i]
+        if char == "\\" and i + 1 < end:
+            i += 1
+            yield pattern[i]
+        elif char in "*?":
+            yield None
+        elif char == "[":
+            # The set ends at the first unescaped "]" (or with the pattern).
+            i += 1
+            while i < end and pattern[i] != "]":
+                i += 2 if pattern[i] == "\\" else 1
+            yield None
+        else:
+            yield char
+        i += 1
 
 
 def glob_match(pattern: str, text: str) -> bool:

@@ -49,6 +49,8 @@ from mediator._exceptions import MessageTooLargeError as MessageTooLargeError
 from mediator._exceptions import PublishError as PublishError
 from mediator._exceptions import SubscriptionLostError as SubscriptionLostError
 from mediator._exceptions import TransportError as TransportError
+from mediator._group_members import GroupMember as GroupMember
+from mediator._group_members import GroupMembers as GroupMembers
 from mediator._lifecycle import BrokerLifecycle as BrokerLifecycle
 from mediator._lifecycle import close_all as close_all
 from mediator._limits import DEAD_LETTER_BODY_LIMIT as DEAD_LETTER_BODY_LIMIT
@@ -59,6 +61,7 @@ from mediator._message import Message as Message
 from mediator._message import channel_for as channel_for
 from mediator._message import encode_message as encode_message
 from mediator._patterns import GlobPattern as GlobPattern
+from mediator._patterns import glob_characters as glob_characters
 from mediator._policies import Backoff as Backoff
 from mediator._subscription import RECONNECT as RECONNECT
 from mediator._subscription import ReconnectingSubscription as ReconnectingSubscription
@@ -85,6 +88,8 @@ __all__ = [
     "ErrorRow",
     "ErrorTable",
     "GlobPattern",
+    "GroupMember",
+    "GroupMembers",
     "MediatorError",
     "Message",
     "MessageBroker",
@@ -101,6 +106,7 @@ __all__ = [
     "channel_for",
     "close_all",
     "encode_message",
+    "glob_characters",
     "map_errors",
     "quote",
     "replay_count_of",

@@ -53,9 +53,11 @@ def test_a_delivery_goes_to_the_member_whose_glob_matches_it() -> None:
     assert kept.member_for(orders, "shop:notification_event:Shipped") is None
 
 
-def test_a_receiver_is_never_its_own_other_member() -> None:
-    orders = Member(ORDERS)
-    assert groups(orders).member_for(orders, "shop:notification_event:OrderPlaced") is None
+def test_a_receiver_whose_glob_matches_keeps_its_delivery() -> None:
+    orders, other_orders = Member(ORDERS), Member(ORDERS)
+    kept = groups(orders, other_orders)
+    assert kept.member_for(orders, "shop:notification_event:OrderPlaced") is orders
+    assert kept.member_for(other_orders, "shop:notification_event:OrderPlaced") is other_orders
 
 
 def test_closed_and_departed_members_take_nothing() -> None:

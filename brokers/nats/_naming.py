@@ -9,11 +9,10 @@ docs/nats.md gives the layout and the glob mapping.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from mediator.transport import Message, PublishError, quote
+from mediator.transport import Message, PublishError, glob_characters, quote
 
 __all__ = ["Layout", "check_options", "headers_of", "servers_of_url", "subject_filter"]
 
@@ -120,27 +119,6 @@ class Layout:
         return subject_filter(pattern, self.prefix)
 
 
-def _glob_chars(pattern: str) -> Iterator[str | None]:
-    """The glob's characters, unescaped; None for each ``*``, ``?`` or ``[...]``."""
-    i, end = 0, len(pattern)
-    while i < end:
-        char = pattern[i]
-        if char == "\\" and i + 1 < end:
-            i += 1
-            yield pattern[i]
-        elif char in "*?":
-            yield None
-        elif char == "[":
-            # The set ends at the first unescaped "]" (or with the pattern).
-            i += 1
-            while i < end and pattern[i] != "]":
-                i += 2 if pattern[i] == "\\" else 1
-            yield None
-        else:
-            yield char
-        i += 1
-
-
 def subject_filter(pattern: str, prefix: str) -> str:
     """The narrowest NATS subject filter that covers every subject whose
     logical channel `pattern` can match under `prefix`; the glob itself
@@ -157,7 +135,7 @@ def subject_filter(pattern: str, prefix: str) -> str:
     Raises ValueError when `pattern` can match no channel of `prefix`.
     """
     head = f"{prefix}:"
-    chars = list(_glob_chars(pattern))
+    chars = list(glob_characters(pattern))
     widest = f"{prefix}.*.>"
     for index, expected in enumerate(head):
         if index >= len(chars) or (chars[index] is not None and chars[index] != expected):

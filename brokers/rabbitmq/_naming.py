@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
 
-from mediator.transport import Message, quote
+from mediator.transport import Message, glob_characters, quote
 
 __all__ = ["MANDATORY_KEY", "Layout", "binding_key", "covers", "routing_key_of"]
 
@@ -134,27 +133,6 @@ def _regex_literal(name: str) -> str:
 # -- patterns --------------------------------------------------------------------
 
 
-def _tokens(pattern: str) -> Iterator[str | None]:
-    """The glob's characters, unescaped; None for each ``*``, ``?`` or ``[...]``."""
-    i, end = 0, len(pattern)
-    while i < end:
-        char = pattern[i]
-        if char == "\\" and i + 1 < end:
-            i += 1
-            yield pattern[i]
-        elif char in "*?":
-            yield None
-        elif char == "[":
-            # The set ends at the first unescaped "]" (or with the pattern).
-            i += 1
-            while i < end and pattern[i] != "]":
-                i += 2 if pattern[i] == "\\" else 1
-            yield None
-        else:
-            yield char
-        i += 1
-
-
 def _plain_words(text: str) -> bool:
     # A word that is exactly "*" or "#" would be a wildcard in a binding key.
     return all(word not in ("*", "#") for word in text.split("."))
@@ -176,7 +154,7 @@ def binding_key(pattern: str, prefix: str) -> str:
     Raises ValueError when `pattern` can match no channel of `prefix`.
     """
     head = f"{prefix}:"
-    tokens = list(_tokens(pattern))
+    tokens = list(glob_characters(pattern))
     for index, expected in enumerate(head):
         if index >= len(tokens) or (tokens[index] is not None and tokens[index] != expected):
             raise ValueError(

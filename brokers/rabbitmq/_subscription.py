@@ -258,7 +258,7 @@ class RabbitMQSubscription(ReconnectingSubscription[RabbitMQDelivery]):
         owner = self._owner
         routing_key = deliver.routing_key or ""
         channel = owner._layout.channel(routing_key)
-        target = self if self._glob.matches(channel) else owner._groups.member_for(self, channel)
+        target = owner._groups.member_for(self, channel)
         count = self._delivery_count(message, bool(deliver.redelivered))
         delivery = RabbitMQDelivery(self, message, deliver.delivery_tag or 0, channel, count)
         if target is not None:
