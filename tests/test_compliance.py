@@ -40,6 +40,7 @@ from mediator.testing import wait_until
 from mediator.transport import DeliveryGuarantee, SubscribingBroker
 from tests.bad_inputs import CASES, PROBE_NAME, Probe, probe_event_map, valid
 from tests.conftest import _free_port, _ping, _stop
+from tests.seen import Seen
 from tests.tcp_proxy import SilencingProxy
 from tests.transports import FACTORIES, Transport
 
@@ -86,30 +87,6 @@ def at_least_once(transport: Transport) -> bool:
 
 async def publish(transport: Transport, *events: NotificationEvent) -> None:
     await EventEmitter(message_broker=transport.new_broker()).emit_all(list(events))
-
-
-class Seen:
-    """What a handler received, by `n`, with a wake-up per arrival."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[int] = Counter()
-        self._changed = asyncio.Event()
-
-    async def __call__(self, event: Tick) -> None:
-        self.counts[event.n] += 1
-        self._changed.set()
-
-    async def until(self, wanted: set[int], timeout: float = 30.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not wanted <= self.counts.keys():
-                self._changed.clear()
-                await self._changed.wait()
-
-    def lost(self, wanted: set[int]) -> set[int]:
-        return wanted - self.counts.keys()
-
-    def duplicates(self) -> int:
-        return sum(count - 1 for count in self.counts.values())
 
 
 # -- fault injectors -------------------------------------------------------------

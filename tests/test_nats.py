@@ -15,7 +15,6 @@ import logging
 import subprocess
 import sys
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -52,6 +51,7 @@ from tests.nats_support import (
     nats_url,
 )
 from tests.outbox_support import ROOT, open_database, relayed
+from tests.seen import Seen
 from tests.transports_nats import NatsTransport
 
 
@@ -82,24 +82,6 @@ async def nats(request: pytest.FixtureRequest) -> AsyncIterator[NatsTransport]:
         yield transport
     finally:
         await transport.close()
-
-
-class Seen:
-    """Numbers a handler received, with a wake-up per arrival."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[int] = Counter()
-        self._changed = asyncio.Event()
-
-    async def __call__(self, event: Numbered) -> None:
-        self.counts[event.n] += 1
-        self._changed.set()
-
-    async def until(self, wanted: set[int], timeout: float = 30.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not wanted <= self.counts.keys():
-                self._changed.clear()
-                await self._changed.wait()
 
 
 # -- names, URLs, refusals (no server) ------------------------------------------------

@@ -38,31 +38,16 @@ from tests.examples_runner import assert_handled_the_three_orders, run_ok
 from tests.redis_cluster_support import KINDS, Alpha, Beta, Gamma, LocalCluster, spread_prefix
 from tests.redis_cluster_support import redis_cluster as redis_cluster  # the fixture
 from tests.redis_cluster_support import redis_cluster_url as redis_cluster_url  # the fixture
+from tests.seen import Seen
 from tests.transports_cluster import RedisClusterPubSubTransport, RedisClusterStreamsTransport
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = tuple(kind.__name__ for kind in KINDS)
 
 
-class Seen:
-    """What handlers received, as (event name, n), with a wake-up per arrival."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[tuple[str, int]] = Counter()
-        self._changed = asyncio.Event()
-
-    async def __call__(self, event: Any) -> None:
-        self.counts[type(event).__name__, event.n] += 1
-        self._changed.set()
-
-    async def until(self, wanted: set[tuple[str, int]], timeout: float = 60.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not wanted <= self.counts.keys():
-                self._changed.clear()
-                await self._changed.wait()
-
-    def duplicates(self) -> int:
-        return sum(count - 1 for count in self.counts.values())
+def by_kind() -> Seen:
+    """What handlers received, as (event name, n)."""
+    return Seen(lambda event: (type(event).__name__, event.n), timeout=60.0)
 
 
 @pytest.fixture
@@ -136,7 +121,7 @@ async def test_a_group_reads_the_streams_of_every_primary_old_and_new(
     start_from says: new), and two that appear afterwards on the two other
     primaries (read from their first entry): every entry once."""
     await publish(streams.new_broker(), Alpha(n=-1))  # before: not delivered
-    seen = Seen()
+    seen = by_kind()
     consumer = EventConsumer(broker=streams.broker, event_map=seen_map(seen))
     await consumer.subscribe(f"{streams.prefix}:notification_event:*", "everywhere")
     async with consumer:
@@ -150,7 +135,7 @@ async def test_a_private_group_is_removed_from_every_stream_when_it_closes(
     streams: RedisClusterStreamsTransport,
 ) -> None:
     client: RedisCluster = streams.client  # type: ignore[assignment]
-    seen = Seen()
+    seen = by_kind()
     consumer = EventConsumer(broker=streams.broker, event_map=seen_map(seen))
     await consumer.subscribe(f"{streams.prefix}:notification_event:*")
     async with consumer:
@@ -166,7 +151,7 @@ async def test_dead_letters_and_their_replay_cross_slots(
     """Dead-lettering (a stream's slot and the dead-letter stream's) and a
     replay (the dead letter back to its stream) on keys of different slots."""
     failing = True
-    seen = Seen()
+    seen = by_kind()
 
     async def handle(event: Beta) -> None:
         if failing:
@@ -197,7 +182,7 @@ async def test_a_pubsub_dead_letter_is_replayed_whichever_node_the_subscriber_is
     prefix = f"mtk-r{uuid.uuid4().hex[:8]}"
     transport = RedisClusterPubSubTransport(prefix, redis_cluster_url)
     failing = True
-    seen = Seen()
+    seen = by_kind()
 
     async def handle(event: Gamma) -> None:
         if failing:
@@ -253,7 +238,7 @@ async def test_a_primary_killed_mid_stream_fails_over_and_nothing_replicated_is_
     client: RedisCluster = streams.client  # type: ignore[assignment]
     key = stream(streams, "Alpha")
     gate, reached = asyncio.Event(), asyncio.Event()
-    seen = Seen()
+    seen = by_kind()
 
     async def handle(event: Alpha) -> None:
         if event.n == 50:
@@ -290,7 +275,7 @@ async def test_a_slot_moved_mid_stream_to_another_primary_loses_nothing(
     redis-py follows the MOVED replies, and every event is handled."""
     key = stream(streams, "Beta")
     gate, reached = asyncio.Event(), asyncio.Event()
-    seen = Seen()
+    seen = by_kind()
 
     async def handle(event: Beta) -> None:
         if event.n == 50:
@@ -325,7 +310,7 @@ async def test_a_pattern_subscription_comes_back_when_its_node_dies(
     prefix = f"mtk-p{uuid.uuid4().hex[:8]}"
     transport = RedisClusterPubSubTransport(prefix, redis_cluster_url)
     try:
-        seen = Seen()
+        seen = by_kind()
         consumer = EventConsumer(broker=transport.broker, event_map=seen_map(seen))
         await consumer.subscribe(f"{prefix}:notification_event:*")
         async with consumer:
