@@ -10,8 +10,11 @@ the group spreading work over its members. Two handlers: one that waits
 that does nothing (the transport's and the consumer's own cost).
 
 Printed per row: events/s from the first event handled by any process to the
-last, the speed-up over one process, and the split: each process's share of
-the events, and the least share over the most (1.00 is an even split).
+last, the speed-up over one process (judged against the goal), the speed-up
+while every process was handling events ("steady": without the group's
+forming at the start and the last stragglers at the end), and the split:
+each process's share of the events, and the least share over the most (1.00
+is an even split).
 
 Goal with the I/O-bound handler (docs/scaling.md): at least 1.8 x with two
 processes and 3.2 x with four. The handler that does nothing is bound by the
@@ -83,12 +86,11 @@ def _worker(
     index: int,
     handler: str,
     counts: SynchronizedArray[int],
-    firsts: SynchronizedArray[float],
-    lasts: SynchronizedArray[float],
+    stamps: SynchronizedArray[float],
     ready: Barrier,
     stop: Event,
 ) -> None:
-    asyncio.run(_consume(url, prefix, index, handler, counts, firsts, lasts, ready, stop))
+    asyncio.run(_consume(url, prefix, index, handler, counts, stamps, ready, stop))
 
 
 async def _consume(
@@ -97,21 +99,20 @@ async def _consume(
     index: int,
     handler: str,
     counts: SynchronizedArray[int],
-    firsts: SynchronizedArray[float],
-    lasts: SynchronizedArray[float],
+    stamps: SynchronizedArray[float],
     ready: Barrier,
     stop: Event,
 ) -> None:
     wait = handler == "io-1ms"
+    total = len(stamps)
 
     async def handle(event: ScaleTick) -> None:
         if wait:
             await asyncio.sleep(0.001)  # the handler's I/O
-        now = time.time()
-        if counts[index] == 0:
-            firsts[index] = now
-        counts[index] += 1
-        lasts[index] = now
+        handled = counts[index]
+        if handled < total:  # a redelivery beyond the total is not timed
+            stamps[handled] = time.time()
+        counts[index] = handled + 1
 
     events = EventMap()
     events.bind(ScaleTick, handle)
@@ -150,6 +151,9 @@ async def _prepare(url: str, prefix: str, total: int) -> None:
 @dataclass
 class Round:
     rate: float
+    """Events over the time from the first event handled to the last."""
+    steady: float | None
+    """Events per second while every process was handling events."""
     shares: list[int]
 
 
@@ -159,14 +163,14 @@ async def _round(target: Target, processes: int, handler: str, total: int) -> Ro
         await _prepare(target.url, prefix, total)
         context = multiprocessing.get_context("spawn")
         counts = context.Array("q", processes)
-        firsts = context.Array("d", processes)
-        lasts = context.Array("d", processes)
+        # When each event was handled, per process (written by that process only).
+        stamps = [context.Array("d", total, lock=False) for _ in range(processes)]
         ready = context.Barrier(processes + 1)
         stop = context.Event()
         members = [
             context.Process(
                 target=_worker,
-                args=(target.url, prefix, i, handler, counts, firsts, lasts, ready, stop),
+                args=(target.url, prefix, i, handler, counts, stamps[i], ready, stop),
             )
             for i in range(processes)
         ]
@@ -187,9 +191,18 @@ async def _round(target: Target, processes: int, handler: str, total: int) -> Ro
                 await asyncio.to_thread(member.join, 30)
                 if member.is_alive():
                     member.kill()
-        began = min(f for f, c in zip(firsts[:], counts[:], strict=True) if c)
-        ended = max(lasts[:])
-        return Round(rate=total / (ended - began), shares=list(counts[:]))
+        shares = list(counts[:])
+        times = [list(stamps[i][: min(shares[i], total)]) for i in range(processes)]
+        handled = [t for t in times if t]
+        began = min(t[0] for t in handled)
+        ended = max(t[-1] for t in handled)
+        # The steady part: while every process was handling events (after the
+        # last one's first event, before the first one's last).
+        steady_from = max(t[0] for t in handled)
+        steady_to = min(t[-1] for t in handled)
+        within = sum(steady_from <= x <= steady_to for t in handled for x in t)
+        steady = within / (steady_to - steady_from) if steady_to > steady_from else None
+        return Round(rate=total / (ended - began), steady=steady, shares=shares)
     finally:
         await target.cleanup(prefix)
 
@@ -201,9 +214,11 @@ def _row(name: str, handler: str, processes: int, result: Round, one: float) -> 
     verdict = "" if goal is None else (" ok" if speedup >= goal else f" (goal {goal}) MISSED")
     split = "/".join(f"{share * 100 / total:.0f}" for share in result.shares)
     evenness = min(result.shares) / max(result.shares) if max(result.shares) else 0.0
+    steady = "    -" if result.steady is None else f"{result.steady / one:5.2f}"
     return (
         f"{name:<22} {handler:<8} {processes} proc  {result.rate:9.0f} ev/s  "
-        f"x{speedup:5.2f}{verdict:<18} split % {split:<14} even {evenness:4.2f}"
+        f"x{speedup:5.2f}{verdict:<18} steady x{steady}  "
+        f"split % {split:<14} even {evenness:4.2f}"
     )
 
 
