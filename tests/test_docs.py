@@ -182,6 +182,7 @@ def test_every_not_run_marker_stands_right_before_a_python_block() -> None:
 
 NOT_RUN = [
     ("kafka.md", "needs the cluster's CA file and a SASL password"),
+    ("nats.md", "needs the server's CA file and credentials"),
     ("migrating-from-diator.md", "imports diator, which is not installed beside mediator-toolkit"),
 ]
 """The python blocks that do not run: (page, the reason its marker gives), one
@@ -273,6 +274,8 @@ class Services:
             await self.rabbitmq(set(re.findall(r'group="([\w-]+)"', source)))
         if "KAFKA_URL" in source:
             await self.kafka()
+        if "NATS_URL" in source:
+            self.nats()
         if "SERVICEBUS_CONNECTION_STRING" in source:
             self.azure()
 
@@ -328,6 +331,17 @@ class Services:
                 await admin.close()
 
         self.cleanups.append(delete_topics)
+
+    def nats(self) -> None:
+        from tests.nats_support import delete_stream, nats_url
+
+        url = nats_url(self.request)
+        self.monkeypatch.setenv("NATS_URL", url)
+
+        async def delete_the_stream() -> None:
+            await delete_stream(url, self.prefix.replace(".", "_"))
+
+        self.cleanups.append(delete_the_stream)
 
     def azure(self) -> None:
         try:
