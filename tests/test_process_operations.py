@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -33,8 +31,7 @@ from mediator.sagas import (
 )
 from tests.outbox_support import Database, open_database
 from tests.process_app import ParcelDelivered, ParcelLate, ParcelSent, ParcelTracking
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.test_sagas import sagas_command
 
 
 async def deliver(events: EventMap, event: Any) -> None:
@@ -154,25 +151,6 @@ async def test_the_status_page_shows_process_instances_beside_sagas() -> None:
     assert "<th>active</th><td>2</td>" in section
     assert "<th>timeouts_pending</th><td>3</td>" in section
     assert '<section id="stats-sagas"><h2>Sagas</h2>' in page
-
-
-async def sagas_command(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    """Run ``python -m mediator sagas ARGS``: (status, stdout, stderr)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "mediator",
-        "sagas",
-        *args,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(60):
-        out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 async def test_process_instances_are_listed_by_kind_and_state_and_shown_from_the_command_line(
