@@ -14,7 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from functools import lru_cache
 
-__all__ = ["GlobPattern", "glob_characters", "glob_match", "is_glob"]
+from mediator._limits import quote
+
+__all__ = ["GlobPattern", "glob_after_prefix", "glob_characters", "glob_match", "is_glob"]
 
 _SPECIAL = frozenset(b"*?[\\")
 _STAR, _QMARK, _LBRACKET, _RBRACKET, _BACKSLASH, _CARET, _DASH = b"*?[]\\^-"
@@ -138,6 +140,26 @@ def glob_characters(pattern: str) -> Iterator[str | None]:
         else:
             yield char
         i += 1
+
+
+def glob_after_prefix(pattern: str, prefix: str) -> list[str | None] | None:
+    """The characters of `pattern` after the channel prefix ``{prefix}:``
+    (as `glob_characters` gives them), for a transport narrowing what it
+    subscribes to; None when a wildcard stands within the prefix (the
+    pattern may match any channel of the prefix). ValueError when
+    `pattern` can match no channel of `prefix`."""
+    head = f"{prefix}:"
+    chars = list(glob_characters(pattern))
+    for index, expected in enumerate(head):
+        if index >= len(chars) or (chars[index] is not None and chars[index] != expected):
+            raise ValueError(
+                f"pattern {quote(pattern, 200)} can match no channel of prefix {prefix!r} "
+                f"(every channel on this broker starts with {head!r}); subscribe on a broker "
+                "with the pattern's prefix, or fix the pattern"
+            )
+        if chars[index] is None:
+            return None
+    return chars[len(head) :]
 
 
 def glob_match(pattern: str, text: str) -> bool:

@@ -61,6 +61,7 @@ from mediator._message import Message as Message
 from mediator._message import channel_for as channel_for
 from mediator._message import encode_message as encode_message
 from mediator._patterns import GlobPattern as GlobPattern
+from mediator._patterns import glob_after_prefix as glob_after_prefix
 from mediator._patterns import glob_characters as glob_characters
 from mediator._policies import Backoff as Backoff
 from mediator._subscription import RECONNECT as RECONNECT
@@ -106,6 +107,7 @@ __all__ = [
     "channel_for",
     "close_all",
     "encode_message",
+    "glob_after_prefix",
     "glob_characters",
     "map_errors",
     "quote",

@@ -12,7 +12,7 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-from mediator.transport import Message, PublishError, glob_characters, quote
+from mediator.transport import Message, PublishError, glob_after_prefix, quote
 
 __all__ = ["Layout", "check_options", "headers_of", "servers_of_url", "subject_filter"]
 
@@ -134,19 +134,10 @@ def subject_filter(pattern: str, prefix: str) -> str:
 
     Raises ValueError when `pattern` can match no channel of `prefix`.
     """
-    head = f"{prefix}:"
-    chars = list(glob_characters(pattern))
     widest = f"{prefix}.*.>"
-    for index, expected in enumerate(head):
-        if index >= len(chars) or (chars[index] is not None and chars[index] != expected):
-            raise ValueError(
-                f"pattern {quote(pattern, 200)} can match no channel of prefix {prefix!r} "
-                f"(every channel on this broker starts with {head!r}); subscribe on a broker "
-                "with the pattern's prefix, or fix the pattern"
-            )
-        if chars[index] is None:
-            return widest  # a wildcard within the prefix: the stream holds only its own
-    rest = chars[len(head) :]
+    rest = glob_after_prefix(pattern, prefix)
+    if rest is None:
+        return widest  # a wildcard within the prefix: the stream holds only its own
     if None not in rest:
         literal = "".join(c for c in rest if c is not None)
         kind, colon, name = literal.partition(":")

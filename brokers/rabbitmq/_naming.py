@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-from mediator.transport import Message, glob_characters, quote
+from mediator.transport import Message, glob_after_prefix, quote
 
 __all__ = ["MANDATORY_KEY", "Layout", "binding_key", "covers", "routing_key_of"]
 
@@ -153,18 +153,9 @@ def binding_key(pattern: str, prefix: str) -> str:
 
     Raises ValueError when `pattern` can match no channel of `prefix`.
     """
-    head = f"{prefix}:"
-    tokens = list(glob_characters(pattern))
-    for index, expected in enumerate(head):
-        if index >= len(tokens) or (tokens[index] is not None and tokens[index] != expected):
-            raise ValueError(
-                f"pattern {quote(pattern, 200)} can match no channel of prefix {prefix!r} "
-                f"(every channel on this broker starts with {head!r}); subscribe on a broker "
-                "with the pattern's prefix, or fix the pattern"
-            )
-        if tokens[index] is None:
-            return "#"  # a wildcard within the prefix: this exchange holds only its channels
-    rest = tokens[len(head) :]
+    rest = glob_after_prefix(pattern, prefix)
+    if rest is None:
+        return "#"  # a wildcard within the prefix: this exchange holds only its channels
     if ":" not in rest or None in rest[: rest.index(":")]:
         return "#"  # the type part is not pinned down
     colon = rest.index(":")
