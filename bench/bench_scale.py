@@ -80,29 +80,28 @@ class Target:
 # -- a consumer process ------------------------------------------------------------
 
 
-def _worker(
-    url: str,
-    prefix: str,
-    index: int,
-    handler: str,
-    counts: SynchronizedArray[int],
-    stamps: SynchronizedArray[float],
-    ready: Barrier,
-    stop: Event,
-) -> None:
-    asyncio.run(_consume(url, prefix, index, handler, counts, stamps, ready, stop))
+@dataclass
+class Member:
+    """What one consumer process is given (its shared arrays passed at start)."""
+
+    url: str
+    prefix: str
+    index: int
+    handler: str
+    counts: SynchronizedArray[int]
+    stamps: SynchronizedArray[float]
+    """When each event was handled, written by this process only."""
+    ready: Barrier
+    stop: Event
 
 
-async def _consume(
-    url: str,
-    prefix: str,
-    index: int,
-    handler: str,
-    counts: SynchronizedArray[int],
-    stamps: SynchronizedArray[float],
-    ready: Barrier,
-    stop: Event,
-) -> None:
+def _worker(member: Member) -> None:
+    asyncio.run(_consume(member))
+
+
+async def _consume(member: Member) -> None:
+    url, prefix, index, handler = member.url, member.prefix, member.index, member.handler
+    counts, stamps, ready, stop = member.counts, member.stamps, member.ready, member.stop
     wait = handler == "io-1ms"
     total = len(stamps)
 
@@ -170,7 +169,7 @@ async def _round(target: Target, processes: int, handler: str, total: int) -> Ro
         members = [
             context.Process(
                 target=_worker,
-                args=(target.url, prefix, i, handler, counts, stamps[i], ready, stop),
+                args=(Member(target.url, prefix, i, handler, counts, stamps[i], ready, stop),),
             )
             for i in range(processes)
         ]
